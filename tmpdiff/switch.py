@@ -1,0 +1,277 @@
+"""Per-step precision switching inside an unmodified diffusers pipeline.
+
+Two attachments, both removed on exit:
+
+* a diffusers ``ModelHook`` on the denoiser whose ``new_forward`` sends each call to the
+  variant the schedule names for the current step (or replays the previous step's output for
+  ``skip``);
+* a wrapper around the scheduler's ``step``, which every diffusers pipeline calls exactly once
+  per denoising step. Counting those calls gives the step index for any pipeline: ones that
+  call the denoiser several times a step (true CFG), ones with only the legacy ``callback``,
+  and schedulers without ``step_index``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .precisions import get_precision
+from .schedule import Schedule
+from .variants import VariantBank, bank_for, record_linear_rows
+
+__all__ = ["ScheduleHandle", "apply_schedule", "denoiser_of"]
+
+HOOK_NAME = "tmpdiff_step_switch"
+_PIPE_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_PIPE_LOCKS_GUARD = threading.Lock()
+
+
+@dataclass
+class ScheduleHandle:
+    """What one ``apply_schedule`` block ran.
+
+    Attributes:
+        schedule: the schedule applied.
+        steps_run: the precision that actually ran at each step, one entry per step.
+        step_seconds: wall time of each step (denoiser calls plus the scheduler update),
+            excluding time spent building variants.
+        calls_per_step: denoiser calls at each step (0 for ``skip``).
+        variants: the resident variant modules used, by precision name.
+        build_seconds: time spent building (and compiling) variants during this block.
+    """
+
+    schedule: Schedule
+    compiled: bool
+    steps_run: list[str] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    calls_per_step: list[int] = field(default_factory=list)
+    variants: dict[str, nn.Module] = field(default_factory=dict)
+    build_seconds: dict[str, float] = field(default_factory=dict)
+    _bank: VariantBank | None = None
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Extra bytes of every resident variant of this denoiser, beyond its own weights."""
+        return self._bank.memory_bytes() if self._bank else {}
+
+
+def denoiser_of(pipe: Any) -> nn.Module:
+    """The pipeline's denoiser: ``transformer`` or ``unet``."""
+    for name in ("transformer", "unet"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(f"{type(pipe).__name__} has no `transformer` or `unet` to switch precisions on")
+
+
+@contextmanager
+def apply_schedule(
+    pipe: Any,
+    schedule: Schedule | str,
+    *,
+    compile: bool | None = None,
+    synchronize: bool = True,
+) -> Iterator[ScheduleHandle]:
+    """Run every denoiser call of step ``i`` in ``schedule[i]`` during the block.
+
+    Args:
+        pipe: a diffusers pipeline with a ``transformer`` or ``unet`` and a ``scheduler``.
+        schedule: a ``Schedule`` or its text form, e.g. ``"bf16*2,int8wo*2"``.
+        compile: ``torch.compile`` each variant (regionally where the model allows);
+            defaults to on for CUDA and off elsewhere.
+        synchronize: wait for the device at step boundaries so ``step_seconds`` is true.
+
+    Example:
+        >>> with apply_schedule(pipe, "bf16*2,int8wo*2") as handle:  # doctest: +SKIP
+        ...     image = pipe(prompt, num_inference_steps=4).images[0]
+        >>> handle.steps_run  # doctest: +SKIP
+        ['bf16', 'bf16', 'int8wo', 'int8wo']
+    """
+    schedule = Schedule.coerce(schedule)
+    module = denoiser_of(pipe)
+    device = next(module.parameters()).device
+    if compile is None:
+        compile = device.type == "cuda"
+    handle = ScheduleHandle(schedule=schedule, compiled=compile, _bank=bank_for(module))
+    lock = _lock_for(pipe)
+    if not lock.acquire(blocking=False):
+        raise ValueError("apply_schedule is already active on this pipeline: nest no blocks, run one at a time")
+    try:
+        router = _StepRouter(handle, synchronize and device.type == "cuda")
+        with _hooked(module, router), _counting_steps(pipe.scheduler, router):
+            yield handle
+        router.finish()
+    finally:
+        lock.release()
+
+
+class _StepRouter(ModelHook):
+    """Routes each denoiser call to the variant of the current step."""
+
+    def __init__(self, handle: ScheduleHandle, synchronize: bool) -> None:
+        super().__init__()
+        self.handle = handle
+        self.bank = handle._bank
+        self.synchronize = synchronize
+        self.step = 0
+        self.calls = 0
+        self.step_start: float | None = None
+        self.excluded = 0.0
+        self.last_outputs: list[Any] = []
+        self.outputs: list[Any] = []
+
+    # --- the denoiser call -------------------------------------------------------------
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        schedule = self.handle.schedule
+        if self.step >= len(schedule):
+            raise ValueError(
+                f"the pipeline ran more denoising steps than the schedule's {len(schedule)}: "
+                f"pass num_inference_steps={len(schedule)} or a schedule of the pipeline's length"
+            )
+        if self.step_start is None:
+            self.step_start = self._now()
+        name = schedule[self.step]
+        index = self.calls
+        self.calls += 1
+        if name == "skip":
+            if index >= len(self.last_outputs):
+                raise ValueError(f"step {self.step} is 'skip' but no earlier step made call {index} to reuse")
+            output = self.last_outputs[index]
+        else:
+            output = self._run(name, module, args, kwargs)
+        self.outputs.append(output)
+        return output
+
+    def _run(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        assert self.bank is not None and self.fn_ref is not None
+        compiled = self.handle.compiled
+        reference_dtype = self.bank.reference_dtype
+        precision = get_precision(name)
+        if precision.dtype == reference_dtype and not compiled:
+            # The reference itself: exactly the stock forward.
+            self.handle.variants.setdefault(name, module)
+            return self.fn_ref.original_forward(*args, **kwargs)
+        variant = self.bank.get(name, compiled)
+        if variant is None:
+            variant = self._build(name, compiled, args, kwargs)
+        self.handle.variants.setdefault(name, variant)
+        if precision.dtype is not None and precision.dtype != reference_dtype:
+            args, kwargs = _cast((args, kwargs), reference_dtype, precision.dtype)
+            return _cast(variant(*args, **kwargs), precision.dtype, reference_dtype)
+        return variant(*args, **kwargs)
+
+    def _build(self, name: str, compiled: bool, args: tuple, kwargs: dict) -> nn.Module:
+        assert self.bank is not None and self.fn_ref is not None
+        start = time.perf_counter()
+        with self.bank.lock:
+            if self.bank.needs_rows(name):
+                with record_linear_rows(self.bank.reference) as rows, torch.no_grad():
+                    self.fn_ref.original_forward(*args, **kwargs)
+                self.bank.linear_rows = rows
+            variant = self.bank.build(name, compiled)
+        elapsed = time.perf_counter() - start
+        self.handle.build_seconds[name] = elapsed
+        self.excluded += elapsed
+        return variant
+
+    # --- the step boundary --------------------------------------------------------------
+    def end_step(self) -> None:
+        name = self.handle.schedule[self.step] if self.step < len(self.handle.schedule) else "?"
+        now = self._now()
+        start = self.step_start if self.step_start is not None else now
+        self.handle.steps_run.append(name)
+        self.handle.calls_per_step.append(0 if name == "skip" else self.calls)
+        self.handle.step_seconds.append(max(now - start - self.excluded, 0.0))
+        if name != "skip":
+            self.last_outputs = self.outputs
+        self.outputs, self.calls, self.excluded = [], 0, 0.0
+        self.step += 1
+        self.step_start = now
+
+    def finish(self) -> None:
+        ran, planned = len(self.handle.steps_run), len(self.handle.schedule)
+        if 0 < ran != planned:
+            raise ValueError(
+                f"the pipeline ran {ran} denoising steps but the schedule has {planned}: "
+                f"pass num_inference_steps={planned} or a schedule of {ran} steps"
+            )
+
+    def _now(self) -> float:
+        if self.synchronize:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+@contextmanager
+def _hooked(module: nn.Module, router: _StepRouter) -> Iterator[None]:
+    had_registry = "_diffusers_hook" in module.__dict__
+    had_forward = "forward" in module.__dict__
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    if registry.get_hook(HOOK_NAME) is not None:
+        raise ValueError("a tmpdiff schedule is already attached to this denoiser")
+    registry.register_hook(router, HOOK_NAME)
+    try:
+        yield
+    finally:
+        registry.remove_hook(HOOK_NAME, recurse=False)
+        # Leave the module exactly as found: no instance `forward`, no registry we created.
+        if not had_forward and not registry.hooks:
+            module.__dict__.pop("forward", None)
+        if not had_registry and not registry.hooks:
+            module.__dict__.pop("_diffusers_hook", None)
+
+
+@contextmanager
+def _counting_steps(scheduler: Any, router: _StepRouter) -> Iterator[None]:
+    had_own_step = "step" in scheduler.__dict__
+    original_step = scheduler.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        result = original_step(*args, **kwargs)
+        router.end_step()
+        return result
+
+    scheduler.step = step
+    try:
+        yield
+    finally:
+        if had_own_step:
+            scheduler.step = original_step
+        else:
+            del scheduler.step
+
+
+def _lock_for(pipe: Any) -> threading.Lock:
+    with _PIPE_LOCKS_GUARD:
+        if pipe not in _PIPE_LOCKS:
+            _PIPE_LOCKS[pipe] = threading.Lock()
+        return _PIPE_LOCKS[pipe]
+
+
+def _cast(value: Any, source: torch.dtype, target: torch.dtype) -> Any:
+    """Casts the ``source``-dtype tensors inside nested args/outputs to ``target``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(target) if value.dtype == source else value
+    if isinstance(value, BaseOutput):
+        return type(value)(**{k: _cast(v, source, target) for k, v in value.items()})
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _cast(getattr(value, f.name), source, target)
+                                             for f in dataclasses.fields(value)})
+    if isinstance(value, tuple):
+        return tuple(_cast(v, source, target) for v in value)
+    if isinstance(value, list):
+        return [_cast(v, source, target) for v in value]
+    if isinstance(value, dict):
+        return {k: _cast(v, source, target) for k, v in value.items()}
+    return value
