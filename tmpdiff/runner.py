@@ -1,0 +1,145 @@
+"""One image from one setting: the call every front end (CLI, search, app) shares."""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .models import DEFAULT_MODEL, ModelSpec, get_model, load_pipeline
+from .precisions import PRECISIONS, Status, precision_status
+from .schedule import Schedule
+from .switch import apply_schedule
+
+__all__ = ["Engine", "Result", "RunSettings", "default_device", "device_name"]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything but the schedule that decides an image; validated up front."""
+
+    model: str = DEFAULT_MODEL
+    prompt: str | None = None
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int | None = None
+    size: int | None = None
+    guidance: float | None = None
+
+    def __post_init__(self) -> None:
+        spec = get_model(self.model)
+        if self.steps is not None and self.steps <= 0:
+            raise ValueError(f"steps must be a positive number, got {self.steps}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be 0 or more, got {self.seed}")
+        if self.guidance is not None and self.guidance < 0:
+            raise ValueError(f"guidance must be 0 or more, got {self.guidance}")
+        spec.call_kwargs(self.resolved_prompt, steps=self.resolved_steps, seed=self.seed, size=self.size,
+                         guidance=self.guidance, negative_prompt=self.negative_prompt)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return get_model(self.model)
+
+    @property
+    def resolved_prompt(self) -> str:
+        return self.spec.example_prompt if self.prompt in (None, "") else str(self.prompt)
+
+    @property
+    def resolved_steps(self) -> int:
+        return self.spec.steps if self.steps is None else self.steps
+
+    @property
+    def resolved_size(self) -> int:
+        return self.spec.size if self.size is None else self.size
+
+    @property
+    def resolved_guidance(self) -> float:
+        return self.spec.guidance if self.guidance is None else self.guidance
+
+    def reference_schedule(self) -> Schedule:
+        return Schedule.uniform(self.spec.dtype, self.resolved_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "prompt": self.resolved_prompt, "negative_prompt": self.negative_prompt,
+                "seed": self.seed, "steps": self.resolved_steps, "size": self.resolved_size,
+                "guidance": self.resolved_guidance}
+
+
+@dataclass
+class Result:
+    image: Image.Image
+    schedule: Schedule
+    settings: RunSettings
+    steps_run: list[str]
+    step_seconds: list[float]
+    seconds: float
+    device: str
+    simulated: list[str] = field(default_factory=list)
+
+
+class Engine:
+    """Loads pipelines once per (model, device) and runs schedules on them."""
+
+    def __init__(self, device: str | None = None, compile: bool | None = None) -> None:
+        self.device = device or default_device()
+        self.compile = compile
+        self._pipes: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def pipeline(self, model: str) -> Any:
+        with self._lock:
+            if model not in self._pipes:
+                self._pipes[model] = load_pipeline(model, self.device)
+            return self._pipes[model]
+
+    def check_schedule(self, schedule: Schedule | str, settings: RunSettings) -> Schedule:
+        """The schedule, validated against the settings' steps and this device."""
+        schedule = Schedule.coerce(schedule, settings.resolved_steps)
+        for name in schedule.precisions:
+            status = precision_status(name, self.device)
+            if status.status is Status.UNAVAILABLE:
+                raise ValueError(f"precision {name!r} is unavailable on {self.device}: {status.reason}")
+        return schedule
+
+    def generate(self, settings: RunSettings, schedule: Schedule | str | None = None) -> Result:
+        schedule = self.check_schedule(schedule or settings.reference_schedule(), settings)
+        spec = settings.spec
+        pipe = self.pipeline(settings.model)
+        kwargs = spec.call_kwargs(
+            settings.resolved_prompt, steps=settings.resolved_steps, seed=settings.seed, size=settings.size,
+            guidance=settings.guidance, negative_prompt=settings.negative_prompt, device=self.device,
+        )
+        start = time.perf_counter()
+        with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.compile) as handle:
+            image = pipe(**kwargs).images[0]
+        seconds = time.perf_counter() - start
+        simulated = [n for n in schedule.precisions
+                     if precision_status(n, self.device).status is Status.SIMULATED]
+        return Result(image=image, schedule=schedule, settings=settings, steps_run=handle.steps_run,
+                      step_seconds=handle.step_seconds, seconds=seconds, device=device_name(self.device),
+                      simulated=simulated)
+
+
+def precision_table(device: str) -> list[dict[str, str]]:
+    return [
+        {"name": name, "status": precision_status(name, device).status.value,
+         "description": p.description, "reason": precision_status(name, device).reason}
+        for name, p in PRECISIONS.items()
+    ]
