@@ -14,6 +14,7 @@ Two attachments, both removed on exit:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 import weakref
@@ -199,8 +200,14 @@ class _StepRouter(ModelHook):
         self.step += 1
         self.step_start = now
 
+    def begin_run(self) -> None:
+        """A pipeline call starts: the previous one, if any, must have run the whole schedule."""
+        self.finish()
+        self.step, self.calls, self.step_start, self.excluded = 0, 0, None, 0.0
+        self.last_outputs, self.outputs = [], []
+
     def finish(self) -> None:
-        ran, planned = len(self.handle.steps_run), len(self.handle.schedule)
+        ran, planned = self.step, len(self.handle.schedule)
         if 0 < ran != planned:
             raise ValueError(
                 f"the pipeline ran {ran} denoising steps but the schedule has {planned}: "
@@ -234,22 +241,35 @@ def _hooked(module: nn.Module, router: _StepRouter) -> Iterator[None]:
 
 @contextmanager
 def _counting_steps(scheduler: Any, router: _StepRouter) -> Iterator[None]:
-    had_own_step = "step" in scheduler.__dict__
-    original_step = scheduler.step
-
-    def step(*args: Any, **kwargs: Any) -> Any:
-        result = original_step(*args, **kwargs)
-        router.end_step()
-        return result
-
-    scheduler.step = step
+    """Wraps ``set_timesteps`` (a run begins) and ``step`` (a denoising step ends)."""
+    wrapped = {
+        "set_timesteps": router.begin_run,
+        "step": router.end_step,
+    }
+    saved = {name: scheduler.__dict__.get(name) for name in wrapped}
+    for name, event in wrapped.items():
+        setattr(scheduler, name, _after(getattr(scheduler, name), event, before=name == "set_timesteps"))
     try:
         yield
     finally:
-        if had_own_step:
-            scheduler.step = original_step
-        else:
-            del scheduler.step
+        for name, own in saved.items():
+            if own is None:
+                delattr(scheduler, name)
+            else:
+                setattr(scheduler, name, own)
+
+
+def _after(method: Any, event: Any, before: bool) -> Any:
+    @functools.wraps(method)  # pipelines inspect set_timesteps' signature
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if before:
+            event()
+        result = method(*args, **kwargs)
+        if not before:
+            event()
+        return result
+
+    return wrapper
 
 
 def _lock_for(pipe: Any) -> threading.Lock:

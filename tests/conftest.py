@@ -1,0 +1,42 @@
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+logging.getLogger("torchao").setLevel(logging.ERROR)
+
+TINY = ["tiny-flux", "tiny-sd3", "tiny-sdxl", "tiny-sd15", "tiny-pixart", "tiny-sana"]
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pipes():
+    """Tiny pipelines, built once per session (they are never mutated by the engine)."""
+    from tmpdiff import load_pipeline
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = load_pipeline(name)
+        return cache[name]
+
+    return get
