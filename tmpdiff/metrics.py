@@ -113,7 +113,7 @@ def _lpips_model() -> object:
             features = backbone.features
             stages = [model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5]
             bounds = [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)]
-            for stage, (lo, hi) in zip(stages, bounds):
+            for stage, (lo, hi) in zip(stages, bounds, strict=True):
                 for i in range(lo, hi):
                     stage._modules[str(i)] = features[i]
             _LPIPS_MODEL = model.eval()

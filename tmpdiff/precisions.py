@@ -26,13 +26,13 @@ __all__ = [
 ]
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     REAL = "real"  # real kernels: numerics and latency are meaningful
     SIMULATED = "simulated"  # quantize-dequantize numerics only: latency says nothing
     UNAVAILABLE = "unavailable"
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     DTYPE = "dtype"  # cast the whole denoiser
     TORCHAO = "torchao"  # torchao quantize_ on the Linear layers
     SKIP = "skip"  # no denoiser call: reuse the previous step's output

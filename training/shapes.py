@@ -20,7 +20,9 @@ SHAPES = ("square", "circle", "triangle")
 LABELS = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
 
 
-def sample(batch: int, generator: torch.Generator, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    batch: int, generator: torch.Generator, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch`` random images (B, 3, 64, 64) in [-1, 1] and their class ids (B,)."""
     g = generator
 

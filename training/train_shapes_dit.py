@@ -94,7 +94,7 @@ def train_dit(dit, vae, scale: float, seconds: float, batch: int, device: str, g
         opt.step()
         with torch.no_grad():
             decay = min(0.9995, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), dit.parameters()):
+            for pe, p in zip(ema.parameters(), dit.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
         step += 1
         if step % 1000 == 0:
