@@ -1,6 +1,8 @@
-"""Command line: ``python -m tmpdiff generate|precisions|models``.
+"""Command line: ``python -m tmpdiff generate|search|precisions|models|cache``.
 
-User mistakes print one line on stderr and exit 2; no traceback.
+User mistakes print one line on stderr and exit 2; no traceback. The CLI is a front end like
+``ui/``: it alone reaches for the ``cache`` package, and only when a command needs it, so
+importing the engine never loads a database library.
 """
 
 from __future__ import annotations
@@ -37,10 +39,33 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile each variant (default: on for CUDA)")
     gen.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    _add_cache_flags(gen)
 
     commands.add_parser("precisions", help="list the precision registry on this device")
     commands.add_parser("models", help="list the model registry")
+
+    cache = commands.add_parser("cache", help="move evaluations between machines")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    for name, text in (("export", "write every evaluation to a JSON file"),
+                       ("import", "validate and add the evaluations of an export file")):
+        sub = cache_commands.add_parser(name, help=text)
+        sub.add_argument("file", type=Path)
+        sub.add_argument("--db", type=Path, default=None, help="cache database (default: the user cache folder)")
     return parser
+
+
+def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, default=None, help="cache database (default: the user cache folder)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+
+
+def open_cache(path: Path | None, enabled: bool = True):
+    """The cache store, or None with --no-cache."""
+    if not enabled:
+        return None
+    from cache import Cache, default_db_path
+
+    return Cache(path or default_db_path())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             for spec in MODELS.values():
                 print(f"{spec.name:<13} {spec.family:<7} {spec.dtype:<5} {spec.steps:>3} steps {spec.size:>5}px  "
                       f"{spec.source}")
+        elif args.command == "cache":
+            return _cache(args)
         else:
             return _generate(args, device)
     except ValueError as exc:
@@ -65,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generate(args: argparse.Namespace, device: str) -> int:
+    from .evaluate import Evaluator
+
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {str(args.out)!r}")
     if not args.out.parent.exists():
@@ -73,21 +102,34 @@ def _generate(args: argparse.Namespace, device: str) -> int:
                            seed=args.seed, steps=args.steps, size=args.size, guidance=args.guidance)
     engine = Engine(device=device, compile=args.compile)
     schedule = engine.check_schedule(args.schedule or settings.reference_schedule(), settings)
-    result = engine.generate(settings, schedule)
-    result.image.save(args.out)
-    print(json.dumps({
-        "model": settings.model, "prompt": settings.resolved_prompt, "seed": settings.seed,
-        "schedule": str(result.schedule), "steps_run": result.steps_run,
-        "seconds": round(result.seconds, 4), "simulated": result.simulated, "device": result.device,
-        "out": str(args.out),
-    }))
+    store = open_cache(args.db, not args.no_cache)
+    evaluation = Evaluator(engine, store).evaluate(settings, schedule)
+    evaluation.image.save(args.out)
+    line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
+    print(json.dumps(line))
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    store = open_cache(args.db)
+    if args.cache_command == "export":
+        count = store.export(args.file)
+        print(json.dumps({"exported": count, "file": str(args.file)}))
+    else:
+        if not args.file.is_file():
+            raise ValueError(f"no such file: {str(args.file)!r}")
+        count = store.import_(args.file)
+        print(json.dumps({"imported": count, "db": str(store.path)}))
     return 0
 
 
 def _quiet_libraries() -> None:
     """Library chatter (deprecations, missing optional packages) is not for CLI users."""
+    from diffusers.utils import logging as diffusers_logging
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore")
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch").setLevel(logging.ERROR)

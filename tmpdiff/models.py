@@ -6,6 +6,9 @@ settings every model shares (prompt, seed, steps, size, guidance) into that pipe
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch
 
 from . import tiny
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "get_model", "load_pipeline"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "config_hash", "get_model", "load_pipeline"]
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_MODEL = "shapes-dit"
@@ -150,6 +153,21 @@ def get_model(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}") from None
+
+
+def config_hash(name: str) -> str:
+    """A hash of the model's identity and configuration, computed without loading any weights."""
+    spec = get_model(name)
+    if spec.is_tiny:
+        identity: object = inspect.getsource(tiny.BUILDERS[spec.name]) + f"width={tiny.WIDTH}"
+    elif spec.is_local:
+        root = SHIPPED_DIR.parent / spec.source
+        identity = {p.relative_to(root).as_posix(): p.read_text() if p.suffix == ".json" else p.stat().st_size
+                    for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".json", ".safetensors")}
+    else:
+        identity = {"hub": spec.source, "revision": "main"}
+    blob = json.dumps({"name": spec.name, "dtype": spec.dtype, "identity": identity}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_pipeline(name: str, device: str | torch.device = "cpu") -> Any:

@@ -1,0 +1,170 @@
+"""The SQLite cache: hits without the model, concurrency, crashes, foreign files, export/import."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from cache import Cache, CacheError
+from tmpdiff import Schedule
+from tmpdiff.evaluate import Evaluator
+from tmpdiff.records import EvalKey, EvalRecord
+from tmpdiff.runner import Engine, RunSettings
+
+
+def png_bytes(colour=(10, 20, 30)):
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def record(schedule="fp32*4", seed=0, ssim=0.9):
+    s = Schedule.parse(schedule)
+    key = EvalKey(model="tiny-sd15", model_hash="abc", settings={"seed": seed}, schedule=str(s),
+                  schedule_hash=s.hash, device={"device": "cpu"})
+    return EvalRecord(key=key, png=png_bytes(), ssim=ssim, psnr=30.0, lpips=None, lpips_note="n/a",
+                      measured_seconds=1.0, predicted_seconds=None, steps_run=list(s.steps))
+
+
+def test_put_get_and_upsert(tmp_path):
+    cache = Cache(tmp_path / "c.sqlite")
+    first = cache.put(record(ssim=0.5))
+    again = cache.put(record(ssim=0.7))
+    assert first == again
+    got = cache.get(record().key)
+    assert got is not None and got.ssim == 0.7 and got.png == png_bytes()
+    assert len(cache.evaluations()) == 1
+    assert cache.get(record(seed=1).key) is None
+    images = list(cache.images.iterdir())
+    assert len(images) == 1 and len(images[0].stem) == 64  # named by content hash
+
+
+class NoModelEngine(Engine):
+    def pipeline(self, model):
+        raise AssertionError("a cache hit must not touch the model")
+
+
+def test_a_hit_returns_image_and_metrics_fast_without_the_model(tmp_path):
+    cache = Cache(tmp_path / "c.sqlite")
+    settings = RunSettings(model="tiny-sd15", steps=4)
+    Evaluator(Engine("cpu"), cache).evaluate(settings, "fp32*2,int8wo*2")
+    evaluator = Evaluator(NoModelEngine("cpu"), cache)
+    start = time.perf_counter()
+    hit = evaluator.evaluate(settings, "fp32*2,int8wo*2")
+    elapsed = time.perf_counter() - start
+    assert hit.cached and hit.image.size == (32, 32) and 0 < hit.record.ssim < 1
+    assert elapsed < 0.1, f"cache hit took {elapsed * 1000:.0f} ms"
+
+
+def test_eight_threads_write_at_once_without_locking_errors(tmp_path):
+    cache = Cache(tmp_path / "c.sqlite")
+    errors = []
+
+    def write(thread):
+        try:
+            for i in range(25):
+                cache.put(record(seed=thread * 100 + i))
+        except Exception as exc:  # collect, assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(cache.evaluations()) == 200
+
+
+WRITER = """
+import sys, time
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+from cache import Cache
+from test_cache import record
+cache = Cache({db!r})
+for i in range(100000):
+    cache.put(record(seed=i))
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_mid_write_leaves_a_sound_database_with_every_finished_row(tmp_path):
+    from conftest import ROOT
+
+    db = tmp_path / "c.sqlite"
+    code = WRITER.format(root=str(ROOT), tests=str(ROOT / "tests"), db=str(db))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    finished = -1
+    for line in child.stdout:
+        finished = int(line)
+        if finished >= 60:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    connection = sqlite3.connect(db)
+    assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    connection.close()
+    seeds = {row["settings"]["seed"] for row in Cache(db).evaluations()}
+    assert set(range(finished + 1)) <= seeds
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    with pytest.raises(CacheError, match="is not a SQLite database"):
+        Cache(bad)
+
+
+def test_a_database_of_another_schema_is_refused(tmp_path):
+    other = tmp_path / "other.sqlite"
+    connection = sqlite3.connect(other)
+    connection.execute("create table people (name text)")
+    connection.commit()
+    connection.close()
+    with pytest.raises(CacheError, match="another schema"):
+        Cache(other)
+
+
+def test_export_import_round_trip_and_validation(tmp_path):
+    source = Cache(tmp_path / "a.sqlite")
+    source.put(record("fp32*2,int8*2"))
+    exported = tmp_path / "ex.json"
+    assert source.export(exported) == 1
+    target = Cache(tmp_path / "b.sqlite")
+    assert target.import_(exported) == 1
+    assert target.get(record("fp32*2,int8*2").key).png == png_bytes()
+
+    payload = json.loads(exported.read_text())
+    payload["evaluations"][0]["schedule"] = "__import__('os').system('x')"
+    exported.write_text(json.dumps(payload))
+    with pytest.raises(CacheError, match="entry 0: malformed schedule token"):
+        target.import_(exported)
+    payload["evaluations"][0]["schedule"] = "fp32*4"
+    payload["evaluations"][0]["png_base64"] = "bm90IGEgcG5n"
+    exported.write_text(json.dumps(payload))
+    with pytest.raises(CacheError, match="not a PNG"):
+        target.import_(exported)
+
+
+def test_cli_second_generate_is_a_hit_and_bad_db_is_one_line(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "tmpdiff", "generate", "--model", "tiny-sd15", "--steps", "4",
+                               "--out", str(tmp_path / "x.png"), *args], capture_output=True, text=True, timeout=300)
+
+    db = str(tmp_path / "c.sqlite")
+    first, second = cli("--db", db), cli("--db", db)
+    assert json.loads(first.stdout)["cached"] is False
+    assert json.loads(second.stdout)["cached"] is True
+    assert json.loads(cli("--db", db, "--no-cache").stdout)["cached"] is False
+    (tmp_path / "junk.db").write_text("junk")
+    bad = cli("--db", str(tmp_path / "junk.db"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "not a SQLite database" in bad.stderr

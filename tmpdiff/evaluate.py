@@ -1,0 +1,122 @@
+"""Evaluate a schedule: its image, its quality against the reference, its measured and predicted latency.
+
+The reference (every step in the model's reference precision, same setting) is computed once per
+setting and reused. With a store, every evaluation is looked up before it is computed and saved
+after, so nothing is computed twice.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from .latency import CostTable
+from .metrics import compare
+from .models import config_hash
+from .records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint
+from .runner import Engine, RunSettings
+from .schedule import Schedule
+
+__all__ = ["Evaluation", "Evaluator"]
+
+
+@dataclass
+class Evaluation:
+    """One evaluated schedule, ready for a front end."""
+
+    record: EvalRecord
+    image: Image.Image
+    reference_seconds: float
+    cached: bool
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule.parse(self.record.key.schedule)
+
+    @property
+    def speedup(self) -> float:
+        return self.reference_seconds / self.record.measured_seconds if self.record.measured_seconds else 0.0
+
+    @property
+    def has_speed_claim(self) -> bool:
+        return not self.record.simulated
+
+    def summary(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "model": r.key.model, "schedule": r.key.schedule, "steps_run": r.steps_run,
+            "ssim": r.ssim, "psnr": None if r.psnr == float("inf") else r.psnr,
+            "lpips": r.lpips, "lpips_note": r.lpips_note or None,
+            "seconds": round(r.measured_seconds, 4),
+            "predicted_seconds": None if r.predicted_seconds is None else round(r.predicted_seconds, 4),
+            "reference_seconds": round(self.reference_seconds, 4),
+            "speedup": round(self.speedup, 3) if self.has_speed_claim else None,
+            "simulated": r.simulated, "device": r.key.device["device"], "cached": self.cached,
+        }
+
+
+class Evaluator:
+    """Runs and scores schedules on one engine, through an optional store."""
+
+    def __init__(self, engine: Engine, store: EvaluationStore | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.costs: dict[str, CostTable] = {}
+        self._lock = threading.Lock()
+        self._fingerprints: dict[str, str] = {}
+
+    def key(self, settings: RunSettings, schedule: Schedule) -> EvalKey:
+        return EvalKey(
+            model=settings.model, model_hash=self.model_hash(settings.model), settings=settings.to_dict(),
+            schedule=str(schedule), schedule_hash=schedule.hash,
+            device=device_fingerprint(self.engine.device, self._compiled()),
+        )
+
+    def model_hash(self, model: str) -> str:
+        if model not in self._fingerprints:
+            self._fingerprints[model] = config_hash(model)
+        return self._fingerprints[model]
+
+    def reference(self, settings: RunSettings) -> Evaluation:
+        return self.evaluate(settings, settings.reference_schedule())
+
+    def evaluate(self, settings: RunSettings, schedule: Schedule | str) -> Evaluation:
+        schedule = self.engine.check_schedule(schedule, settings)
+        key = self.key(settings, schedule)
+        cached = self.store.get(key) if self.store else None
+        if cached is not None:
+            reference_seconds = self._reference_seconds(settings, schedule, cached)
+            return Evaluation(cached, Image.open(io.BytesIO(cached.png)).convert("RGB"), reference_seconds, True)
+        is_reference = schedule == settings.reference_schedule()
+        reference = None if is_reference else self.reference(settings)
+        result = self.engine.generate(settings, schedule)
+        quality = compare(result.image, reference.image if reference else result.image)
+        table = self.costs.get(settings.model)
+        predicted = table.predict(schedule) if table and set(schedule.precisions) <= set(table.step_seconds) else None
+        record = EvalRecord(
+            key=key, png=_png(result.image), ssim=quality.ssim, psnr=quality.psnr, lpips=quality.lpips,
+            lpips_note=quality.lpips_note, measured_seconds=result.seconds, predicted_seconds=predicted,
+            steps_run=result.steps_run, simulated=result.simulated,
+        )
+        if self.store:
+            self.store.put(record)
+        reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
+        return Evaluation(record, result.image, reference_seconds, False)
+
+    def _reference_seconds(self, settings: RunSettings, schedule: Schedule, record: EvalRecord) -> float:
+        if schedule == settings.reference_schedule():
+            return record.measured_seconds
+        return self.reference(settings).record.measured_seconds
+
+    def _compiled(self) -> bool:
+        return bool(self.engine.compile) if self.engine.compile is not None else self.engine.device.startswith("cuda")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
