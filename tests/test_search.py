@@ -1,0 +1,93 @@
+"""The search on synthetic additive models where the right answer is known."""
+
+import random
+
+import pytest
+
+from tmpdiff import Schedule
+from tmpdiff.search import (
+    Point, additivity_check, bisection_search, boundary_schedules, evaluation_bound, exhaustive_search,
+    pareto_front, speedup_search, uniform_schedules,
+)
+
+LADDER = ["bf16", "fp8", "int4wo"]
+COST = {"bf16": 1.0, "fp8": 0.75, "int4wo": 0.55, "skip": 0.02}
+ERROR = {"bf16": 0.0, "fp8": 0.01, "int4wo": 0.04, "skip": 0.08}
+
+
+class Additive:
+    """degradation = sum over steps of sensitivity(step) x error(precision); early steps matter most."""
+
+    def __init__(self, steps, noise=0.0, seed=0):
+        rng = random.Random(seed)
+        self.weights = [2.0 * (1 - i / steps) + 0.2 + rng.random() * 0.3 for i in range(steps)]
+        self.noise, self.rng, self.calls = noise, rng, 0
+
+    def degradation(self, schedule):
+        self.calls += 1
+        value = sum(w * ERROR[n] for w, n in zip(self.weights, schedule, strict=True))
+        return value * (1 + self.noise * (self.rng.random() - 0.5))
+
+    def cost(self, schedule):
+        return sum(COST[n] for n in schedule)
+
+
+@pytest.mark.parametrize("steps", [4, 6, 8])
+@pytest.mark.parametrize("budget", [0.05, 0.15, 0.4])
+def test_bisection_meets_the_budget_close_to_the_optimum_in_linear_evaluations(steps, budget):
+    oracle = Additive(steps)
+    found = bisection_search(steps, LADDER, oracle, budget)
+    best = exhaustive_search(steps, LADDER, Additive(steps), budget)
+    assert found.degradation <= budget
+    assert found.evaluations <= evaluation_bound(steps, len(LADDER))
+    assert found.evaluations < best.evaluations
+    # Within 10% of the exhaustive optimum's cost.
+    assert found.cost <= best.cost * 1.10, (str(found.schedule), str(best.schedule))
+
+
+def test_evaluations_grow_linearly_with_steps():
+    for steps in (8, 16, 32, 50):
+        for budget in (0.05, 0.3, 1.0):
+            count = bisection_search(steps, LADDER + ["skip"], Additive(steps), budget).evaluations
+            assert count <= evaluation_bound(steps, 4) == 2 * (2 * steps - 1) * 3 + 1
+
+
+def test_speedup_target_is_met_with_best_quality_found():
+    steps = 8
+    oracle = Additive(steps)
+    target = 0.7 * steps  # 1.43x
+    found = speedup_search(steps, LADDER, oracle, target)
+    assert found.cost <= target
+    uniform_fits = [s for s in uniform_schedules(steps, LADDER) if oracle.cost(s) <= target]
+    assert all(found.degradation <= oracle.degradation(s) for s in uniform_fits)
+    with pytest.raises(ValueError, match="reaches the target"):
+        speedup_search(steps, LADDER, oracle, 0.1)
+
+
+def test_additivity_is_recovered_on_an_additive_model():
+    check = additivity_check(6, LADDER, Additive(6), samples=8)
+    assert check.r2 > 0.999
+    noisy = additivity_check(6, LADDER, Additive(6, noise=0.8, seed=3), samples=8)
+    assert noisy.r2 < check.r2
+
+
+def test_baselines_and_pareto_front():
+    assert [str(s) for s in uniform_schedules(4, ["fp32", "int8", "skip"])] == ["fp32*4", "int8*4", "fp32,skip*3"]
+    boundaries = boundary_schedules(8, ["fp32", "int8"])
+    assert "fp32*2,int8*6" in {str(s) for s in boundaries}
+    points = [Point("a", 0.9, 1.0), Point("b", 0.8, 1.5), Point("c", 0.7, 1.2), Point("d", 0.95, 0.9)]
+    assert [p.schedule for p in pareto_front(points)] == ["b", "a", "d"]
+
+
+@pytest.mark.parametrize(("ladder", "message"), [
+    (["bf16"], "at least one cheaper rung"), (["skip", "bf16"], "cannot be it"), (["bf16", "bf16"], "repeats"),
+])
+def test_bad_ladders_are_refused(ladder, message):
+    with pytest.raises(ValueError, match=message):
+        bisection_search(4, ladder, Additive(4), 0.1)
+
+
+def test_skip_never_lands_on_step_zero():
+    found = bisection_search(6, ["bf16", "skip"], Additive(6), 10.0)
+    assert found.schedule[0] == "bf16" and set(found.schedule.steps[1:]) == {"skip"}
+    assert isinstance(found.schedule, Schedule)

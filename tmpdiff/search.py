@@ -1,0 +1,273 @@
+"""Schedule search: TMPDiff-style adaptive bisection with a linear number of evaluations.
+
+Hypothesis (TMPDiff): quantization errors add up across steps, so a schedule's degradation
+(1 - mean SSIM against the reference) is close to the sum of its steps' degradations.
+
+Procedure, for a quality floor (degradation budget ``B = 1 - floor``) and a ladder of precisions
+ordered from the reference down to the cheapest rung:
+
+1. Start from the all-reference schedule.
+2. For each cheaper rung in turn, bisect the step range ``[0, T)``: propose lowering every step
+   of the segment that is still above this rung to this rung and evaluate the full schedule.
+   Keep the proposal when its *added* degradation fits the segment's share of the budget left
+   at the start of the rung (``left * len(segment) / T``) and the whole schedule still meets the
+   floor. Otherwise split the segment in halves and try each (late half first: late steps are
+   the least sensitive). Single steps that do not fit stay where they are.
+3. Repeat the rung sweep once more (``passes=2``) so budget left over by the shares is used.
+
+Each rung's sweep visits at most ``2T - 1`` segments, so the search makes at most
+``passes * (2T - 1) * (rungs - 1)`` evaluations: linear in steps x rungs, against
+``rungs ** T`` for an exhaustive search. A speed-up target is met by bisecting the budget
+itself (at most ``BUDGET_ITERATIONS`` floor searches), a constant factor more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .schedule import Schedule
+
+__all__ = [
+    "Oracle", "Point", "SearchOutcome", "additivity_check", "bisection_search", "boundary_schedules",
+    "evaluation_bound", "exhaustive_search", "pareto_front", "speedup_search", "uniform_schedules",
+]
+
+PASSES = 2
+BUDGET_ITERATIONS = 7
+
+
+class Oracle(Protocol):
+    """Evaluates full schedules: degradation measured, cost predicted from measured step costs."""
+
+    def degradation(self, schedule: Schedule) -> float: ...
+
+    def cost(self, schedule: Schedule) -> float: ...
+
+
+@dataclass(frozen=True)
+class Point:
+    schedule: str
+    quality: float  # 1 - degradation (mean SSIM for the real oracle)
+    speedup: float
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"schedule": self.schedule, "ssim": self.quality, "speedup": self.speedup}
+
+
+@dataclass
+class SearchOutcome:
+    schedule: Schedule
+    degradation: float
+    cost: float
+    evaluations: int
+    trace: list[str] = field(default_factory=list)
+
+
+def evaluation_bound(steps: int, rungs: int, passes: int = PASSES) -> int:
+    """The most full evaluations one floor search makes."""
+    return passes * (2 * steps - 1) * max(rungs - 1, 0) + 1
+
+
+class _Counter:
+    """Counts distinct schedules the algorithm asked about (repeats are free: memoised)."""
+
+    def __init__(self, oracle: Oracle, on_evaluation: Callable[[Schedule, float], None] | None) -> None:
+        self.oracle, self.on_evaluation = oracle, on_evaluation
+        self.seen: dict[Schedule, float] = {}
+
+    def __call__(self, schedule: Schedule) -> float:
+        if schedule not in self.seen:
+            self.seen[schedule] = self.oracle.degradation(schedule)
+            if self.on_evaluation:
+                self.on_evaluation(schedule, self.seen[schedule])
+        return self.seen[schedule]
+
+
+def bisection_search(
+    steps: int,
+    ladder: Sequence[str],
+    oracle: Oracle,
+    budget: float,
+    passes: int = PASSES,
+    on_evaluation: Callable[[Schedule, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SearchOutcome:
+    """The cheapest schedule found whose degradation stays within ``budget``."""
+    _check_ladder(ladder)
+    if budget < 0:
+        raise ValueError(f"the degradation budget must be 0 or more, got {budget}")
+    measure = _Counter(oracle, on_evaluation)
+    rank = {name: i for i, name in enumerate(ladder)}
+    current = Schedule.uniform(ladder[0], steps)
+    current_loss = measure(current)
+    trace = []
+    for _ in range(passes):
+        for rung in ladder[1:]:
+            current, current_loss = _sweep(current, current_loss, rank, rung, measure, budget, trace, should_stop)
+    # Any feasible schedule met on the way that is cheaper still (non-additive effects) wins.
+    feasible = [(oracle.cost(s), loss, s) for s, loss in measure.seen.items() if loss <= budget + 1e-12]
+    cost, current_loss, current = min(feasible, key=lambda item: (item[0], item[1]))
+    return SearchOutcome(current, current_loss, cost, len(measure.seen), trace)
+
+
+def _sweep(schedule: Schedule, loss: float, rank: dict[str, int], rung: str, measure: _Counter, budget: float,
+           trace: list[str], should_stop: Callable[[], bool] | None) -> tuple[Schedule, float]:
+    """One rung's bisection over the whole step range; returns the schedule it ends on."""
+    steps = len(schedule)
+    left = max(budget - loss, 0.0)
+    pending = [(0, steps)]
+    while pending:
+        if should_stop and should_stop():
+            raise KeyboardInterrupt("search stopped")
+        lo, hi = pending.pop()
+        indices = [i for i in range(lo, hi) if rank[schedule[i]] < rank[rung] and not (i == 0 and rung == "skip")]
+        if not indices:
+            continue
+        candidate = schedule.replace(indices, rung)
+        candidate_loss = measure(candidate)
+        if candidate_loss - loss <= left * (hi - lo) / steps + 1e-12 and candidate_loss <= budget + 1e-12:
+            schedule, loss = candidate, candidate_loss
+            trace.append(f"{rung}[{lo}:{hi}]")
+        elif hi - lo > 1:
+            mid = (lo + hi) // 2
+            pending.extend([(lo, mid), (mid, hi)])  # the late half is popped first
+    return schedule, loss
+
+
+def speedup_search(
+    steps: int,
+    ladder: Sequence[str],
+    oracle: Oracle,
+    target_cost: float,
+    on_evaluation: Callable[[Schedule, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SearchOutcome:
+    """The best-quality schedule found whose predicted cost is at most ``target_cost``."""
+    lo, hi = 0.0, 1.0
+    best: SearchOutcome | None = None
+    seen: dict[Schedule, float] = {}
+
+    def record(schedule: Schedule, loss: float) -> None:
+        seen[schedule] = loss
+        if on_evaluation:
+            on_evaluation(schedule, loss)
+
+    memo = _MemoOracle(oracle, seen)
+    for _ in range(BUDGET_ITERATIONS):
+        budget = (lo + hi) / 2
+        outcome = bisection_search(steps, ladder, memo, budget, on_evaluation=record, should_stop=should_stop)
+        if outcome.cost <= target_cost:
+            hi = budget
+            if best is None or outcome.degradation < best.degradation:
+                best = outcome
+        else:
+            lo = budget
+    fitting = [(loss, s) for s, loss in seen.items() if oracle.cost(s) <= target_cost]
+    if not fitting:
+        raise ValueError(
+            f"no schedule on the ladder {', '.join(ladder)} reaches the target: the cheapest costs "
+            f"{oracle.cost(Schedule.uniform(ladder[-1], steps)):.4g}, the target is {target_cost:.4g}"
+        )
+    loss, schedule = min(fitting, key=lambda item: (item[0], oracle.cost(item[1])))
+    return SearchOutcome(schedule, loss, oracle.cost(schedule), len(seen), best.trace if best else [])
+
+
+class _MemoOracle:
+    def __init__(self, oracle: Oracle, seen: dict[Schedule, float]) -> None:
+        self.oracle, self.seen = oracle, seen
+
+    def degradation(self, schedule: Schedule) -> float:
+        return self.seen[schedule] if schedule in self.seen else self.oracle.degradation(schedule)
+
+    def cost(self, schedule: Schedule) -> float:
+        return self.oracle.cost(schedule)
+
+
+def uniform_schedules(steps: int, ladder: Sequence[str]) -> list[Schedule]:
+    return [Schedule.uniform(name, steps) if name != "skip" else Schedule((ladder[0],) + ("skip",) * (steps - 1))
+            for name in ladder]
+
+
+def boundary_schedules(steps: int, ladder: Sequence[str]) -> list[Schedule]:
+    """'First k steps in the reference, the rest in a lower rung' for a spread of k."""
+    ks = sorted({1, 2, steps // 4, steps // 2, (3 * steps) // 4} - {0, steps})
+    return [Schedule((ladder[0],) * k + (low,) * (steps - k)) for low in ladder[1:] for k in ks]
+
+
+def exhaustive_search(steps: int, ladder: Sequence[str], oracle: Oracle, budget: float,
+                      limit: int = 60_000) -> SearchOutcome:
+    """Every schedule on the ladder (step 0 never skipped): the true optimum, for small T."""
+    first = [n for n in ladder if n != "skip"]
+    count = len(first) * len(ladder) ** (steps - 1)
+    if count > limit:
+        raise ValueError(f"an exhaustive search over {count} schedules exceeds the limit of {limit}: "
+                         "use fewer steps or rungs")
+    best: tuple[float, float, Schedule] | None = None
+    for head in first:
+        for tail in itertools.product(ladder, repeat=steps - 1):
+            schedule = Schedule((head, *tail))
+            loss = oracle.degradation(schedule)
+            if loss <= budget + 1e-12:
+                item = (oracle.cost(schedule), loss, schedule)
+                best = item if best is None or item[:2] < best[:2] else best
+    if best is None:
+        raise ValueError(f"no schedule meets the degradation budget {budget}")
+    return SearchOutcome(best[2], best[1], best[0], count)
+
+
+@dataclass
+class Additivity:
+    single_step: dict[tuple[int, str], float]
+    predicted: list[float]
+    measured: list[float]
+    schedules: list[str]
+
+    @property
+    def r2(self) -> float:
+        mean = sum(self.measured) / len(self.measured)
+        total = sum((m - mean) ** 2 for m in self.measured)
+        residual = sum((m - p) ** 2 for m, p in zip(self.measured, self.predicted, strict=True))
+        return 1 - residual / total if total > 0 else 1.0
+
+
+def additivity_check(steps: int, ladder: Sequence[str], oracle: Oracle, samples: int = 6,
+                     seed: int = 0) -> Additivity:
+    """Single-step degradations predict random mixed schedules: how well (R^2)?"""
+    reference = Schedule.uniform(ladder[0], steps)
+    single = {}
+    for i in range(steps):
+        for rung in ladder[1:]:
+            if not (i == 0 and rung == "skip"):
+                single[(i, rung)] = oracle.degradation(reference.replace([i], rung))
+    rng = random.Random(seed)
+    predicted, measured, texts = [], [], []
+    for _ in range(samples):
+        names = [ladder[0]] + [rng.choice(ladder) for _ in range(steps - 1)]
+        schedule = Schedule(tuple(names))
+        predicted.append(sum(single.get((i, n), 0.0) for i, n in enumerate(names) if n != ladder[0]))
+        measured.append(oracle.degradation(schedule))
+        texts.append(str(schedule))
+    return Additivity(single, predicted, measured, texts)
+
+
+def pareto_front(points: Iterable[Point]) -> list[Point]:
+    """Points no other point beats on both quality and speed-up, fastest first."""
+    ordered = sorted(points, key=lambda p: (-p.speedup, -p.quality))
+    front: list[Point] = []
+    for point in ordered:
+        if not front or point.quality > front[-1].quality:
+            front.append(point)
+    return front
+
+
+def _check_ladder(ladder: Sequence[str]) -> None:
+    if len(ladder) < 2:
+        raise ValueError(f"a ladder needs the reference and at least one cheaper rung, got {list(ladder)}")
+    if ladder[0] == "skip":
+        raise ValueError("the ladder's first rung is the reference precision; 'skip' cannot be it")
+    if len(set(ladder)) != len(ladder):
+        raise ValueError(f"the ladder repeats a precision: {list(ladder)}")
