@@ -6,8 +6,15 @@ import pytest
 
 from tmpdiff import Schedule
 from tmpdiff.search import (
-    Point, additivity_check, bisection_search, boundary_schedules, evaluation_bound, exhaustive_search,
-    pareto_front, speedup_search, uniform_schedules,
+    Point,
+    additivity_check,
+    bisection_search,
+    boundary_schedules,
+    evaluation_bound,
+    exhaustive_search,
+    pareto_front,
+    speedup_search,
+    uniform_schedules,
 )
 
 LADDER = ["bf16", "fp8", "int4wo"]

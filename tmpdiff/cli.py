@@ -41,6 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, type=Path, help="PNG file to write")
     _add_cache_flags(gen)
 
+    search = commands.add_parser("search", help="find a per-step schedule for a quality or speed target")
+    search.add_argument("--model", default=DEFAULT_MODEL)
+    search.add_argument("--steps", type=int, default=None)
+    search.add_argument("--size", type=int, default=None)
+    search.add_argument("--guidance", type=float, default=None)
+    objective = search.add_mutually_exclusive_group()
+    objective.add_argument("--target-ssim", type=float, default=None, help="quality floor: mean SSIM (default 0.9)")
+    objective.add_argument("--target-speedup", type=float, default=None, help="speed target, e.g. 1.5")
+    search.add_argument("--ladder", default=None, help="e.g. 'fp32,int8wo,skip' (default: measured here)")
+    search.add_argument("--prompts", type=Path, default=None, help="text file, one prompt per line, or a TSV")
+    search.add_argument("--num-prompts", type=int, default=4, help="calibration prompts to use (default 4)")
+    search.add_argument("--seeds", default="0,1", help="comma-separated calibration seeds (default 0,1)")
+    search.add_argument("--validation-seeds", default="1000,1001", help="seeds to re-check the result on")
+    search.add_argument("--exhaustive", action="store_true", help="also search every schedule (small T only)")
+    search.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    search.add_argument("--json", type=Path, required=True, help="report file to write")
+    _add_cache_flags(search)
+
     commands.add_parser("precisions", help="list the precision registry on this device")
     commands.add_parser("models", help="list the model registry")
 
@@ -81,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             for spec in MODELS.values():
                 print(f"{spec.name:<13} {spec.family:<7} {spec.dtype:<5} {spec.steps:>3} steps {spec.size:>5}px  "
                       f"{spec.source}")
+        elif args.command == "search":
+            return _search(args, device)
         elif args.command == "cache":
             return _cache(args)
         else:
@@ -108,6 +128,80 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
     print(json.dumps(line))
     return 0
+
+
+def _search(args: argparse.Namespace, device: str) -> int:
+    from tqdm import tqdm
+
+    from .evaluate import Evaluator
+    from .latency import CostTable
+    from .models import get_model
+    from .prompts import calibration_prompts
+    from .search_run import SearchRequest, run_search
+
+    if not args.json.parent.exists():
+        raise ValueError(f"--json folder {str(args.json.parent)!r} does not exist")
+    spec = get_model(args.model)
+    request = SearchRequest(
+        model=args.model, prompts=tuple(calibration_prompts(spec.labels, args.num_prompts, args.prompts)),
+        seeds=_ints(args.seeds, "--seeds"), validation_seeds=_ints(args.validation_seeds, "--validation-seeds"),
+        steps=args.steps, size=args.size, guidance=args.guidance,
+        ladder=tuple(args.ladder.split(",")) if args.ladder else None,
+        target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
+        target_speedup=args.target_speedup, exhaustive=args.exhaustive,
+    )
+    store = open_cache(args.db, not args.no_cache)
+    evaluator = Evaluator(Engine(device=device, compile=args.compile), store)
+    run_id = store.start_search(args.model, request.to_dict()) if store else None
+    cost_key = _cost_key(evaluator, request)
+    if store and (saved := store.get_costs(*cost_key)):
+        evaluator.costs[args.model] = CostTable.from_dict(saved)
+    bar = tqdm(total=1, unit="eval", desc="search", file=sys.stderr)
+
+    def progress(done: int, planned: int, what: str) -> None:
+        bar.total = planned
+        bar.n = done
+        bar.set_postfix_str(what[:40])
+        bar.refresh()
+
+    def link(settings: RunSettings, schedule) -> None:
+        if store and run_id is not None:
+            store.link_search(run_id, evaluator.key(settings, schedule))
+
+    try:
+        report = run_search(evaluator, request, progress=progress, on_evaluation=link)
+    except KeyboardInterrupt:
+        bar.close()
+        print("error: search interrupted; every finished evaluation is cached, run it again to resume",
+              file=sys.stderr)
+        return 130
+    bar.close()
+    if store:
+        store.put_costs(*cost_key, evaluator.costs[args.model].to_dict())
+    if store and run_id is not None:
+        store.finish_search(run_id, {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations")})
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations", "evaluation_bound")}))
+    return 0
+
+
+def _cost_key(evaluator, request) -> tuple[str, str, str]:
+    from .records import stable_hash
+
+    settings = request.settings(request.prompts[0], request.seeds[0])
+    key = evaluator.key(settings, settings.reference_schedule())
+    return key.model_hash, stable_hash({"steps": settings.resolved_steps, "size": settings.resolved_size}), \
+        key.device_hash
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise ValueError(f"{flag} takes numbers of 0 or more, got {text!r}")
+    return values
 
 
 def _cache(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from typing import Protocol
 from .schedule import Schedule
 
 __all__ = [
-    "Oracle", "Point", "SearchOutcome", "additivity_check", "bisection_search", "boundary_schedules",
+    "Oracle", "Point", "SearchOutcome", "additivity_check", "bisection_search", "boundary_ks", "boundary_schedules",
     "evaluation_bound", "exhaustive_search", "pareto_front", "speedup_search", "uniform_schedules",
 ]
 
@@ -194,8 +194,11 @@ def uniform_schedules(steps: int, ladder: Sequence[str]) -> list[Schedule]:
 
 def boundary_schedules(steps: int, ladder: Sequence[str]) -> list[Schedule]:
     """'First k steps in the reference, the rest in a lower rung' for a spread of k."""
-    ks = sorted({1, 2, steps // 4, steps // 2, (3 * steps) // 4} - {0, steps})
-    return [Schedule((ladder[0],) * k + (low,) * (steps - k)) for low in ladder[1:] for k in ks]
+    return [Schedule((ladder[0],) * k + (low,) * (steps - k)) for low in ladder[1:] for k in boundary_ks(steps)]
+
+
+def boundary_ks(steps: int) -> list[int]:
+    return sorted({1, 2, steps // 4, steps // 2, (3 * steps) // 4} - {0, steps})
 
 
 def exhaustive_search(steps: int, ladder: Sequence[str], oracle: Oracle, budget: float,

@@ -1,0 +1,215 @@
+"""A search on a real model: measure costs, run baselines, bisect, check additivity, report.
+
+Every full evaluation goes through the ``Evaluator`` (and so through the cache when one is given),
+so an interrupted search resumes for free.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .evaluate import Evaluator
+from .latency import CostTable, measure_costs, timed_run
+from .precisions import PRECISIONS, Status, precision_status
+from .runner import RunSettings
+from .schedule import Schedule
+from .search import (
+    Point,
+    additivity_check,
+    bisection_search,
+    boundary_ks,
+    boundary_schedules,
+    evaluation_bound,
+    exhaustive_search,
+    pareto_front,
+    speedup_search,
+    uniform_schedules,
+)
+
+__all__ = ["SearchRequest", "run_search"]
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What to search; validated up front."""
+
+    model: str
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    steps: int | None = None
+    size: int | None = None
+    guidance: float | None = None
+    ladder: tuple[str, ...] | None = None
+    target_ssim: float | None = None
+    target_speedup: float | None = None
+    validation_seeds: tuple[int, ...] = (1000,)
+    additivity_samples: int = 6
+    exhaustive: bool = False
+    baselines: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.target_ssim is None) == (self.target_speedup is None):
+            raise ValueError("give exactly one objective: --target-ssim Q or --target-speedup X")
+        if self.target_ssim is not None and not 0 < self.target_ssim <= 1:
+            raise ValueError(f"--target-ssim must be in (0, 1], got {self.target_ssim}")
+        if self.target_speedup is not None and self.target_speedup < 1:
+            raise ValueError(f"--target-speedup must be at least 1, got {self.target_speedup}")
+        if not self.prompts or not self.seeds:
+            raise ValueError("the search needs at least one prompt and one seed")
+        if set(self.seeds) & set(self.validation_seeds):
+            raise ValueError(f"validation seeds {self.validation_seeds} must differ from search seeds {self.seeds}")
+        for prompt in self.prompts:
+            self.settings(prompt, self.seeds[0])
+        if self.ladder is not None:
+            for name in self.ladder:
+                if name not in PRECISIONS:
+                    raise ValueError(f"unknown precision {name!r} in the ladder: choose from {', '.join(PRECISIONS)}")
+
+    def settings(self, prompt: str, seed: int) -> RunSettings:
+        return RunSettings(model=self.model, prompt=prompt, seed=seed, steps=self.steps, size=self.size,
+                           guidance=self.guidance)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "prompts": list(self.prompts), "seeds": list(self.seeds), "steps": self.steps,
+                "size": self.size, "guidance": self.guidance, "ladder": list(self.ladder or []),
+                "target_ssim": self.target_ssim, "target_speedup": self.target_speedup}
+
+
+class ModelOracle:
+    """Mean SSIM over the calibration settings; cost from the measured table."""
+
+    def __init__(self, evaluator: Evaluator, settings: list[RunSettings], table: CostTable, reference: str,
+                 on_evaluation: Callable[[Schedule], None]) -> None:
+        self.evaluator, self.settings, self.table, self.reference = evaluator, settings, table, reference
+        self.on_evaluation = on_evaluation
+        self.quality: dict[Schedule, tuple[float, float]] = {}
+
+    def degradation(self, schedule: Schedule) -> float:
+        if schedule not in self.quality:
+            values = [self.evaluator.evaluate(s, schedule).record.ssim or 0.0 for s in self.settings]
+            self.quality[schedule] = (statistics.fmean(values), statistics.pstdev(values))
+            self.on_evaluation(schedule)
+        return 1 - self.quality[schedule][0]
+
+    def cost(self, schedule: Schedule) -> float:
+        return self.table.predict(schedule)
+
+    def point(self, schedule: Schedule) -> Point:
+        self.degradation(schedule)
+        reference = self.table.predict(Schedule.uniform(self.reference, len(schedule)))
+        return Point(str(schedule), self.quality[schedule][0], reference / self.cost(schedule))
+
+
+def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None = None,
+               should_stop: Callable[[], bool] | None = None,
+               on_evaluation: Callable[[RunSettings, Schedule], None] | None = None) -> dict[str, Any]:
+    """Run the whole study and return the report (the CLI writes it as JSON)."""
+    base = request.settings(request.prompts[0], request.seeds[0])
+    steps, reference = base.resolved_steps, base.spec.dtype
+    calibration = [request.settings(p, s) for p in request.prompts for s in request.seeds]
+    engine = evaluator.engine
+    table = evaluator.costs.get(request.model)
+    needed = set(_candidates(request, engine.device)) | {reference}
+    if table is None or table.steps != steps or not needed <= set(table.step_seconds):
+        table = measure_costs(timed_run(engine, base), reference, sorted(needed - {reference}),
+                              steps=max(steps, 2), device=engine.device, compiled=bool(evaluator._compiled()))
+        evaluator.costs[request.model] = table
+    ladder = list(request.ladder) if request.ladder else _default_ladder(table, reference)
+    planned = _planned(steps, len(ladder), request)
+    done = 0
+
+    def evaluated(schedule: Schedule) -> None:
+        nonlocal done
+        done += 1
+        if on_evaluation:
+            for settings in calibration:
+                on_evaluation(settings, schedule)
+        if progress:
+            progress(done, max(planned, done), str(schedule))
+
+    oracle = ModelOracle(evaluator, calibration, table, reference, evaluated)
+    baselines = [oracle.point(s) for s in uniform_schedules(steps, ladder)]
+    if request.baselines:
+        baselines += [oracle.point(s) for s in boundary_schedules(steps, ladder)]
+    before_search = len(oracle.quality)
+    reference_cost = table.predict(Schedule.uniform(reference, steps))
+    if request.target_ssim is not None:
+        outcome = bisection_search(steps, ladder, oracle, 1 - request.target_ssim, should_stop=should_stop)
+    else:
+        target_cost = reference_cost / float(request.target_speedup or 1)
+        outcome = speedup_search(steps, ladder, oracle, target_cost, should_stop=should_stop)
+    search_evaluations = len(oracle.quality) - before_search
+    found = oracle.point(outcome.schedule)
+    report: dict[str, Any] = {
+        "model": request.model, "device": table.device, "steps": steps, "ladder": ladder,
+        "objective": {"target_ssim": request.target_ssim, "target_speedup": request.target_speedup},
+        "schedule": found.schedule, "ssim": found.quality, "ssim_std": oracle.quality[outcome.schedule][1],
+        "speedup": found.speedup, "speedup_is_predicted": True,
+        "evaluations": outcome.evaluations, "new_evaluations_in_search": search_evaluations,
+        "evaluation_bound": evaluation_bound(steps, len(ladder)) * (7 if request.target_speedup else 1),
+        "baselines": [p.to_dict() for p in baselines],
+        "costs": table.to_dict(),
+        "simulated_in_ladder": [n for n in ladder if n in table.simulated],
+    }
+    report["best_baseline_at_speedup"] = _best_uniform_margin(baselines, found)
+    if request.additivity_samples:
+        check = additivity_check(steps, ladder, oracle, samples=request.additivity_samples)
+        report["additivity"] = {"r2": check.r2, "predicted": check.predicted, "measured": check.measured,
+                                "schedules": check.schedules}
+    if request.exhaustive:
+        best = exhaustive_search(steps, ladder, oracle, outcome.degradation if request.target_speedup
+                                 else 1 - float(request.target_ssim), limit=4096)
+        report["exhaustive"] = {"schedule": str(best.schedule), "ssim": 1 - best.degradation,
+                                "speedup": reference_cost / best.cost, "evaluations": best.evaluations,
+                                "bisection_cost_gap_pct": 100 * (outcome.cost - best.cost) / best.cost}
+    report["validation"] = _validate(evaluator, request, outcome.schedule)
+    all_points = [oracle.point(s) for s in list(oracle.quality)]
+    report["pareto"] = [p.to_dict() for p in pareto_front(all_points)]
+    return report
+
+
+def _candidates(request: SearchRequest, device: str) -> list[str]:
+    if request.ladder:
+        return list(request.ladder)
+    return [n for n in PRECISIONS if precision_status(n, device).status is Status.REAL]
+
+
+def _default_ladder(table: CostTable, reference: str) -> list[str]:
+    """The reference, then every real precision measured cheaper than it, most expensive first."""
+    base = table.step_seconds[reference]
+    cheaper = [n for n in table.ladder() if n != reference and table.step_seconds[n] < base]
+    return [reference, *cheaper]
+
+
+def _planned(steps: int, rungs: int, request: SearchRequest) -> int:
+    baselines = rungs + (len(boundary_ks(steps)) * (rungs - 1) if request.baselines else 0)
+    search = evaluation_bound(steps, rungs) * (7 if request.target_speedup else 1)
+    additivity = (steps * (rungs - 1) + request.additivity_samples) if request.additivity_samples else 0
+    return baselines + search // 3 + additivity  # the bound is rarely reached; progress stays honest by capping
+
+
+def _best_uniform_margin(baselines: list[Point], found: Point) -> dict[str, Any] | None:
+    """The best uniform or boundary baseline at least as fast as the found schedule, and the SSIM margin."""
+    rivals = [p for p in baselines if p.speedup >= found.speedup - 1e-9 and p.schedule != found.schedule]
+    if not rivals:
+        return None
+    best = max(rivals, key=lambda p: p.quality)
+    return {"schedule": best.schedule, "ssim": best.quality, "speedup": best.speedup,
+            "ssim_margin": found.quality - best.quality}
+
+
+def _validate(evaluator: Evaluator, request: SearchRequest, schedule: Schedule) -> dict[str, Any]:
+    """The found schedule on seeds the search never saw."""
+    values = [evaluator.evaluate(request.settings(p, s), schedule).record.ssim or 0.0
+              for p in request.prompts for s in request.validation_seeds]
+    mean = statistics.fmean(values)
+    result: dict[str, Any] = {"seeds": list(request.validation_seeds), "ssim": mean}
+    if request.target_ssim is not None:
+        result["meets_target"] = mean >= request.target_ssim
+    return result
