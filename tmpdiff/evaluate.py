@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from .latency import CostTable
+from .latency import CostTable, measure_costs, timed_run
 from .metrics import compare
 from .models import config_hash
 from .records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint
@@ -62,9 +62,10 @@ class Evaluation:
 class Evaluator:
     """Runs and scores schedules on one engine, through an optional store."""
 
-    def __init__(self, engine: Engine, store: EvaluationStore | None = None) -> None:
+    def __init__(self, engine: Engine, store: EvaluationStore | None = None, predict: bool = True) -> None:
         self.engine = engine
         self.store = store
+        self.predict = predict
         self.costs: dict[str, CostTable] = {}
         self._lock = threading.Lock()
         self._fingerprints: dict[str, str] = {}
@@ -93,10 +94,10 @@ class Evaluator:
             return Evaluation(cached, Image.open(io.BytesIO(cached.png)).convert("RGB"), reference_seconds, True)
         is_reference = schedule == settings.reference_schedule()
         reference = None if is_reference else self.reference(settings)
+        table = self.cost_table(settings, schedule) if self.predict else None
         result = self.engine.generate(settings, schedule)
         quality = compare(result.image, reference.image if reference else result.image)
-        table = self.costs.get(settings.model)
-        predicted = table.predict(schedule) if table and set(schedule.precisions) <= set(table.step_seconds) else None
+        predicted = table.predict(schedule) if table else None
         record = EvalRecord(
             key=key, png=_png(result.image), ssim=quality.ssim, psnr=quality.psnr, lpips=quality.lpips,
             lpips_note=quality.lpips_note, measured_seconds=result.seconds, predicted_seconds=predicted,
@@ -106,6 +107,22 @@ class Evaluator:
             self.store.put(record)
         reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
         return Evaluation(record, result.image, reference_seconds, False)
+
+    def cost_table(self, settings: RunSettings, schedule: Schedule) -> CostTable | None:
+        """The measured step costs of this model, measuring whatever ``schedule`` needs first."""
+        steps = settings.resolved_steps
+        if steps < 2:
+            return None
+        with self._lock:
+            table = self.costs.get(settings.model)
+            if table is None or table.steps != steps:
+                table = None
+            missing = set(schedule.precisions) | {settings.spec.dtype}
+            if table is None or not missing <= set(table.step_seconds):
+                table = measure_costs(timed_run(self.engine, settings), settings.spec.dtype, sorted(missing),
+                                      steps=steps, device=self.engine.device, compiled=self._compiled(), table=table)
+                self.costs[settings.model] = table
+            return table
 
     def _reference_seconds(self, settings: RunSettings, schedule: Schedule, record: EvalRecord) -> float:
         if schedule == settings.reference_schedule():

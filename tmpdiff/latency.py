@@ -92,16 +92,20 @@ def measure_costs(
     compiled: bool,
     warmup_runs: int = 1,
     progress: Callable[[str], None] | None = None,
+    table: CostTable | None = None,
 ) -> CostTable:
     """Measure every precision's step cost with uniform runs through the real pipeline.
 
     The first ``warmup_runs`` runs of each schedule build (and compile) variants and are
-    discarded; the step cost is the median over the steps of the timed run.
+    discarded; the step cost is the median over the steps of the timed run. Given a ``table``,
+    only the precisions it lacks are measured and added to it.
     """
     if steps < 2:
         raise ValueError(f"measuring costs needs at least 2 steps, got {steps}")
-    table = CostTable(device=device, compiled=compiled, steps=steps)
+    table = table or CostTable(device=device, compiled=compiled, steps=steps)
     for name in dict.fromkeys([reference, *precisions]):
+        if name in table.step_seconds:
+            continue
         if progress:
             progress(name)
         status = precision_status(name, device).status

@@ -1,0 +1,46 @@
+"""tmpdiff web app: `python app.py [--model M] [--db PATH] [--host 127.0.0.1] [--port 7860] [--share]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=None, help="model shown first (default: the trained shapes-dit)")
+    parser.add_argument("--db", type=Path, default=None, help="cache database (default: the user cache folder)")
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="open a public gradio.live link")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace):
+    from cache import Cache, default_db_path
+    from tmpdiff import DEFAULT_MODEL, get_model
+    from tmpdiff.evaluate import Evaluator
+    from tmpdiff.runner import Engine
+    from ui import build_ui
+
+    model = get_model(args.model or DEFAULT_MODEL).name
+    # No torch.compile on ZeroGPU Spaces: each call may land on another GPU.
+    compile_ = False if os.environ.get("SPACES_ZERO_GPU") else None
+    store = None if args.no_cache else Cache(args.db or default_db_path())
+    return build_ui(Evaluator(Engine(device=args.device, compile=compile_), store), store, model)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        demo = build(args)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The Gradio app: its public API through gradio_client, and a real headless Chromium."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import app
+
+    port = free_port()
+    args = app.parse_args(["--db", str(tmp_path_factory.mktemp("db") / "c.sqlite"), "--port", str(port)])
+    demo = app.build(args)
+    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=port,
+                                                   prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def test_defaults_bind_loopback_and_import_nothing_heavy():
+    import app
+
+    assert app.parse_args([]).host == "127.0.0.1" and not app.parse_args([]).share
+    probe = "import sys, app; assert 'torch' not in sys.modules and 'gradio' not in sys.modules; print('light')"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.strip() == "light", result.stderr
+
+
+def test_generate_with_every_default(client):
+    pair, metrics = client.predict(api_name="/generate")
+    assert len(pair) == 2 and all(Path(p).exists() for p in pair)
+    assert metrics["model"] == "shapes-dit" and metrics["ssim"] == pytest.approx(1.0)
+    assert metrics["seconds"] > 0 and metrics["predicted_seconds"] > 0
+
+
+def test_generate_a_mixed_schedule(client):
+    _, metrics = client.predict(schedule="fp32*2,int8wo*3,skip,fp32*2", seed=4, prompt="green triangle",
+                                api_name="/generate")
+    assert metrics["steps_run"][5] == "skip" and 0 < metrics["ssim"] < 1
+    assert metrics["speedup"] is not None
+
+
+def test_user_errors_come_back_as_messages(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="has 3 steps but 8 were asked for"):
+        client.predict(schedule="fp32*3", api_name="/generate")
+    with pytest.raises(AppError, match="draws only its classes"):
+        client.predict(prompt="a cat", api_name="/generate")
+
+
+def test_search_endpoint(client):
+    schedule, report = client.predict(steps=4, ladder="fp32,skip", num_prompts=1, seeds="0", target=0.8,
+                                      api_name="/search")
+    assert schedule == report["schedule"] and report["ssim"] >= 0.8
+    assert report["evaluations"] <= report["evaluation_bound"]
+
+
+def test_pareto_endpoint_lists_cached_evaluations(client):
+    client.predict(schedule="fp32*4,skip*4", api_name="/generate")
+    plot, table = client.predict(api_name="/pareto")
+    schedules = [row[0] for row in table["data"]]
+    assert "fp32*8" in schedules and "fp32*4,skip*4" in schedules
+
+
+@pytest.mark.browser
+def test_a_person_runs_a_schedule_in_chromium(server):
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the browser test: install Debian's chromium (make test does)")
+        pytest.skip("no chromium here: `apt-get install chromium`")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.goto(server, wait_until="networkidle")
+        box = page.locator("#schedule textarea")
+        box.fill("fp32*2,int8wo*4,skip,fp32")
+        box.press("Enter")
+        page.locator("#run").click()
+        page.wait_for_function("document.querySelector('#metrics') && "
+                               "document.querySelector('#metrics').innerText.includes('ssim')", timeout=120_000)
+        metrics = page.locator("#metrics").inner_text()
+        assert "int8wo" in metrics and "speedup" in metrics
+        assert page.locator("#slider img").count() >= 2
+        page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+        browser.close()
+    assert (ARTIFACTS / "app.png").stat().st_size > 10_000

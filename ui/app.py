@@ -1,0 +1,296 @@
+"""The Gradio Blocks app: widgets in, engine calls, results back to widgets. No engine logic here."""
+
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from tmpdiff import MODELS, Schedule, Status, available_precisions, get_model
+from tmpdiff.evaluate import Evaluator
+from tmpdiff.prompts import calibration_prompts
+from tmpdiff.records import stable_hash
+from tmpdiff.runner import RunSettings
+from tmpdiff.search_run import SearchRequest, run_search
+
+__all__ = ["build_ui"]
+
+MAX_STEPS = 50
+COLOURS = {
+    "fp32": "#1f3b73", "bf16": "#2f6db5", "fp16": "#4f8fd6", "fp8": "#e0782b", "int8": "#d9a21b",
+    "fp8wo": "#f0a868", "int8wo": "#e8c35a", "int4wo": "#c0392b", "mxfp8": "#8e44ad", "nvfp4": "#6c3483",
+    "skip": "#9e9e9e",
+}
+
+
+def _gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``spaces.GPU`` on Hugging Face ZeroGPU Spaces; a no-op elsewhere."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def schedule_strip(text: str) -> str:
+    """The schedule as a row of coloured cells, one per step."""
+    try:
+        steps = Schedule.parse(text).steps
+    except ValueError as exc:
+        return f"<div class='strip-error'>{html.escape(str(exc))}</div>"
+    cells = "".join(
+        f"<span title='step {i}: {name}' style='display:inline-block;min-width:2.2em;padding:4px 2px;margin:1px;"
+        f"border-radius:3px;text-align:center;color:white;font-size:11px;background:{COLOURS.get(name, '#555')}'>"
+        f"{name}</span>" for i, name in enumerate(steps)
+    )
+    return f"<div class='schedule-strip'>{cells}</div>"
+
+
+def precision_rows(device: str) -> list[list[str]]:
+    return [[a.name, a.status.value, a.reason] for a in available_precisions(device)]
+
+
+def _settings(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float) -> RunSettings:
+    return RunSettings(model=model, prompt=prompt or None, seed=int(seed), steps=int(steps), size=int(size),
+                       guidance=float(guidance))
+
+
+def _plot(rows: list[dict[str, Any]], reference_seconds: float | None) -> go.Figure:
+    """Quality against speed-up for every cached evaluation of one setting."""
+    figure = go.Figure()
+    if rows and reference_seconds:
+        for uniform in (True, False):
+            part = [r for r in rows if (len(Schedule.parse(r["schedule"]).precisions) == 1) == uniform]
+            if not part:
+                continue
+            figure.add_trace(go.Scatter(
+                x=[reference_seconds / r["measured_seconds"] for r in part], y=[r["ssim"] for r in part],
+                mode="markers", name="uniform" if uniform else "mixed",
+                marker={"size": 12 if uniform else 9, "symbol": "diamond" if uniform else "circle"},
+                text=[r["schedule"] + (" (simulated: no speed claim)" if r["simulated"] else "") for r in part],
+                hovertemplate="%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>",
+            ))
+    figure.update_layout(xaxis_title="measured speed-up vs reference", yaxis_title="SSIM vs reference",
+                         height=420, margin={"l": 40, "r": 10, "t": 30, "b": 40}, template="plotly_white")
+    return figure
+
+
+def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str | None = None) -> gr.Blocks:
+    """The app, bound to one evaluator (engine + optional cache store)."""
+    device = evaluator.engine.device
+    model_names = list(MODELS)
+    default_model = default_model or model_names[0]
+    spec = get_model(default_model)
+    choices = [a.name for a in available_precisions(device) if a.status is not Status.UNAVAILABLE]
+
+    def history(model: str, settings_hash: str | None = None) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+        rows = store.evaluations(model=model, settings_hash=settings_hash) if store else []
+        table = [[r["schedule"], _round(r["ssim"]), _round(r["psnr"]), _round(r["lpips"]),
+                  _round(r["measured_seconds"]), r["settings"].get("prompt"), r["settings"].get("seed")]
+                 for r in rows[:200]]
+        return table, rows
+
+    @_gpu
+    def generate(model: str = default_model, prompt: str = "", seed: float = 0, steps: float = spec.steps,
+                 size: float = spec.size, guidance: float = spec.guidance, schedule: str = "",
+                 progress: gr.Progress = gr.Progress()) -> tuple[Any, dict[str, Any]]:
+        try:
+            settings = _settings(model, prompt, seed, steps, size, guidance)
+            schedule_obj = evaluator.engine.check_schedule(schedule or settings.reference_schedule(), settings)
+            progress(0.1, desc="reference image (full precision)")
+            reference = evaluator.reference(settings)
+            progress(0.5, desc=f"schedule {schedule_obj}")
+            result = evaluator.evaluate(settings, schedule_obj)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        progress(1.0, desc="done")
+        summary = result.summary()
+        if result.record.simulated:
+            summary["note"] = f"simulated precisions ({', '.join(result.record.simulated)}): no speed claim"
+        return (reference.image, result.image), summary
+
+    @_gpu
+    def search(model: str = default_model, target_kind: str = "SSIM floor", target: float = 0.9,
+               steps: float = spec.steps, ladder: str = "", num_prompts: float = 4, seeds: str = "0,1",
+               progress: gr.Progress = gr.Progress()) -> tuple[str, dict[str, Any]]:
+        try:
+            model_spec = get_model(model)
+            request = SearchRequest(
+                model=model, prompts=tuple(calibration_prompts(model_spec.labels, int(num_prompts))),
+                seeds=tuple(int(s) for s in str(seeds).split(",") if s.strip()), steps=int(steps),
+                ladder=tuple(x.strip() for x in ladder.split(",") if x.strip()) or None,
+                target_ssim=float(target) if target_kind == "SSIM floor" else None,
+                target_speedup=float(target) if target_kind != "SSIM floor" else None,
+                validation_seeds=(1000,), additivity_samples=0, baselines=True,
+            )
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        run_id = store.start_search(model, request.to_dict()) if store else None
+
+        def report(done: int, planned: int, what: str) -> None:
+            progress((done, planned), desc=f"evaluation {done}/{planned}: {what}", unit="evaluations")
+
+        try:
+            result = run_search(evaluator, request, progress=report)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        if store and run_id is not None:
+            store.finish_search(run_id, {k: result[k] for k in ("schedule", "ssim", "speedup", "evaluations")})
+        return result["schedule"], result
+
+    def pareto(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float):
+        try:
+            settings = _settings(model, prompt, seed, steps, size, guidance)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        table, rows = history(model, stable_hash(settings.to_dict()))
+        reference = [r for r in rows if r["schedule"] == str(settings.reference_schedule())]
+        ref_seconds = reference[0]["measured_seconds"] if reference else None
+        return _plot([r for r in rows if r["ssim"] is not None], ref_seconds), table
+
+    def load_row(table: Any, event: gr.SelectData) -> str:
+        row = event.index[0] if isinstance(event.index, list | tuple) else event.index
+        return str(table.iloc[row, 0]) if hasattr(table, "iloc") else str(table[row][0])
+
+    def downloads(pair: Any, metrics: dict[str, Any]) -> tuple[str | None, str | None]:
+        if not metrics or not pair:
+            return None, None
+        folder = Path(tempfile.mkdtemp(prefix="tmpdiff-"))
+        image = pair[1]
+        image_path = folder / f"schedule-{stable_hash(metrics.get('schedule', ''))}.png"
+        if hasattr(image, "save"):
+            image.save(image_path)
+        elif isinstance(image, str | Path):
+            image_path.write_bytes(Path(image).read_bytes())
+        schedule_path = folder / "schedule.json"
+        schedule_path.write_text(json.dumps(metrics, indent=2))
+        return str(image_path), str(schedule_path)
+
+    def uniform(steps: float, name: str) -> str:
+        return str(Schedule.uniform(name, int(steps))) if name != "skip" else _fail("'skip' cannot fill every step")
+
+    def first_k(current: str, steps: float, k: float, name: str) -> str:
+        try:
+            base = Schedule.coerce(current, int(steps))
+            return str(base.replace(range(min(int(k), int(steps))), name))
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def resize(current: str, steps: float, model: str) -> str:
+        reference = get_model(model).dtype
+        try:
+            names = list(Schedule.parse(current).steps)
+        except ValueError:
+            names = []
+        names = (names + [names[-1] if names else reference] * int(steps))[: int(steps)]
+        return str(Schedule(tuple(names))) if names else reference
+
+    def model_changed(model: str):
+        s = get_model(model)
+        return (gr.update(value=s.example_prompt, placeholder=s.example_prompt), s.steps, s.size, s.guidance,
+                str(Schedule.uniform(s.dtype, s.steps)), _describe(s))
+
+    with gr.Blocks(title="tmpdiff: temporal mixed precision") as demo:
+        gr.Markdown("# tmpdiff: a precision for every denoising step\n"
+                    "Pick a model, give each step a precision, and see what it costs and what it loses.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                model = gr.Dropdown(model_names, value=default_model, label="Model")
+                model_info = gr.Markdown(_describe(spec))
+                prompt = gr.Textbox(value=spec.example_prompt, label="Prompt (or class name)")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                    steps = gr.Slider(1, MAX_STEPS, value=spec.steps, step=1, label="Steps")
+                with gr.Row():
+                    size = gr.Number(value=spec.size, precision=0, label="Size (px)")
+                    guidance = gr.Number(value=spec.guidance, label="Guidance")
+                with gr.Accordion(f"Precisions on this device ({device})", open=False):
+                    gr.Dataframe(precision_rows(device), headers=["precision", "status", "why"], interactive=False)
+            with gr.Column(scale=2):
+                schedule = gr.Textbox(value=str(Schedule.uniform(spec.dtype, spec.steps)),
+                                      label="Schedule (paste or edit: e.g. fp32*2,int8*6)", elem_id="schedule")
+                strip = gr.HTML(schedule_strip(str(Schedule.uniform(spec.dtype, spec.steps))))
+                with gr.Row():
+                    bulk = gr.Dropdown(choices, value=choices[0], label="Precision", scale=2)
+                    k = gr.Number(value=2, precision=0, label="k", scale=1)
+                    all_button = gr.Button("Uniform", scale=1)
+                    first_button = gr.Button("First k", scale=1)
+
+                @gr.render(inputs=[schedule, steps])
+                def per_step(text: str, n: float):
+                    try:
+                        names = list(Schedule.parse(text).steps)
+                    except ValueError:
+                        return
+                    if len(names) != int(n):
+                        return
+                    with gr.Row(equal_height=True):
+                        for i, name in enumerate(names):
+                            box = gr.Dropdown(choices, value=name if name in choices else choices[0],
+                                              label=f"{i}", min_width=70, container=True, key=f"step-{i}")
+
+                            def set_step(value: str, current: str, i: int = i) -> str:
+                                try:
+                                    return str(Schedule.parse(current).replace([i], value))
+                                except ValueError as exc:
+                                    raise gr.Error(str(exc)) from None
+
+                            box.input(set_step, [box, schedule], schedule)
+
+                run = gr.Button("Run schedule", variant="primary", elem_id="run")
+                slider = gr.ImageSlider(label="reference | schedule", type="pil", elem_id="slider")
+                metrics = gr.JSON(label="Quality and latency", elem_id="metrics")
+                with gr.Row():
+                    image_file = gr.File(label="Image")
+                    schedule_file = gr.File(label="Schedule and metrics (JSON)")
+        with gr.Tab("Search"):
+            with gr.Row():
+                target_kind = gr.Radio(["SSIM floor", "Speed-up target"], value="SSIM floor", label="Objective")
+                target = gr.Number(value=0.9, label="Target")
+                ladder = gr.Textbox(value="", label="Ladder (empty: measured on this device)")
+                num_prompts = gr.Number(value=4, precision=0, label="Calibration prompts")
+                seeds = gr.Textbox(value="0,1", label="Seeds")
+            search_button = gr.Button("Search", variant="primary")
+            report = gr.JSON(label="Search report")
+        with gr.Tab("Pareto and history"):
+            refresh = gr.Button("Refresh from cache")
+            with gr.Row():
+                plot = gr.Plot(label="Every cached evaluation of this setting")
+                table = gr.Dataframe(headers=["schedule", "SSIM", "PSNR", "LPIPS", "seconds", "prompt", "seed"],
+                                     interactive=False, label="Pick a row to load its schedule")
+
+        inputs = [model, prompt, seed, steps, size, guidance]
+        schedule.change(schedule_strip, schedule, strip, api_visibility="private")
+        steps.release(resize, [schedule, steps, model], schedule, api_visibility="private")
+        model.change(model_changed, model, [prompt, steps, size, guidance, schedule, model_info],
+                     api_visibility="private")
+        all_button.click(uniform, [steps, bulk], schedule, api_visibility="private")
+        first_button.click(first_k, [schedule, steps, k, bulk], schedule, api_visibility="private")
+        run.click(generate, [*inputs, schedule], [slider, metrics], api_name="generate", concurrency_limit=1,
+                  concurrency_id="gpu").then(downloads, [slider, metrics], [image_file, schedule_file],
+                                             api_visibility="private")
+        search_button.click(search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
+                            [schedule, report], api_name="search", concurrency_limit=1, concurrency_id="gpu")
+        refresh.click(pareto, inputs, [plot, table], api_name="pareto")
+        table.select(load_row, table, schedule, api_visibility="private")
+    return demo
+
+
+def _describe(spec: Any) -> str:
+    extra = f" Classes: {', '.join(spec.labels)}." if spec.labels else ""
+    return f"*{spec.description or spec.source}* ({spec.dtype} reference, {spec.steps} steps, {spec.size}px).{extra}"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def _fail(message: str) -> str:
+    raise gr.Error(message)
+
