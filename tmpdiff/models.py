@@ -54,8 +54,12 @@ class ModelSpec:
         return self.source.startswith("tiny:")
 
     @property
+    def is_random(self) -> bool:
+        return self.source.startswith("random:")
+
+    @property
     def is_local(self) -> bool:
-        return self.is_tiny or self.source.startswith("weights/")
+        return self.is_tiny or self.is_random or self.source.startswith("weights/")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -133,6 +137,9 @@ MODELS: dict[str, ModelSpec] = {
                   "A small cactus with a happy face in the Sahara desert"),
         ModelSpec("sana", "sana", "Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers", "bf16", 20, 1024, 4.5,
                   "a cyberpunk cat with a neon sign that says Sana"),
+        ModelSpec("flux-dev-random", "flux", "random:flux-dev", "bf16", 28, 1024, 3.5,
+                  "A cat holding a sign that says hello world",
+                  "FLUX.1-dev architecture with random weights: GPU latency and memory only, images are noise"),
         *(
             ModelSpec(name, name.removeprefix("tiny-"), f"tiny:{name}", "fp32", 4, 32, 3.0,
                       "a photo of a red cat", "random weights, for tests: images are noise")
@@ -160,6 +167,8 @@ def config_hash(name: str) -> str:
     spec = get_model(name)
     if spec.is_tiny:
         identity: object = inspect.getsource(tiny.BUILDERS[spec.name]) + f"width={tiny.WIDTH}"
+    elif spec.is_random:
+        identity = {"random": spec.source}
     elif spec.is_local:
         root = SHIPPED_DIR.parent / spec.source
         identity = {p.relative_to(root).as_posix(): p.read_text() if p.suffix == ".json" else p.stat().st_size
@@ -176,6 +185,12 @@ def load_pipeline(name: str, device: str | torch.device = "cpu") -> Any:
     with _LOAD_LOCK:
         if spec.is_tiny:
             pipe = tiny.BUILDERS[spec.name]()
+        elif spec.is_random:
+            if torch.device(device).type != "cuda":
+                raise ValueError(f"model {spec.name!r} is real-size with random weights: it needs a CUDA GPU")
+            from . import realsize
+
+            pipe = realsize.flux_dev_pipeline(device, spec.torch_dtype)
         else:
             pipe = _from_pretrained(spec)
     pipe.set_progress_bar_config(disable=True)

@@ -56,9 +56,13 @@ class VariantBank:
         key = (name, compiled)
         if key not in self.variants:
             start = time.perf_counter()
-            variant = self._make(get_precision(name))
             if compiled:
+                # Compile a copy that shares the eager variant's (quantized) weights: no second copy.
+                eager = self.variants.get((name, False)) or self._make(get_precision(name))
+                variant = _copy(eager, share=True)
                 _compile_regionally(variant)
+            else:
+                variant = self._make(get_precision(name))
             self.variants[key] = variant
             self.build_seconds[name + ("+compile" if compiled else "")] = time.perf_counter() - start
         return self.variants[key]
