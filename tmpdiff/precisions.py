@@ -59,7 +59,7 @@ class Precision:
         bits: weight bits, for display and ordering when no measured cost exists.
         description: one line for people.
         dtype: the dtype of a ``DTYPE`` precision.
-        config: builds the torchao config that runs real kernels.
+        config: builds the torchao config that runs real kernels, given the model's dtype.
         simulate: builds a torchao fake-quantization config with the same numerics.
         min_capability: the CUDA compute capability the real kernels need.
         cpu_real: whether torchao's CPU path runs the real config.
@@ -73,21 +73,22 @@ class Precision:
     bits: int
     description: str
     dtype: torch.dtype | None = None
-    config: Callable[[], object] | None = None
-    simulate: Callable[[], object] | None = None
+    config: Callable[[torch.dtype], object] | None = None
+    simulate: Callable[[torch.dtype], object] | None = None
     min_capability: tuple[int, int] | None = None
     cpu_real: bool = False
     dynamic_activation: bool = False
     group_size: int | None = None
 
 
-def _fp8_dynamic() -> object:
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+def _fp8_dynamic(dtype: torch.dtype = torch.bfloat16) -> object:
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor
 
-    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    # torchao's per-row scales take bf16 weights only; fp16 models (SDXL, SD1.5) get per-tensor scales.
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if dtype == torch.bfloat16 else PerTensor())
 
 
-def _fp8_dynamic_sim() -> object:
+def _fp8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import PerRow
     from torchao.quantization.qat import Float8FakeQuantizeConfig, QATConfig
 
@@ -95,13 +96,13 @@ def _fp8_dynamic_sim() -> object:
     return QATConfig(activation_config=fq, weight_config=fq, step="prepare")
 
 
-def _int8_dynamic() -> object:
+def _int8_dynamic(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
     return Int8DynamicActivationInt8WeightConfig()
 
 
-def _int8_dynamic_sim() -> object:
+def _int8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
     act = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
@@ -109,13 +110,13 @@ def _int8_dynamic_sim() -> object:
     return QATConfig(activation_config=act, weight_config=weight, step="prepare")
 
 
-def _fp8_weight_only() -> object:
+def _fp8_weight_only(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import Float8WeightOnlyConfig
 
     return Float8WeightOnlyConfig()
 
 
-def _fp8_weight_only_sim() -> object:
+def _fp8_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import PerRow
     from torchao.quantization.qat import Float8FakeQuantizeConfig, QATConfig
 
@@ -123,13 +124,13 @@ def _fp8_weight_only_sim() -> object:
     return QATConfig(weight_config=fq, step="prepare")
 
 
-def _int8_weight_only() -> object:
+def _int8_weight_only(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import Int8WeightOnlyConfig
 
     return Int8WeightOnlyConfig()
 
 
-def _int8_weight_only_sim() -> object:
+def _int8_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
     weight = IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True)
@@ -139,26 +140,26 @@ def _int8_weight_only_sim() -> object:
 INT4_GROUP_SIZE = 32
 
 
-def _int4_weight_only() -> object:
+def _int4_weight_only(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import Int4WeightOnlyConfig
 
     return Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
 
 
-def _int4_weight_only_sim() -> object:
+def _int4_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
     weight = IntxFakeQuantizeConfig(torch.int4, group_size=INT4_GROUP_SIZE, is_symmetric=False)
     return QATConfig(weight_config=weight, step="prepare")
 
 
-def _mxfp8() -> object:
+def _mxfp8(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.prototype.mx_formats import MXDynamicActivationMXWeightConfig
 
     return MXDynamicActivationMXWeightConfig()
 
 
-def _nvfp4() -> object:
+def _nvfp4(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.prototype.mx_formats import NVFP4DynamicActivationNVFP4WeightConfig
 
     return NVFP4DynamicActivationNVFP4WeightConfig()
@@ -255,7 +256,7 @@ def _missing_hardware(precision: Precision, device: torch.device) -> str | None:
     return None
 
 
-def _probe(make_config: Callable[[], object] | None, device: str) -> str | None:
+def _probe(make_config: Callable[[torch.dtype], object] | None, device: str) -> str | None:
     """Quantize and run a small layer; None when it works, else a one-line reason."""
     if make_config is None:
         return "no implementation"
@@ -264,7 +265,7 @@ def _probe(make_config: Callable[[], object] | None, device: str) -> str | None:
     try:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         layer = torch.nn.Sequential(torch.nn.Linear(256, 256)).to(device, dtype)
-        quantize_(layer, make_config())
+        quantize_(layer, make_config(dtype))
         with torch.no_grad():
             out = layer(torch.randn(32, 256, device=device, dtype=dtype))
         if not torch.isfinite(out).all():

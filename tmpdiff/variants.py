@@ -68,14 +68,16 @@ class VariantBank:
         return self.variants[key]
 
     def memory_bytes(self) -> dict[str, int]:
-        """Extra bytes each resident variant holds beyond the reference weights."""
-        shared = {id(t) for t in _tensors(self.reference)}
-        return {
-            f"{name}{'+compiled' if compiled else ''}": sum(
-                _tensor_bytes(t) for t in _tensors(variant) if id(t) not in shared
-            )
-            for (name, compiled), variant in self.variants.items()
-        }
+        """Extra bytes each resident variant holds beyond the reference weights (and, for a
+        compiled variant, beyond its eager twin, whose weights it shares)."""
+        reference = {id(t) for t in _tensors(self.reference)}
+        sizes = {}
+        for (name, compiled), variant in self.variants.items():
+            eager = self.variants.get((name, False)) if compiled else None
+            shared = reference | ({id(t) for t in _tensors(eager)} if eager is not None else set())
+            key = f"{name}{'+compiled' if compiled else ''}"
+            sizes[key] = sum(_tensor_bytes(t) for t in _tensors(variant) if id(t) not in shared)
+        return sizes
 
     def _make(self, precision: Precision) -> nn.Module:
         device = next(self.reference.parameters()).device
@@ -92,7 +94,7 @@ class VariantBank:
         make_config = precision.config if status.status is Status.REAL else precision.simulate
         assert make_config is not None  # a usable TORCHAO precision has one of the two
         variant = _copy(self.reference, share=True)
-        quantize_(variant, make_config(), filter_fn=self._layer_filter(precision))
+        quantize_(variant, make_config(self.reference_dtype), filter_fn=self._layer_filter(precision))
         return variant.eval()
 
     def _layer_filter(self, precision: Precision) -> Callable[[nn.Module, str], bool]:

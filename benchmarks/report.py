@@ -1,0 +1,60 @@
+"""Turn the JSON results of step_costs.py into benchmarks/RESULTS.md.
+
+    python benchmarks/report.py benchmarks/results/*_steps_*.json > benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+NAMES = {"flux": "FLUX.1-dev-sized transformer, 1024², batch 1",
+         "sd3": "SD3.5-large-sized transformer, 1024², CFG batch 2",
+         "sdxl": "SDXL-sized UNet, 1024², CFG batch 2"}
+
+
+def table(report: dict) -> list[str]:
+    ref = report["reference"]
+    costs = {(r["precision"], r["compiled"]): r for r in report["costs"]}
+    ref_compiled = costs.get((ref, True), {}).get("median_ms")
+    lines = [f"### {NAMES[report['arch']]} — {report['device']}, torch {report['torch']}",
+             f"{report['parameters_b']:.2f} B parameters, {report['weights_gib']:.1f} GiB in {ref}. "
+             "Median step over an 8-step loop through `apply_schedule`, after a warm-up loop.", "",
+             "| precision | status | eager ms | compiled ms | compiled vs compiled " + ref +
+             " | first compiled run s (compile) | extra resident GiB |",
+             "|---|---|---|---|---|---|---|"]
+    extra = report.get("variant_extra_gib", {})
+    for name in dict.fromkeys(r["precision"] for r in report["costs"]):
+        eager, compiled = costs.get((name, False), {}), costs.get((name, True), {})
+        status = (eager or compiled).get("status", "")
+        ratio = (f"{ref_compiled / compiled['median_ms']:.2f}x" if ref_compiled and "median_ms" in compiled
+                 and name != "skip" else "—")
+        lines.append(
+            f"| {name} | {status} | {_ms(eager)} | {_ms(compiled)} | {ratio} | "
+            f"{compiled.get('first_run_s', float('nan')):.0f} | {extra.get(name, 0.0):.2f} |"
+            if compiled else f"| {name} | {status} | {_ms(eager)} | — | — | — | {extra.get(name, 0.0):.2f} |")
+    lines += ["", f"Resident set (reference + every eager variant built): {report['resident_set_gib']:.1f} GiB"
+              if "resident_set_gib" in report else "", "",
+              "| 28-step schedule (compiled) | measured s | predicted s | error |", "|---|---|---|---|"]
+    for row in report["schedules"]:
+        text = row["schedule"] if len(row["schedule"]) < 60 else row["schedule"][:57] + "..."
+        lines.append(f"| `{text}` | {row['measured_s']:.3f} | {row['predicted_s']:.3f} | {row['error_pct']:+.2f} % |")
+    return lines + [""]
+
+
+def _ms(row: dict) -> str:
+    if "error" in row:
+        return "failed: " + row["error"][:60]
+    return f"{row['median_ms']:.1f}" if "median_ms" in row else "—"
+
+
+def main() -> None:
+    print("# tmpdiff step-cost benchmarks\n\nRandom weights (latency and memory only). "
+          "Reproduce on a GPU with `bash benchmarks/run_all.sh`.\n")
+    for path in sys.argv[1:]:
+        print("\n".join(table(json.loads(Path(path).read_text()))))
+
+
+if __name__ == "__main__":
+    main()
