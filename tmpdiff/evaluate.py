@@ -32,6 +32,7 @@ class Evaluation:
     image: Image.Image
     reference_seconds: float
     cached: bool
+    vae_seconds: float | None = None  # measured apart when the image was computed here
 
     @property
     def schedule(self) -> Schedule:
@@ -54,6 +55,7 @@ class Evaluation:
             "seconds": round(r.measured_seconds, 4),
             "predicted_seconds": None if r.predicted_seconds is None else round(r.predicted_seconds, 4),
             "reference_seconds": round(self.reference_seconds, 4),
+            "vae_decode_seconds": None if self.vae_seconds is None else round(self.vae_seconds, 4),
             "speedup": round(self.speedup, 3) if self.has_speed_claim else None,
             "simulated": r.simulated, "device": r.key.device["device"], "cached": self.cached,
         }
@@ -69,6 +71,7 @@ class Evaluator:
         self.costs: dict[str, CostTable] = {}
         self._lock = threading.Lock()
         self._fingerprints: dict[str, str] = {}
+        self._references: dict[str, Evaluation] = {}  # by key digest: one reference per setting
 
     def key(self, settings: RunSettings, schedule: Schedule) -> EvalKey:
         return EvalKey(
@@ -83,7 +86,11 @@ class Evaluator:
         return self._fingerprints[model]
 
     def reference(self, settings: RunSettings) -> Evaluation:
-        return self.evaluate(settings, settings.reference_schedule())
+        """The all-reference-precision run of this setting, computed once and reused."""
+        digest = self.key(settings, settings.reference_schedule()).digest
+        if digest not in self._references:
+            self._references[digest] = self.evaluate(settings, settings.reference_schedule())
+        return self._references[digest]
 
     def evaluate(self, settings: RunSettings, schedule: Schedule | str) -> Evaluation:
         schedule = self.engine.check_schedule(schedule, settings)
@@ -106,7 +113,10 @@ class Evaluator:
         if self.store:
             self.store.put(record)
         reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
-        return Evaluation(record, result.image, reference_seconds, False)
+        evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds)
+        if is_reference:
+            self._references[key.digest] = evaluation
+        return evaluation
 
     def cost_table(self, settings: RunSettings, schedule: Schedule) -> CostTable | None:
         """The measured step costs of this model, measuring whatever ``schedule`` needs first."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +94,7 @@ class Result:
     seconds: float
     device: str
     simulated: list[str] = field(default_factory=list)
+    vae_seconds: float | None = None
 
 
 class Engine:
@@ -126,10 +129,10 @@ class Engine:
             settings.resolved_prompt, steps=settings.resolved_steps, seed=settings.seed, size=settings.size,
             guidance=settings.guidance, negative_prompt=settings.negative_prompt, device=self.device,
         )
-        image, handle, seconds = self._timed_call(pipe, kwargs, schedule)
+        image, handle, seconds, vae_seconds = self._timed_call(pipe, kwargs, schedule)
         if handle.build_seconds:
             # Variants were built (and compiled) during that run: time a second, warm one.
-            image, handle, seconds = self._timed_call(pipe, spec.call_kwargs(
+            image, handle, seconds, vae_seconds = self._timed_call(pipe, spec.call_kwargs(
                 settings.resolved_prompt, steps=settings.resolved_steps, seed=settings.seed, size=settings.size,
                 guidance=settings.guidance, negative_prompt=settings.negative_prompt, device=self.device,
             ), schedule)
@@ -137,14 +140,45 @@ class Engine:
                      if precision_status(n, self.device).status is Status.SIMULATED]
         return Result(image=image, schedule=schedule, settings=settings, steps_run=handle.steps_run,
                       step_seconds=handle.step_seconds, seconds=seconds, device=device_name(self.device),
-                      simulated=simulated)
+                      simulated=simulated, vae_seconds=vae_seconds)
 
 
-    def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Any, Any, float]:
+    def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Any, Any, float, float]:
         start = time.perf_counter()
-        with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.compile) as handle:
+        with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.compile) as handle, \
+                _timing_vae_decode(pipe, self.device) as vae:
             image = pipe(**kwargs).images[0]
-        return image, handle, time.perf_counter() - start
+        return image, handle, time.perf_counter() - start, vae["seconds"]
+
+
+@contextmanager
+def _timing_vae_decode(pipe: Any, device: str) -> Iterator[dict[str, float]]:
+    """Times the pipeline's VAE decoding apart from the rest (restored on exit)."""
+    timing = {"seconds": 0.0}
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        yield timing
+        return
+    own = vae.__dict__.get("decode")
+    original = vae.decode
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        sync()
+        start = time.perf_counter()
+        out = original(*args, **kwargs)
+        sync()
+        timing["seconds"] += time.perf_counter() - start
+        return out
+
+    vae.decode = decode
+    try:
+        yield timing
+    finally:
+        if own is None:
+            del vae.decode
+        else:
+            vae.decode = own
 
 
 def precision_table(device: str) -> list[dict[str, str]]:

@@ -278,8 +278,22 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         search_button.click(search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
                             [schedule, report], api_name="search", concurrency_limit=1, concurrency_id="gpu")
         refresh.click(pareto, inputs, [plot, table], api_name="pareto")
-        table.select(load_row, table, schedule, api_visibility="private")
+        # Picking a row loads its schedule, then its images (a cache hit, so no model call).
+        table.select(load_row, table, schedule, api_visibility="private").then(
+            generate, [*inputs, schedule], [slider, metrics], api_visibility="private", concurrency_id="gpu")
+        gr.Examples(
+            examples=[[default_model, p, s] for p, s in _examples(spec)],
+            inputs=[model, prompt, schedule], label="Try these",
+        )
     return demo
+
+
+def _examples(spec: Any) -> list[tuple[str, str]]:
+    """A few schedules worth comparing on the default model."""
+    ref, n = spec.dtype, spec.steps
+    prompts = list(spec.labels[:3]) if spec.labels else [spec.example_prompt] * 3
+    return [(prompts[0], f"{ref}*2,int8*{n - 2}"), (prompts[1], f"{ref}*{n // 2},skip*{n - n // 2}"),
+            (prompts[2], f"{ref}*2,int4wo*{n - 2}")]
 
 
 def _describe(spec: Any) -> str:
