@@ -117,6 +117,22 @@ def mixed_schedules(ref: str, low: str, steps: int) -> list[str]:
     ]
 
 
+def switching_overhead(pipe: DenoiseOnly, ref: str, low: str, steps: int, repeats: int = 5) -> dict:
+    """A schedule alternating two resident variants every step against the mean of the two uniform
+    schedules, each timed as whole loops interleaved in one run: what switching itself costs."""
+    schedules = {"alternating": Schedule.parse(",".join([ref, low] * (steps // 2)), steps),
+                 ref: Schedule.uniform(ref, steps), low: Schedule.uniform(low, steps)}
+    times: dict[str, list[float]] = {name: [] for name in schedules}
+    for _ in range(repeats):
+        for name, schedule in schedules.items():
+            with apply_schedule(pipe, schedule, compile=True):
+                times[name].append(loop(pipe, steps))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    expected = (medians[ref] + medians[low]) / 2
+    return {"steps": steps, "medians_s": medians,
+            "overhead_pct": 100 * (medians["alternating"] - expected) / expected}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", default="flux", choices=["flux", "sd3", "sdxl"])
@@ -152,6 +168,8 @@ def main() -> None:
         row["error_pct"] = 100 * (row["measured_s"] - predicted) / predicted
         report["schedules"].append(row)
         print(json.dumps(row), flush=True)
+    report["switching"] = switching_overhead(pipe, ref, low, args.steps)
+    print(json.dumps(report["switching"]), flush=True)
     extra = bank_for(pipe.transformer).memory_bytes()
     report["variant_extra_gib"] = {k: v / 2**30 for k, v in extra.items()}
     eager_extra = {k: v for k, v in extra.items() if not k.endswith("+compiled")}
