@@ -40,6 +40,12 @@ def table(report: dict) -> list[str]:
     for row in report["schedules"]:
         text = row["schedule"] if len(row["schedule"]) < 60 else row["schedule"][:57] + "..."
         lines.append(f"| `{text}` | {row['measured_s']:.3f} | {row['predicted_s']:.3f} | {row['error_pct']:+.2f} % |")
+    if "switching" in report:
+        sw = report["switching"]
+        lines += ["", f"Switching at every step ({sw['steps']} steps, medians of interleaved loops): "
+                  f"alternating {sw['medians_s']['alternating']:.3f} s against "
+                  f"{sum(v for k, v in sw['medians_s'].items() if k != 'alternating') / 2:.3f} s for the mean of the "
+                  f"two uniform schedules: **{sw['overhead_pct']:+.2f} %**."]
     return lines + [""]
 
 
@@ -53,7 +59,9 @@ def main() -> None:
     print("# tmpdiff step-cost benchmarks\n\nRandom weights (latency and memory only). "
           "Reproduce on a GPU with `bash benchmarks/run_all.sh`.\n")
     for path in sys.argv[1:]:
-        print("\n".join(table(json.loads(Path(path).read_text()))))
+        report = json.loads(Path(path).read_text())
+        if "arch" in report:  # other result files (search reports, logs) are not step tables
+            print("\n".join(table(report)))
 
 
 if __name__ == "__main__":

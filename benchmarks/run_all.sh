@@ -9,4 +9,5 @@ python3 benchmarks/step_costs.py --arch sd3 --compiled bf16,fp8 --eager bf16,fp8
 python3 benchmarks/step_costs.py --arch sdxl --compiled fp16,fp8 --eager fp16,fp8 --out "benchmarks/results/sdxl_steps_${device}.json"
 python3 -m tmpdiff generate --model flux-dev-random --schedule "bf16*4,fp8*20,bf16*4" --no-cache \
     --out "benchmarks/results/flux_random_${device}.png"
-python3 benchmarks/report.py benchmarks/results/*_steps_"${device}".json > benchmarks/RESULTS.md
+python3 benchmarks/step_costs.py --arch flux --compiled bf16,fp8 --eager "" --out "benchmarks/results/flux_switching_${device}.json"
+python3 benchmarks/report.py benchmarks/results/*_"${device}".json > benchmarks/RESULTS.md
