@@ -23,9 +23,11 @@ def build(args: argparse.Namespace):
     from cache import Cache, default_db_path
     from tmpdiff import DEFAULT_MODEL, get_model
     from tmpdiff.evaluate import Evaluator
+    from tmpdiff.models import quiet_libraries
     from tmpdiff.runner import Engine
     from ui import build_ui
 
+    quiet_libraries()
     model = get_model(args.model or DEFAULT_MODEL).name
     # No torch.compile on ZeroGPU Spaces: each call may land on another GPU.
     compile_ = False if os.environ.get("SPACES_ZERO_GPU") else None

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 
-from .models import DEFAULT_MODEL, MODELS
+from .models import DEFAULT_MODEL, MODELS, quiet_libraries
 from .runner import Engine, RunSettings, default_device, precision_table
 
 EXIT_USAGE = 2
@@ -87,7 +84,7 @@ def open_cache(path: Path | None, enabled: bool = True):
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     device = args.device or default_device()
@@ -215,15 +212,3 @@ def _cache(args: argparse.Namespace) -> int:
         count = store.import_(args.file)
         print(json.dumps({"imported": count, "db": str(store.path)}))
     return 0
-
-
-def _quiet_libraries() -> None:
-    """Library chatter (deprecations, missing optional packages) is not for CLI users."""
-    from diffusers.utils import logging as diffusers_logging
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    logging.getLogger("torch").setLevel(logging.ERROR)

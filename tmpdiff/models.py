@@ -18,7 +18,9 @@ import torch
 
 from . import tiny
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "config_hash", "get_model", "load_pipeline"]
+__all__ = [
+    "DEFAULT_MODEL", "MODELS", "ModelSpec", "config_hash", "get_model", "load_pipeline", "quiet_libraries",
+]
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_MODEL = "shapes-dit"
@@ -162,6 +164,22 @@ def get_model(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}") from None
 
 
+def quiet_libraries() -> None:
+    """Library chatter (deprecations, load bars, optional packages) is not for CLI or app users."""
+    import logging
+    import os
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch").setLevel(logging.ERROR)
+
+
 def config_hash(name: str) -> str:
     """A hash of the model's identity and configuration, computed without loading any weights."""
     spec = get_model(name)
@@ -203,7 +221,7 @@ def _from_pretrained(spec: ModelSpec) -> Any:
     cls = getattr(diffusers, _PIPELINE_CLASSES[spec.family])
     source = str(SHIPPED_DIR.parent / spec.source) if spec.is_local else spec.source
     try:
-        return cls.from_pretrained(source, torch_dtype=spec.torch_dtype)
+        return cls.from_pretrained(source, dtype=spec.torch_dtype)
     except OSError as exc:
         raise ValueError(
             f"could not load {spec.source!r} for model {spec.name!r} ({str(exc).splitlines()[0][:200]}): "
