@@ -178,7 +178,9 @@ def _search(args: argparse.Namespace, device: str) -> int:
     if store and run_id is not None:
         store.finish_search(run_id, {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations")})
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations", "evaluation_bound")}))
+    plots = _write_plots(report, args.json)
+    summary = {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations", "evaluation_bound")}
+    print(json.dumps({**summary, "plots": plots}))
     return 0
 
 
@@ -189,6 +191,32 @@ def _cost_key(evaluator, request) -> tuple[str, str, str]:
     key = evaluator.key(settings, settings.reference_schedule())
     return key.model_hash, stable_hash({"steps": settings.resolved_steps, "size": settings.resolved_size}), \
         key.device_hash
+
+
+def _write_plots(report: dict, json_path: Path) -> list[str]:
+    """Interactive HTML beside the JSON: the Pareto front over every evaluation, and the
+    additivity check (degradation predicted from single steps against measured)."""
+    import plotly.graph_objects as go
+
+    pareto = go.Figure(go.Scatter(
+        x=[p["speedup"] for p in report["baselines"]], y=[p["ssim"] for p in report["baselines"]], mode="markers",
+        name="baselines", text=[p["schedule"] for p in report["baselines"]]))
+    front = report["pareto"]
+    pareto.add_trace(go.Scatter(x=[p["speedup"] for p in front], y=[p["ssim"] for p in front],
+                                mode="lines+markers", name="Pareto front", text=[p["schedule"] for p in front]))
+    pareto.update_layout(xaxis_title="predicted speed-up", yaxis_title="mean SSIM", title=report["model"])
+    paths = [json_path.with_suffix(".pareto.html")]
+    pareto.write_html(paths[0], include_plotlyjs="cdn")
+    if "additivity" in report:
+        add = report["additivity"]
+        figure = go.Figure(go.Scatter(x=add["predicted"], y=add["measured"], mode="markers", text=add["schedules"]))
+        top = max([*add["predicted"], *add["measured"], 1e-6])
+        figure.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="additive"))
+        figure.update_layout(title=f"additivity: R² = {add['r2']:.3f}", xaxis_title="predicted degradation",
+                             yaxis_title="measured degradation")
+        paths.append(json_path.with_suffix(".additivity.html"))
+        figure.write_html(paths[-1], include_plotlyjs="cdn")
+    return [str(p) for p in paths]
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
