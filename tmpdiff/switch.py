@@ -91,7 +91,8 @@ def apply_schedule(
         schedule: a ``Schedule`` or its text form, e.g. ``"bf16*2,int8wo*2"``.
         compile: ``torch.compile`` each variant (regionally where the model allows);
             defaults to on for CUDA and off elsewhere.
-        synchronize: wait for the device at step boundaries so ``step_seconds`` is true.
+        synchronize: time steps on the device's own clock (CUDA events at step boundaries, read
+            once the block ends) so ``step_seconds`` is true for asynchronous kernels.
 
     Example:
         >>> with apply_schedule(pipe, "bf16*2,int8wo*2") as handle:  # doctest: +SKIP
@@ -113,6 +114,7 @@ def apply_schedule(
         with _hooked(module, router), _counting_steps(pipe.scheduler, router):
             yield handle
         router.finish()
+        router.resolve_times()
     finally:
         lock.release()
 
@@ -127,7 +129,8 @@ class _StepRouter(ModelHook):
         self.synchronize = synchronize
         self.step = 0
         self.calls = 0
-        self.step_start: float | None = None
+        self.step_start: Any = None
+        self.pending: list[tuple[Any, Any, float]] = []  # (start mark, end mark, seconds to exclude)
         self.excluded = 0.0
         self.last_outputs: list[Any] = []
         self.outputs: list[Any] = []
@@ -141,7 +144,7 @@ class _StepRouter(ModelHook):
                 f"pass num_inference_steps={len(schedule)} or a schedule of the pipeline's length"
             )
         if self.step_start is None:
-            self.step_start = self._now()
+            self.step_start = self._mark()
         name = schedule[self.step]
         index = self.calls
         self.calls += 1
@@ -189,11 +192,11 @@ class _StepRouter(ModelHook):
     # --- the step boundary --------------------------------------------------------------
     def end_step(self) -> None:
         name = self.handle.schedule[self.step] if self.step < len(self.handle.schedule) else "?"
-        now = self._now()
+        now = self._mark()
         start = self.step_start if self.step_start is not None else now
         self.handle.steps_run.append(name)
         self.handle.calls_per_step.append(0 if name == "skip" else self.calls)
-        self.handle.step_seconds.append(max(now - start - self.excluded, 0.0))
+        self.pending.append((start, now, self.excluded))
         if name != "skip":
             self.last_outputs = self.outputs
         self.outputs, self.calls, self.excluded = [], 0, 0.0
@@ -203,6 +206,7 @@ class _StepRouter(ModelHook):
     def begin_run(self) -> None:
         """A pipeline call starts: the previous one, if any, must have run the whole schedule."""
         self.finish()
+        self.resolve_times()
         self.step, self.calls, self.step_start, self.excluded = 0, 0, None, 0.0
         self.last_outputs, self.outputs = [], []
 
@@ -214,9 +218,22 @@ class _StepRouter(ModelHook):
                 f"pass num_inference_steps={planned} or a schedule of {ran} steps"
             )
 
-    def _now(self) -> float:
+    def resolve_times(self) -> None:
+        """Turns the step marks into ``step_seconds`` (waits for the device once, not every step)."""
+        for start, end, excluded in self.pending:
+            if self.synchronize:
+                end.synchronize()
+                seconds = start.elapsed_time(end) / 1000
+            else:
+                seconds = end - start
+            self.handle.step_seconds.append(max(seconds - excluded, 0.0))
+        self.pending = []
+
+    def _mark(self) -> Any:
         if self.synchronize:
-            torch.cuda.synchronize()
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
         return time.perf_counter()
 
 
