@@ -49,6 +49,18 @@ def table(report: dict) -> list[str]:
     return lines + [""]
 
 
+def end_to_end(report: dict) -> list[str]:
+    lines = [f"### Whole pipeline: {report['model']} ({report['steps']} steps, 1024², text encoders + VAE included, "
+             f"compiled) — {report['device']}", "",
+             "| schedule | measured s | predicted s | error | speed-up vs bf16 | VAE decode s |",
+             "|---|---|---|---|---|---|"]
+    for row in report["runs"]:
+        text = row["schedule"] if len(row["schedule"]) < 60 else row["schedule"][:57] + "..."
+        lines.append(f"| `{text}` | {row['measured_s']:.3f} | {row['predicted_s']:.3f} | {row['error_pct']:+.2f} % | "
+                     f"{row['speedup']:.2f}x | {row['vae_decode_s']:.3f} |")
+    return lines + [""]
+
+
 def _ms(row: dict) -> str:
     if "error" in row:
         return "failed: " + row["error"][:60]
@@ -62,6 +74,8 @@ def main() -> None:
         report = json.loads(Path(path).read_text())
         if "arch" in report:  # other result files (search reports, logs) are not step tables
             print("\n".join(table(report)))
+        elif "runs" in report:
+            print("\n".join(end_to_end(report)))
 
 
 if __name__ == "__main__":

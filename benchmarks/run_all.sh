@@ -10,4 +10,5 @@ python3 benchmarks/step_costs.py --arch sdxl --compiled fp16,fp8 --eager fp16,fp
 python3 -m tmpdiff generate --model flux-dev-random --schedule "bf16*4,fp8*20,bf16*4" --no-cache \
     --out "benchmarks/results/flux_random_${device}.png"
 python3 benchmarks/step_costs.py --arch flux --compiled bf16,fp8 --eager "" --out "benchmarks/results/flux_switching_${device}.json"
+python3 benchmarks/end_to_end.py --out "benchmarks/results/end_to_end_${device}.json"
 python3 benchmarks/report.py benchmarks/results/*_"${device}".json > benchmarks/RESULTS.md
