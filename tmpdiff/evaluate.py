@@ -77,7 +77,7 @@ class Evaluator:
         return EvalKey(
             model=settings.model, model_hash=self.model_hash(settings.model), settings=settings.to_dict(),
             schedule=str(schedule), schedule_hash=schedule.hash,
-            device=device_fingerprint(self.engine.device, self._compiled()),
+            device=device_fingerprint(self.engine.device, self.compiled),
         )
 
     def model_hash(self, model: str) -> str:
@@ -130,7 +130,7 @@ class Evaluator:
             missing = set(schedule.precisions) | {settings.spec.dtype}
             if table is None or not missing <= set(table.step_seconds):
                 table = measure_costs(timed_run(self.engine, settings), settings.spec.dtype, sorted(missing),
-                                      steps=steps, device=self.engine.device, compiled=self._compiled(), table=table)
+                                      steps=steps, device=self.engine.device, compiled=self.compiled, table=table)
                 self.costs[settings.model] = table
             return table
 
@@ -139,7 +139,9 @@ class Evaluator:
             return record.measured_seconds
         return self.reference(settings).record.measured_seconds
 
-    def _compiled(self) -> bool:
+    @property
+    def compiled(self) -> bool:
+        """Whether variants run compiled: the engine's choice, else on for CUDA."""
         return bool(self.engine.compile) if self.engine.compile is not None else self.engine.device.startswith("cuda")
 
 

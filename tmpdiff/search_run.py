@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .evaluate import Evaluator
@@ -51,7 +51,6 @@ class SearchRequest:
     additivity_samples: int = 6
     exhaustive: bool = False
     baselines: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.target_ssim is None) == (self.target_speedup is None):
@@ -118,7 +117,7 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
     needed = set(_candidates(request, engine.device)) | {reference}
     if table is None or table.steps != steps or not needed <= set(table.step_seconds):
         table = measure_costs(timed_run(engine, base), reference, sorted(needed - {reference}),
-                              steps=max(steps, 2), device=engine.device, compiled=bool(evaluator._compiled()))
+                              steps=max(steps, 2), device=engine.device, compiled=evaluator.compiled)
         evaluator.costs[request.model] = table
     ladder = list(request.ladder) if request.ladder else _default_ladder(table, reference)
     planned = _planned(steps, len(ladder), request)
