@@ -134,14 +134,15 @@ def _search(args: argparse.Namespace, device: str) -> int:
     from .latency import CostTable
     from .models import get_model
     from .prompts import calibration_prompts
-    from .search_run import SearchRequest, run_search
+    from .search_run import SearchRequest, parse_seeds, run_search
 
     if not args.json.parent.exists():
         raise ValueError(f"--json folder {str(args.json.parent)!r} does not exist")
     spec = get_model(args.model)
     request = SearchRequest(
         model=args.model, prompts=tuple(calibration_prompts(spec.labels, args.num_prompts, args.prompts)),
-        seeds=_ints(args.seeds, "--seeds"), validation_seeds=_ints(args.validation_seeds, "--validation-seeds"),
+        seeds=parse_seeds(args.seeds, "--seeds"),
+        validation_seeds=parse_seeds(args.validation_seeds, "--validation-seeds"),
         steps=args.steps, size=args.size, guidance=args.guidance,
         ladder=tuple(args.ladder.split(",")) if args.ladder else None,
         target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
@@ -217,16 +218,6 @@ def _write_plots(report: dict, json_path: Path) -> list[str]:
         paths.append(json_path.with_suffix(".additivity.html"))
         figure.write_html(paths[-1], include_plotlyjs="cdn")
     return [str(p) for p in paths]
-
-
-def _ints(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise ValueError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
-    if any(v < 0 for v in values):
-        raise ValueError(f"{flag} takes numbers of 0 or more, got {text!r}")
-    return values
 
 
 def _cache(args: argparse.Namespace) -> int:

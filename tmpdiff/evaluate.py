@@ -125,8 +125,8 @@ class Evaluator:
             return None
         with self._lock:
             table = self.costs.get(settings.model)
-            if table is None or table.steps != steps:
-                table = None
+            if table is not None and table.steps != steps:
+                table = None  # costs were measured for another step count
             missing = set(schedule.precisions) | {settings.spec.dtype}
             if table is None or not missing <= set(table.step_seconds):
                 table = measure_costs(timed_run(self.engine, settings), settings.spec.dtype, sorted(missing),

@@ -12,7 +12,6 @@ the same ``apply_schedule`` path that real runs take. ``skip`` costs one schedul
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,15 +123,3 @@ def measure_costs(
         if status is Status.SIMULATED:
             table.simulated.append(name)
     return table
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` (the caller synchronises devices inside ``fn``)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)

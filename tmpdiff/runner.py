@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .models import DEFAULT_MODEL, ModelSpec, get_model, load_pipeline
-from .precisions import PRECISIONS, Status, precision_status
+from .precisions import PRECISIONS, Status, available_precisions, precision_status
 from .schedule import Schedule
 from .switch import apply_schedule
 
@@ -45,15 +45,20 @@ class RunSettings:
     guidance: float | None = None
 
     def __post_init__(self) -> None:
-        spec = get_model(self.model)
+        get_model(self.model)  # an unknown model fails first, naming the choices
         if self.steps is not None and self.steps <= 0:
             raise ValueError(f"steps must be a positive number, got {self.steps}")
         if self.seed < 0:
             raise ValueError(f"seed must be 0 or more, got {self.seed}")
         if self.guidance is not None and self.guidance < 0:
             raise ValueError(f"guidance must be 0 or more, got {self.guidance}")
-        spec.call_kwargs(self.resolved_prompt, steps=self.resolved_steps, seed=self.seed, size=self.size,
-                         guidance=self.guidance, negative_prompt=self.negative_prompt)
+        self.call_kwargs()
+
+    def call_kwargs(self, device: str | torch.device = "cpu") -> dict[str, Any]:
+        """This setting as its pipeline's arguments, with a fresh seeded generator each call."""
+        return self.spec.call_kwargs(self.resolved_prompt, steps=self.resolved_steps, seed=self.seed,
+                                     size=self.size, guidance=self.guidance, negative_prompt=self.negative_prompt,
+                                     device=device)
 
     @property
     def spec(self) -> ModelSpec:
@@ -123,25 +128,16 @@ class Engine:
 
     def generate(self, settings: RunSettings, schedule: Schedule | str | None = None) -> Result:
         schedule = self.check_schedule(schedule or settings.reference_schedule(), settings)
-        spec = settings.spec
         pipe = self.pipeline(settings.model)
-        kwargs = spec.call_kwargs(
-            settings.resolved_prompt, steps=settings.resolved_steps, seed=settings.seed, size=settings.size,
-            guidance=settings.guidance, negative_prompt=settings.negative_prompt, device=self.device,
-        )
-        image, handle, seconds, vae_seconds = self._timed_call(pipe, kwargs, schedule)
+        image, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device), schedule)
         if handle.build_seconds:
             # Variants were built (and compiled) during that run: time a second, warm one.
-            image, handle, seconds, vae_seconds = self._timed_call(pipe, spec.call_kwargs(
-                settings.resolved_prompt, steps=settings.resolved_steps, seed=settings.seed, size=settings.size,
-                guidance=settings.guidance, negative_prompt=settings.negative_prompt, device=self.device,
-            ), schedule)
+            image, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device), schedule)
         simulated = [n for n in schedule.precisions
                      if precision_status(n, self.device).status is Status.SIMULATED]
         return Result(image=image, schedule=schedule, settings=settings, steps_run=handle.steps_run,
                       step_seconds=handle.step_seconds, seconds=seconds, device=device_name(self.device),
                       simulated=simulated, vae_seconds=vae_seconds)
-
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Any, Any, float, float]:
         start = time.perf_counter()
@@ -182,8 +178,5 @@ def _timing_vae_decode(pipe: Any, device: str) -> Iterator[dict[str, float]]:
 
 
 def precision_table(device: str) -> list[dict[str, str]]:
-    return [
-        {"name": name, "status": precision_status(name, device).status.value,
-         "description": p.description, "reason": precision_status(name, device).reason}
-        for name, p in PRECISIONS.items()
-    ]
+    return [{"name": a.name, "status": a.status.value, "description": PRECISIONS[a.name].description,
+             "reason": a.reason} for a in available_precisions(device)]

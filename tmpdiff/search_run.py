@@ -29,7 +29,7 @@ from .search import (
     uniform_schedules,
 )
 
-__all__ = ["SearchRequest", "run_search"]
+__all__ = ["SearchRequest", "parse_seeds", "run_search"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -78,6 +78,17 @@ class SearchRequest:
         return {"model": self.model, "prompts": list(self.prompts), "seeds": list(self.seeds), "steps": self.steps,
                 "size": self.size, "guidance": self.guidance, "ladder": list(self.ladder or []),
                 "target_ssim": self.target_ssim, "target_speedup": self.target_speedup}
+
+
+def parse_seeds(text: str, name: str = "seeds") -> tuple[int, ...]:
+    """``"0,1"`` → ``(0, 1)``; a ``ValueError`` naming ``name`` and the text otherwise."""
+    try:
+        values = tuple(int(x) for x in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"{name} takes comma-separated whole numbers, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise ValueError(f"{name} takes numbers of 0 or more, got {text!r}")
+    return values
 
 
 class ModelOracle:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +34,6 @@ class VariantBank:
     reference: nn.Module
     variants: dict[tuple[str, bool], nn.Module] = field(default_factory=dict)
     linear_rows: dict[str, int] | None = None
-    build_seconds: dict[str, float] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     device: torch.device | None = None
 
@@ -55,7 +53,6 @@ class VariantBank:
         self._drop_if_moved()
         key = (name, compiled)
         if key not in self.variants:
-            start = time.perf_counter()
             if compiled:
                 # Compile a copy that shares the eager variant's (quantized) weights: no second copy.
                 eager = self.variants.get((name, False)) or self._make(get_precision(name))
@@ -64,7 +61,6 @@ class VariantBank:
             else:
                 variant = self._make(get_precision(name))
             self.variants[key] = variant
-            self.build_seconds[name + ("+compile" if compiled else "")] = time.perf_counter() - start
         return self.variants[key]
 
     def memory_bytes(self) -> dict[str, int]:

@@ -17,7 +17,7 @@ from tmpdiff.evaluate import Evaluator
 from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
 from tmpdiff.runner import RunSettings
-from tmpdiff.search_run import SearchRequest, run_search
+from tmpdiff.search_run import SearchRequest, parse_seeds, run_search
 
 __all__ = ["build_ui"]
 
@@ -123,7 +123,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
             model_spec = get_model(model)
             request = SearchRequest(
                 model=model, prompts=tuple(calibration_prompts(model_spec.labels, int(num_prompts))),
-                seeds=tuple(int(s) for s in str(seeds).split(",") if s.strip()), steps=int(steps),
+                seeds=parse_seeds(seeds, "Seeds"), steps=int(steps),
                 ladder=tuple(x.strip() for x in ladder.split(",") if x.strip()) or None,
                 target_ssim=float(target) if target_kind == "SSIM floor" else None,
                 target_speedup=float(target) if target_kind != "SSIM floor" else None,
