@@ -20,6 +20,7 @@ from .models import config_hash
 from .records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint
 from .runner import Engine, RunSettings
 from .schedule import Schedule
+from .variants import Mode
 
 __all__ = ["Evaluation", "Evaluator"]
 
@@ -77,7 +78,7 @@ class Evaluator:
         return EvalKey(
             model=settings.model, model_hash=self.model_hash(settings.model), settings=settings.to_dict(),
             schedule=str(schedule), schedule_hash=schedule.hash,
-            device=device_fingerprint(self.engine.device, self.compiled),
+            device=device_fingerprint(self.engine.device, self.engine.mode),
         )
 
     def model_hash(self, model: str) -> str:
@@ -141,8 +142,8 @@ class Evaluator:
 
     @property
     def compiled(self) -> bool:
-        """Whether variants run compiled: the engine's choice, else on for CUDA."""
-        return bool(self.engine.compile) if self.engine.compile is not None else self.engine.device.startswith("cuda")
+        """Whether variants run compiled (torch.compile or ahead of time): the engine's choice, else on for CUDA."""
+        return self.engine.mode is not Mode.EAGER
 
 
 def _png(image: Image.Image) -> bytes:

@@ -81,11 +81,18 @@ class Precision:
     group_size: int | None = None
 
 
+# Every real config passes ``set_inductor_config=False``: torchao's default switches Inductor's
+# coordinate-descent tuning on for the whole process, which benchmarks every Triton kernel at its
+# first call. On a FLUX-sized model that was 4.5 of the ~5 minutes of fp8's first compiled run
+# (H100), and it slowed every later compile in the process, bf16's included.
+
+
 def _fp8_dynamic(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor
 
     # torchao's per-row scales take bf16 weights only; fp16 models (SDXL, SD1.5) get per-tensor scales.
-    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if dtype == torch.bfloat16 else PerTensor())
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if dtype == torch.bfloat16 else PerTensor(),
+                                                     set_inductor_config=False)
 
 
 def _fp8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
@@ -99,7 +106,7 @@ def _fp8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
 def _int8_dynamic(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
-    return Int8DynamicActivationInt8WeightConfig()
+    return Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
 
 
 def _int8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
@@ -113,7 +120,7 @@ def _int8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
 def _fp8_weight_only(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import Float8WeightOnlyConfig
 
-    return Float8WeightOnlyConfig()
+    return Float8WeightOnlyConfig(set_inductor_config=False)
 
 
 def _fp8_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
@@ -127,7 +134,7 @@ def _fp8_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
 def _int8_weight_only(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import Int8WeightOnlyConfig
 
-    return Int8WeightOnlyConfig()
+    return Int8WeightOnlyConfig(set_inductor_config=False)
 
 
 def _int8_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
@@ -143,7 +150,7 @@ INT4_GROUP_SIZE = 32
 def _int4_weight_only(dtype: torch.dtype = torch.bfloat16) -> object:
     from torchao.quantization import Int4WeightOnlyConfig
 
-    return Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
+    return Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, set_inductor_config=False)
 
 
 def _int4_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:

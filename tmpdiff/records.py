@@ -22,15 +22,16 @@ def stable_hash(data: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def device_fingerprint(device: str, compiled: bool) -> dict[str, Any]:
-    """What decides numerics and speed on this machine."""
+def device_fingerprint(device: str, mode: str) -> dict[str, Any]:
+    """What decides numerics and speed on this machine (``mode``: eager, compiled or aot)."""
     import diffusers
     import torchao
 
     kind = torch.device(device).type
     name = torch.cuda.get_device_name(device) if kind == "cuda" else f"cpu-{platform.machine()}"
     return {"device": name, "torch": torch.__version__, "torchao": torchao.__version__,
-            "diffusers": diffusers.__version__, "compiled": bool(compiled)}
+            "diffusers": diffusers.__version__, "compiled": mode != "eager",
+            **({"mode": str(mode)} if mode == "aot" else {})}
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,12 +14,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .compile_cache import CompileCache
 from .models import DEFAULT_MODEL, ModelSpec, get_model, load_pipeline
 from .precisions import PRECISIONS, Status, available_precisions, precision_status
 from .schedule import Schedule
 from .switch import apply_schedule
+from .variants import Mode
 
-__all__ = ["Engine", "Result", "RunSettings", "default_device", "device_name"]
+__all__ = ["Engine", "Result", "RunSettings", "default_device", "describe_build", "device_name"]
 
 
 def default_device() -> str:
@@ -102,12 +105,27 @@ class Result:
     vae_seconds: float | None = None
 
 
-class Engine:
-    """Loads pipelines once per (model, device) and runs schedules on them."""
+BuildListener = Callable[[str, Mode, float | None], None]
 
-    def __init__(self, device: str | None = None, compile: bool | None = None) -> None:
+
+class Engine:
+    """Loads pipelines once per (model, device) and runs schedules on them.
+
+    Args:
+        device: ``cpu`` or ``cuda`` (default: cuda when available).
+        compile: ``True`` (torch.compile), ``"aot"`` (ahead-of-time packages), ``False`` (eager), or
+            None: compiled on CUDA, eager elsewhere.
+        cache_dir: the tmpdiff cache folder that keeps compiled variants across processes
+            (default: ``$TMPDIFF_CACHE_DIR`` or the user cache folder).
+    """
+
+    def __init__(self, device: str | None = None, compile: bool | str | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> None:
         self.device = device or default_device()
         self.compile = compile
+        self.mode = Mode.coerce(compile, torch.device(self.device))
+        self.compile_cache = CompileCache(cache_dir)
+        self.on_build: BuildListener | None = None  # told before a variant is built (front ends show it)
         self._pipes: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -141,7 +159,8 @@ class Engine:
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Any, Any, float, float]:
         start = time.perf_counter()
-        with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.compile) as handle, \
+        with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
+                                             on_build=self.on_build) as handle, \
                 _timing_vae_decode(pipe, self.device) as vae:
             image = pipe(**kwargs).images[0]
         return image, handle, time.perf_counter() - start, vae["seconds"]
@@ -175,6 +194,16 @@ def _timing_vae_decode(pipe: Any, device: str) -> Iterator[dict[str, float]]:
             del vae.decode
         else:
             vae.decode = own
+
+
+def describe_build(precision: str, mode: Mode, expected: float | None) -> str:
+    """What a front end says while a variant is being built."""
+    if mode is Mode.EAGER:
+        return f"preparing {precision} weights"
+    what = "compiling" if mode is Mode.COMPILED else "compiling ahead of time"
+    if expected is None:
+        return f"{what} {precision} for this model (first time only; later runs load it from the cache)"
+    return f"{what} {precision} for this model (first time only, ~{expected:.0f} s)"
 
 
 def precision_table(device: str) -> list[dict[str, str]]:

@@ -18,7 +18,7 @@ import functools
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +28,10 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .compile_cache import CompileCache
 from .precisions import get_precision
 from .schedule import Schedule
-from .variants import VariantBank, bank_for, record_linear_rows
+from .variants import BuildInfo, Mode, VariantBank, bank_for, record_linear_rows
 
 __all__ = ["ScheduleHandle", "apply_schedule", "denoiser_of"]
 
@@ -51,16 +52,23 @@ class ScheduleHandle:
         calls_per_step: denoiser calls at each step (0 for ``skip``).
         variants: the resident variant modules used, by precision name.
         build_seconds: time spent building (and compiling) variants during this block.
+        builds: how each variant built during this block was made (compiled, or loaded from the cache).
     """
 
     schedule: Schedule
-    compiled: bool
+    mode: Mode
     steps_run: list[str] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     calls_per_step: list[int] = field(default_factory=list)
     variants: dict[str, nn.Module] = field(default_factory=dict)
     build_seconds: dict[str, float] = field(default_factory=dict)
+    builds: list[BuildInfo] = field(default_factory=list)
     _bank: VariantBank | None = None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether variants run compiled (by torch.compile or ahead of time)."""
+        return self.mode is not Mode.EAGER
 
     def memory_bytes(self) -> dict[str, int]:
         """Extra bytes of every resident variant of this denoiser, beyond its own weights."""
@@ -81,18 +89,25 @@ def apply_schedule(
     pipe: Any,
     schedule: Schedule | str,
     *,
-    compile: bool | None = None,
+    compile: bool | str | Mode | None = None,
     synchronize: bool = True,
+    cache: CompileCache | None = None,
+    on_build: Callable[[str, Mode, float | None], None] | None = None,
 ) -> Iterator[ScheduleHandle]:
     """Run every denoiser call of step ``i`` in ``schedule[i]`` during the block.
 
     Args:
         pipe: a diffusers pipeline with a ``transformer`` or ``unet`` and a ``scheduler``.
         schedule: a ``Schedule`` or its text form, e.g. ``"bf16*2,int8wo*2"``.
-        compile: ``torch.compile`` each variant (regionally where the model allows);
-            defaults to on for CUDA and off elsewhere.
+        compile: ``True`` to ``torch.compile`` each variant (regionally where the model allows),
+            ``"aot"`` for ahead-of-time compiled packages (no ``torch.compile`` in this process),
+            ``False`` for eager; defaults to compiled on CUDA and eager elsewhere.
         synchronize: time steps on the device's own clock (CUDA events at step boundaries, read
             once the block ends) so ``step_seconds`` is true for asynchronous kernels.
+        cache: where compiled variants are stored and reloaded across processes; default: the
+            tmpdiff cache folder (``$TMPDIFF_CACHE_DIR`` or the user cache folder).
+        on_build: called before a variant is built with its precision, mode and the seconds its
+            last compilation on this machine took (None when unknown), so a front end can say so.
 
     Example:
         >>> with apply_schedule(pipe, "bf16*2,int8wo*2") as handle:  # doctest: +SKIP
@@ -103,14 +118,17 @@ def apply_schedule(
     schedule = Schedule.coerce(schedule)
     module = denoiser_of(pipe)
     device = next(module.parameters()).device
-    if compile is None:
-        compile = device.type == "cuda"
-    handle = ScheduleHandle(schedule=schedule, compiled=compile, _bank=bank_for(module))
+    mode = Mode.coerce(compile, device)
+    if mode is not Mode.EAGER and cache is None:
+        cache = default_compile_cache()
+    if cache is not None:
+        cache.activate()
+    handle = ScheduleHandle(schedule=schedule, mode=mode, _bank=bank_for(module))
     lock = _lock_for(pipe)
     if not lock.acquire(blocking=False):
         raise ValueError("apply_schedule is already active on this pipeline: nest no blocks, run one at a time")
     try:
-        router = _StepRouter(handle, synchronize and device.type == "cuda")
+        router = _StepRouter(handle, synchronize and device.type == "cuda", cache, on_build)
         with _hooked(module, router), _counting_steps(pipe.scheduler, router):
             yield handle
         router.finish()
@@ -122,9 +140,12 @@ def apply_schedule(
 class _StepRouter(ModelHook):
     """Routes each denoiser call to the variant of the current step."""
 
-    def __init__(self, handle: ScheduleHandle, synchronize: bool) -> None:
+    def __init__(self, handle: ScheduleHandle, synchronize: bool, cache: CompileCache | None = None,
+                 on_build: Callable[[str, Mode, float | None], None] | None = None) -> None:
         super().__init__()
         self.handle = handle
+        self.cache = cache
+        self.on_build = on_build
         self.bank = handle._bank
         self.synchronize = synchronize
         self.step = 0
@@ -159,33 +180,41 @@ class _StepRouter(ModelHook):
 
     def _run(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         assert self.bank is not None and self.fn_ref is not None
-        compiled = self.handle.compiled
+        mode = self.handle.mode
         reference_dtype = self.bank.reference_dtype
         precision = get_precision(name)
-        if precision.dtype == reference_dtype and not compiled:
+        if precision.dtype == reference_dtype and mode is Mode.EAGER:
             # The reference itself: exactly the stock forward.
             self.handle.variants.setdefault(name, module)
             return self.fn_ref.original_forward(*args, **kwargs)
-        variant = self.bank.get(name, compiled)
-        if variant is None:
-            variant = self._build(name, compiled, args, kwargs)
-        self.handle.variants.setdefault(name, variant)
-        if precision.dtype is not None and precision.dtype != reference_dtype:
+        cast = precision.dtype is not None and precision.dtype != reference_dtype
+        if cast:
             args, kwargs = _cast((args, kwargs), reference_dtype, precision.dtype)
-            return _cast(variant(*args, **kwargs), precision.dtype, reference_dtype)
-        return variant(*args, **kwargs)
+        variant = self.bank.get(name, mode)
+        if variant is None:
+            variant = self._build(name, mode, args, kwargs)
+        self.handle.variants.setdefault(name, variant)
+        output = variant(*args, **kwargs)
+        return _cast(output, precision.dtype, reference_dtype) if cast else output
 
-    def _build(self, name: str, compiled: bool, args: tuple, kwargs: dict) -> nn.Module:
+    def _build(self, name: str, mode: Mode, args: tuple, kwargs: dict) -> nn.Module:
         assert self.bank is not None and self.fn_ref is not None
         start = time.perf_counter()
         with self.bank.lock:
-            if self.bank.needs_rows(name):
+            if self.on_build is not None and self.bank.get(name, mode) is None:
+                known = self.cache is not None and mode is not Mode.EAGER
+                expected = self.cache.previous_seconds(mode.value, name, self.bank.reference) if known else None
+                self.on_build(name, mode, expected)
+            if self.bank.needs_rows(name):  # torchao precisions: the call is in the reference dtype
                 with record_linear_rows(self.bank.reference) as rows, torch.no_grad():
                     self.fn_ref.original_forward(*args, **kwargs)
                 self.bank.linear_rows = rows
-            variant = self.bank.build(name, compiled)
+            variant = self.bank.build(name, mode, example=(args, kwargs), cache=self.cache)
+            info = self.bank.builds.get((name, mode))
         elapsed = time.perf_counter() - start
         self.handle.build_seconds[name] = elapsed
+        if info is not None:
+            self.handle.builds.append(info)
         self.excluded += elapsed
         return variant
 
@@ -287,6 +316,17 @@ def _after(method: Any, event: Any, before: bool) -> Any:
         return result
 
     return wrapper
+
+
+_DEFAULT_CACHE: CompileCache | None = None
+
+
+def default_compile_cache() -> CompileCache:
+    """The compile cache in the tmpdiff cache folder, shared by every schedule of this process."""
+    global _DEFAULT_CACHE
+    if _DEFAULT_CACHE is None:
+        _DEFAULT_CACHE = CompileCache()
+    return _DEFAULT_CACHE
 
 
 def _lock_for(pipe: Any) -> threading.Lock:

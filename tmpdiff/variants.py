@@ -8,18 +8,60 @@ A torchao variant is a copy of the denoiser that *shares* every parameter with t
 from __future__ import annotations
 
 import copy
+import enum
+import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from . import aot
+from .compile_cache import CompileCache, CompileKey
 from .precisions import Kind, Precision, Status, get_precision, precision_status
 
-__all__ = ["MIN_ROWS", "VariantBank", "bank_for", "module_bytes"]
+__all__ = ["MIN_ROWS", "BuildInfo", "Mode", "VariantBank", "bank_for", "module_bytes"]
+
+
+class Mode(enum.StrEnum):
+    """How a variant runs."""
+
+    EAGER = "eager"
+    COMPILED = "compiled"  # torch.compile, per repeated block
+    AOT = "aot"  # AOTInductor packages, per repeated block: no torch.compile in the process
+
+    @classmethod
+    def coerce(cls, value: bool | str | Mode | None, device: torch.device) -> Mode:
+        """``True``/``False`` (compile or not), a mode name, or None (compiled on CUDA, eager elsewhere)."""
+        if value is None:
+            return cls.COMPILED if device.type == "cuda" else cls.EAGER
+        if isinstance(value, bool):
+            return cls.COMPILED if value else cls.EAGER
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise ValueError(f"unknown compile mode {value!r}: choose one of {choices}") from None
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What building one variant cost, and whether a stored compilation was reused."""
+
+    precision: str
+    mode: Mode
+    seconds: float
+    from_cache: bool
+    note: str = ""
+
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 # torchao's dynamic-activation kernels need at least this many rows per matmul; smaller
 # inputs (timestep and modulation embeddings at batch 1) stay in the reference precision.
@@ -29,10 +71,11 @@ MIN_FEATURES = 16
 
 @dataclass
 class VariantBank:
-    """The variants of one denoiser, keyed by (precision, compiled)."""
+    """The variants of one denoiser, keyed by (precision, mode)."""
 
     reference: nn.Module
-    variants: dict[tuple[str, bool], nn.Module] = field(default_factory=dict)
+    variants: dict[tuple[str, Mode], nn.Module] = field(default_factory=dict)
+    builds: dict[tuple[str, Mode], BuildInfo] = field(default_factory=dict)
     linear_rows: dict[str, int] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     device: torch.device | None = None
@@ -44,39 +87,101 @@ class VariantBank:
     def needs_rows(self, name: str) -> bool:
         return get_precision(name).dynamic_activation and self.linear_rows is None
 
-    def get(self, name: str, compiled: bool) -> nn.Module | None:
+    def get(self, name: str, mode: Mode) -> nn.Module | None:
         self._drop_if_moved()
-        return self.variants.get((name, compiled))
+        return self.variants.get((name, mode))
 
-    def build(self, name: str, compiled: bool) -> nn.Module:
-        """Build (or return) the variant; the caller holds no hook on the reference during this."""
+    def build(self, name: str, mode: Mode, example: Call | None = None,
+              cache: CompileCache | None = None) -> nn.Module:
+        """Build (or return) the variant; the caller holds no hook on the reference during this.
+
+        For ``COMPILED`` and ``AOT``, ``example`` (one denoiser call's arguments, cast to the
+        variant's dtype) is run once here, so compilation happens now (through ``cache``) and
+        not inside a timed step.
+        """
         self._drop_if_moved()
-        key = (name, compiled)
+        key = (name, mode)
         if key not in self.variants:
-            if compiled:
-                # Compile a copy that shares the eager variant's (quantized) weights: no second copy.
-                eager = self.variants.get((name, False)) or self._make(get_precision(name))
-                variant = _copy(eager, share=True)
-                _compile_regionally(variant)
+            start = time.perf_counter()
+            if mode is Mode.EAGER:
+                variant, from_cache, note = self._make(get_precision(name)), False, ""
             else:
-                variant = self._make(get_precision(name))
+                # A copy that shares the eager variant's (quantized) weights: no second copy.
+                eager = self.variants.get((name, Mode.EAGER)) or self._make(get_precision(name))
+                variant = _copy(eager, share=True)
+                build = self._compile if mode is Mode.COMPILED else self._compile_ahead
+                from_cache, note = build(name, eager, variant, example, cache)
             self.variants[key] = variant
+            self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note)
         return self.variants[key]
+
+    def _compile(self, name: str, eager: nn.Module, variant: nn.Module, example: Call | None,
+                 cache: CompileCache | None) -> tuple[bool, str]:
+        _compile_regionally(variant)
+        if example is None:
+            return False, "compiles at its first call"
+        args, kwargs = example
+        key = CompileKey.make(Mode.COMPILED.value, name, variant, args, kwargs, self._device())
+        loaded = cache.load_artifacts(key) if cache else False
+        start = time.perf_counter()
+        with torch.no_grad():
+            variant(*args, **kwargs)
+        _synchronize(self._device())
+        if cache and not loaded:
+            cache.save_artifacts(key, time.perf_counter() - start)
+        return loaded, ""
+
+    def _compile_ahead(self, name: str, eager: nn.Module, variant: nn.Module, example: Call | None,
+                       cache: CompileCache | None) -> tuple[bool, str]:
+        if example is None:
+            raise ValueError("an ahead-of-time variant is built from one example call: pass `example`")
+        args, kwargs = example
+        blocks = aot.repeated_blocks(variant)
+        if not blocks:
+            raise ValueError(f"{type(variant).__name__} declares no repeated blocks to compile ahead of time: "
+                             "use compile=True (torch.compile) for this model")
+        with aot.capture_block_calls(eager) as calls, torch.no_grad():
+            eager(*args, **kwargs)
+        key = CompileKey.make(Mode.AOT.value, name, variant, args, kwargs, self._device())
+        if cache is not None and cache.has_packages(key, list(blocks)):
+            packages, from_cache = {b: cache.package_path(key, b) for b in blocks}, True
+        else:
+            packages, from_cache = self._export_blocks(blocks, calls, key, cache), False
+        for block_name, instances in blocks.items():
+            aot.apply_package_(instances, packages[block_name])
+        return from_cache, ""
+
+    def _export_blocks(self, blocks: dict[str, list[nn.Module]], calls: dict[str, aot.BlockCall],
+                       key: CompileKey, cache: CompileCache | None) -> dict[str, Path]:
+        folder = Path(tempfile.mkdtemp(prefix="tmpdiff-aot-"))
+        start = time.perf_counter()
+        built = {}
+        for block_name, instances in blocks.items():
+            built[block_name] = folder / f"{block_name}.pt2"
+            # Export a throwaway copy: unwrapping quantized weights re-parametrizes the module.
+            aot.compile_block(_copy(instances[0], share=True), calls[block_name], built[block_name])
+        if cache is None:
+            return built
+        cache.save_packages(key, built, time.perf_counter() - start)
+        return {b: cache.package_path(key, b) for b in blocks}
 
     def memory_bytes(self) -> dict[str, int]:
         """Extra bytes each resident variant holds beyond the reference weights (and, for a
         compiled variant, beyond its eager twin, whose weights it shares)."""
         reference = {id(t) for t in _tensors(self.reference)}
         sizes = {}
-        for (name, compiled), variant in self.variants.items():
-            eager = self.variants.get((name, False)) if compiled else None
+        for (name, mode), variant in self.variants.items():
+            eager = self.variants.get((name, Mode.EAGER)) if mode is not Mode.EAGER else None
             shared = reference | ({id(t) for t in _tensors(eager)} if eager is not None else set())
-            key = f"{name}{'+compiled' if compiled else ''}"
+            key = name if mode is Mode.EAGER else f"{name}+{mode.value}"
             sizes[key] = sum(_tensor_bytes(t) for t in _tensors(variant) if id(t) not in shared)
         return sizes
 
+    def _device(self) -> torch.device:
+        return next(self.reference.parameters()).device
+
     def _make(self, precision: Precision) -> nn.Module:
-        device = next(self.reference.parameters()).device
+        device = self._device()
         status = precision_status(precision.name, device)
         if status.status is Status.UNAVAILABLE:
             raise ValueError(f"precision {precision.name!r} is unavailable on {device}: {status.reason}")
@@ -181,8 +286,18 @@ def _copy(module: nn.Module, share: bool) -> nn.Module:
 
 
 def _compile_regionally(module: nn.Module) -> None:
-    """Compile the repeated blocks where the model declares them, else the whole module."""
+    """Compile the repeated blocks where the model declares them, else the whole module.
+
+    ``dynamic=False``: the first block of a run can see a differently strided input than the
+    others (a view of the previous block's output); with automatic dynamic shapes that second
+    graph of the block class would be recompiled with symbolic strides, slower to build and to run.
+    """
     if getattr(module, "_repeated_blocks", None):
-        module.compile_repeated_blocks(fullgraph=True)
+        module.compile_repeated_blocks(fullgraph=True, dynamic=False)
     else:
-        module.compile()
+        module.compile(dynamic=False)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
