@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from platformdirs import user_cache_dir
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Engine
@@ -40,8 +39,12 @@ class CacheError(ValueError):
     """A cache file that cannot be used; the message says which and what to do."""
 
 
-def default_db_path() -> Path:
-    return Path(user_cache_dir("tmpdiff")) / "tmpdiff.sqlite"
+def default_db_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``tmpdiff.sqlite`` in the tmpdiff cache folder (``cache_dir``, else ``$TMPDIFF_CACHE_DIR``, else the
+    user cache folder), beside the compiled variants."""
+    from tmpdiff.compile_cache import cache_root
+
+    return cache_root(cache_dir) / "tmpdiff.sqlite"
 
 
 class Cache:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tmpdiff generate|search|precisions|models|cache``.
+"""Command line: ``tmpdiff generate|search|warmup|precisions|models|cache`` (or ``python -m tmpdiff``).
 
 User mistakes print one line on stderr and exit 2; no traceback. The CLI is a front end like
 ``ui/``: it alone reaches for the ``cache`` package, and only when a command needs it, so
@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .models import DEFAULT_MODEL, MODELS, quiet_libraries
-from .runner import Engine, RunSettings, default_device, precision_table
+from .runner import Engine, RunSettings, default_device, describe_build, precision_table
 
 EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tmpdiff", description="Temporal mixed precision for diffusion.")
+    parser = argparse.ArgumentParser(prog="tmpdiff", description="Temporal mixed precision for diffusion.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -33,8 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=None)
     gen.add_argument("--schedule", default=None,
                      help="e.g. 'bf16*4,fp8*20,bf16*4' (default: every step in the reference precision)")
-    gen.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                     help="torch.compile each variant (default: on for CUDA)")
+    _add_compile_flags(gen)
     gen.add_argument("--out", required=True, type=Path, help="PNG file to write")
     _add_cache_flags(gen)
 
@@ -52,9 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seeds", default="0,1", help="comma-separated calibration seeds (default 0,1)")
     search.add_argument("--validation-seeds", default="1000,1001", help="seeds to re-check the result on")
     search.add_argument("--exhaustive", action="store_true", help="also search every schedule (small T only)")
-    search.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    _add_compile_flags(search)
     search.add_argument("--json", type=Path, required=True, help="report file to write")
     _add_cache_flags(search)
+
+    warm = commands.add_parser("warmup", help="compile precision variants once and keep them in the cache folder")
+    warm.add_argument("--model", default=DEFAULT_MODEL)
+    warm.add_argument("--precisions", default=None, help="comma-separated, e.g. 'bf16,fp8' (default: the reference)")
+    warm.add_argument("--size", type=int, default=None, help="image size to compile for (default: the model's)")
+    warm.add_argument("--aot", action="store_true", default=None,
+                      help="ahead-of-time packages instead of torch.compile (default on ZeroGPU Spaces)")
+    warm.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
 
     commands.add_parser("precisions", help="list the precision registry on this device")
     commands.add_parser("models", help="list the model registry")
@@ -65,22 +73,42 @@ def build_parser() -> argparse.ArgumentParser:
                        ("import", "validate and add the evaluations of an export file")):
         sub = cache_commands.add_parser(name, help=text)
         sub.add_argument("file", type=Path)
-        sub.add_argument("--db", type=Path, default=None, help="cache database (default: the user cache folder)")
+        sub.add_argument("--db", type=Path, default=None, help="cache database (default: in the cache folder)")
+        sub.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
     return parser
 
 
+CACHE_DIR_HELP = "tmpdiff cache folder for compiled variants and the default database " \
+    "(default: $TMPDIFF_CACHE_DIR or the user cache folder)"
+
+
 def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, default=None, help="cache database (default: the user cache folder)")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("--db", type=Path, default=None, help="cache database (default: in the cache folder)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the evaluation cache")
+    parser.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
 
 
-def open_cache(path: Path | None, enabled: bool = True):
+def _add_compile_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile each variant (default: on for CUDA)")
+    parser.add_argument("--aot", action="store_true", default=None,
+                        help="ahead-of-time compiled variants, no torch.compile (default on ZeroGPU Spaces)")
+
+
+def compile_mode(compile_flag: bool | None, aot: bool | None) -> bool | str | None:
+    """The engine's ``compile`` argument: ``--aot`` (or a ZeroGPU Space) wins, then ``--compile``."""
+    if aot or (aot is None and compile_flag is None and os.environ.get("SPACES_ZERO_GPU")):
+        return "aot"
+    return compile_flag
+
+
+def open_cache(path: Path | None, enabled: bool = True, cache_dir: Path | None = None):
     """The cache store, or None with --no-cache."""
     if not enabled:
         return None
     from cache import Cache, default_db_path
 
-    return Cache(path or default_db_path())
+    return Cache(path or default_db_path(cache_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             return _search(args, device)
         elif args.command == "cache":
             return _cache(args)
+        elif args.command == "warmup":
+            return _warmup(args, device)
         else:
             return _generate(args, device)
     except ValueError as exc:
@@ -117,13 +147,56 @@ def _generate(args: argparse.Namespace, device: str) -> int:
         raise ValueError(f"--out folder {str(args.out.parent)!r} does not exist")
     settings = RunSettings(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
                            seed=args.seed, steps=args.steps, size=args.size, guidance=args.guidance)
-    engine = Engine(device=device, compile=args.compile)
+    engine = _engine(args, device)
     schedule = engine.check_schedule(args.schedule or settings.reference_schedule(), settings)
-    store = open_cache(args.db, not args.no_cache)
+    store = open_cache(args.db, not args.no_cache, args.cache_dir)
     evaluation = Evaluator(engine, store).evaluate(settings, schedule)
     evaluation.image.save(args.out)
     line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
     print(json.dumps(line))
+    return 0
+
+
+def _engine(args: argparse.Namespace, device: str) -> Engine:
+    """The engine for a command's compile flags and cache folder, checked up front."""
+    from .compile_cache import cache_root, check_cache_dir
+
+    cache_dir = check_cache_dir(cache_root(args.cache_dir))
+    engine = Engine(device=device, compile=compile_mode(args.compile, args.aot), cache_dir=cache_dir)
+    engine.on_build = lambda precision, mode, expected: print(describe_build(precision, mode, expected),
+                                                              file=sys.stderr, flush=True)
+    return engine
+
+
+def _warmup(args: argparse.Namespace, device: str) -> int:
+    from torch._dynamo.utils import counters
+    from tqdm import tqdm
+
+    from .models import get_model
+
+    spec = get_model(args.model)
+    names = [n.strip() for n in (args.precisions or spec.dtype).split(",")]
+    if any(not n for n in names) or "skip" in names:
+        raise ValueError(f"--precisions must name precisions to compile, e.g. 'bf16,fp8', got {args.precisions!r} "
+                         "('skip' has nothing to compile)")
+    args.compile = True  # warming up means compiling, on the CPU too
+    engine = _engine(args, device)
+    settings = RunSettings(model=args.model, size=args.size, steps=2)
+    for name in names:
+        engine.check_schedule(f"{name}*2", settings)  # every name known and usable here, before any work
+    bar = tqdm(names, unit="precision", desc="warmup", file=sys.stderr)
+    engine.on_build = lambda precision, mode, expected: bar.set_postfix_str(describe_build(precision, mode, expected))
+    rows = []
+    for name in bar:
+        misses = counters["inductor"]["fxgraph_cache_miss"]
+        builds = engine.warm(settings, name)
+        rows.append({"precision": name, "mode": engine.mode.value,
+                     "seconds": round(sum(b.seconds for b in builds), 2),
+                     "from_cache": all(b.from_cache for b in builds) if builds else None,
+                     "inductor_compilations": counters["inductor"]["fxgraph_cache_miss"] - misses})
+    bar.close()
+    print(json.dumps({"model": args.model, "size": settings.resolved_size, "device": device,
+                      "cache_dir": str(engine.compile_cache.root), "variants": rows}))
     return 0
 
 
@@ -148,8 +221,8 @@ def _search(args: argparse.Namespace, device: str) -> int:
         target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
         target_speedup=args.target_speedup, exhaustive=args.exhaustive,
     )
-    store = open_cache(args.db, not args.no_cache)
-    evaluator = Evaluator(Engine(device=device, compile=args.compile), store)
+    store = open_cache(args.db, not args.no_cache, args.cache_dir)
+    evaluator = Evaluator(_engine(args, device), store)
     run_id = store.start_search(args.model, request.to_dict()) if store else None
     cost_key = _cost_key(evaluator, request)
     if store and (saved := store.get_costs(*cost_key)):
@@ -221,7 +294,7 @@ def _write_plots(report: dict, json_path: Path) -> list[str]:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    store = open_cache(args.db)
+    store = open_cache(args.db, cache_dir=args.cache_dir)
     if args.cache_command == "export":
         count = store.export(args.file)
         print(json.dumps({"exported": count, "file": str(args.file)}))

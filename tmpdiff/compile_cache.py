@@ -100,7 +100,9 @@ class CompileKey:
 def module_identity(module: nn.Module) -> dict[str, Any]:
     """The module's class and architecture config (diffusers models carry one), not its weights."""
     config = getattr(module, "config", None)
-    described = json.loads(json.dumps(dict(config), sort_keys=True, default=str)) if config is not None else None
+    # Private entries (``_use_default_values``, a list in set order) change between processes.
+    public = {k: v for k, v in dict(config).items() if not k.startswith("_")} if config is not None else None
+    described = json.loads(json.dumps(public, sort_keys=True, default=str))
     return {"class": f"{type(module).__module__}.{type(module).__qualname__}", "config": described,
             "dtype": str(next(module.parameters()).dtype)}
 

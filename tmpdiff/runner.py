@@ -19,7 +19,7 @@ from .models import DEFAULT_MODEL, ModelSpec, get_model, load_pipeline
 from .precisions import PRECISIONS, Status, available_precisions, precision_status
 from .schedule import Schedule
 from .switch import apply_schedule
-from .variants import Mode
+from .variants import BuildInfo, Mode
 
 __all__ = ["Engine", "Result", "RunSettings", "default_device", "describe_build", "device_name"]
 
@@ -156,6 +156,16 @@ class Engine:
         return Result(image=image, schedule=schedule, settings=settings, steps_run=handle.steps_run,
                       step_seconds=handle.step_seconds, seconds=seconds, device=device_name(self.device),
                       simulated=simulated, vae_seconds=vae_seconds)
+
+    def warm(self, settings: RunSettings, precision: str) -> list[BuildInfo]:
+        """Builds (and compiles, through the compile cache) ``precision``'s variant for ``settings``'
+        shapes with one short run; returns what was built (nothing when it was resident already)."""
+        schedule = self.check_schedule(Schedule.uniform(precision, settings.resolved_steps), settings)
+        pipe = self.pipeline(settings.model)
+        with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
+                                             on_build=self.on_build) as handle:
+            pipe(**settings.call_kwargs(self.device))
+        return handle.builds
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Any, Any, float, float]:
         start = time.perf_counter()
