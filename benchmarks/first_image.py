@@ -29,10 +29,10 @@ SCHEDULES = {"bf16": "bf16*28", "fp8": "fp8*28", "mixed": "bf16*4,fp8*20,bf16*4"
 PLAN = [
     ("compiled cold", "compiled", "mixed", "compiled"),
     ("compiled warm", "compiled", "mixed", "compiled"),
-    ("compiled warm", "compiled", "bf16", "compiled"),
-    ("compiled warm", "compiled", "fp8", "compiled"),
     ("aot cold", "aot", "mixed", "aot"),
     ("aot warm", "aot", "mixed", "aot"),
+    ("compiled warm", "compiled", "fp8", "compiled"),
+    ("compiled warm", "compiled", "bf16", "compiled"),
 ]
 
 
