@@ -1,13 +1,15 @@
-"""Ahead-of-time compiled variants: one AOTInductor package per repeated block class, reused by every block.
+"""Ahead-of-time compiled variants: one AOTInductor package per repeated block class, shared by every block.
 
 Regional, like ``compile_repeated_blocks``: each repeated block class (FLUX's double and single
 blocks, SD3's joint blocks, ...) is exported once with ``torch.export`` and compiled once with
-AOTInductor into a ``.pt2`` package *without* its weights. Every instance of the class then loads
-the package and points it at its own weights (``load_constants(..., user_managed=True)``: no copy).
-A later process loads the packages and never calls ``torch.compile``.
+AOTInductor into a ``.pt2`` package. The block's weights are *inputs* of the exported function
+(``torch.func.functional_call``), not constants baked into the package: one loaded package serves
+every instance of the class, each call passing that block's own weights (no copy), and the package
+stays small. A later process loads the packages and never calls ``torch.compile``.
 
-torchao's quantized weights are tensor subclasses, which ``torch.export`` does not take as
-parameters; ``torchao.utils.unwrap_tensor_subclass`` re-expresses them as plain tensors first.
+torchao's quantized weights are tensor subclasses; ``torchao.utils.unwrap_tensor_subclass``
+re-expresses them as plain tensors (a parametrization that rebuilds the subclass in the forward),
+so the exported function takes plain tensors.
 """
 
 from __future__ import annotations
@@ -63,34 +65,44 @@ def capture_block_calls(module: nn.Module) -> Iterator[dict[str, BlockCall]]:
 
 
 def compile_block(block: nn.Module, call: BlockCall, package: Path) -> None:
-    """Exports ``block`` on the recorded call and AoT-compiles it, weights left out, into ``package``."""
+    """Exports ``block`` as a function of (its weights, the recorded call) and AoT-compiles it into ``package``."""
     from torch._inductor import aoti_compile_and_package
 
     unwrap_subclass_weights_(block)
     args, kwargs = call
     try:
-        exported = torch.export.export(block, args, kwargs, strict=False)
+        exported = torch.export.export(_Functional(block), (_weights(block), *args), kwargs, strict=False)
         package.parent.mkdir(parents=True, exist_ok=True)
-        aoti_compile_and_package(exported, package_path=str(package),
-                                 inductor_configs={"aot_inductor.package_constants_in_so": False})
+        aoti_compile_and_package(exported, package_path=str(package))
     except Exception as exc:  # export and AOTInductor fail in many ways; all mean "no AoT for this block"
         raise AotError(f"{type(block).__name__}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
 
 
 def apply_package_(blocks: list[nn.Module], package: Path) -> None:
-    """Every block in ``blocks`` runs the AoT package on its own weights from now on."""
+    """Every block in ``blocks`` runs the one loaded AoT package on its own weights from now on."""
     from torch._inductor import aoti_load_package
 
+    runner = aoti_load_package(str(package))
     for block in blocks:
         unwrap_subclass_weights_(block)
-        runner = aoti_load_package(str(package))
-        weights = {**dict(block.named_parameters()), **dict(block.named_buffers())}
-        needed = runner.get_constant_fqns()
-        missing = [fqn for fqn in needed if fqn not in weights]
-        if missing:
-            raise AotError(f"{type(block).__name__}: package needs constants the block lacks: {missing[:3]}")
-        runner.load_constants({fqn: weights[fqn] for fqn in needed}, check_full_update=True, user_managed=True)
-        block.forward = _calling(runner)
+        block.forward = _calling(runner, _weights(block))
+
+
+class _Functional(nn.Module):
+    """``block`` as a pure function of its weights: the block is held, not registered, so its
+    parameters are not state of the exported program."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["block"] = block
+
+    def forward(self, weights: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        return torch.func.functional_call(self.block, weights, args, kwargs)
+
+
+def _weights(block: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the block by name, in a fixed order (the package's input order)."""
+    return {**{k: v.detach() for k, v in block.named_parameters()}, **dict(block.named_buffers())}
 
 
 def unwrap_subclass_weights_(block: nn.Module) -> None:
@@ -105,10 +117,10 @@ def _is_subclass(tensor: torch.Tensor) -> bool:
     return type(tensor) not in (torch.Tensor, nn.Parameter)
 
 
-def _calling(runner: Any) -> Callable[..., Any]:
+def _calling(runner: Any, weights: dict[str, torch.Tensor]) -> Callable[..., Any]:
     def forward(*args: Any, **kwargs: Any) -> Any:
         args, kwargs = _contiguous((args, kwargs), clone=False)
-        return runner(*args, **kwargs)
+        return runner(weights, *args, **kwargs)
 
     return forward
 
