@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: app test lint browser
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 	$(BIN)/python -m pip install -qq -r requirements-dev.txt
+	$(BIN)/python -m pip install -qq --no-deps -e .
 	touch $(STAMP)
 
 app: $(STAMP)

@@ -16,23 +16,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="open a public gradio.live link")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile each variant (default: on for CUDA, off on ZeroGPU Spaces)")
+    parser.add_argument("--aot", action="store_true", default=None,
+                        help="ahead-of-time compiled variants: packages built once, loaded in later processes")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="tmpdiff cache folder: compiled variants and the default database "
+                             "(default: $TMPDIFF_CACHE_DIR or the user cache folder)")
     return parser.parse_args(argv)
 
 
 def build(args: argparse.Namespace):
     from cache import Cache, default_db_path
     from tmpdiff import DEFAULT_MODEL, get_model
+    from tmpdiff.compile_cache import cache_root, check_cache_dir
     from tmpdiff.evaluate import Evaluator
     from tmpdiff.models import quiet_libraries
-    from tmpdiff.runner import Engine
+    from tmpdiff.runner import Engine, choose_compile
     from ui import build_ui
 
     quiet_libraries()
     model = get_model(args.model or DEFAULT_MODEL).name
-    # No torch.compile on ZeroGPU Spaces: each call may land on another GPU.
-    compile_ = False if os.environ.get("SPACES_ZERO_GPU") else None
-    store = None if args.no_cache else Cache(args.db or default_db_path())
-    return build_ui(Evaluator(Engine(device=args.device, compile=compile_), store), store, model)
+    cache_dir = check_cache_dir(cache_root(args.cache_dir))
+    store = None if args.no_cache else Cache(args.db or default_db_path(cache_dir))
+    engine = Engine(device=args.device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
+    return build_ui(Evaluator(engine, store), store, model)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from .models import DEFAULT_MODEL, MODELS, quiet_libraries
-from .runner import Engine, RunSettings, default_device, describe_build, precision_table
+from .runner import Engine, RunSettings, choose_compile, default_device, describe_build, precision_table
 
 EXIT_USAGE = 2
 
@@ -61,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--precisions", default=None, help="comma-separated, e.g. 'bf16,fp8' (default: the reference)")
     warm.add_argument("--size", type=int, default=None, help="image size to compile for (default: the model's)")
     warm.add_argument("--aot", action="store_true", default=None,
-                      help="ahead-of-time packages instead of torch.compile (default on ZeroGPU Spaces)")
+                      help="ahead-of-time packages instead of torch.compile")
     warm.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
 
     commands.add_parser("precisions", help="list the precision registry on this device")
@@ -92,14 +91,7 @@ def _add_compile_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile each variant (default: on for CUDA)")
     parser.add_argument("--aot", action="store_true", default=None,
-                        help="ahead-of-time compiled variants, no torch.compile (default on ZeroGPU Spaces)")
-
-
-def compile_mode(compile_flag: bool | None, aot: bool | None) -> bool | str | None:
-    """The engine's ``compile`` argument: ``--aot`` (or a ZeroGPU Space) wins, then ``--compile``."""
-    if aot or (aot is None and compile_flag is None and os.environ.get("SPACES_ZERO_GPU")):
-        return "aot"
-    return compile_flag
+                        help="ahead-of-time compiled variants: built once, loaded by later processes")
 
 
 def open_cache(path: Path | None, enabled: bool = True, cache_dir: Path | None = None):
@@ -162,7 +154,7 @@ def _engine(args: argparse.Namespace, device: str) -> Engine:
     from .compile_cache import cache_root, check_cache_dir
 
     cache_dir = check_cache_dir(cache_root(args.cache_dir))
-    engine = Engine(device=device, compile=compile_mode(args.compile, args.aot), cache_dir=cache_dir)
+    engine = Engine(device=device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
     engine.on_build = lambda precision, mode, expected: print(describe_build(precision, mode, expected),
                                                               file=sys.stderr, flush=True)
     return engine

@@ -156,9 +156,16 @@ class CompileCache:
         """Points Inductor's and Triton's own on-disk caches into this folder (before any compilation)."""
         if self._activated:
             return
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
         self.root.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.root / "inductor"))
-        os.environ.setdefault("TRITON_CACHE_DIR", str(self.root / "inductor" / "triton"))
+        # Importing torchao already wrote Inductor's default into the environment: only a folder the
+        # user chose (any other value) is kept.
+        default = os.path.abspath(default_cache_dir())
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default):
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.root / "inductor")
+            if os.environ.get("TRITON_CACHE_DIR", "").startswith(default):
+                del os.environ["TRITON_CACHE_DIR"]  # Inductor then puts Triton's beside its own
         self._activated = True
 
     # --- torch.compile artifacts ----------------------------------------------------------
@@ -168,9 +175,13 @@ class CompileCache:
         if payload is None:
             return False
         try:
-            torch.compiler.load_cache_artifacts(payload)
+            loaded = torch.compiler.load_cache_artifacts(payload)
         except Exception as exc:  # whatever PyTorch rejects is rebuilt, never fatal
-            self._discard(key, f"PyTorch could not load it ({type(exc).__name__})")
+            loaded, why = None, type(exc).__name__
+        else:
+            why = "unreadable artifacts"
+        if loaded is None:  # PyTorch logs and returns None for artifacts it cannot read
+            self._discard(key, f"PyTorch could not load it ({why})")
             return False
         return True
 

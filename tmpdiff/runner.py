@@ -21,7 +21,7 @@ from .schedule import Schedule
 from .switch import apply_schedule
 from .variants import BuildInfo, Mode
 
-__all__ = ["Engine", "Result", "RunSettings", "default_device", "describe_build", "device_name"]
+__all__ = ["Engine", "Result", "RunSettings", "choose_compile", "default_device", "describe_build", "device_name"]
 
 
 def default_device() -> str:
@@ -204,6 +204,19 @@ def _timing_vae_decode(pipe: Any, device: str) -> Iterator[dict[str, float]]:
             del vae.decode
         else:
             vae.decode = own
+
+
+def choose_compile(compile_flag: bool | None, aot: bool | None) -> bool | str | None:
+    """The engine's ``compile`` from a front end's ``--compile``/``--no-compile`` and ``--aot``.
+
+    On a ZeroGPU Space, where each call may run in a new process on another GPU, just-in-time
+    compilation is off unless asked for; ``--aot`` builds packages once and loads them in every process.
+    """
+    if aot:
+        return "aot"
+    if compile_flag is None and os.environ.get("SPACES_ZERO_GPU"):
+        return False
+    return compile_flag
 
 
 def describe_build(precision: str, mode: Mode, expected: float | None) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from tmpdiff import MODELS, Schedule, Status, available_precisions, get_model
 from tmpdiff.evaluate import Evaluator
 from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
-from tmpdiff.runner import RunSettings
+from tmpdiff.runner import Engine, RunSettings, describe_build
 from tmpdiff.search_run import SearchRequest, parse_seeds, run_search
 
 __all__ = ["build_ui"]
@@ -36,6 +37,17 @@ def _gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
     except ImportError:
         return fn
     return spaces.GPU(fn)
+
+
+@contextmanager
+def telling_builds(engine: Engine, progress: gr.Progress, at: float = 0.5) -> Iterator[None]:
+    """While the block runs, a variant being built (compiled, or loaded from the compile cache) shows in
+    the progress bar instead of a silent wait."""
+    engine.on_build = lambda precision, mode, expected: progress(at, desc=describe_build(precision, mode, expected))
+    try:
+        yield
+    finally:
+        engine.on_build = None
 
 
 def schedule_strip(text: str) -> str:
@@ -103,10 +115,12 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         try:
             settings = _settings(model, prompt, seed, steps, size, guidance)
             schedule_obj = evaluator.engine.check_schedule(schedule or settings.reference_schedule(), settings)
-            progress(0.1, desc="reference image (full precision)")
-            reference = evaluator.reference(settings)
-            progress(0.5, desc=f"schedule {schedule_obj}")
-            result = evaluator.evaluate(settings, schedule_obj)
+            with telling_builds(evaluator.engine, progress, 0.1):
+                progress(0.1, desc="reference image (full precision)")
+                reference = evaluator.reference(settings)
+            with telling_builds(evaluator.engine, progress, 0.5):
+                progress(0.5, desc=f"schedule {schedule_obj}")
+                result = evaluator.evaluate(settings, schedule_obj)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         progress(1.0, desc="done")
@@ -137,7 +151,8 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
             progress((done, planned), desc=f"evaluation {done}/{planned}: {what}", unit="evaluations")
 
         try:
-            result = run_search(evaluator, request, progress=report)
+            with telling_builds(evaluator.engine, progress, 0.0):
+                result = run_search(evaluator, request, progress=report)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         if store and run_id is not None:

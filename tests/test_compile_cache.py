@@ -1,0 +1,139 @@
+"""The persistent compile cache: keys, corrupt entries, warmup across processes, and AoT variants on the CPU."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from tmpdiff import apply_schedule, get_model, load_pipeline
+from tmpdiff.compile_cache import CompileCache, CompileCacheWarning, CompileKey
+
+LINEAR = torch.nn.Linear(8, 8)
+ARGS = (torch.zeros(2, 8),)
+
+
+def key(**changes) -> CompileKey:
+    base = CompileKey.make("compiled", "bf16", LINEAR, ARGS, {}, torch.device("cpu"))
+    return CompileKey(**{**base.__dict__, **changes})
+
+
+def test_key_changes_with_precision_shape_device_and_versions():
+    base = key()
+    assert key().digest == base.digest
+    shape = CompileKey.make("compiled", "bf16", LINEAR, (torch.zeros(4, 8),), {}, torch.device("cpu"))
+    others = [key(precision="fp8"), key(mode="aot"), shape,
+              key(device={"type": "cuda", "capability": "9.0", "name": "NVIDIA H100 80GB HBM3"}),
+              key(versions={**base.versions, "torchao": "0.0.1"}), key(versions={**base.versions, "torch": "9.9"})]
+    digests = {k.digest for k in others}
+    assert base.digest not in digests and len(digests) == len(others)
+
+
+def test_key_is_the_same_in_every_process():
+    """diffusers configs hold a set-ordered private list; the key must not depend on hash seeds."""
+    code = ("import torch; from tmpdiff import load_pipeline; from tmpdiff.compile_cache import CompileKey; "
+            "m = load_pipeline('tiny-flux').transformer; "
+            "print(CompileKey.make('aot', 'fp32', m, (torch.zeros(1, 4),), {}, torch.device('cpu')).digest)")
+    digests = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert len(digests) == 1
+
+
+def test_corrupt_and_stale_entries_are_discarded_with_a_warning(tmp_path):
+    cache = CompileCache(tmp_path)
+    entry = key()
+    cache._write(entry, {f"{entry.digest}.bin": b"artifacts"}, seconds=3.0)
+    assert cache._read(entry, f"{entry.digest}.bin") == b"artifacts"
+    assert cache.previous_seconds("compiled", "bf16", LINEAR) == 3.0
+    (cache.root / f"{entry.digest}.bin").write_bytes(b"artifaXts")  # same size, one byte flipped
+    with pytest.warns(CompileCacheWarning, match="checksum"):
+        assert cache.load_artifacts(entry) is False
+    assert not list(cache.root.glob(f"{entry.digest}.*"))  # removed, to be rebuilt
+    cache._write(entry, {f"{entry.digest}.bin": b"not torch artifacts"}, seconds=3.0)
+    with pytest.warns(CompileCacheWarning, match="could not load"):
+        assert cache.load_artifacts(entry) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.load_artifacts(entry) is False  # nothing left: a plain miss, no warning
+
+
+def warmup(cache_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tmpdiff", "--device", "cpu", "warmup", "--model", "tiny-flux",
+                           "--precisions", "fp32", "--cache-dir", str(cache_dir), *extra],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.mark.slow
+def test_warmup_fills_the_cache_and_a_second_process_only_loads(tmp_path):
+    first = warmup(tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    cold = json.loads(first.stdout.splitlines()[-1])["variants"][0]
+    assert cold["from_cache"] is False and cold["inductor_compilations"] > 0
+    assert "compiling fp32 for this model (first time only" in first.stderr
+    [artifacts] = (tmp_path / "compiled").glob("*.bin")
+
+    second = warmup(tmp_path)
+    warm = json.loads(second.stdout.splitlines()[-1])["variants"][0]
+    assert warm["from_cache"] is True and warm["inductor_compilations"] == 0  # Inductor compiled nothing
+    assert f"~{cold['seconds']:.0f} s" in second.stderr  # the progress text knows what the first time cost
+
+    artifacts.write_bytes(artifacts.read_bytes()[:-10])  # truncated: rebuilt, with a warning, not a crash
+    third = warmup(tmp_path)
+    assert third.returncode == 0 and "unusable" in third.stderr
+    assert json.loads(third.stdout.splitlines()[-1])["variants"][0]["from_cache"] is False
+    assert CompileCache(tmp_path).entries()  # a fresh entry replaced the corrupt one
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (("--precisions", "fp32,nope"), "'nope'"),
+    (("--precisions", "skip"), "skip"),
+    (("--precisions", ""), "--precisions"),
+    (("--size", "30"), "size"),
+])
+def test_warmup_mistakes_are_one_line_errors(tmp_path, extra, needle):
+    done = subprocess.run([sys.executable, "-m", "tmpdiff", "--device", "cpu", "warmup", "--model", "tiny-flux",
+                           "--cache-dir", str(tmp_path), *extra], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_file_as_cache_dir_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    done = warmup(blocker)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and str(blocker) in done.stderr
+
+
+@pytest.mark.slow
+def test_aot_variants_match_eager_and_reload_without_torch_compile(tmp_path):
+    from torch._dynamo.utils import counters
+
+    kwargs = get_model("tiny-flux").call_kwargs("a photo of a red cat", steps=4, seed=0)
+    schedule = "fp32,int8*3"  # int8's weights are torchao tensor subclasses: the unwrapped export path
+    pipe = load_pipeline("tiny-flux")
+    with torch.no_grad(), apply_schedule(pipe, schedule, compile=False):
+        eager = pipe(**kwargs, output_type="np").images[0]
+    graphs = counters["stats"]["unique_graphs"]
+    cache = CompileCache(tmp_path)
+    with torch.no_grad(), apply_schedule(pipe, schedule, compile="aot", cache=cache) as handle:
+        ahead = pipe(**kwargs, output_type="np").images[0]
+    assert handle.steps_run == ["fp32", "int8", "int8", "int8"]
+    assert [(b.precision, b.from_cache) for b in handle.builds] == [("fp32", False), ("int8", False)]
+    assert np.abs(eager - ahead).mean() < 0.02
+    assert len(list((tmp_path / "compiled").glob("*.pt2"))) == 4  # 2 precisions x 2 block classes
+
+    fresh = load_pipeline("tiny-flux")  # a new denoiser: nothing resident, packages come from the cache
+    with torch.no_grad(), apply_schedule(fresh, schedule, compile="aot", cache=cache) as handle:
+        again = fresh(**kwargs, output_type="np").images[0]
+    assert all(b.from_cache for b in handle.builds)
+    assert np.array_equal(ahead, again)
+    assert counters["stats"]["unique_graphs"] == graphs  # torch.compile never ran
