@@ -74,7 +74,8 @@ def child(mode: str, schedule: str, model: str, size: int, cache_dir: str, devic
 
 
 def run_child(args: argparse.Namespace, mode: str, schedule: str, cache_dir: Path) -> dict:
-    command = [sys.executable, __file__, "--child", mode, schedule, "--model", args.model, "--size", str(args.size),
+    command = [sys.executable, "-X", "faulthandler", __file__, "--child", mode, schedule, "--model", args.model,
+               "--size", str(args.size),
                "--cache-dir", str(cache_dir), "--device", args.device]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # the tmpdiff cache folder holds them
@@ -84,7 +85,8 @@ def run_child(args: argparse.Namespace, mode: str, schedule: str, cache_dir: Pat
     wall = time.perf_counter() - start
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        return {"mode": mode, "schedule": schedule, "error": done.stderr.strip().splitlines()[-3:], "wall_s": wall}
+        said = [line for line in done.stderr.strip().splitlines() if "Warning" not in line and line.strip()]
+        return {"mode": mode, "schedule": schedule, "error": [f"exit {done.returncode}", *said[-4:]], "wall_s": wall}
     return {**json.loads(lines[-1]), "process_wall_s": wall}
 
 

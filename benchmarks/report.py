@@ -1,4 +1,4 @@
-"""Turn the JSON results of step_costs.py into benchmarks/RESULTS.md.
+"""Turn the JSON results of step_costs.py, end_to_end.py and first_image.py into benchmarks/RESULTS.md.
 
     python benchmarks/report.py benchmarks/results/*_steps_*.json > benchmarks/RESULTS.md
 """
@@ -61,6 +61,30 @@ def end_to_end(report: dict) -> list[str]:
     return lines + [""]
 
 
+def first_image(report: dict) -> list[str]:
+    """Fresh processes to their first image (first_image.py)."""
+    device = next((r["device"] for r in report["runs"] if "device" in r), "?")
+    lines = [f"### First image from a fresh process: {report['model']} ({report['size']}²) — {device}", "",
+             "Every row is a new Python process. *cold*: an empty cache folder; *warm*: the folder the cold "
+             "process filled. The first image includes building, compiling or loading every variant; import "
+             "and weights are apart.", "",
+             "| run | schedule | import s | weights s | **first image s** | variants built (s, from cache) "
+             "| steady ms/step | Dynamo graphs | Inductor compilations |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["runs"]:
+        if "error" in row:
+            lines.append(f"| {row['label']} | `{row['schedule']}` | failed: {' '.join(row['error'])[:200]} "
+                         "| | | | | | |")
+            continue
+        builds = ", ".join(f"{b['precision']} {b['seconds']:.1f}{' ✓' if b['from_cache'] else ''}"
+                           for b in row["builds"])
+        steady = ", ".join(f"{k} {v:.1f}" for k, v in row["step_ms"].items())
+        compilations = row["inductor_cache"].get("fxgraph_cache_miss", 0)
+        lines.append(f"| {row['label']} | `{row['schedule']}` | {row['import_s']:.1f} | {row['weights_s']:.1f} | "
+                     f"**{row['first_image_s']:.1f}** | {builds} | {steady} | {row['dynamo_graphs']} | "
+                     f"{compilations} |")
+    return lines + ["", "✓ = loaded from the compile cache.", ""]
+
+
 def _ms(row: dict) -> str:
     if "error" in row:
         return "failed: " + row["error"][:60]
@@ -74,6 +98,8 @@ def main() -> None:
         report = json.loads(Path(path).read_text())
         if "arch" in report:  # other result files (search reports, logs) are not step tables
             print("\n".join(table(report)))
+        elif "runs" in report and "schedules" in report:
+            print("\n".join(first_image(report)))
         elif "runs" in report:
             print("\n".join(end_to_end(report)))
 

@@ -50,3 +50,33 @@ def test_compiled_variants_match_eager(flux):
         compiled = run(flux)
     assert handle.compiled
     assert np.abs(eager - compiled).mean() < 0.02
+
+
+def test_a_second_process_loads_compiled_variants_without_recompiling(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    names = "bf16,fp8" if torch.cuda.get_device_capability() >= (8, 9) else "bf16"
+    command = [sys.executable, "-m", "tmpdiff", "--device", "cuda", "warmup", "--model", "tiny-flux",
+               "--precisions", names, "--cache-dir", str(tmp_path)]
+    runs = [json.loads(subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
+                       .stdout.splitlines()[-1])["variants"] for _ in range(2)]
+    assert all(row["inductor_compilations"] > 0 and not row["from_cache"] for row in runs[0])
+    assert all(row["inductor_compilations"] == 0 and row["from_cache"] for row in runs[1])
+
+
+def test_aot_variants_match_compiled_ones(flux, tmp_path):
+    from tmpdiff.compile_cache import CompileCache
+
+    low = "fp8" if torch.cuda.get_device_capability() >= (8, 9) else "int8"
+    schedule = f"bf16,{low}*{STEPS - 1}"
+    with apply_schedule(flux, schedule, compile=True):
+        compiled = run(flux)
+    with apply_schedule(flux, schedule, compile="aot", cache=CompileCache(tmp_path)) as handle:
+        ahead = run(flux)
+    assert handle.steps_run == ["bf16"] + [low] * (STEPS - 1)
+    assert handle.mode.value == "aot" and {b.precision for b in handle.builds} == {"bf16", low}
+    assert np.abs(compiled - ahead).mean() < 0.02
