@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seeds", default="0,1", help="comma-separated calibration seeds (default 0,1)")
     search.add_argument("--validation-seeds", default="1000,1001", help="seeds to re-check the result on")
     search.add_argument("--exhaustive", action="store_true", help="also search every schedule (small T only)")
+    search.add_argument("--no-replay", action="store_true",
+                        help="compute every step of every evaluation (replay of shared prefixes is exact; "
+                             "this is for checking it)")
     _add_compile_flags(search)
     search.add_argument("--json", type=Path, required=True, help="report file to write")
     _add_cache_flags(search)
@@ -104,7 +107,10 @@ def open_cache(path: Path | None, enabled: bool = True, cache_dir: Path | None =
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     quiet_libraries()
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"  # one line each
     parser = build_parser()
     args = parser.parse_args(argv)
     device = args.device or default_device()
@@ -211,7 +217,7 @@ def _search(args: argparse.Namespace, device: str) -> int:
         steps=args.steps, size=args.size, guidance=args.guidance,
         ladder=tuple(args.ladder.split(",")) if args.ladder else None,
         target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
-        target_speedup=args.target_speedup, exhaustive=args.exhaustive,
+        target_speedup=args.target_speedup, exhaustive=args.exhaustive, replay=not args.no_replay,
     )
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
     evaluator = Evaluator(_engine(args, device), store)
@@ -246,6 +252,7 @@ def _search(args: argparse.Namespace, device: str) -> int:
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     plots = _write_plots(report, args.json)
     summary = {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations", "evaluation_bound")}
+    summary["denoiser_calls"] = report["denoiser_calls"]["total"]
     print(json.dumps({**summary, "plots": plots}))
     return 0
 

@@ -176,6 +176,9 @@ def quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore")
+    from .compile_cache import CompileCacheWarning
+
+    warnings.filterwarnings("always", category=CompileCacheWarning)  # ours, and for the user
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch").setLevel(logging.ERROR)
 

@@ -17,6 +17,7 @@ from PIL import Image
 from .compile_cache import CompileCache
 from .models import DEFAULT_MODEL, ModelSpec, get_model, load_pipeline
 from .precisions import PRECISIONS, Status, available_precisions, precision_status
+from .replay import ReplayStore
 from .schedule import Schedule
 from .switch import apply_schedule
 from .variants import BuildInfo, Mode
@@ -126,6 +127,8 @@ class Engine:
         self.mode = Mode.coerce(compile, torch.device(self.device))
         self.compile_cache = CompileCache(cache_dir)
         self.on_build: BuildListener | None = None  # told before a variant is built (front ends show it)
+        # Denoiser calls over every run of this engine: made, answered by replay, saved by `skip`.
+        self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0}
         self._pipes: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -144,12 +147,17 @@ class Engine:
                 raise ValueError(f"precision {name!r} is unavailable on {self.device}: {status.reason}")
         return schedule
 
-    def generate(self, settings: RunSettings, schedule: Schedule | str | None = None) -> Result:
+    def generate(self, settings: RunSettings, schedule: Schedule | str | None = None,
+                 replay: ReplayStore | None = None, replay_key: str | None = None) -> Result:
+        """One image. With ``replay``, denoiser outputs of schedule prefixes already run for the same
+        setting (``replay_key``) are replayed, bit for bit; replayed steps count with the time they took
+        when they were computed."""
         schedule = self.check_schedule(schedule or settings.reference_schedule(), settings)
         pipe = self.pipeline(settings.model)
-        image, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device), schedule)
+        image, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device), schedule,
+                                                               replay, replay_key)
         if handle.build_seconds:
-            # Variants were built (and compiled) during that run: time a second, warm one.
+            # Variants were built (and compiled) during that run: time a second, warm one, computed afresh.
             image, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device), schedule)
         simulated = [n for n in schedule.precisions
                      if precision_status(n, self.device).status is Status.SIMULATED]
@@ -167,13 +175,18 @@ class Engine:
             pipe(**settings.call_kwargs(self.device))
         return handle.builds
 
-    def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Any, Any, float, float]:
+    def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
+                    replay_key: str | None = None) -> tuple[Any, Any, float, float]:
         start = time.perf_counter()
         with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
-                                             on_build=self.on_build) as handle, \
+                                             on_build=self.on_build, replay=replay, replay_key=replay_key) as handle, \
                 _timing_vae_decode(pipe, self.device) as vae:
             image = pipe(**kwargs).images[0]
-        return image, handle, time.perf_counter() - start, vae["seconds"]
+        seconds = time.perf_counter() - start + handle.replay_correction
+        for name, count in (("denoiser", handle.denoiser_calls), ("replayed", handle.replayed_calls),
+                            ("skipped", handle.skipped_calls)):
+            self.calls[name] += count
+        return image, handle, seconds, vae["seconds"]
 
 
 @contextmanager

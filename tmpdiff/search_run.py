@@ -7,14 +7,17 @@ so an interrupted search resumes for free.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from .evaluate import Evaluator
 from .latency import CostTable, measure_costs, timed_run
 from .precisions import PRECISIONS, Status, precision_status
-from .runner import RunSettings
+from .replay import ReplayStore
+from .runner import Engine, RunSettings
 from .schedule import Schedule
 from .search import (
     Point,
@@ -51,6 +54,7 @@ class SearchRequest:
     additivity_samples: int = 6
     exhaustive: bool = False
     baselines: bool = True
+    replay: bool = True  # replay denoiser outputs of schedule prefixes already run (exact)
 
     def __post_init__(self) -> None:
         if (self.target_ssim is None) == (self.target_speedup is None):
@@ -77,7 +81,7 @@ class SearchRequest:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "prompts": list(self.prompts), "seeds": list(self.seeds), "steps": self.steps,
                 "size": self.size, "guidance": self.guidance, "ladder": list(self.ladder or []),
-                "target_ssim": self.target_ssim, "target_speedup": self.target_speedup}
+                "target_ssim": self.target_ssim, "target_speedup": self.target_speedup, "replay": self.replay}
 
 
 def parse_seeds(text: str, name: str = "seeds") -> tuple[int, ...]:
@@ -116,10 +120,47 @@ class ModelOracle:
         return Point(str(schedule), self.quality[schedule][0], reference / self.cost(schedule))
 
 
+class PhaseMeter:
+    """Denoiser calls (made, replayed, skipped) and wall seconds of each phase of a search."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.calls: dict[str, dict[str, int]] = {}
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        before, start = dict(self.engine.calls), time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            counts = self.calls.setdefault(name, dict.fromkeys(before, 0))
+            for kind, value in self.engine.calls.items():
+                counts[kind] += value - before[kind]
+
+    def report(self) -> dict[str, Any]:
+        total = {kind: sum(c[kind] for c in self.calls.values()) for kind in self.engine.calls}
+        return {"denoiser_calls": {**self.calls, "total": total},
+                "phase_seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
 def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None = None,
                should_stop: Callable[[], bool] | None = None,
                on_evaluation: Callable[[RunSettings, Schedule], None] | None = None) -> dict[str, Any]:
     """Run the whole study and return the report (the CLI writes it as JSON)."""
+    previous = evaluator.replay
+    evaluator.replay = ReplayStore() if request.replay else None
+    try:
+        return _run_search(evaluator, request, progress, should_stop, on_evaluation)
+    finally:
+        evaluator.replay = previous
+
+
+def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None,
+                should_stop: Callable[[], bool] | None,
+                on_evaluation: Callable[[RunSettings, Schedule], None] | None) -> dict[str, Any]:
+    meter = PhaseMeter(evaluator.engine)
     base = request.settings(request.prompts[0], request.seeds[0])
     steps, reference = base.resolved_steps, base.spec.dtype
     calibration = [request.settings(p, s) for p in request.prompts for s in request.seeds]
@@ -127,8 +168,9 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
     table = evaluator.costs.get(request.model)
     needed = set(_candidates(request, engine.device)) | {reference}
     if table is None or table.steps != steps or not needed <= set(table.step_seconds):
-        table = measure_costs(timed_run(engine, base), reference, sorted(needed - {reference}),
-                              steps=max(steps, 2), device=engine.device, compiled=evaluator.compiled)
+        with meter.phase("costs"):
+            table = measure_costs(timed_run(engine, base), reference, sorted(needed - {reference}),
+                                  steps=max(steps, 2), device=engine.device, compiled=evaluator.compiled)
         evaluator.costs[request.model] = table
     ladder = list(request.ladder) if request.ladder else _default_ladder(table, reference)
     planned = _planned(steps, len(ladder), request)
@@ -144,16 +186,18 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
             progress(done, max(planned, done), str(schedule))
 
     oracle = ModelOracle(evaluator, calibration, table, reference, evaluated)
-    baselines = [oracle.point(s) for s in uniform_schedules(steps, ladder)]
-    if request.baselines:
-        baselines += [oracle.point(s) for s in boundary_schedules(steps, ladder)]
+    with meter.phase("baselines"):
+        baselines = [oracle.point(s) for s in uniform_schedules(steps, ladder)]
+        if request.baselines:
+            baselines += [oracle.point(s) for s in boundary_schedules(steps, ladder)]
     before_search = len(oracle.quality)
     reference_cost = table.predict(Schedule.uniform(reference, steps))
-    if request.target_ssim is not None:
-        outcome = bisection_search(steps, ladder, oracle, 1 - request.target_ssim, should_stop=should_stop)
-    else:
-        target_cost = reference_cost / float(request.target_speedup or 1)
-        outcome = speedup_search(steps, ladder, oracle, target_cost, should_stop=should_stop)
+    with meter.phase("search"):
+        if request.target_ssim is not None:
+            outcome = bisection_search(steps, ladder, oracle, 1 - request.target_ssim, should_stop=should_stop)
+        else:
+            target_cost = reference_cost / float(request.target_speedup or 1)
+            outcome = speedup_search(steps, ladder, oracle, target_cost, should_stop=should_stop)
     search_evaluations = len(oracle.quality) - before_search
     found = oracle.point(outcome.schedule)
     report: dict[str, Any] = {
@@ -169,18 +213,23 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
     }
     report["best_baseline_at_speedup"] = _best_uniform_margin(baselines, found)
     if request.additivity_samples:
-        check = additivity_check(steps, ladder, oracle, samples=request.additivity_samples)
+        with meter.phase("additivity"):
+            check = additivity_check(steps, ladder, oracle, samples=request.additivity_samples)
         report["additivity"] = {"r2": check.r2, "predicted": check.predicted, "measured": check.measured,
                                 "schedules": check.schedules}
     if request.exhaustive:
-        best = exhaustive_search(steps, ladder, oracle, outcome.degradation if request.target_speedup
-                                 else 1 - float(request.target_ssim), limit=4096)
+        with meter.phase("exhaustive"):
+            best = exhaustive_search(steps, ladder, oracle, outcome.degradation if request.target_speedup
+                                     else 1 - float(request.target_ssim), limit=4096)
         report["exhaustive"] = {"schedule": str(best.schedule), "ssim": 1 - best.degradation,
                                 "speedup": reference_cost / best.cost, "evaluations": best.evaluations,
                                 "bisection_cost_gap_pct": 100 * (outcome.cost - best.cost) / best.cost}
-    report["validation"] = _validate(evaluator, request, outcome.schedule)
+    with meter.phase("validation"):
+        report["validation"] = _validate(evaluator, request, outcome.schedule)
     all_points = [oracle.point(s) for s in list(oracle.quality)]
     report["pareto"] = [p.to_dict() for p in pareto_front(all_points)]
+    report.update(meter.report())
+    report["replay"] = evaluator.replay.stats() if evaluator.replay is not None else None
     return report
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from .compile_cache import CompileCache
 from .precisions import get_precision
+from .replay import ReplayKey, ReplayStore
 from .schedule import Schedule
 from .variants import BuildInfo, Mode, VariantBank, bank_for, record_linear_rows
 
@@ -53,6 +54,12 @@ class ScheduleHandle:
         variants: the resident variant modules used, by precision name.
         build_seconds: time spent building (and compiling) variants during this block.
         builds: how each variant built during this block was made (compiled, or loaded from the cache).
+        denoiser_calls, replayed_calls, skipped_calls: the denoiser calls made, answered from the replay
+            store instead, and saved by ``skip`` steps, over every pipeline call in the block.
+        replayed_steps: per step, whether every call of it was replayed (its ``step_seconds`` entry is then
+            the time measured when the step was computed, not the time of the replay).
+        replay_correction: seconds to add to the wall time of the block's runs to stand for what the
+            replayed steps cost when they were computed.
     """
 
     schedule: Schedule
@@ -63,6 +70,11 @@ class ScheduleHandle:
     variants: dict[str, nn.Module] = field(default_factory=dict)
     build_seconds: dict[str, float] = field(default_factory=dict)
     builds: list[BuildInfo] = field(default_factory=list)
+    denoiser_calls: int = 0
+    replayed_calls: int = 0
+    skipped_calls: int = 0
+    replayed_steps: list[bool] = field(default_factory=list)
+    replay_correction: float = 0.0
     _bank: VariantBank | None = None
 
     @property
@@ -93,6 +105,8 @@ def apply_schedule(
     synchronize: bool = True,
     cache: CompileCache | None = None,
     on_build: Callable[[str, Mode, float | None], None] | None = None,
+    replay: ReplayStore | None = None,
+    replay_key: str | None = None,
 ) -> Iterator[ScheduleHandle]:
     """Run every denoiser call of step ``i`` in ``schedule[i]`` during the block.
 
@@ -108,6 +122,9 @@ def apply_schedule(
             tmpdiff cache folder (``$TMPDIFF_CACHE_DIR`` or the user cache folder).
         on_build: called before a variant is built with its precision, mode and the seconds its
             last compilation on this machine took (None when unknown), so a front end can say so.
+        replay: where denoiser outputs are recorded and replayed for schedule prefixes already run
+            (``replay.py``); needs ``replay_key``, the digest of everything but the schedule that decides
+            the run (model, prompt, seed, size, steps, guidance, device and compile mode).
 
     Example:
         >>> with apply_schedule(pipe, "bf16*2,int8wo*2") as handle:  # doctest: +SKIP
@@ -128,7 +145,10 @@ def apply_schedule(
     if not lock.acquire(blocking=False):
         raise ValueError("apply_schedule is already active on this pipeline: nest no blocks, run one at a time")
     try:
-        router = _StepRouter(handle, synchronize and device.type == "cuda", cache, on_build)
+        if replay is not None and not replay_key:
+            raise ValueError("replay needs a replay_key naming the setting the outputs belong to")
+        router = _StepRouter(handle, synchronize and device.type == "cuda", cache, on_build,
+                             (replay, replay_key) if replay is not None and replay_key else None)
         with _hooked(module, router), _counting_steps(pipe.scheduler, router):
             yield handle
         router.finish()
@@ -141,17 +161,23 @@ class _StepRouter(ModelHook):
     """Routes each denoiser call to the variant of the current step."""
 
     def __init__(self, handle: ScheduleHandle, synchronize: bool, cache: CompileCache | None = None,
-                 on_build: Callable[[str, Mode, float | None], None] | None = None) -> None:
+                 on_build: Callable[[str, Mode, float | None], None] | None = None,
+                 replay: tuple[ReplayStore, str] | None = None) -> None:
         super().__init__()
         self.handle = handle
         self.cache = cache
         self.on_build = on_build
+        self.replay = replay
+        self.keys: list[ReplayKey] = []  # the replay keys of this step's calls
+        self.hits = 0  # calls of this step answered from the replay store
+        self.replayed_seconds = 0.0  # their step time, measured when they were computed
         self.bank = handle._bank
         self.synchronize = synchronize
         self.step = 0
         self.calls = 0
         self.step_start: Any = None
-        self.pending: list[tuple[Any, Any, float]] = []  # (start mark, end mark, seconds to exclude)
+        # (start mark, end mark, seconds to exclude, replay keys recorded, seconds measured when replayed)
+        self.pending: list[tuple[Any, Any, float, list[ReplayKey], float | None]] = []
         self.excluded = 0.0
         self.last_outputs: list[Any] = []
         self.outputs: list[Any] = []
@@ -173,9 +199,28 @@ class _StepRouter(ModelHook):
             if index >= len(self.last_outputs):
                 raise ValueError(f"step {self.step} is 'skip' but no earlier step made call {index} to reuse")
             output = self.last_outputs[index]
+            self.handle.skipped_calls += 1
         else:
-            output = self._run(name, module, args, kwargs)
+            output = self._replayed_or_run(name, index, module, args, kwargs)
         self.outputs.append(output)
+        return output
+
+    def _replayed_or_run(self, name: str, index: int, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if self.replay is None:
+            self.handle.denoiser_calls += 1
+            return self._run(name, module, args, kwargs)
+        store, setting = self.replay
+        key = (setting, tuple(self.handle.schedule[: self.step + 1]), index)
+        hit = store.get(key)
+        if hit is not None:
+            self.hits += 1
+            self.handle.replayed_calls += 1
+            self.replayed_seconds += hit[1]
+            return hit[0]
+        self.handle.denoiser_calls += 1
+        output = self._run(name, module, args, kwargs)
+        store.put(key, output)
+        self.keys.append(key)
         return output
 
     def _run(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -223,12 +268,15 @@ class _StepRouter(ModelHook):
         name = self.handle.schedule[self.step] if self.step < len(self.handle.schedule) else "?"
         now = self._mark()
         start = self.step_start if self.step_start is not None else now
+        replayed = name != "skip" and self.calls > 0 and self.hits == self.calls
         self.handle.steps_run.append(name)
-        self.handle.calls_per_step.append(0 if name == "skip" else self.calls)
-        self.pending.append((start, now, self.excluded))
+        self.handle.calls_per_step.append(0 if name == "skip" else self.calls - self.hits)
+        self.handle.replayed_steps.append(replayed)
+        self.pending.append((start, now, self.excluded, self.keys, self.replayed_seconds if replayed else None))
         if name != "skip":
             self.last_outputs = self.outputs
         self.outputs, self.calls, self.excluded = [], 0, 0.0
+        self.keys, self.hits, self.replayed_seconds = [], 0, 0.0
         self.step += 1
         self.step_start = now
 
@@ -238,6 +286,7 @@ class _StepRouter(ModelHook):
         self.resolve_times()
         self.step, self.calls, self.step_start, self.excluded = 0, 0, None, 0.0
         self.last_outputs, self.outputs = [], []
+        self.keys, self.hits, self.replayed_seconds = [], 0, 0.0
 
     def finish(self) -> None:
         ran, planned = self.step, len(self.handle.schedule)
@@ -249,13 +298,19 @@ class _StepRouter(ModelHook):
 
     def resolve_times(self) -> None:
         """Turns the step marks into ``step_seconds`` (waits for the device once, not every step)."""
-        for start, end, excluded in self.pending:
+        for start, end, excluded, keys, replayed_seconds in self.pending:
             if self.synchronize:
                 end.synchronize()
                 seconds = start.elapsed_time(end) / 1000
             else:
                 seconds = end - start
-            self.handle.step_seconds.append(max(seconds - excluded, 0.0))
+            seconds = max(seconds - excluded, 0.0)
+            if replayed_seconds is not None:  # never the replay's own time: the step's when computed
+                self.handle.replay_correction += replayed_seconds - seconds
+                seconds = replayed_seconds
+            elif keys and self.replay is not None:
+                self.replay[0].set_seconds(keys, seconds)
+            self.handle.step_seconds.append(seconds)
         self.pending = []
 
     def _mark(self) -> Any:
