@@ -7,12 +7,14 @@ import pytest
 from tmpdiff import Schedule
 from tmpdiff.search import (
     Point,
+    additive_plan,
     additivity_check,
     bisection_search,
     boundary_schedules,
     evaluation_bound,
     exhaustive_search,
     pareto_front,
+    planned_search,
     speedup_search,
     uniform_schedules,
 )
@@ -98,3 +100,37 @@ def test_skip_never_lands_on_step_zero():
     found = bisection_search(6, ["bf16", "skip"], Additive(6), 10.0)
     assert found.schedule[0] == "bf16" and set(found.schedule.steps[1:]) == {"skip"}
     assert isinstance(found.schedule, Schedule)
+
+
+def single_step(model, steps, ladder=LADDER):
+    reference = Schedule.uniform(ladder[0], steps)
+    return {(i, r): model.degradation(reference.replace([i], r)) for i in range(steps) for r in ladder[1:]}
+
+
+@pytest.mark.parametrize("steps", [6, 8])
+def test_additive_plan_is_the_exact_optimum_of_an_additive_model(steps):
+    model = Additive(steps)
+    single = single_step(model, steps)
+    for budget in (0.02, 0.05, 0.12):
+        plan = additive_plan(steps, LADDER, single, COST, budget)
+        best = exhaustive_search(steps, LADDER, model, budget)
+        assert model.degradation(plan) <= budget + 1e-9
+        assert model.cost(plan) <= best.cost * 1.02  # quantising the budget may cost a hair, never more
+
+
+def test_planned_search_corrects_a_sub_additive_model():
+    steps, budget = 12, 0.06
+
+    class SubAdditive(Additive):
+        def degradation(self, schedule):  # concave: errors add up to less than their sum (R² < 1 on real models)
+            return super().degradation(schedule) ** 0.7 * budget ** 0.3
+
+    model = SubAdditive(steps)
+    single = single_step(model, steps)
+    planned = planned_search(steps, LADDER, model, budget, single, COST)
+    first_plan = additive_plan(steps, LADDER, single, COST, budget)
+    assert planned.degradation <= budget + 1e-9
+    assert planned.cost < model.cost(first_plan)  # the correction bought a cheaper feasible schedule
+    assert planned.evaluations <= 6
+    bisected = bisection_search(steps, LADDER, model, budget)
+    assert planned.cost <= bisected.cost * 1.05

@@ -87,3 +87,14 @@ def test_cli_search_rejects_bad_requests(tmp_path):
                            (["--seeds", "a,b"], "--seeds takes comma-separated whole numbers")):
         result = run(*extra)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_report_compares_the_planner_with_the_bisection(report):
+    strategies = report["strategies"]
+    assert strategies["bisection"]["schedule"] == report["schedule"]
+    planner = strategies["planner"]
+    assert planner["ssim"] >= 0.85 or planner["schedule"] == "fp32*6"  # verified, or nothing fit
+    assert 1 <= planner["evaluations"] <= 6 and planner["probes"] == 5  # one probe per step but the first
+    calls = report["denoiser_calls"]
+    assert calls["total"]["denoiser"] == sum(c["denoiser"] for k, c in calls.items() if k != "total")
+    assert {"baselines", "search", "additivity", "planner", "validation"} <= set(report["phase_seconds"])

@@ -32,8 +32,9 @@ from typing import Protocol
 from .schedule import Schedule
 
 __all__ = [
-    "Oracle", "Point", "SearchOutcome", "additivity_check", "bisection_search", "boundary_ks", "boundary_schedules",
-    "evaluation_bound", "exhaustive_search", "pareto_front", "speedup_search", "uniform_schedules",
+    "Oracle", "Point", "SearchOutcome", "additive_plan", "additivity_check", "bisection_search", "boundary_ks",
+    "boundary_schedules", "evaluation_bound", "exhaustive_search", "pareto_front", "planned_search", "speedup_search",
+    "uniform_schedules",
 ]
 
 PASSES = 2
@@ -255,6 +256,69 @@ def additivity_check(steps: int, ladder: Sequence[str], oracle: Oracle, samples:
         measured.append(oracle.degradation(schedule))
         texts.append(str(schedule))
     return Additivity(single, predicted, measured, texts)
+
+
+def additive_plan(steps: int, ladder: Sequence[str], single: dict[tuple[int, str], float],
+                  step_cost: dict[str, float], budget: float, bins: int = 2000) -> Schedule:
+    """The cheapest schedule whose *predicted* degradation (the sum of its steps' single-step
+    degradations) fits ``budget``: a multiple-choice knapsack, solved exactly by dynamic programming
+    over steps x budget quantised into ``bins`` (each step's degradation rounded up, so the plan
+    never exceeds the budget it was given)."""
+    if budget <= 0:
+        return Schedule.uniform(ladder[0], steps)
+    unit = budget / bins
+    infinity = float("inf")
+    best = [0.0] + [infinity] * bins  # best[b]: least cost of the steps so far using b units
+    choices: list[list[tuple[int, str]]] = []  # per step: for each b, (units before, rung chosen)
+    for i in range(steps):
+        options = [(ladder[0], 0)] + [
+            (rung, max(0, -int(-single[(i, rung)] // unit)))  # ceil; a negative probe costs nothing
+            for rung in ladder[1:] if (i, rung) in single
+        ]
+        nxt, back = [infinity] * (bins + 1), [(0, ladder[0])] * (bins + 1)
+        for used, cost in enumerate(best):
+            if cost == infinity:
+                continue
+            for rung, units in options:
+                total = used + units
+                if total <= bins and cost + step_cost[rung] < nxt[total]:
+                    nxt[total], back[total] = cost + step_cost[rung], (used, rung)
+        best = nxt
+        choices.append(back)
+    used = min(range(bins + 1), key=lambda b: (best[b], b))
+    names = []
+    for back in reversed(choices):
+        used, rung = back[used]
+        names.append(rung)
+    return Schedule(tuple(reversed(names)))
+
+
+def planned_search(steps: int, ladder: Sequence[str], oracle: Oracle, budget: float,
+                   single: dict[tuple[int, str], float], step_cost: dict[str, float],
+                   rounds: int = 6) -> SearchOutcome:
+    """Plan with the additive model, verify the plan, correct the model by what verification measured.
+
+    Real errors add up sub-additively (or super-additively), so the budget handed to the planner is
+    rescaled each round by budget / measured degradation of the last plan: a plan that used less of
+    the budget than predicted earns a larger planning budget, one that overshot a smaller one. The
+    cheapest verified plan within ``budget`` wins; evaluations: the probes plus at most ``rounds``.
+    """
+    _check_ladder(ladder)
+    seen: dict[Schedule, float] = {}
+    planning = budget
+    for _ in range(rounds):
+        plan = additive_plan(steps, ladder, single, step_cost, planning)
+        if plan in seen:
+            break
+        seen[plan] = oracle.degradation(plan)
+        predicted = sum(single.get((i, n), 0.0) for i, n in enumerate(plan) if n != ladder[0])
+        if seen[plan] <= 0 or predicted <= 0:
+            break
+        planning = planning * min(budget / seen[plan], 4.0)
+    reference = Schedule.uniform(ladder[0], steps)
+    feasible = [(oracle.cost(s), loss, s) for s, loss in seen.items() if loss <= budget + 1e-12]
+    cost, loss, schedule = min(feasible, default=(oracle.cost(reference), 0.0, reference))
+    return SearchOutcome(schedule, loss, cost, len(seen), [f"plan {s}: {v:.4f}" for s, v in seen.items()])
 
 
 def pareto_front(points: Iterable[Point]) -> list[Point]:

@@ -21,6 +21,7 @@ from .runner import Engine, RunSettings
 from .schedule import Schedule
 from .search import (
     Point,
+    SearchOutcome,
     additivity_check,
     bisection_search,
     boundary_ks,
@@ -28,6 +29,7 @@ from .search import (
     evaluation_bound,
     exhaustive_search,
     pareto_front,
+    planned_search,
     speedup_search,
     uniform_schedules,
 )
@@ -217,6 +219,10 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
             check = additivity_check(steps, ladder, oracle, samples=request.additivity_samples)
         report["additivity"] = {"r2": check.r2, "predicted": check.predicted, "measured": check.measured,
                                 "schedules": check.schedules}
+        if request.target_ssim is not None:
+            with meter.phase("planner"):
+                report["strategies"] = _compare_strategies(oracle, outcome, steps, ladder, table, check.single_step,
+                                                           1 - request.target_ssim)
     if request.exhaustive:
         with meter.phase("exhaustive"):
             best = exhaustive_search(steps, ladder, oracle, outcome.degradation if request.target_speedup
@@ -231,6 +237,21 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
     report.update(meter.report())
     report["replay"] = evaluator.replay.stats() if evaluator.replay is not None else None
     return report
+
+
+def _compare_strategies(oracle: ModelOracle, bisected: SearchOutcome, steps: int, ladder: list[str],
+                        table: CostTable, single: dict[tuple[int, str], float], budget: float) -> dict[str, Any]:
+    """The bisection's result beside the additive planner's, which plans from the single-step probes the
+    additivity check already paid for and verifies its plans (the bisection stays the default)."""
+    planned = planned_search(steps, ladder, oracle, budget, single, table.step_seconds)
+
+    def summary(outcome: SearchOutcome, evaluations: int) -> dict[str, Any]:
+        point = oracle.point(outcome.schedule)
+        return {"schedule": point.schedule, "ssim": point.quality, "speedup": point.speedup,
+                "evaluations": evaluations}
+
+    return {"bisection": summary(bisected, bisected.evaluations),
+            "planner": {**summary(planned, planned.evaluations), "probes": len(single)}}
 
 
 def _candidates(request: SearchRequest, device: str) -> list[str]:
