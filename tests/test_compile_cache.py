@@ -142,3 +142,15 @@ def test_aot_variants_match_eager_and_reload_without_torch_compile(tmp_path):
     assert all(b.from_cache for b in handle.builds)
     assert np.array_equal(ahead, again)
     assert counters["stats"]["unique_graphs"] == graphs  # torch.compile never ran
+
+
+@pytest.mark.slow
+def test_aot_falls_back_to_torch_compile_with_a_warning_for_a_model_without_repeated_blocks(tmp_path):
+    from tmpdiff.aot import AotWarning
+
+    pipe = load_pipeline("tiny-pixart")  # PixArt declares no repeated blocks
+    kwargs = get_model("tiny-pixart").call_kwargs("a photo of a red cat", steps=2, seed=0)
+    with pytest.warns(AotWarning, match="no repeated blocks"), torch.no_grad(), \
+            apply_schedule(pipe, "fp32*2", compile="aot", cache=CompileCache(tmp_path)) as handle:
+        pipe(**kwargs, output_type="np")
+    assert "torch.compile instead" in handle.builds[0].note

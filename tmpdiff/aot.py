@@ -14,7 +14,6 @@ so the exported function takes plain tensors.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,13 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["AotError", "BlockCall", "capture_block_calls", "compile_block", "apply_package_", "repeated_blocks"]
-
-log = logging.getLogger(__name__)
+__all__ = ["AotError", "AotWarning", "BlockCall", "apply_package_", "capture_block_calls", "compile_block",
+           "repeated_blocks"]
 
 
 class AotError(RuntimeError):
     """A block that could not be exported or AoT-compiled; the caller falls back to torch.compile."""
+
+
+class AotWarning(UserWarning):
+    """An ahead-of-time variant was asked for and torch.compile stands in for it."""
 
 
 BlockCall = tuple[tuple[Any, ...], dict[str, Any]]

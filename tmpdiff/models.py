@@ -176,9 +176,11 @@ def quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore")
+    from .aot import AotWarning
     from .compile_cache import CompileCacheWarning
 
-    warnings.filterwarnings("always", category=CompileCacheWarning)  # ours, and for the user
+    for ours in (CompileCacheWarning, AotWarning):  # meant for the user
+        warnings.filterwarnings("always", category=ours)
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch").setLevel(logging.ERROR)
 

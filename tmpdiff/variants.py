@@ -12,6 +12,7 @@ import enum
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -108,18 +109,18 @@ class VariantBank:
             else:
                 # A copy that shares the eager variant's (quantized) weights: no second copy.
                 eager = self.variants.get((name, Mode.EAGER)) or self._make(get_precision(name))
-                variant = _copy(eager, share=True)
                 build = self._compile if mode is Mode.COMPILED else self._compile_ahead
-                from_cache, note = build(name, eager, variant, example, cache)
+                variant, from_cache, note = build(name, eager, example, cache)
             self.variants[key] = variant
             self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note)
         return self.variants[key]
 
-    def _compile(self, name: str, eager: nn.Module, variant: nn.Module, example: Call | None,
-                 cache: CompileCache | None) -> tuple[bool, str]:
+    def _compile(self, name: str, eager: nn.Module, example: Call | None,
+                 cache: CompileCache | None) -> tuple[nn.Module, bool, str]:
+        variant = _copy(eager, share=True)
         _compile_regionally(variant)
         if example is None:
-            return False, "compiles at its first call"
+            return variant, False, "compiles at its first call"
         args, kwargs = example
         key = CompileKey.make(Mode.COMPILED.value, name, variant, args, kwargs, self._device())
         loaded = cache.load_artifacts(key) if cache else False
@@ -129,17 +130,31 @@ class VariantBank:
         _synchronize(self._device())
         if cache and not loaded:
             cache.save_artifacts(key, time.perf_counter() - start)
-        return loaded, ""
+        return variant, loaded, ""
 
-    def _compile_ahead(self, name: str, eager: nn.Module, variant: nn.Module, example: Call | None,
-                       cache: CompileCache | None) -> tuple[bool, str]:
+    def _compile_ahead(self, name: str, eager: nn.Module, example: Call | None,
+                       cache: CompileCache | None) -> tuple[nn.Module, bool, str]:
+        """AoT packages per repeated block class; torch.compile instead, with a warning, for a model
+        without repeated blocks or a block that export or AOTInductor cannot take."""
         if example is None:
             raise ValueError("an ahead-of-time variant is built from one example call: pass `example`")
+        if not aot.repeated_blocks(eager):
+            why = f"{type(eager).__name__} declares no repeated blocks"
+        else:
+            try:
+                variant = _copy(eager, share=True)
+                return variant, self._apply_packages(name, eager, variant, example, cache), ""
+            except aot.AotError as exc:
+                why = str(exc)
+        note = f"no ahead-of-time variant ({why}): compiled with torch.compile instead"
+        warnings.warn(note, aot.AotWarning, stacklevel=2)
+        variant, loaded, _ = self._compile(name, eager, example, cache)
+        return variant, loaded, note
+
+    def _apply_packages(self, name: str, eager: nn.Module, variant: nn.Module, example: Call,
+                        cache: CompileCache | None) -> bool:
         args, kwargs = example
         blocks = aot.repeated_blocks(variant)
-        if not blocks:
-            raise ValueError(f"{type(variant).__name__} declares no repeated blocks to compile ahead of time: "
-                             "use compile=True (torch.compile) for this model")
         with aot.capture_block_calls(eager) as calls, torch.no_grad():
             eager(*args, **kwargs)
         key = CompileKey.make(Mode.AOT.value, name, variant, args, kwargs, self._device())
@@ -149,7 +164,7 @@ class VariantBank:
             packages, from_cache = self._export_blocks(blocks, calls, key, cache), False
         for block_name, instances in blocks.items():
             aot.apply_package_(instances, packages[block_name])
-        return from_cache, ""
+        return from_cache
 
     def _export_blocks(self, blocks: dict[str, list[nn.Module]], calls: dict[str, aot.BlockCall],
                        key: CompileKey, cache: CompileCache | None) -> dict[str, Path]:
