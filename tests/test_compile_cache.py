@@ -115,6 +115,7 @@ def test_a_file_as_cache_dir_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.compiles
 def test_aot_variants_match_eager_and_reload_without_torch_compile(tmp_path):
     from torch._dynamo.utils import counters
 
@@ -145,6 +146,7 @@ def test_aot_variants_match_eager_and_reload_without_torch_compile(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.compiles
 def test_aot_falls_back_to_torch_compile_with_a_warning_for_a_model_without_repeated_blocks(tmp_path):
     from tmpdiff.aot import AotWarning
 
