@@ -134,3 +134,18 @@ def test_planned_search_corrects_a_sub_additive_model():
     assert planned.evaluations <= 6
     bisected = bisection_search(steps, LADDER, model, budget)
     assert planned.cost <= bisected.cost * 1.05
+
+
+def test_a_users_ladder_is_checked_against_measured_costs():
+    from tmpdiff.latency import CostTable
+    from tmpdiff.search_run import checked_ladder
+
+    table = CostTable(device="cpu", compiled=False, steps=8, simulated=["int4wo"],
+                      step_seconds={"fp32": 0.033, "bf16": 0.111, "int8wo": 0.03, "fp8wo": 0.02, "int4wo": 0.5,
+                                    "skip": 0.0005})
+    ladder, notes = checked_ladder(["fp32", "bf16", "skip", "fp8wo", "int4wo", "int8wo"], table, "fp32")
+    assert ladder == ["fp32", "int8wo", "fp8wo", "int4wo", "skip"]  # bf16 costs 3.4x fp32 here: dominated
+    assert any("bf16 dropped" in n and "111.0 ms" in n for n in notes)
+    assert checked_ladder(["fp32", "int8wo", "skip"], table, "fp32") == (["fp32", "int8wo", "skip"], [])
+    with pytest.raises(ValueError, match="no rung of the ladder fp32,bf16 is cheaper"):
+        checked_ladder(["fp32", "bf16"], table, "fp32")

@@ -98,3 +98,21 @@ def test_report_compares_the_planner_with_the_bisection(report):
     calls = report["denoiser_calls"]
     assert calls["total"]["denoiser"] == sum(c["denoiser"] for k, c in calls.items() if k != "total")
     assert {"baselines", "search", "additivity", "planner", "validation"} <= set(report["phase_seconds"])
+
+
+def test_a_non_monotone_ladder_gives_no_dominated_schedule():
+    from tmpdiff.latency import CostTable
+
+    evaluator = Evaluator(Engine("cpu"))
+    # As measured on a 2-core CPU: bf16 costs more than the fp32 reference.
+    evaluator.costs["shapes-dit"] = CostTable(device="cpu", compiled=False, steps=4, fixed_seconds=0.05,
+                                              step_seconds={"fp32": 0.033, "bf16": 0.111, "skip": 0.0005})
+    request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=4,
+                            ladder=("fp32", "bf16", "skip"), target_ssim=0.8, validation_seeds=(1000,),
+                            additivity_samples=0)
+    found = run_search(evaluator, request)
+    assert found["ladder"] == ["fp32", "skip"] and "bf16 dropped" in found["ladder_notes"][0]
+    assert "bf16" not in found["schedule"]
+    evaluated = [*found["baselines"], *found["pareto"]]
+    assert not [p for p in evaluated if p["speedup"] > found["speedup"] + 1e-9 and p["ssim"] > found["ssim"]
+                and p["ssim"] >= 0.8]

@@ -253,6 +253,11 @@ def _search(args: argparse.Namespace, device: str) -> int:
     plots = _write_plots(report, args.json)
     summary = {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations", "evaluation_bound")}
     summary["denoiser_calls"] = report["denoiser_calls"]["total"]
+    for note in report["ladder_notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    if report["validation"].get("meets_target") is False:
+        print(f"warning: on unseen seeds the schedule scored SSIM {report['validation']['ssim']:.3f}, "
+              f"below the {request.target_ssim} floor", file=sys.stderr)
     print(json.dumps({**summary, "plots": plots}))
     return 0
 

@@ -174,7 +174,11 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
             table = measure_costs(timed_run(engine, base), reference, sorted(needed - {reference}),
                                   steps=max(steps, 2), device=engine.device, compiled=evaluator.compiled)
         evaluator.costs[request.model] = table
-    ladder = list(request.ladder) if request.ladder else _default_ladder(table, reference)
+    ladder_notes: list[str] = []
+    if request.ladder:
+        ladder, ladder_notes = checked_ladder(list(request.ladder), table, reference)
+    else:
+        ladder = _default_ladder(table, reference)
     planned = _planned(steps, len(ladder), request)
     done = 0
 
@@ -205,6 +209,7 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
     report: dict[str, Any] = {
         "model": request.model, "device": table.device, "steps": steps, "ladder": ladder,
         "objective": {"target_ssim": request.target_ssim, "target_speedup": request.target_speedup},
+        "ladder_notes": ladder_notes,
         "schedule": found.schedule, "ssim": found.quality, "ssim_std": oracle.quality[outcome.schedule][1],
         "speedup": found.speedup, "speedup_is_predicted": True,
         "evaluations": outcome.evaluations, "new_evaluations_in_search": search_evaluations,
@@ -258,6 +263,38 @@ def _candidates(request: SearchRequest, device: str) -> list[str]:
     if request.ladder:
         return list(request.ladder)
     return [n for n in PRECISIONS if precision_status(n, device).status is Status.REAL]
+
+
+def checked_ladder(ladder: list[str], table: CostTable, reference: str) -> tuple[list[str], list[str]]:
+    """A user's ladder against the measured step costs: the reference first; every real rung measured
+    no cheaper than the reference dropped (it could only give dominated schedules), the others most
+    expensive first; simulated rungs (no speed claim) after them in the user's order; ``skip`` last.
+    Returns the ladder and one note per change, for the report and the app."""
+    base = table.step_seconds[reference]
+    notes, real, simulated = [], [], []
+    for name in dict.fromkeys(ladder):
+        if name in (reference, "skip"):
+            continue
+        if name not in table.step_seconds:
+            notes.append(f"{name} dropped from the ladder: unavailable on this device")
+        elif name in table.simulated:
+            simulated.append(name)
+        elif table.step_seconds[name] >= base:
+            notes.append(f"{name} dropped from the ladder: measured {1000 * table.step_seconds[name]:.1f} ms a "
+                         f"step, not cheaper than the reference {reference} ({1000 * base:.1f} ms) on this device")
+        else:
+            real.append(name)
+    real.sort(key=lambda n: -table.step_seconds[n])
+    checked = [reference, *real, *simulated, *(["skip"] if "skip" in ladder else [])]
+    given = [n for n in ladder if n == reference or n in checked]
+    if given != checked and not notes:
+        notes.append(f"ladder re-ordered by measured step cost: {', '.join(checked)}")
+    if ladder[0] != reference:
+        notes.append(f"the reference precision {reference} leads the ladder")
+    if len(checked) < 2:
+        raise ValueError(f"no rung of the ladder {','.join(ladder)} is cheaper than the reference {reference} "
+                         "on this device: add a cheaper precision or 'skip'")
+    return checked, notes
 
 
 def _default_ladder(table: CostTable, reference: str) -> list[str]:
