@@ -208,19 +208,19 @@ class CompileCache:
     # --- bookkeeping ----------------------------------------------------------------------------
     def previous_seconds(self, mode: str, precision: str, module: nn.Module) -> float | None:
         """How long a stored compilation of this precision of this kind of module took here, if any."""
-        best = None
-        identity = module_identity(module)
-        for manifest in self.root.glob("*.json"):
+        wanted = (mode, precision, module_identity(module))
+        times = []
+        for entry in self.entries():
             try:
-                data = json.loads(manifest.read_text())
-                key = data["key"]
-                if (key["mode"], key["precision"], key["module"]) == (mode, precision, identity):
-                    best = max(best or 0.0, float(data["seconds"]))
-            except (OSError, ValueError, KeyError, TypeError):
+                key = entry["key"]
+                if (key["mode"], key["precision"], key["module"]) == wanted:
+                    times.append(float(entry["seconds"]))
+            except (KeyError, TypeError, ValueError):
                 continue
-        return best
+        return max(times, default=None)
 
     def entries(self) -> list[dict[str, Any]]:
+        """Every readable manifest in the cache folder."""
         out = []
         for manifest in sorted(self.root.glob("*.json")):
             try:

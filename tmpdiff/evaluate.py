@@ -17,7 +17,7 @@ from PIL import Image
 from .latency import CostTable, measure_costs, timed_run
 from .metrics import compare
 from .models import config_hash
-from .records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint, stable_hash
+from .records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint
 from .replay import ReplayStore
 from .runner import Engine, RunSettings
 from .schedule import Schedule
@@ -105,8 +105,7 @@ class Evaluator:
         is_reference = schedule == settings.reference_schedule()
         reference = None if is_reference else self.reference(settings)
         table = self.cost_table(settings, schedule) if self.predict else None
-        result = self.engine.generate(settings, schedule, replay=self.replay,
-                                      replay_key=stable_hash([key.model_hash, key.settings_hash, key.device_hash]))
+        result = self.engine.generate(settings, schedule, replay=self.replay, replay_key=key.setting_hash)
         quality = compare(result.image, reference.image if reference else result.image)
         predicted = table.predict(schedule) if table else None
         record = EvalRecord(

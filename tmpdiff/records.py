@@ -52,6 +52,11 @@ class EvalKey:
         return stable_hash(self.device)
 
     @property
+    def setting_hash(self) -> str:
+        """Everything but the schedule: the model, its settings and the device (what prefix replay keys on)."""
+        return stable_hash([self.model_hash, self.settings_hash, self.device_hash])
+
+    @property
     def digest(self) -> str:
         return stable_hash([self.model, self.model_hash, self.settings_hash, self.schedule_hash, self.device_hash])
 

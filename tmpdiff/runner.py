@@ -123,7 +123,6 @@ class Engine:
     def __init__(self, device: str | None = None, compile: bool | str | None = None,
                  cache_dir: str | os.PathLike[str] | None = None) -> None:
         self.device = device or default_device()
-        self.compile = compile
         self.mode = Mode.coerce(compile, torch.device(self.device))
         self.compile_cache = CompileCache(cache_dir)
         self.on_build: BuildListener | None = None  # told before a variant is built (front ends show it)
@@ -169,10 +168,7 @@ class Engine:
         """Builds (and compiles, through the compile cache) ``precision``'s variant for ``settings``'
         shapes with one short run; returns what was built (nothing when it was resident already)."""
         schedule = self.check_schedule(Schedule.uniform(precision, settings.resolved_steps), settings)
-        pipe = self.pipeline(settings.model)
-        with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
-                                             on_build=self.on_build) as handle:
-            pipe(**settings.call_kwargs(self.device))
+        _, handle, _, _ = self._timed_call(self.pipeline(settings.model), settings.call_kwargs(self.device), schedule)
         return handle.builds
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,

@@ -148,7 +148,7 @@ def apply_schedule(
         if replay is not None and not replay_key:
             raise ValueError("replay needs a replay_key naming the setting the outputs belong to")
         router = _StepRouter(handle, synchronize and device.type == "cuda", cache, on_build,
-                             (replay, replay_key) if replay is not None and replay_key else None)
+                             None if replay is None else (replay, replay_key))
         with _hooked(module, router), _counting_steps(pipe.scheduler, router):
             yield handle
         router.finish()
