@@ -25,14 +25,15 @@ from pathlib import Path
 
 START = time.perf_counter()
 SCHEDULES = {"bf16": "bf16*28", "fp8": "fp8*28", "mixed": "bf16*4,fp8*20,bf16*4"}
-# (label, mode, schedule name, cache folder: "cold" = a new empty one, else the named phase's)
+# (label, mode, schedule name, cache folder (each phase has its own, empty at the start), extra environment)
 PLAN = [
-    ("compiled cold", "compiled", "mixed", "compiled"),
-    ("compiled warm", "compiled", "mixed", "compiled"),
-    ("aot cold", "aot", "mixed", "aot"),
-    ("aot warm", "aot", "mixed", "aot"),
-    ("compiled warm", "compiled", "fp8", "compiled"),
-    ("compiled warm", "compiled", "bf16", "compiled"),
+    ("compiled cold", "compiled", "mixed", "compiled", {}),
+    ("compiled warm", "compiled", "mixed", "compiled", {}),
+    ("compiled warm, 1 compile thread", "compiled", "mixed", "compiled", {"TORCHINDUCTOR_COMPILE_THREADS": "1"}),
+    ("aot cold", "aot", "mixed", "aot", {}),
+    ("aot warm", "aot", "mixed", "aot", {}),
+    ("compiled warm", "compiled", "fp8", "compiled", {}),
+    ("compiled warm", "compiled", "bf16", "compiled", {}),
 ]
 
 
@@ -70,14 +71,24 @@ def child(mode: str, schedule: str, model: str, size: int, cache_dir: str, devic
     row["dynamo_graphs"] = counters["stats"]["unique_graphs"]
     row["inductor_cache"] = {k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}
     row["device"] = device_name(device)
+    row["compile_times"] = _compile_times()
     return row
 
 
-def run_child(args: argparse.Namespace, mode: str, schedule: str, cache_dir: Path) -> dict:
+def _compile_times() -> dict[str, float]:
+    """Dynamo's own seconds per compile phase (summed), where the first image's build time goes."""
+    from torch._dynamo.utils import compile_times
+
+    names, values = compile_times(repr="csv", aggregate=True)
+    seconds = {name: round(float(value), 2) for name, value in zip(names, values, strict=True)}
+    return {name: value for name, value in seconds.items() if value >= 0.05}
+
+
+def run_child(args: argparse.Namespace, mode: str, schedule: str, cache_dir: Path, extra_env: dict) -> dict:
     command = [sys.executable, "-X", "faulthandler", __file__, "--child", mode, schedule, "--model", args.model,
                "--size", str(args.size),
                "--cache-dir", str(cache_dir), "--device", args.device]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
     for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # the tmpdiff cache folder holds them
         env.pop(variable, None)
     start = time.perf_counter()
@@ -108,10 +119,10 @@ def main() -> None:
     phases = args.phases.split(",")
     folders = {name: Path(tempfile.mkdtemp(prefix=f"tmpdiff-{name}-")) for name in ("compiled", "aot")}
     report: dict = {"model": args.model, "size": args.size, "schedules": SCHEDULES, "runs": []}
-    for label, mode, name, folder in PLAN:
+    for label, mode, name, folder, extra_env in PLAN:
         if mode not in phases:
             continue
-        row = {"label": label, **run_child(args, mode, SCHEDULES[name], folders[folder])}
+        row = {"label": label, **run_child(args, mode, SCHEDULES[name], folders[folder], extra_env)}
         report["runs"].append(row)
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

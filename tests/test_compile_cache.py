@@ -73,6 +73,19 @@ def warmup(cache_dir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+def test_a_child_process_uses_its_own_cache_folder_not_the_one_its_parent_chose(tmp_path, monkeypatch):
+    for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TMPDIFF_INDUCTOR_CACHE_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    CompileCache(tmp_path / "parent").activate()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "parent" / "compiled" / "inductor")
+    CompileCache(tmp_path / "child").activate()  # as in a subprocess, which inherits the environment
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "child" / "compiled" / "inductor")
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "users"))  # the user's own choice stays
+    CompileCache(tmp_path / "other").activate()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "users")
+
+
 def test_warmup_fills_the_cache_and_a_second_process_only_loads(tmp_path):
     first = warmup(tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -156,3 +169,31 @@ def test_aot_falls_back_to_torch_compile_with_a_warning_for_a_model_without_repe
             apply_schedule(pipe, "fp32*2", compile="aot", cache=CompileCache(tmp_path)) as handle:
         pipe(**kwargs, output_type="np")
     assert "torch.compile instead" in handle.builds[0].note
+
+
+def test_a_machine_where_aot_packages_crash_on_loading_is_found_out_in_a_child_process(tmp_path, monkeypatch):
+    from tmpdiff import aot
+
+    monkeypatch.setattr(aot, "_VERDICTS", {})
+    monkeypatch.setattr(aot, "_LOAD_CHECK", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    works, why = aot.loading_works(torch.device("cpu"), tmp_path)
+    assert not works and "crashed" in why and "signal 11" in why  # this process lives on
+
+    monkeypatch.setattr(aot, "_VERDICTS", {})  # a new process: the verdict comes from the cache folder
+    monkeypatch.setattr(aot, "_check_loading", lambda device: pytest.fail("checked again"))
+    assert aot.loading_works(torch.device("cpu"), tmp_path) == (False, why)
+
+
+@pytest.mark.slow
+@pytest.mark.compiles
+def test_aot_falls_back_to_torch_compile_where_packages_cannot_be_loaded(tmp_path, monkeypatch):
+    from tmpdiff import aot
+
+    monkeypatch.setattr(aot, "loading_works", lambda device, folder: (False, "loading crashed (signal 11)"))
+    pipe = load_pipeline("tiny-flux")
+    kwargs = get_model("tiny-flux").call_kwargs("a photo of a red cat", steps=2, seed=0)
+    with pytest.warns(aot.AotWarning, match="signal 11"), torch.no_grad(), \
+            apply_schedule(pipe, "fp32*2", compile="aot", cache=CompileCache(tmp_path)) as handle:
+        pipe(**kwargs, output_type="np")
+    assert handle.compiled and "torch.compile instead" in handle.builds[0].note
+    assert not list((tmp_path / "compiled").glob("*.pt2"))

@@ -69,10 +69,18 @@ def test_a_second_process_loads_compiled_variants_without_recompiling(tmp_path):
 
 
 def test_aot_variants_match_compiled_ones(flux, tmp_path):
+    from tmpdiff.aot import AotWarning, loading_works
     from tmpdiff.compile_cache import CompileCache
 
     low = "fp8" if torch.cuda.get_device_capability() >= (8, 9) else "int8"
     schedule = f"bf16,{low}*{STEPS - 1}"
+    works, why = loading_works(torch.device("cuda"), tmp_path)
+    if not works:  # the product must fall back to torch.compile here, not crash
+        with pytest.warns(AotWarning, match="torch.compile instead"), \
+                apply_schedule(flux, schedule, compile="aot", cache=CompileCache(tmp_path)) as handle:
+            run(flux)
+        assert handle.compiled and handle.steps_run == ["bf16"] + [low] * (STEPS - 1)
+        pytest.skip(f"fell back to torch.compile as it should; AoT itself is untestable here: {why}")
     with apply_schedule(flux, schedule, compile=True):
         compiled = run(flux)
     with apply_schedule(flux, schedule, compile="aot", cache=CompileCache(tmp_path)) as handle:

@@ -14,6 +14,11 @@ so the exported function takes plain tensors.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +28,7 @@ import torch
 from torch import nn
 
 __all__ = ["AotError", "AotWarning", "BlockCall", "apply_package_", "capture_block_calls", "compile_block",
-           "repeated_blocks"]
+           "loading_works", "repeated_blocks"]
 
 
 class AotError(RuntimeError):
@@ -35,6 +40,62 @@ class AotWarning(UserWarning):
 
 
 BlockCall = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+# Run in a child process: compile one Linear layer into a package, load it, check its output.
+_LOAD_CHECK = """
+import sys, torch
+from torch._inductor import aoti_compile_and_package, aoti_load_package
+device, package = sys.argv[1], sys.argv[2]
+layer = torch.nn.Linear(16, 16, device=device)
+x = torch.randn(4, 16, device=device)
+with torch.no_grad():
+    aoti_compile_and_package(torch.export.export(layer, (x,)), package_path=package)
+    assert torch.allclose(aoti_load_package(package)(x), layer(x), atol=1e-4), "the package computes wrong values"
+print("AOTI OK")
+"""
+_VERDICTS: dict[str, tuple[bool, str]] = {}
+
+
+def loading_works(device: torch.device, folder: Path | None = None) -> tuple[bool, str]:
+    """Whether AOTInductor packages can be built and loaded here, and if not, why.
+
+    Checked once per torch build and device, in a child process, and remembered in ``folder``: on some
+    set-ups (seen: torch 2.11 + CUDA 13.0 on an H100) loading any package, even of one Linear layer,
+    kills the process with a segmentation fault, which no ``try`` can catch.
+    """
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else ()
+    setup = f"{torch.__version__}|{torch.version.cuda}|{device.type}|{capability}"
+    digest = hashlib.sha256(setup.encode()).hexdigest()[:16]
+    verdict_file = folder / f"aoti-check-{digest}.json" if folder is not None else None
+    if digest not in _VERDICTS and verdict_file is not None and verdict_file.exists():
+        try:
+            saved = json.loads(verdict_file.read_text())
+            _VERDICTS[digest] = (bool(saved["works"]), str(saved["why"]))
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: checked again below
+    if digest not in _VERDICTS:
+        _VERDICTS[digest] = _check_loading(device)
+        if verdict_file is not None:
+            verdict_file.parent.mkdir(parents=True, exist_ok=True)
+            works, why = _VERDICTS[digest]
+            verdict_file.write_text(json.dumps({"works": works, "why": why, "setup": setup}) + "\n")
+    return _VERDICTS[digest]
+
+
+def _check_loading(device: torch.device) -> tuple[bool, str]:
+    with tempfile.TemporaryDirectory(prefix="tmpdiff-aoti-check-") as folder:
+        try:
+            done = subprocess.run([sys.executable, "-c", _LOAD_CHECK, str(device), str(Path(folder) / "check.pt2")],
+                                  capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            return False, "AOTInductor's test package took over 10 minutes to build and load"
+    if done.returncode == 0 and "AOTI OK" in done.stdout:
+        return True, ""
+    if done.returncode < 0:
+        return False, f"loading a one-layer AOTInductor package crashed the process (signal {-done.returncode})"
+    last = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
+    return False, f"AOTInductor could not build or load a one-layer package ({last})"
 
 
 def repeated_blocks(module: nn.Module) -> dict[str, list[nn.Module]]:

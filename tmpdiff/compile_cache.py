@@ -37,6 +37,7 @@ __all__ = [
     "input_signature", "module_identity",
 ]
 
+_SET_BY_TMPDIFF = "TMPDIFF_INDUCTOR_CACHE_DIR"  # the Inductor cache folder tmpdiff chose
 CACHE_DIR_ENV = "TMPDIFF_CACHE_DIR"
 FORMAT = 1
 _LIBRARIES = ("torch", "torchao", "diffusers", "triton")
@@ -161,10 +162,15 @@ class CompileCache:
         self.root.mkdir(parents=True, exist_ok=True)
         # Importing torchao already wrote Inductor's default into the environment: only a folder the
         # user chose (any other value) is kept.
+        # A value tmpdiff set, here or in a parent process (which child processes inherit), is not the
+        # user's either.
         default = os.path.abspath(default_cache_dir())
-        if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default):
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.root / "inductor")
-            if os.environ.get("TRITON_CACHE_DIR", "").startswith(default):
+        ours = os.environ.get(_SET_BY_TMPDIFF)
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default, ours):
+            inductor = str(self.root / "inductor")
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ[_SET_BY_TMPDIFF] = inductor
+            triton = os.environ.get("TRITON_CACHE_DIR", "")
+            if triton.startswith(default) or (ours and triton.startswith(ours)):
                 del os.environ["TRITON_CACHE_DIR"]  # Inductor then puts Triton's beside its own
         self._activated = True
 

@@ -138,9 +138,10 @@ class VariantBank:
         without repeated blocks or a block that export or AOTInductor cannot take."""
         if example is None:
             raise ValueError("an ahead-of-time variant is built from one example call: pass `example`")
-        if not aot.repeated_blocks(eager):
+        works, why = aot.loading_works(self._device(), cache.root if cache is not None else None)
+        if works and not aot.repeated_blocks(eager):
             why = f"{type(eager).__name__} declares no repeated blocks"
-        else:
+        elif works:
             try:
                 variant = _copy(eager, share=True)
                 return variant, self._apply_packages(name, eager, variant, example, cache), ""
