@@ -80,6 +80,37 @@ def test_additivity_is_recovered_on_an_additive_model():
     assert noisy.r2 < check.r2
 
 
+class Smooth(Additive):
+    """An additive model whose sensitivity falls linearly along the trajectory."""
+
+    def __init__(self, steps):
+        super().__init__(steps)
+        self.weights = [2.0 - 1.5 * i / (steps - 1) for i in range(steps)]
+
+
+def test_probing_every_other_step_halves_the_probes_and_interpolates_a_smooth_model_exactly():
+    ladder = ["bf16", "fp8", "skip"]
+    full_oracle, strided_oracle = Smooth(12), Smooth(12)
+    full = additivity_check(12, ladder, full_oracle, samples=4)
+    strided = additivity_check(12, ladder, strided_oracle, samples=4, stride=2)
+    assert full_oracle.calls - 4 == 11 + 12  # every step probed (skip never on step 0)
+    assert strided_oracle.calls - 4 <= (full_oracle.calls - 4) // 2 + 2  # every 2nd step, and the last
+    assert strided.single_step.keys() == full.single_step.keys()  # every step has a prediction
+    for step_rung, value in full.single_step.items():
+        assert strided.single_step[step_rung] == pytest.approx(value)
+    assert strided.r2 > 0.999
+
+
+def test_an_uneven_model_is_interpolated_and_the_r2_says_how_well():
+    oracle = Additive(12, seed=5)  # random per-step sensitivity: between probes the interpolation misses
+    strided = additivity_check(12, LADDER, oracle, samples=8, stride=3)
+    exact = additivity_check(12, LADDER, Additive(12, seed=5), samples=8)
+    assert strided.single_step != exact.single_step
+    assert strided.r2 < exact.r2
+    with pytest.raises(ValueError, match="stride 0"):
+        additivity_check(12, LADDER, oracle, stride=0)
+
+
 def test_baselines_and_pareto_front():
     assert [str(s) for s in uniform_schedules(4, ["fp32", "int8", "skip"])] == ["fp32*4", "int8*4", "fp32,skip*3"]
     boundaries = boundary_schedules(8, ["fp32", "int8"])

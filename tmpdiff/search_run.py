@@ -54,6 +54,7 @@ class SearchRequest:
     target_speedup: float | None = None
     validation_seeds: tuple[int, ...] = (1000,)
     additivity_samples: int = 6
+    probe_stride: int = 2  # single-step probes on every 2nd step, the rest interpolated (see additivity_check)
     exhaustive: bool = False
     baselines: bool = True
     replay: bool = True  # replay denoiser outputs of schedule prefixes already run (exact)
@@ -65,6 +66,8 @@ class SearchRequest:
             raise ValueError(f"--target-ssim must be in (0, 1], got {self.target_ssim}")
         if self.target_speedup is not None and self.target_speedup < 1:
             raise ValueError(f"--target-speedup must be at least 1, got {self.target_speedup}")
+        if self.probe_stride < 1:
+            raise ValueError(f"--probe-stride must be 1 or more, got {self.probe_stride}")
         if not self.prompts or not self.seeds:
             raise ValueError("the search needs at least one prompt and one seed")
         if set(self.seeds) & set(self.validation_seeds):
@@ -83,7 +86,8 @@ class SearchRequest:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "prompts": list(self.prompts), "seeds": list(self.seeds), "steps": self.steps,
                 "size": self.size, "guidance": self.guidance, "ladder": list(self.ladder or []),
-                "target_ssim": self.target_ssim, "target_speedup": self.target_speedup, "replay": self.replay}
+                "target_ssim": self.target_ssim, "target_speedup": self.target_speedup, "replay": self.replay,
+                "probe_stride": self.probe_stride}
 
 
 def parse_seeds(text: str, name: str = "seeds") -> tuple[int, ...]:
@@ -221,9 +225,10 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
     report["best_baseline_at_speedup"] = _best_uniform_margin(baselines, found)
     if request.additivity_samples:
         with meter.phase("additivity"):
-            check = additivity_check(steps, ladder, oracle, samples=request.additivity_samples)
+            check = additivity_check(steps, ladder, oracle, samples=request.additivity_samples,
+                                     stride=request.probe_stride)
         report["additivity"] = {"r2": check.r2, "predicted": check.predicted, "measured": check.measured,
-                                "schedules": check.schedules}
+                                "schedules": check.schedules, "probe_stride": request.probe_stride}
         if request.target_ssim is not None:
             with meter.phase("planner"):
                 report["strategies"] = _compare_strategies(oracle, outcome, steps, ladder, table, check.single_step,
@@ -276,12 +281,14 @@ def checked_ladder(ladder: list[str], table: CostTable, reference: str) -> tuple
         if name in (reference, "skip"):
             continue
         if name not in table.step_seconds:
-            notes.append(f"{name} dropped from the ladder: unavailable on this device")
+            notes.append(f"{name} dropped from the ladder: " + (f"the cost table for {table.device_name} has no "
+                         "cost for it" if table.target else "unavailable on this device"))
         elif name in table.simulated:
             simulated.append(name)
         elif table.step_seconds[name] >= base:
+            where = table.device_name if table.target else "this device"
             notes.append(f"{name} dropped from the ladder: measured {1000 * table.step_seconds[name]:.1f} ms a "
-                         f"step, not cheaper than the reference {reference} ({1000 * base:.1f} ms) on this device")
+                         f"step, not cheaper than the reference {reference} ({1000 * base:.1f} ms) on {where}")
         else:
             real.append(name)
     real.sort(key=lambda n: -table.step_seconds[n])
@@ -307,7 +314,8 @@ def _default_ladder(table: CostTable, reference: str) -> list[str]:
 def _planned(steps: int, rungs: int, request: SearchRequest) -> int:
     baselines = rungs + (len(boundary_ks(steps)) * (rungs - 1) if request.baselines else 0)
     search = evaluation_bound(steps, rungs) * (7 if request.target_speedup else 1)
-    additivity = (steps * (rungs - 1) + request.additivity_samples) if request.additivity_samples else 0
+    probes = (steps // request.probe_stride + 1) * (rungs - 1)
+    additivity = (probes + request.additivity_samples) if request.additivity_samples else 0
     return baselines + search // 3 + additivity  # the bound is rarely reached; progress stays honest by capping
 
 
