@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         demo = build(args)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share)
+    from ui import CSS
+
+    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                                   css=CSS)
 
 
 if __name__ == "__main__":

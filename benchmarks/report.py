@@ -85,6 +85,51 @@ def first_image(report: dict) -> list[str]:
     return lines + ["", "✓ = loaded from the compile cache.", ""]
 
 
+PHASES = ("costs", "baselines", "search", "additivity", "planner", "validation")
+
+
+def search_calls(report: dict) -> list[str]:
+    """Before/now denoiser calls of one search (search_calls.py)."""
+    lines = [f"### Denoiser calls of a whole search: {report['model']}, {report['steps']} steps, ladder "
+             f"{','.join(report['ladder'])} — {report['device']}", "",
+             "*before*: every step of every evaluation computed, every step probed; *now*: prefix replay, "
+             f"single-step probes on every {report['runs']['now']['probe_stride']}th step. The costs phase "
+             f"({report['costs_phase_calls']['denoiser']} calls) is counted in both totals.", "",
+             "| run | whole command calls | " + " | ".join(PHASES[1:]) + " | wall s | schedule | SSIM | speed-up |",
+             "|---|---|" + "---|" * (len(PHASES) - 1) + "---|---|---|---|"]
+    for name, run in report["runs"].items():
+        calls = run["denoiser_calls"]
+        phases = " | ".join(str(calls.get(p, {}).get("denoiser", 0)) for p in PHASES[1:])
+        lines.append(f"| {name} (stride {run.get('probe_stride', 1)}) | **{report['whole_command_calls'][name]}** "
+                     f"| {phases} | {run['wall_s']:.0f} | `{_short(run['schedule'])}` | {run['ssim']:.4f} "
+                     f"| {run['speedup']:.2f}x |")
+    return lines + ["", f"{report['fewer_calls_x']:.2f}x fewer calls; {report['schedules_evaluated_both_ways']} "
+                    f"schedules evaluated both ways, identical PNGs: {report['identical_images']}.", ""]
+
+
+def search_report(report: dict, name: str) -> list[str]:
+    """Where one real search's calls and seconds went (a `tmpdiff search --json` report)."""
+    calls, seconds = report["denoiser_calls"], report["phase_seconds"]
+    lines = [f"### One search: {report['model']}, {report['steps']} steps, ladder {','.join(report['ladder'])} "
+             f"({name})", "",
+             f"Found `{_short(report['schedule'])}`: SSIM {report['ssim']:.4f}, predicted speed-up "
+             f"{report['speedup']:.2f}x, validation SSIM {report['validation']['ssim']:.4f}. Random weights: "
+             "the schedule means nothing, the seconds do.", "",
+             "| phase | denoiser calls | replayed | skipped | seconds |", "|---|---|---|---|---|"]
+    for phase in PHASES:
+        row = calls.get(phase, {})
+        lines.append(f"| {phase} | {row.get('denoiser', 0)} | {row.get('replayed', 0)} | {row.get('skipped', 0)} "
+                     f"| {seconds.get(phase, 0.0):.1f} |")
+    total = calls["total"]
+    lines.append(f"| **total** | {total['denoiser']} | {total['replayed']} | {total['skipped']} | "
+                 f"**{sum(seconds.values()):.0f}** |")
+    return lines + [""]
+
+
+def _short(schedule: str, width: int = 60) -> str:
+    return schedule if len(schedule) <= width else schedule[:width - 3] + "..."
+
+
 def _ms(row: dict) -> str:
     if "error" in row:
         return "failed: " + row["error"][:60]
@@ -98,6 +143,10 @@ def main() -> None:
         report = json.loads(Path(path).read_text())
         if "arch" in report:  # other result files (search reports, logs) are not step tables
             print("\n".join(table(report)))
+        elif "whole_command_calls" in report:
+            print("\n".join(search_calls(report)))
+        elif "denoiser_calls" in report:
+            print("\n".join(search_report(report, Path(path).stem)))
         elif "runs" in report and "schedules" in report:
             print("\n".join(first_image(report)))
         elif "runs" in report:

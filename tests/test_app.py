@@ -27,8 +27,10 @@ def server(tmp_path_factory):
     port = free_port()
     args = app.parse_args(["--db", str(tmp_path_factory.mktemp("db") / "c.sqlite"), "--port", str(port)])
     demo = app.build(args)
+    from ui import CSS
+
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=port,
-                                                   prevent_thread_lock=True, quiet=True)
+                                                   prevent_thread_lock=True, quiet=True, css=CSS)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
@@ -86,8 +88,12 @@ def test_pareto_endpoint_lists_cached_evaluations(client):
     assert "fp32*8" in schedules and "fp32*4,skip*4" in schedules
 
 
-@pytest.mark.browser
-def test_a_person_runs_a_schedule_in_chromium(server):
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
     if CHROMIUM is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI must run the browser test: install Debian's chromium (make test does)")
@@ -95,21 +101,74 @@ def test_a_person_runs_a_schedule_in_chromium(server):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
-        page = browser.new_page(viewport={"width": 1400, "height": 1300})
-        page.goto(server, wait_until="networkidle")
-        box = page.locator("#schedule textarea")
-        box.fill("fp32*2,int8wo*4,skip,fp32")
-        box.press("Enter")
-        page.locator("#run").click()
-        page.wait_for_function("document.querySelector('#metrics') && "
-                               "document.querySelector('#metrics').innerText.includes('ssim')", timeout=120_000)
-        metrics = page.locator("#metrics").inner_text()
-        assert "int8wo" in metrics and "speedup" in metrics
-        assert page.locator("#slider img").count() >= 2
-        page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
         browser.close()
+
+
+def run_schedule(page, schedule):
+    box = page.locator("#schedule textarea")
+    box.fill(schedule)
+    box.press("Enter")
+    page.locator("#run").click()
+    page.wait_for_function("document.querySelector('#cards') && "
+                           "document.querySelector('#cards').innerText.includes('SSIM')", timeout=120_000)
+
+
+@pytest.mark.browser
+def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(server, wait_until="networkidle")
+    run_schedule(page, "fp32*2,int8wo*6")
+    cards = page.locator("#cards").inner_text()
+    assert "speed-up" in cards and "SSIM" in cards and "PSNR" in cards and "LPIPS" in cards and "seconds" in cards
+    page.wait_for_function("document.querySelectorAll('#timeline g.point').length > 0", timeout=30_000)
+    assert page.locator("#timeline g.point").count() == 8  # one bar per step
+    assert page.locator("#slider img").count() >= 2 and page.locator("#diff img").count() == 1
+    rendering = page.evaluate("getComputedStyle(document.querySelector('#slider img')).imageRendering")
+    assert rendering == "pixelated"  # a 64x64 image is shown pixel-exact, not blurred
+    assert "schedule=fp32*2%2Cint8wo*6" in page.url or "schedule=fp32%2A2%2Cint8wo%2A6" in page.url
+    page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+
+    shared = browser.new_page(viewport={"width": 1400, "height": 1000})  # the link reopens the same comparison
+    shared.goto(page.url, wait_until="networkidle")
+    shared.wait_for_function("(document.querySelector('#schedule textarea') || {}).value === 'fp32*2,int8wo*6'",
+                             timeout=30_000)
+    shared.close()
+    page.close()
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_on_a_phone_the_cards_come_before_the_details(server, browser):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    page.goto(server, wait_until="networkidle")
+    run_schedule(page, "fp32*4,skip*4")
+    cards, details = page.locator("#cards").bounding_box(), page.locator("#timeline").bounding_box()
+    assert cards["width"] <= 390 and cards["y"] < details["y"]
+    page.screenshot(path=str(ARTIFACTS / "app_phone.png"), full_page=True)
+    page.close()
+
+
+@pytest.mark.browser
+def test_a_search_tells_its_story_and_a_pareto_point_loads_its_schedule(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(server, wait_until="networkidle")
+    page.get_by_role("tab", name="Search").click()
+    page.get_by_label("Ladder (empty: measured on this device)").fill("fp32,skip")
+    page.get_by_label("Calibration prompts").fill("1")
+    page.get_by_label("Seeds").fill("0")
+    page.locator("#search").click()
+    page.wait_for_function("document.querySelector('#compare') && "
+                           "document.querySelector('#compare').innerText.includes('Reference')", timeout=300_000)
+    compare = page.locator("#compare").inner_text()
+    assert "Found" in compare and "speed-up" in compare
+    page.wait_for_function("document.querySelectorAll('#search-plot .point').length > 0", timeout=30_000)
+    cell = page.locator("#pareto-table").get_by_role("gridcell").first
+    chosen = cell.inner_text().strip()
+    cell.click()
+    page.wait_for_function("([text]) => (document.querySelector('#schedule textarea') || {}).value === text",
+                           arg=[chosen], timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
+    page.close()

@@ -59,3 +59,46 @@ def test_precisions_lists_the_registry():
     assert result.returncode == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert names[:3] == ["fp32", "bf16", "fp16"] and "skip" in names
+
+
+def _table_for(tmp_path, architecture, step_ms):
+    table = {"version": 1, "device": "cuda", "compiled": True, "steps": 8, "fixed_seconds": 0.01, "simulated": [],
+             "step_seconds": {k: v / 1000 for k, v in step_ms.items()}, "architecture": architecture,
+             "device_name": "NVIDIA Test GPU", "note": "made by the test"}
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(table))
+    return path
+
+
+def test_generate_predicts_latency_on_the_device_of_a_cost_table(tmp_path):
+    costs = _table_for(tmp_path, "shapes-dit", {"fp32": 10.0, "int8wo": 5.0, "skip": 0.0})
+    result = cli("generate", "--schedule", "fp32*2,int8wo*4,skip*2", "--costs", str(costs),
+                 "--out", str(tmp_path / "x.png"))
+    assert result.returncode == 0, result.stderr
+    target = json.loads(result.stdout.strip().splitlines()[-1])["predicted_on"]
+    assert target["label"] == "predicted on NVIDIA Test GPU, from measured step costs"
+    assert target["seconds"] == pytest.approx(0.01 + 0.02 + 0.02)  # fixed + 2 x fp32 + 4 x int8wo
+    assert target["speedup"] == pytest.approx((0.01 + 0.08) / 0.05, rel=1e-3)
+
+
+def test_a_cost_table_of_another_architecture_is_refused_naming_both(tmp_path):
+    result = cli("generate", "--model", "flux-dev-random", "--costs", "sdxl-h200", "--out", str(tmp_path / "x.png"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "sdxl architecture" in result.stderr and "flux-dev-random's flux-dev" in result.stderr
+    missing = cli("generate", "--schedule", "fp32*7,int8", "--costs", str(_table_for(tmp_path, "shapes-dit",
+                                                                                      {"fp32": 1.0})),
+                  "--out", str(tmp_path / "x.png"))
+    assert missing.returncode == 2 and "has no cost for int8" in missing.stderr
+
+
+def test_search_plans_with_the_deployment_devices_costs(tmp_path):
+    # On the "deployment GPU" int8wo costs more than fp32: the ladder check must drop it there.
+    costs = _table_for(tmp_path, "shapes-dit", {"fp32": 10.0, "int8wo": 12.0, "skip": 0.1})
+    report_path = tmp_path / "r.json"
+    result = cli("search", "--steps", "4", "--ladder", "fp32,int8wo,skip", "--num-prompts", "1", "--seeds", "0",
+                 "--target-ssim", "0.5", "--costs", str(costs), "--no-cache", "--json", str(report_path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert "int8wo" not in report["schedule"] and any("int8wo dropped" in n for n in report["ladder_notes"])
+    assert report["costs"]["device_name"] == "NVIDIA Test GPU"
+    assert json.loads(result.stdout.strip().splitlines()[-1])["speedup_label"].startswith("predicted on NVIDIA")

@@ -11,9 +11,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .models import DEFAULT_MODEL, MODELS, quiet_libraries
 from .runner import Engine, RunSettings, choose_compile, default_device, describe_build, precision_table
+
+if TYPE_CHECKING:
+    from .latency import CostTable
+    from .schedule import Schedule
 
 EXIT_USAGE = 2
 
@@ -35,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="e.g. 'bf16*4,fp8*20,bf16*4' (default: every step in the reference precision)")
     _add_compile_flags(gen)
     gen.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    _add_costs_flag(gen)
     _add_cache_flags(gen)
 
     search = commands.add_parser("search", help="find a per-step schedule for a quality or speed target")
@@ -51,11 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seeds", default="0,1", help="comma-separated calibration seeds (default 0,1)")
     search.add_argument("--validation-seeds", default="1000,1001", help="seeds to re-check the result on")
     search.add_argument("--exhaustive", action="store_true", help="also search every schedule (small T only)")
+    search.add_argument("--probe-stride", type=int, default=2,
+                        help="probe single-step degradations on every Nth step, interpolate between (default 2; "
+                             "1 probes every step)")
     search.add_argument("--no-replay", action="store_true",
                         help="compute every step of every evaluation (replay of shared prefixes is exact; "
                              "this is for checking it)")
     _add_compile_flags(search)
     search.add_argument("--json", type=Path, required=True, help="report file to write")
+    _add_costs_flag(search)
     _add_cache_flags(search)
 
     warm = commands.add_parser("warmup", help="compile precision variants once and keep them in the cache folder")
@@ -82,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 CACHE_DIR_HELP = "tmpdiff cache folder for compiled variants and the default database " \
     "(default: $TMPDIFF_CACHE_DIR or the user cache folder)"
+
+
+def _add_costs_flag(parser: argparse.ArgumentParser) -> None:
+    from .cost_tables import shipped_tables
+
+    parser.add_argument("--costs", metavar="FILE|NAME",
+                        help="predict latency on another device from its measured step costs: a CostTable JSON "
+                             f"file or a shipped table ({', '.join(shipped_tables())})")
 
 
 def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
@@ -147,12 +165,29 @@ def _generate(args: argparse.Namespace, device: str) -> int:
                            seed=args.seed, steps=args.steps, size=args.size, guidance=args.guidance)
     engine = _engine(args, device)
     schedule = engine.check_schedule(args.schedule or settings.reference_schedule(), settings)
+    target = _target_costs(args)
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
     evaluation = Evaluator(engine, store).evaluate(settings, schedule)
     evaluation.image.save(args.out)
     line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
+    if target is not None:
+        line["predicted_on"] = target_prediction(target, settings.reference_schedule(), schedule)
     print(json.dumps(line))
     return 0
+
+
+def _target_costs(args: argparse.Namespace) -> CostTable | None:
+    """The ``--costs`` table (checked against the model), or None."""
+    from .cost_tables import load_cost_table
+
+    return load_cost_table(args.costs, args.model) if args.costs else None
+
+
+def target_prediction(table: CostTable, reference: Schedule, schedule: Schedule) -> dict[str, Any]:
+    """Seconds and speed-up of ``schedule`` predicted on the table's device, labelled as such."""
+    seconds, base = table.predict(schedule), table.predict(reference)
+    return {"device": table.device_name, "seconds": round(seconds, 4), "speedup": round(base / seconds, 3),
+            "label": f"predicted on {table.device_name}, from measured step costs", "note": table.note}
 
 
 def _engine(args: argparse.Namespace, device: str) -> Engine:
@@ -218,12 +253,16 @@ def _search(args: argparse.Namespace, device: str) -> int:
         ladder=tuple(args.ladder.split(",")) if args.ladder else None,
         target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
         target_speedup=args.target_speedup, exhaustive=args.exhaustive, replay=not args.no_replay,
+        probe_stride=args.probe_stride,
     )
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
     evaluator = Evaluator(_engine(args, device), store)
     run_id = store.start_search(args.model, request.to_dict()) if store else None
     cost_key = _cost_key(evaluator, request)
-    if store and (saved := store.get_costs(*cost_key)):
+    target = _target_costs(args)
+    if target is not None:
+        evaluator.costs[args.model] = target  # plan for the deployment device
+    elif store and (saved := store.get_costs(*cost_key)):
         evaluator.costs[args.model] = CostTable.from_dict(saved)
     bar = tqdm(total=1, unit="eval", desc="search", file=sys.stderr)
 
@@ -245,7 +284,7 @@ def _search(args: argparse.Namespace, device: str) -> int:
               file=sys.stderr)
         return 130
     bar.close()
-    if store:
+    if store and target is None:
         store.put_costs(*cost_key, evaluator.costs[args.model].to_dict())
     if store and run_id is not None:
         store.finish_search(run_id, {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations")})
@@ -253,6 +292,8 @@ def _search(args: argparse.Namespace, device: str) -> int:
     plots = _write_plots(report, args.json)
     summary = {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations", "evaluation_bound")}
     summary["denoiser_calls"] = report["denoiser_calls"]["total"]
+    if target is not None:
+        summary["speedup_label"] = f"predicted on {target.device_name}, from measured step costs"
     for note in report["ladder_notes"]:
         print(f"note: {note}", file=sys.stderr)
     if report["validation"].get("meets_target") is False:

@@ -39,9 +39,16 @@ class CostTable:
     step_spread: dict[str, float] = field(default_factory=dict)
     fixed_seconds: float = 0.0
     simulated: list[str] = field(default_factory=list)
+    architecture: str | None = None  # the denoiser architecture measured (ModelSpec.architecture)
+    device_name: str | None = None  # e.g. "NVIDIA H100 80GB HBM3"
+    note: str = ""  # what the numbers include, for a table measured elsewhere
+    target: bool = False  # loaded for planning on another device: used as is, never re-measured here
 
     def predict(self, schedule: Schedule) -> float:
         missing = [n for n in schedule.precisions if n not in self.step_seconds]
+        if missing and self.target:
+            raise ValueError(f"the cost table for {self.device_name} has no cost for {', '.join(missing)}: it "
+                             f"covers {', '.join(self.step_seconds)}")
         if missing:
             raise ValueError(f"no measured cost for {', '.join(missing)}: measure it first")
         return self.fixed_seconds + sum(self.step_seconds[name] for name in schedule)
@@ -57,7 +64,8 @@ class CostTable:
     def to_dict(self) -> dict[str, Any]:
         return {"version": COST_TABLE_VERSION, "device": self.device, "compiled": self.compiled,
                 "steps": self.steps, "step_seconds": self.step_seconds, "step_spread": self.step_spread,
-                "fixed_seconds": self.fixed_seconds, "simulated": self.simulated}
+                "fixed_seconds": self.fixed_seconds, "simulated": self.simulated,
+                "architecture": self.architecture, "device_name": self.device_name, "note": self.note}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CostTable:
@@ -66,7 +74,9 @@ class CostTable:
         return cls(device=str(data["device"]), compiled=bool(data["compiled"]), steps=int(data["steps"]),
                    step_seconds={str(k): float(v) for k, v in data["step_seconds"].items()},
                    step_spread={str(k): float(v) for k, v in data.get("step_spread", {}).items()},
-                   fixed_seconds=float(data["fixed_seconds"]), simulated=[str(s) for s in data["simulated"]])
+                   fixed_seconds=float(data["fixed_seconds"]), simulated=[str(s) for s in data["simulated"]],
+                   architecture=data.get("architecture"), device_name=data.get("device_name"),
+                   note=str(data.get("note", "")))
 
 
 RunFn = Callable[[Schedule], tuple[float, list[float]]]

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-__all__ = ["Quality", "LpipsUnavailable", "compare", "lpips_status", "psnr", "ssim", "summarize"]
+__all__ = ["Quality", "LpipsUnavailable", "compare", "difference_map", "lpips_status", "psnr", "ssim", "summarize"]
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 LPIPS_ENV = "TMPDIFF_LPIPS_WEIGHTS"
@@ -70,6 +70,18 @@ def psnr(image: Image.Image | np.ndarray, reference: Image.Image | np.ndarray) -
     if np.array_equal(a, b):
         return float("inf")
     return float(peak_signal_noise_ratio(b, a, data_range=255))
+
+
+def difference_map(image: Image.Image | np.ndarray, reference: Image.Image | np.ndarray) -> Image.Image:
+    """|reference - image| as a heat map: black where they agree, through red and yellow to white where
+    they differ most. Scaled to the largest difference (returned black when the images are equal), so
+    where they differ shows however small the difference is; the metrics say how much."""
+    a, b = as_array(image).astype(np.int16), as_array(reference).astype(np.int16)
+    _check_pair(a, b)
+    diff = np.abs(a - b).mean(axis=-1)
+    level = diff / diff.max() if diff.max() > 0 else diff
+    rgb = np.stack([np.clip(3 * level, 0, 1), np.clip(3 * level - 1, 0, 1), np.clip(3 * level - 2, 0, 1)], -1)
+    return Image.fromarray((255 * rgb).round().astype(np.uint8))
 
 
 _LPIPS_MODEL: object | None = None

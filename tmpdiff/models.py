@@ -52,6 +52,11 @@ class ModelSpec:
     labels: tuple[str, ...] = field(default=())
 
     @property
+    def architecture(self) -> str:
+        """What step costs depend on: a random-weight model shares its original's architecture."""
+        return self.source.removeprefix("random:") if self.is_random else self.name
+
+    @property
     def is_tiny(self) -> bool:
         return self.source.startswith("tiny:")
 

@@ -1,5 +1,6 @@
 """The Gradio front end."""
 
 from .app import build_ui
+from .views import CSS
 
-__all__ = ["build_ui"]
+__all__ = ["CSS", "build_ui"]

@@ -14,20 +14,27 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from tmpdiff import MODELS, Schedule, Status, available_precisions, get_model
+from tmpdiff.cost_tables import load_cost_table, matching_tables
 from tmpdiff.evaluate import Evaluator
+from tmpdiff.metrics import difference_map
 from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
 from tmpdiff.runner import Engine, RunSettings, describe_build
 from tmpdiff.search_run import SearchRequest, parse_seeds, run_search
 
+from . import views
+from .views import COLOURS
+
 __all__ = ["build_ui"]
 
 MAX_STEPS = 50
-COLOURS = {
-    "fp32": "#1f3b73", "bf16": "#2f6db5", "fp16": "#4f8fd6", "fp8": "#e0782b", "int8": "#d9a21b",
-    "fp8wo": "#f0a868", "int8wo": "#e8c35a", "int4wo": "#c0392b", "mxfp8": "#8e44ad", "nvfp4": "#6c3483",
-    "skip": "#9e9e9e",
-}
+THIS_DEVICE = "this device (measured)"
+URL_STATE_JS = """(model, prompt, seed, steps, size, guidance, schedule) => {
+    const url = new URL(window.location.href);
+    const values = {model, prompt, seed, steps, size, guidance, schedule};
+    for (const [key, value] of Object.entries(values)) url.searchParams.set(key, value ?? "");
+    window.history.replaceState(null, "", url);
+}"""
 
 
 def _gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -187,6 +194,49 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         schedule_path.write_text(json.dumps(metrics, indent=2))
         return str(image_path), str(schedule_path)
 
+    def show_result(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float,
+                    latency_on: str, pair: Any, summary: dict[str, Any]):
+        """Cards, timeline and difference map of the evaluation just shown."""
+        if not summary or not pair:
+            return "", views.timeline(str(Schedule.uniform(get_model(model).dtype, int(steps))), None), None
+        settings = _settings(model, prompt, seed, steps, size, guidance)
+        schedule_obj = Schedule.parse(summary["schedule"])
+        target, label = None, ""
+        if latency_on != THIS_DEVICE:
+            try:
+                table = load_cost_table(latency_on, model)
+            except ValueError as exc:
+                gr.Warning(str(exc))
+            else:
+                target = {"device": table.device_name, "speedup": table.predict(settings.reference_schedule())
+                          / table.predict(schedule_obj)}
+                label = f"predicted on {table.device_name}, from measured step costs"
+        table = load_cost_table(latency_on, model) if target else evaluator.costs.get(model)
+        diff = difference_map(_pil(pair[1]), _pil(pair[0]))
+        return views.cards(summary, target), views.timeline(str(schedule_obj), table, label), diff
+
+    def show_search(report: dict[str, Any]):
+        return (views.validation_warning(report), views.compare_cards(report), views.search_plot(report),
+                views.pareto_rows(report))
+
+    def from_url(request: gr.Request):
+        """The model, settings and schedule a shared link carries (``?model=...&schedule=...``)."""
+        query = dict(request.query_params) if request is not None else {}
+        if not query:
+            return [gr.update()] * 7
+        try:
+            s = get_model(query.get("model", default_model))
+            settings = _settings(s.name, query.get("prompt", s.example_prompt), float(query.get("seed", 0)),
+                                 float(query.get("steps", s.steps)), float(query.get("size", s.size)),
+                                 float(query.get("guidance", s.guidance)))
+            text = query.get("schedule") or str(settings.reference_schedule())
+            evaluator.engine.check_schedule(text, settings)
+        except ValueError as exc:
+            gr.Warning(f"the link's settings were not loaded: {exc}")
+            return [gr.update()] * 7
+        return (s.name, settings.prompt or "", settings.seed, settings.steps, settings.size, settings.guidance,
+                str(Schedule.parse(text)))
+
     def uniform(steps: float, name: str) -> str:
         return str(Schedule.uniform(name, int(steps))) if name != "skip" else _fail("'skip' cannot fill every step")
 
@@ -209,7 +259,8 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
     def model_changed(model: str):
         s = get_model(model)
         return (gr.update(value=s.example_prompt, placeholder=s.example_prompt), s.steps, s.size, s.guidance,
-                str(Schedule.uniform(s.dtype, s.steps)), _describe(s))
+                str(Schedule.uniform(s.dtype, s.steps)), _describe(s),
+                gr.update(choices=[THIS_DEVICE, *matching_tables(model)], value=THIS_DEVICE))
 
     with gr.Blocks(title="tmpdiff: temporal mixed precision") as demo:
         gr.Markdown("# tmpdiff: a precision for every denoising step\n"
@@ -258,12 +309,22 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
 
                             box.input(set_step, [box, schedule], schedule)
 
-                run = gr.Button("Run schedule", variant="primary", elem_id="run")
-                slider = gr.ImageSlider(label="reference | schedule", type="pil", elem_id="slider")
-                metrics = gr.JSON(label="Quality and latency", elem_id="metrics")
                 with gr.Row():
-                    image_file = gr.File(label="Image")
-                    schedule_file = gr.File(label="Schedule and metrics (JSON)")
+                    run = gr.Button("Run schedule", variant="primary", elem_id="run", scale=2)
+                    latency_on = gr.Dropdown([THIS_DEVICE, *matching_tables(default_model)], value=THIS_DEVICE,
+                                             label="Latency on", scale=1, elem_id="latency-on")
+                cards = gr.HTML(elem_id="cards")
+                with gr.Row():
+                    slider = gr.ImageSlider(label="reference | schedule", type="pil", elem_id="slider", scale=2,
+                                            interactive=False)
+                    diff = gr.Image(label="|reference - schedule| (brighter: larger)", type="pil", elem_id="diff",
+                                    interactive=False, scale=1, height=320)
+                timeline = gr.Plot(label="Per-step timeline", elem_id="timeline")
+                with gr.Accordion("Details (JSON) and downloads", open=False):
+                    metrics = gr.JSON(label="Quality and latency", elem_id="metrics")
+                    with gr.Row():
+                        image_file = gr.File(label="Image")
+                        schedule_file = gr.File(label="Schedule and metrics (JSON)")
         with gr.Tab("Search"):
             with gr.Row():
                 target_kind = gr.Radio(["SSIM floor", "Speed-up target"], value="SSIM floor", label="Objective")
@@ -271,8 +332,15 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 ladder = gr.Textbox(value="", label="Ladder (empty: measured on this device)")
                 num_prompts = gr.Number(value=4, precision=0, label="Calibration prompts")
                 seeds = gr.Textbox(value="0,1", label="Seeds")
-            search_button = gr.Button("Search", variant="primary")
-            report = gr.JSON(label="Search report")
+            search_button = gr.Button("Search", variant="primary", elem_id="search")
+            search_warning = gr.HTML(elem_id="search-warning")
+            compare = gr.HTML(elem_id="compare")
+            with gr.Row():
+                search_figure = gr.Plot(label="Pareto front of this search", elem_id="search-plot")
+                pareto_table = gr.Dataframe(headers=["schedule", "SSIM", "speed-up"], interactive=False,
+                                            label="Pick a point to load its schedule", elem_id="pareto-table")
+            with gr.Accordion("Search report (JSON)", open=False):
+                report = gr.JSON(label="Search report", elem_id="report")
         with gr.Tab("Pareto and history"):
             refresh = gr.Button("Refresh from cache")
             with gr.Row():
@@ -283,15 +351,26 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         inputs = [model, prompt, seed, steps, size, guidance]
         schedule.change(schedule_strip, schedule, strip, api_visibility="private")
         steps.release(resize, [schedule, steps, model], schedule, api_visibility="private")
-        model.change(model_changed, model, [prompt, steps, size, guidance, schedule, model_info],
+        # Only a person's choice resets the settings: a shared link sets model and schedule together.
+        model.input(model_changed, model, [prompt, steps, size, guidance, schedule, model_info, latency_on],
                      api_visibility="private")
         all_button.click(uniform, [steps, bulk], schedule, api_visibility="private")
         first_button.click(first_k, [schedule, steps, k, bulk], schedule, api_visibility="private")
         run.click(generate, [*inputs, schedule], [slider, metrics], api_name="generate", concurrency_limit=1,
                   concurrency_id="gpu").then(downloads, [slider, metrics], [image_file, schedule_file],
                                              api_visibility="private")
+        metrics.change(show_result, [*inputs, latency_on, slider, metrics], [cards, timeline, diff],
+                       api_visibility="private")
+        latency_on.change(show_result, [*inputs, latency_on, slider, metrics], [cards, timeline, diff],
+                          api_visibility="private")
+        demo.load(from_url, None, [*inputs, schedule], api_visibility="private")
+        for widget in (*inputs, schedule):  # the page address always reopens what is on screen
+            widget.change(None, [*inputs, schedule], None, js=URL_STATE_JS)
         search_button.click(search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
                             [schedule, report], api_name="search", concurrency_limit=1, concurrency_id="gpu")
+        report.change(show_search, report, [search_warning, compare, search_figure, pareto_table],
+                      api_visibility="private")
+        pareto_table.select(load_row, pareto_table, schedule, api_visibility="private")
         refresh.click(pareto, inputs, [plot, table], api_name="pareto")
         # Picking a row loads its schedule, then its images (a cache hit, so no model call).
         table.select(load_row, table, schedule, api_visibility="private").then(
@@ -314,6 +393,13 @@ def _examples(spec: Any) -> list[tuple[str, str]]:
 def _describe(spec: Any) -> str:
     extra = f" Classes: {', '.join(spec.labels)}." if spec.labels else ""
     return f"*{spec.description or spec.source}* ({spec.dtype} reference, {spec.steps} steps, {spec.size}px).{extra}"
+
+
+def _pil(image: Any) -> Any:
+    """A PIL image from what Gradio hands back (an image or a file path)."""
+    from PIL import Image
+
+    return image if hasattr(image, "convert") else Image.open(image)
 
 
 def _round(value: float | None) -> float | None:

@@ -1,0 +1,70 @@
+"""What the app shows, checked without a browser: cards, the timeline, comparisons, warnings, the diff map."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tmpdiff.latency import CostTable
+from tmpdiff.metrics import difference_map
+from ui import views
+
+SUMMARY = {"schedule": "fp32*2,int8wo*4,skip*2", "ssim": 0.93, "psnr": 31.2, "lpips": None,
+           "lpips_note": "LPIPS unavailable: AlexNet weights not found", "seconds": 0.5, "reference_seconds": 0.8,
+           "speedup": 1.6, "cached": False}
+REPORT = {"ladder": ["fp32", "int8wo", "skip"], "steps": 8, "schedule": "fp32*2,skip*6", "ssim": 0.91, "speedup": 3.2,
+          "speedup_is_predicted": True, "costs": {"device_name": None},
+          "best_baseline_at_speedup": {"schedule": "fp32*2,int8wo*6", "ssim": 0.88, "speedup": 3.3},
+          "objective": {"target_ssim": 0.9}, "validation": {"seeds": [1000], "ssim": 0.95, "meets_target": True},
+          "pareto": [{"schedule": "fp32*2,skip*6", "ssim": 0.91, "speedup": 3.2}], "baselines": []}
+
+
+def test_cards_show_each_number_and_say_why_lpips_is_missing():
+    text = views.cards(SUMMARY)
+    for needle in ("1.60x", "measured on this device", "0.930", "31.2 dB", "AlexNet weights not found", "0.50 s"):
+        assert needle in text
+    simulated = views.cards({**SUMMARY, "speedup": None})
+    assert "no claim" in simulated and "1.60x" not in simulated
+    target = views.cards(SUMMARY, {"device": "NVIDIA H100", "speedup": 1.25})
+    assert "speed-up on NVIDIA H100" in target and "predicted from measured step costs" in target
+
+
+def test_timeline_has_one_bar_per_step_coloured_by_precision_and_sized_by_cost():
+    table = CostTable(device="cpu", compiled=False, steps=8, step_seconds={"fp32": 0.03, "int8wo": 0.02, "skip": 0.0})
+    figure = views.timeline(SUMMARY["schedule"], table)
+    bars = {trace.name: list(trace.y) for trace in figure.data}
+    assert sum(len(y) for y in bars.values()) == 8
+    assert bars == {"fp32": [30.0, 30.0], "int8wo": [20.0] * 4, "skip": [0.0, 0.0]}
+    assert [t.marker.color for t in figure.data] == [views.COLOURS[n] for n in ("fp32", "int8wo", "skip")]
+    assert "predicted per step" in figure.layout.title.text
+    assert "no step costs" in views.timeline("fp32*3", None).layout.title.text
+
+
+def test_comparison_shows_the_found_schedule_its_best_rival_and_the_reference():
+    text = views.compare_cards(REPORT)
+    assert text.index("Found") < text.index("Best baseline") < text.index("Reference")
+    assert "fp32*2,int8wo*6" in text and "fp32*8" in text and "predicted on this device" in text
+
+
+def test_a_failed_validation_is_a_visible_warning():
+    assert views.validation_warning(REPORT) == ""
+    failed = {**REPORT, "validation": {"seeds": [1000, 1001], "ssim": 0.83, "meets_target": False}}
+    text = views.validation_warning(failed)
+    assert "missed the floor" in text and "0.830" in text and "below 0.9" in text
+
+
+def test_search_plot_marks_the_found_point_and_the_floor():
+    figure = views.search_plot(REPORT)
+    assert [t.name for t in figure.data] == ["Pareto front", "baselines", "found"]
+    assert figure.data[2].text == ("fp32*2,skip*6",)
+    assert views.pareto_rows(REPORT) == [["fp32*2,skip*6", 0.91, 3.2]]
+
+
+def test_difference_map_is_black_where_images_agree_and_bright_where_they_differ():
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a.copy()
+    b[1, 2] = 200
+    heat = np.asarray(difference_map(Image.fromarray(b), Image.fromarray(a)))
+    assert heat.shape == (4, 4, 3) and heat[1, 2].tolist() == [255, 255, 255] and heat.sum() == 3 * 255
+    assert not np.asarray(difference_map(Image.fromarray(a), Image.fromarray(a))).any()
+    with pytest.raises(ValueError, match="differ in size"):
+        difference_map(Image.fromarray(a), Image.new("RGB", (5, 5)))
