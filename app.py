@@ -10,7 +10,8 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None, help="model shown first (default: the trained shapes-dit)")
-    parser.add_argument("--db", type=Path, default=None, help="cache database (default: the user cache folder)")
+    parser.add_argument("--db", default=None,
+                        help="cache database: a file (SQLite; default: in the cache folder) or a PostgreSQL URL")
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))

@@ -1,10 +1,10 @@
-"""The SQLite schema, as SQLAlchemy 2 typed ORM models."""
+"""The cache schema (SQLite or a server database), as SQLAlchemy 2 typed ORM models."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SCHEMA_VERSION = 1
@@ -84,3 +84,12 @@ class CostTableRow(Base):
     device_hash: Mapped[str] = mapped_column(String(32))
     table: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class ImageBlob(Base):
+    """A PNG by its SHA-256, for server databases (an SQLite cache keeps them as files beside it)."""
+
+    __tablename__ = "images"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    png: Mapped[bytes] = mapped_column(LargeBinary)

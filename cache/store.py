@@ -1,8 +1,13 @@
-"""The SQLite cache of evaluations: one engine per file, one short session per call.
+"""The cache of evaluations: an SQLite file (the default) or a server database by SQLAlchemy URL.
 
-Safe from many threads (WAL, a busy timeout, ``BEGIN IMMEDIATE`` for every transaction) and from
-a killed process (an image file is written atomically before the row that points to it; a row
-is one transaction). Image files are named by the SHA-256 of their bytes, never by user text.
+SQLite: one engine per file, one short session per call; safe from many threads and processes (WAL,
+a busy timeout, ``BEGIN IMMEDIATE`` for every transaction) and from a killed process (an image file
+is written atomically before the row that points to it; a row is one transaction). Image files are
+named by the SHA-256 of their bytes, never by user text.
+
+A server database (``postgresql+psycopg://...``), shared by many machines: the same schema and keys,
+images in the ``images`` table; every write is one ``INSERT ... ON CONFLICT`` statement, so
+concurrent writers of the same evaluation neither lose nor duplicate it.
 """
 
 from __future__ import annotations
@@ -18,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, inspect, select
-from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from tmpdiff.records import EvalKey, EvalRecord
 from tmpdiff.schedule import Schedule
 
-from .models import SCHEMA_VERSION, Base, CostTableRow, Evaluation, Meta, SearchEvaluation, SearchRun
+from .models import SCHEMA_VERSION, Base, CostTableRow, Evaluation, ImageBlob, Meta, SearchEvaluation, SearchRun
 
 __all__ = ["Cache", "CacheError", "default_db_path"]
 
@@ -56,13 +61,28 @@ class Cache:
         True
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).expanduser()
-        _refuse_foreign_file(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.images = self.path.with_name(self.path.stem + "-images")
-        self.images.mkdir(exist_ok=True)
-        self.engine = _make_engine(self.path)
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        """``location``: a file path or ``sqlite:///path`` (SQLite), or a server database's SQLAlchemy URL."""
+        url = _server_url(str(location))
+        self.path: Path | None = None
+        self.images: Path | None = None
+        if url is None:
+            path = str(location).removeprefix("sqlite:///") if str(location).startswith("sqlite:///") else location
+            self.path = Path(path).expanduser()
+            _refuse_foreign_file(self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.images = self.path.with_name(self.path.stem + "-images")
+            self.images.mkdir(exist_ok=True)
+            self.engine = _make_engine(self.path)
+            self.where = str(self.path)
+        else:
+            self.where = url.render_as_string(hide_password=True)
+            try:
+                self.engine = create_engine(url, pool_pre_ping=True)
+            except ModuleNotFoundError as exc:
+                raise CacheError(f"--db {self.where} needs the {exc.name} driver: "
+                                 "pip install 'psycopg[binary]'") from None
+        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         self._ensure_schema()
 
     # --- evaluations ---------------------------------------------------------------------
@@ -87,7 +107,7 @@ class Cache:
             "steps_run": list(record.steps_run), "simulated": list(record.simulated),
             "created_at": datetime.now(UTC),
         }
-        statement = insert(Evaluation).values(**values)
+        statement = self._insert(Evaluation).values(**values)
         statement = statement.on_conflict_do_update(
             index_elements=["model", "model_hash", "settings_hash", "schedule_hash", "device_hash"],
             set_={k: statement.excluded[k] for k in values if k not in ("model", "model_hash")},
@@ -111,6 +131,8 @@ class Cache:
     def image_path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             raise CacheError(f"not an image id: {sha256!r}")
+        if self.images is None:
+            raise CacheError(f"{self.where} keeps its images in the database, not in files")
         return self.images / f"{sha256}.png"
 
     # --- search runs and cost tables ------------------------------------------------------
@@ -126,7 +148,7 @@ class Cache:
             evaluation_id = session.scalar(_key_query(key).with_only_columns(Evaluation.id))
             if evaluation_id is None:
                 return
-            stmt = insert(SearchEvaluation).values(run_id=run_id, evaluation_id=evaluation_id)
+            stmt = self._insert(SearchEvaluation).values(run_id=run_id, evaluation_id=evaluation_id)
             session.execute(stmt.on_conflict_do_nothing())
 
     def finish_search(self, run_id: int, result: dict[str, Any]) -> None:
@@ -142,7 +164,7 @@ class Cache:
                      "evaluations": len(r.evaluations), "finished": r.finished_at is not None} for r in runs]
 
     def put_costs(self, model_hash: str, settings_hash: str, device_hash: str, table: dict[str, Any]) -> None:
-        statement = insert(CostTableRow).values(model_hash=model_hash, settings_hash=settings_hash,
+        statement = self._insert(CostTableRow).values(model_hash=model_hash, settings_hash=settings_hash,
                                                 device_hash=device_hash, table=table)
         statement = statement.on_conflict_do_update(
             index_elements=["model_hash", "settings_hash", "device_hash"], set_={"table": table})
@@ -179,32 +201,49 @@ class Cache:
 
     # --- internals ------------------------------------------------------------------------
     def _ensure_schema(self) -> None:
+        kind = "SQLite database" if self.path is not None else "database"
         try:
             tables = set(inspect(self.engine).get_table_names())
             if not tables:
-                Base.metadata.create_all(self.engine)
-                with Session(self.engine) as session, session.begin():
-                    session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                self._create_schema()
                 return
             with Session(self.engine) as session:
                 version = session.get(Meta, "schema_version") if "meta" in tables else None
+        except OperationalError as exc:
+            raise CacheError(f"cannot reach the {kind} {self.where} ({str(exc.orig).strip().splitlines()[0]}): "
+                             "check --db") from None
         except DatabaseError as exc:
-            raise CacheError(f"{self.path} is not a usable SQLite database ({exc.orig}): pass another --db") from None
+            raise CacheError(f"{self.where} is not a usable {kind} ({exc.orig}): pass another --db") from None
         found = version.value if version is not None else "none"
         if found != str(SCHEMA_VERSION):
             raise CacheError(
-                f"{self.path} holds a database of another schema (version {found}, tmpdiff needs "
-                f"{SCHEMA_VERSION}): pass another --db or move that file away"
+                f"{self.where} holds a database of another schema (version {found}, tmpdiff needs "
+                f"{SCHEMA_VERSION}): pass another --db or move that database away"
             )
+
+    def _create_schema(self) -> None:
+        """Tables and the version row; safe when several processes create a new server database at once."""
+        Base.metadata.create_all(self.engine, checkfirst=True)
+        statement = self._insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION))
+        with Session(self.engine) as session, session.begin():
+            session.execute(statement.on_conflict_do_nothing())
 
     def _write_image(self, png: bytes) -> str:
         sha = hashlib.sha256(png).hexdigest()
+        if self.images is None:
+            statement = self._insert(ImageBlob).values(sha256=sha, png=png).on_conflict_do_nothing()
+            with Session(self.engine) as session, session.begin():
+                session.execute(statement)
+            return sha
         target = self.image_path(sha)
         if not target.exists():
             _atomic_write(target, png)
         return sha
 
     def _read_image(self, sha: str) -> bytes | None:
+        if self.images is None:
+            with Session(self.engine) as session:
+                return session.scalar(select(ImageBlob.png).where(ImageBlob.sha256 == sha))
         try:
             return self.image_path(sha).read_bytes()
         except OSError:
@@ -231,6 +270,21 @@ def _make_engine(path: Path) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _server_url(location: str) -> Any:
+    """The SQLAlchemy URL of a server database, or None for an SQLite file (a path or ``sqlite:///``)."""
+    if "://" not in location or location.startswith("sqlite:///"):
+        return None
+    try:
+        url = make_url(location)
+    except ArgumentError:
+        raise CacheError(f"--db {location!r} is neither a file path nor a database URL such as "
+                         "postgresql+psycopg://user@host/db") from None
+    if url.get_backend_name() != "postgresql":
+        raise CacheError(f"--db {url.render_as_string(hide_password=True)}: tmpdiff caches in SQLite (a path) or "
+                         "PostgreSQL (postgresql+psycopg://...)")
+    return url
 
 
 def _refuse_foreign_file(path: Path) -> None:

@@ -85,11 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                        ("import", "validate and add the evaluations of an export file")):
         sub = cache_commands.add_parser(name, help=text)
         sub.add_argument("file", type=Path)
-        sub.add_argument("--db", type=Path, default=None, help="cache database (default: in the cache folder)")
+        sub.add_argument("--db", default=None, help=DB_HELP)
         sub.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
     return parser
 
 
+DB_HELP = ("cache database: a file path (SQLite; default: in the cache folder) or a PostgreSQL URL "
+           "(postgresql+psycopg://user@host/db) shared by many machines")
 CACHE_DIR_HELP = "tmpdiff cache folder for compiled variants and the default database " \
     "(default: $TMPDIFF_CACHE_DIR or the user cache folder)"
 
@@ -103,7 +105,7 @@ def _add_costs_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, default=None, help="cache database (default: in the cache folder)")
+    parser.add_argument("--db", default=None, help=DB_HELP)
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the evaluation cache")
     parser.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
 
@@ -115,7 +117,7 @@ def _add_compile_flags(parser: argparse.ArgumentParser) -> None:
                         help="ahead-of-time compiled variants: built once, loaded by later processes")
 
 
-def open_cache(path: Path | None, enabled: bool = True, cache_dir: Path | None = None):
+def open_cache(path: str | None, enabled: bool = True, cache_dir: Path | None = None):
     """The cache store, or None with --no-cache."""
     if not enabled:
         return None
@@ -347,5 +349,5 @@ def _cache(args: argparse.Namespace) -> int:
         if not args.file.is_file():
             raise ValueError(f"no such file: {str(args.file)!r}")
         count = store.import_(args.file)
-        print(json.dumps({"imported": count, "db": str(store.path)}))
+        print(json.dumps({"imported": count, "db": store.where}))
     return 0

@@ -1,0 +1,137 @@
+"""The same cache through a SQLAlchemy URL: SQLite and a real PostgreSQL server, with concurrent writers.
+
+The PostgreSQL server is Debian's ``postgresql`` package, started here in a temporary folder on a
+loopback port (as the ``postgres`` user when the tests run as root). Without it the PostgreSQL
+cases skip with the reason; CI installs it (``make test`` does).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from test_cache import png_bytes, record
+
+from cache import Cache, CacheError
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BIN = next((str(p) for p in (Path(shutil.which("initdb") or "/nonexistent").parent,
+                                *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True))
+               if (p / "initdb").exists()), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    if PG_BIN is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the PostgreSQL tests: install Debian's postgresql (make test does)")
+        pytest.skip("no PostgreSQL server here: `apt-get install postgresql`")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install 'psycopg[binary]'")
+    folder = Path(tempfile.mkdtemp(prefix="tmpdiff-pg-"))  # not pytest's: the postgres user must reach it
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    data, port = folder / "data", _free_port()
+    subprocess.run(_as_postgres([f"{PG_BIN}/initdb", "-D", str(data), "-U", "tmpdiff", "--auth=trust"]),
+                   check=True, capture_output=True)
+    subprocess.run(_as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                                 f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"]),
+                   check=True, capture_output=True)
+    yield f"postgresql+psycopg://tmpdiff@127.0.0.1:{port}/postgres"
+    subprocess.run(_as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"]),
+                   capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite-url", "postgresql"])
+def location(request, tmp_path):
+    if request.param == "sqlite-url":
+        return f"sqlite:///{tmp_path / 'c.sqlite'}"
+    url = request.getfixturevalue("postgres_url")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:  # every test starts from an empty database
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return url
+
+
+def test_put_get_upsert_and_images_through_a_url(location):
+    cache = Cache(location)
+    first, again = cache.put(record(ssim=0.5)), cache.put(record(ssim=0.7))
+    assert first == again and len(cache.evaluations()) == 1
+    got = cache.get(record().key)
+    assert got is not None and got.ssim == 0.7 and got.png == png_bytes()
+    assert cache.get(record(seed=1).key) is None
+    assert Cache(location).get(record().key).ssim == 0.7  # a second connection (another process) sees it
+
+
+def test_search_runs_and_cost_tables_through_a_url(location):
+    cache = Cache(location)
+    row = cache.put(record())
+    run = cache.start_search("tiny-sd15", {"steps": 4})
+    cache.link_search(run, record().key)
+    cache.link_search(run, record().key)  # linked twice: still one link
+    cache.finish_search(run, {"schedule": "fp32*4"})
+    [listed] = cache.search_runs()
+    assert listed["evaluations"] == 1 and listed["finished"] and row > 0
+    cache.put_costs("m", "s", "d", {"fp32": 1.0})
+    cache.put_costs("m", "s", "d", {"fp32": 2.0})
+    assert cache.get_costs("m", "s", "d") == {"fp32": 2.0}
+
+
+def test_export_from_a_url_imports_into_a_file_and_back(location, tmp_path):
+    source = Cache(location)
+    for seed in range(3):
+        source.put(record(seed=seed))
+    exported = tmp_path / "e.json"
+    assert source.export(exported) == 3
+    local = Cache(tmp_path / "local.sqlite")
+    assert local.import_(exported) == 3
+    assert {r["settings"]["seed"] for r in local.evaluations()} == {0, 1, 2}
+
+
+WRITER = """
+import sys
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+from cache import Cache
+from test_cache import record
+cache = Cache({url!r})
+for seed in range(6):
+    cache.put(record(seed=seed, ssim=0.5))            # every writer writes these six
+    cache.put(record(seed=1000 * ({worker} + 1) + seed))  # and six of its own
+print("done", flush=True)
+"""
+
+
+def test_eight_concurrent_writer_processes_lose_and_duplicate_nothing(location):
+    Cache(location)  # the schema exists before the writers start (they would create it safely too)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT), tests=str(ROOT / "tests"),
+                                                                       url=location, worker=w)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(8)]
+    outputs = [w.communicate(timeout=300) for w in writers]
+    assert all(w.returncode == 0 for w in writers), [err[-1000:] for _, err in outputs]
+    seeds = [row["settings"]["seed"] for row in Cache(location).evaluations()]
+    assert len(seeds) == len(set(seeds)) == 6 + 8 * 6
+    assert all(Cache(location).get(record(seed=s).key) is not None for s in range(6))
+
+
+def test_a_bad_url_or_an_unreachable_server_is_a_one_line_cache_error(tmp_path):
+    with pytest.raises(CacheError, match="SQLite .* or PostgreSQL"):
+        Cache("mysql://u@localhost/db")
+    with pytest.raises(CacheError, match="cannot reach the database"):
+        Cache(f"postgresql+psycopg://nobody@127.0.0.1:{_free_port()}/none")
