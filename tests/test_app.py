@@ -75,9 +75,10 @@ def test_user_errors_come_back_as_messages(client):
 
 
 def test_search_endpoint(client):
-    schedule, report = client.predict(steps=4, ladder="fp32,skip", num_prompts=1, seeds="0", target=0.8,
-                                      api_name="/search")
+    schedule, report, plot = client.predict(steps=4, ladder="fp32,skip", num_prompts=1, seeds="0", target=0.8,
+                                            api_name="/search")
     assert schedule == report["schedule"] and report["ssim"] >= 0.8
+    assert plot is not None  # the final Pareto figure (it was updated live while the search ran)
     assert report["evaluations"] <= report["evaluation_bound"]
 
 

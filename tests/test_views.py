@@ -68,3 +68,30 @@ def test_difference_map_is_black_where_images_agree_and_bright_where_they_differ
     assert not np.asarray(difference_map(Image.fromarray(a), Image.fromarray(a))).any()
     with pytest.raises(ValueError, match="differ in size"):
         difference_map(Image.fromarray(a), Image.new("RGB", (5, 5)))
+
+
+def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users_mistake(monkeypatch):
+    from tmpdiff.evaluate import Evaluator
+    from tmpdiff.runner import Engine
+    from tmpdiff.search_run import SearchRequest
+    from ui.live import LiveSearch
+
+    evaluator = Evaluator(Engine("cpu"))
+    request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=4, ladder=("fp32", "skip"),
+                            target_ssim=0.8, additivity_samples=0)
+    live = LiveSearch(evaluator, request, interval=0.0)
+    updates = list(live.updates())
+    report = live.result()
+    counts = [len(u.points) for u in updates]
+    assert counts == sorted(counts) and counts[-1] == len({p.schedule for p in updates[-1].points}) >= 3
+    assert report["schedule"] in {p.schedule for p in updates[-1].points}
+    assert any("evaluation" in u.message for u in updates)
+
+    def mistaken(*args, **kwargs):
+        raise ValueError("no rung of the ladder is cheaper than the reference")
+
+    monkeypatch.setattr("ui.live.run_search", mistaken)
+    bad = LiveSearch(evaluator, request)
+    list(bad.updates())
+    with pytest.raises(ValueError, match="cheaper than the reference"):  # raised in the page's thread
+        bad.result()

@@ -153,19 +153,22 @@ class PhaseMeter:
 
 def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None = None,
                should_stop: Callable[[], bool] | None = None,
-               on_evaluation: Callable[[RunSettings, Schedule], None] | None = None) -> dict[str, Any]:
-    """Run the whole study and return the report (the CLI writes it as JSON)."""
+               on_evaluation: Callable[[RunSettings, Schedule], None] | None = None,
+               on_point: Callable[[Point], None] | None = None) -> dict[str, Any]:
+    """Run the whole study and return the report (the CLI writes it as JSON). ``on_point`` hears of every
+    evaluated schedule's (mean SSIM, predicted speed-up) as it lands, for a live plot."""
     previous = evaluator.replay
     evaluator.replay = ReplayStore() if request.replay else None
     try:
-        return _run_search(evaluator, request, progress, should_stop, on_evaluation)
+        return _run_search(evaluator, request, progress, should_stop, on_evaluation, on_point)
     finally:
         evaluator.replay = previous
 
 
 def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None,
                 should_stop: Callable[[], bool] | None,
-                on_evaluation: Callable[[RunSettings, Schedule], None] | None) -> dict[str, Any]:
+                on_evaluation: Callable[[RunSettings, Schedule], None] | None,
+                on_point: Callable[[Point], None] | None = None) -> dict[str, Any]:
     meter = PhaseMeter(evaluator.engine)
     base = request.settings(request.prompts[0], request.seeds[0])
     steps, reference = base.resolved_steps, base.spec.dtype
@@ -173,7 +176,8 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
     engine = evaluator.engine
     table = evaluator.costs.get(request.model)
     needed = set(_candidates(request, engine.device)) | {reference}
-    if table is None or table.steps != steps or not needed <= set(table.step_seconds):
+    stale = table is not None and not table.target and (table.steps != steps or not needed <= set(table.step_seconds))
+    if table is None or stale:  # a table for another device (--costs) is used as it is
         with meter.phase("costs"):
             table = measure_costs(timed_run(engine, base), reference, sorted(needed - {reference}),
                                   steps=max(steps, 2), device=engine.device, compiled=evaluator.compiled)
@@ -194,6 +198,8 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
                 on_evaluation(settings, schedule)
         if progress:
             progress(done, max(planned, done), str(schedule))
+        if on_point:
+            on_point(oracle.point(schedule))
 
     oracle = ModelOracle(evaluator, calibration, table, reference, evaluated)
     with meter.phase("baselines"):

@@ -20,9 +20,10 @@ from tmpdiff.metrics import difference_map
 from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
 from tmpdiff.runner import Engine, RunSettings, describe_build
-from tmpdiff.search_run import SearchRequest, parse_seeds, run_search
+from tmpdiff.search_run import SearchRequest, parse_seeds
 
 from . import views
+from .live import LiveSearch
 from .views import COLOURS
 
 __all__ = ["build_ui"]
@@ -139,7 +140,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
     @_gpu
     def search(model: str = default_model, target_kind: str = "SSIM floor", target: float = 0.9,
                steps: float = spec.steps, ladder: str = "", num_prompts: float = 4, seeds: str = "0,1",
-               progress: gr.Progress = gr.Progress()) -> tuple[str, dict[str, Any]]:
+               progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any, Any]]:
         try:
             model_spec = get_model(model)
             request = SearchRequest(
@@ -153,18 +154,22 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         run_id = store.start_search(model, request.to_dict()) if store else None
-
-        def report(done: int, planned: int, what: str) -> None:
-            progress((done, planned), desc=f"evaluation {done}/{planned}: {what}", unit="evaluations")
-
+        search_run = LiveSearch(evaluator, request)
         try:
-            with telling_builds(evaluator.engine, progress, 0.0):
-                result = run_search(evaluator, request, progress=report)
+            for update in search_run.updates():
+                if update.message:
+                    progress(update.fraction, desc=update.message, unit="evaluations")
+                if update.points:
+                    yield gr.update(), gr.update(), views.live_plot(update.points, request.target_ssim)
+        finally:
+            search_run.stop()  # the page was closed or the run ended: the worker stops at its next evaluation
+        try:
+            result = search_run.result()
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         if store and run_id is not None:
             store.finish_search(run_id, {k: result[k] for k in ("schedule", "ssim", "speedup", "evaluations")})
-        return result["schedule"], result
+        yield result["schedule"], result, views.search_plot(result)
 
     def pareto(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float):
         try:
@@ -216,8 +221,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         return views.cards(summary, target), views.timeline(str(schedule_obj), table, label), diff
 
     def show_search(report: dict[str, Any]):
-        return (views.validation_warning(report), views.compare_cards(report), views.search_plot(report),
-                views.pareto_rows(report))
+        return views.validation_warning(report), views.compare_cards(report), views.pareto_rows(report)
 
     def from_url(request: gr.Request):
         """The model, settings and schedule a shared link carries (``?model=...&schedule=...``)."""
@@ -367,9 +371,9 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         for widget in (*inputs, schedule):  # the page address always reopens what is on screen
             widget.change(None, [*inputs, schedule], None, js=URL_STATE_JS)
         search_button.click(search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
-                            [schedule, report], api_name="search", concurrency_limit=1, concurrency_id="gpu")
-        report.change(show_search, report, [search_warning, compare, search_figure, pareto_table],
-                      api_visibility="private")
+                            [schedule, report, search_figure], api_name="search", concurrency_limit=1,
+                            concurrency_id="gpu")
+        report.change(show_search, report, [search_warning, compare, pareto_table], api_visibility="private")
         pareto_table.select(load_row, pareto_table, schedule, api_visibility="private")
         refresh.click(pareto, inputs, [plot, table], api_name="pareto")
         # Picking a row loads its schedule, then its images (a cache hit, so no model call).

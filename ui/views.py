@@ -14,13 +14,15 @@ import plotly.graph_objects as go
 from tmpdiff import Schedule
 from tmpdiff.latency import CostTable
 
-__all__ = ["COLOURS", "CSS", "cards", "compare_cards", "pareto_rows", "search_plot", "timeline", "validation_warning"]
+__all__ = ["COLOURS", "CSS", "cards", "compare_cards", "live_plot", "pareto_rows", "search_plot", "timeline",
+           "validation_warning"]
 
 COLOURS = {
     "fp32": "#1f3b73", "bf16": "#2f6db5", "fp16": "#4f8fd6", "fp8": "#e0782b", "int8": "#d9a21b",
     "fp8wo": "#f0a868", "int8wo": "#e8c35a", "int4wo": "#c0392b", "mxfp8": "#8e44ad", "nvfp4": "#6c3483",
     "skip": "#9e9e9e",
 }
+HOVER = "%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>"
 CSS = """
 .cards {display: flex; flex-wrap: wrap; gap: 8px; margin: 4px 0;}
 .card {flex: 1 1 120px; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px 10px; background: #fff;}
@@ -123,7 +125,7 @@ def search_plot(report: dict[str, Any]) -> go.Figure:
             figure.add_trace(go.Scatter(
                 x=[p["speedup"] for p in points], y=[p["ssim"] for p in points], mode="markers", name=name,
                 marker={"symbol": symbol, "size": size}, text=[p["schedule"] for p in points],
-                hovertemplate="%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>"))
+                hovertemplate=HOVER))
         floor = report.get("objective", {}).get("target_ssim")
         if floor is not None:
             figure.add_hline(y=floor, line_dash="dot", annotation_text=f"floor {floor}")
@@ -136,3 +138,16 @@ def search_plot(report: dict[str, Any]) -> go.Figure:
 def pareto_rows(report: dict[str, Any]) -> list[list[Any]]:
     """The Pareto points as table rows (schedule, SSIM, speed-up), fastest first."""
     return [[p["schedule"], round(p["ssim"], 4), round(p["speedup"], 3)] for p in (report or {}).get("pareto", [])]
+
+
+def live_plot(points: list[Any], floor: float | None = None) -> go.Figure:
+    """Every schedule evaluated so far (mean SSIM, predicted speed-up), while a search runs."""
+    figure = go.Figure(go.Scatter(
+        x=[p.speedup for p in points], y=[p.quality for p in points], mode="markers", name="evaluated",
+        text=[p.schedule for p in points], hovertemplate=HOVER))
+    if floor is not None:
+        figure.add_hline(y=floor, line_dash="dot", annotation_text=f"floor {floor}")
+    figure.update_layout(title={"text": f"{len(points)} schedules evaluated so far", "font": {"size": 13}},
+                         xaxis_title="predicted speed-up", yaxis_title="mean SSIM vs reference", height=380,
+                         margin={"l": 40, "r": 10, "t": 40, "b": 40}, template="plotly_white")
+    return figure
