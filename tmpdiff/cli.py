@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile_flags(search)
     search.add_argument("--json", type=Path, required=True, help="report file to write")
     _add_costs_flag(search)
+    search.add_argument("--workers", type=int, default=None,
+                        help="spread the evaluations over N Ray actors (local Ray; one GPU each on CUDA)")
+    search.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="run the actors on the Ray cluster at ADDRESS (e.g. ray://head:10001 or auto)")
     _add_cache_flags(search)
 
     warm = commands.add_parser("warmup", help="compile precision variants once and keep them in the cache folder")
@@ -238,7 +242,6 @@ def _warmup(args: argparse.Namespace, device: str) -> int:
 def _search(args: argparse.Namespace, device: str) -> int:
     from tqdm import tqdm
 
-    from .evaluate import Evaluator
     from .latency import CostTable
     from .models import get_model
     from .prompts import calibration_prompts
@@ -258,7 +261,7 @@ def _search(args: argparse.Namespace, device: str) -> int:
         probe_stride=args.probe_stride,
     )
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
-    evaluator = Evaluator(_engine(args, device), store)
+    evaluator = _search_evaluator(args, device, store)
     run_id = store.start_search(args.model, request.to_dict()) if store else None
     cost_key = _cost_key(evaluator, request)
     target = _target_costs(args)
@@ -303,6 +306,31 @@ def _search(args: argparse.Namespace, device: str) -> int:
               f"below the {request.target_ssim} floor", file=sys.stderr)
     print(json.dumps({**summary, "plots": plots}))
     return 0
+
+
+def _search_evaluator(args: argparse.Namespace, device: str, store: Any) -> Any:
+    """The evaluator of a search: in this process, or spread over Ray actors with --workers/--ray."""
+    from .evaluate import Evaluator
+
+    engine = _engine(args, device)
+    if args.workers is None and args.ray is None:
+        return Evaluator(engine, store)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be 1 or more, got {args.workers}")
+    from functools import partial
+
+    from cache import Cache, default_db_path
+
+    from .distributed import DistributedEvaluator, start_ray
+
+    workers = start_ray(args.ray, args.workers, device)
+    location = None if store is None else (args.db or str(default_db_path(args.cache_dir)))
+    factory = partial(Cache, location) if location else partial(_no_store)
+    return DistributedEvaluator(engine, store, factory, workers)
+
+
+def _no_store() -> None:
+    return None
 
 
 def _cost_key(evaluator, request) -> tuple[str, str, str]:

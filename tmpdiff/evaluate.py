@@ -121,6 +121,10 @@ class Evaluator:
             self._references[key.digest] = evaluation
         return evaluation
 
+    def evaluate_all(self, settings: list[RunSettings], schedule: Schedule | str) -> list[Evaluation]:
+        """``schedule`` on every setting (one after another here; a distributed evaluator spreads them)."""
+        return [self.evaluate(s, schedule) for s in settings]
+
     def cost_table(self, settings: RunSettings, schedule: Schedule) -> CostTable | None:
         """The measured step costs of this model, measuring whatever ``schedule`` needs first."""
         steps = settings.resolved_steps

@@ -112,7 +112,7 @@ class ModelOracle:
 
     def degradation(self, schedule: Schedule) -> float:
         if schedule not in self.quality:
-            values = [self.evaluator.evaluate(s, schedule).record.ssim or 0.0 for s in self.settings]
+            values = [e.record.ssim or 0.0 for e in self.evaluator.evaluate_all(self.settings, schedule)]
             self.quality[schedule] = (statistics.fmean(values), statistics.pstdev(values))
             self.on_evaluation(schedule)
         return 1 - self.quality[schedule][0]
@@ -337,8 +337,8 @@ def _best_uniform_margin(baselines: list[Point], found: Point) -> dict[str, Any]
 
 def _validate(evaluator: Evaluator, request: SearchRequest, schedule: Schedule) -> dict[str, Any]:
     """The found schedule on seeds the search never saw."""
-    values = [evaluator.evaluate(request.settings(p, s), schedule).record.ssim or 0.0
-              for p in request.prompts for s in request.validation_seeds]
+    unseen = [request.settings(p, s) for p in request.prompts for s in request.validation_seeds]
+    values = [e.record.ssim or 0.0 for e in evaluator.evaluate_all(unseen, schedule)]
     mean = statistics.fmean(values)
     result: dict[str, Any] = {"seeds": list(request.validation_seeds), "ssim": mean}
     if request.target_ssim is not None:

@@ -1,0 +1,72 @@
+"""Searches spread over local Ray actors: the same report as one process, and no finished evaluation lost."""
+
+import threading
+
+import pytest
+
+pytest.importorskip("ray", reason="Ray: pip install ray (requirements-dev.txt has it)")
+
+from cache import Cache  # noqa: E402
+from tmpdiff.evaluate import Evaluator  # noqa: E402
+from tmpdiff.latency import CostTable  # noqa: E402
+from tmpdiff.runner import Engine  # noqa: E402
+from tmpdiff.search_run import SearchRequest, run_search  # noqa: E402
+
+pytestmark = pytest.mark.slow
+REQUEST = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0, 1), steps=6, ladder=("fp32", "skip"),
+                        target_ssim=0.8, additivity_samples=2, validation_seeds=(1000,))
+# One cost table for every run: only where the evaluations run differs.
+COSTS = CostTable(device="cpu", compiled=False, steps=6, step_seconds={"fp32": 0.03, "skip": 0.0001},
+                  fixed_seconds=0.01)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from tmpdiff.distributed import start_ray
+
+    assert start_ray(None, 2, "cpu") == 2
+    yield
+    ray.shutdown()
+
+
+def search(evaluator, **kwargs):
+    evaluator.costs["shapes-dit"] = COSTS
+    report = run_search(evaluator, REQUEST, **kwargs)
+    return {k: report[k] for k in ("schedule", "ssim", "pareto", "baselines", "validation", "additivity")}
+
+
+def distributed(tmp_path, name):
+    from functools import partial
+
+    from tmpdiff.distributed import DistributedEvaluator
+
+    db = tmp_path / f"{name}.sqlite"
+    return DistributedEvaluator(Engine("cpu"), Cache(db), partial(Cache, db), workers=2), db
+
+
+def test_two_ray_actors_give_the_same_report_as_one_process(ray_local, tmp_path):
+    alone = search(Evaluator(Engine("cpu"), Cache(tmp_path / "alone.sqlite")))
+    evaluator, _ = distributed(tmp_path, "ray")
+    assert len(set(evaluator.actor_pids())) == 2
+    assert search(evaluator) == alone  # schedules and SSIMs, bit for bit
+
+
+def test_killing_an_actor_mid_search_loses_no_finished_evaluation(ray_local, tmp_path):
+    import ray
+
+    alone = search(Evaluator(Engine("cpu")))
+    evaluator, db = distributed(tmp_path, "killed")
+    finished, killed = [], threading.Event()
+
+    def progress(done, planned, what):
+        finished.append(what)
+        if done == 4 and not killed.is_set():
+            killed.set()
+            ray.kill(evaluator.actors[0], no_restart=False)  # Ray restarts it and retries its task
+
+    assert search(evaluator, progress=progress) == alone
+    assert killed.is_set()
+    stored = {row["schedule"] for row in Cache(db).evaluations()}
+    assert set(finished) <= stored  # every evaluation finished before (and after) the kill is in the cache
