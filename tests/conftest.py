@@ -16,6 +16,24 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 logging.getLogger("torchao").setLevel(logging.ERROR)
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_system_package(found: object, package: str, what: str) -> None:
+    """Skips (locally) or fails (in CI, which must install it: make test does) a test whose Debian package
+    is missing."""
+    if found:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the {what}: install Debian's {package} (make test does)")
+    pytest.skip(f"no {package} here: `apt-get install {package}`")
+
+
 TINY = ["tiny-flux", "tiny-sd3", "tiny-sdxl", "tiny-sd15", "tiny-pixart", "tiny-sana"]
 
 

@@ -7,13 +7,13 @@ cases skip with the reason; CI installs it (``make test`` does).
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import free_port, require_system_package
 from test_cache import png_bytes, record
 
 from cache import Cache, CacheError
@@ -24,27 +24,18 @@ PG_BIN = next((str(p) for p in (Path(shutil.which("initdb") or "/nonexistent").p
                if (p / "initdb").exists()), None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _as_postgres(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    if PG_BIN is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must run the PostgreSQL tests: install Debian's postgresql (make test does)")
-        pytest.skip("no PostgreSQL server here: `apt-get install postgresql`")
+    require_system_package(PG_BIN, "postgresql", "PostgreSQL cache tests")
     pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install 'psycopg[binary]'")
     folder = Path(tempfile.mkdtemp(prefix="tmpdiff-pg-"))  # not pytest's: the postgres user must reach it
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
-    data, port = folder / "data", _free_port()
+    data, port = folder / "data", free_port()
     subprocess.run(_as_postgres([f"{PG_BIN}/initdb", "-D", str(data), "-U", "tmpdiff", "--auth=trust"]),
                    check=True, capture_output=True)
     subprocess.run(_as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
@@ -134,4 +125,4 @@ def test_a_bad_url_or_an_unreachable_server_is_a_one_line_cache_error(tmp_path):
     with pytest.raises(CacheError, match="SQLite .* or PostgreSQL"):
         Cache("mysql://u@localhost/db")
     with pytest.raises(CacheError, match="cannot reach the database"):
-        Cache(f"postgresql+psycopg://nobody@127.0.0.1:{_free_port()}/none")
+        Cache(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")

@@ -18,7 +18,6 @@ from .runner import Engine, RunSettings, choose_compile, default_device, describ
 
 if TYPE_CHECKING:
     from .latency import CostTable
-    from .schedule import Schedule
 
 EXIT_USAGE = 2
 
@@ -177,6 +176,8 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     evaluation.image.save(args.out)
     line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
     if target is not None:
+        from .cost_tables import target_prediction
+
         line["predicted_on"] = target_prediction(target, settings.reference_schedule(), schedule)
     print(json.dumps(line))
     return 0
@@ -187,13 +188,6 @@ def _target_costs(args: argparse.Namespace) -> CostTable | None:
     from .cost_tables import load_cost_table
 
     return load_cost_table(args.costs, args.model) if args.costs else None
-
-
-def target_prediction(table: CostTable, reference: Schedule, schedule: Schedule) -> dict[str, Any]:
-    """Seconds and speed-up of ``schedule`` predicted on the table's device, labelled as such."""
-    seconds, base = table.predict(schedule), table.predict(reference)
-    return {"device": table.device_name, "seconds": round(seconds, 4), "speedup": round(base / seconds, 3),
-            "label": f"predicted on {table.device_name}, from measured step costs", "note": table.note}
 
 
 def _engine(args: argparse.Namespace, device: str) -> Engine:
@@ -298,7 +292,9 @@ def _search(args: argparse.Namespace, device: str) -> int:
     summary = {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations", "evaluation_bound")}
     summary["denoiser_calls"] = report["denoiser_calls"]["total"]
     if target is not None:
-        summary["speedup_label"] = f"predicted on {target.device_name}, from measured step costs"
+        from .cost_tables import prediction_label
+
+        summary["speedup_label"] = prediction_label(target)
     for note in report["ladder_notes"]:
         print(f"note: {note}", file=sys.stderr)
     if report["validation"].get("meets_target") is False:
@@ -325,7 +321,7 @@ def _search_evaluator(args: argparse.Namespace, device: str, store: Any) -> Any:
 
     workers = start_ray(args.ray, args.workers, device)
     location = None if store is None else (args.db or str(default_db_path(args.cache_dir)))
-    factory = partial(Cache, location) if location else partial(_no_store)
+    factory = partial(Cache, location) if location else _no_store
     return DistributedEvaluator(engine, store, factory, workers)
 
 

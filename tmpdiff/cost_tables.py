@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from .latency import CostTable
 from .models import get_model
+from .schedule import Schedule
 
-__all__ = ["SHIPPED", "load_cost_table", "matching_tables", "shipped_tables"]
+__all__ = ["SHIPPED", "load_cost_table", "matching_tables", "prediction_label", "shipped_tables", "target_prediction"]
 
 SHIPPED = Path(__file__).with_name("costs")
 
@@ -49,3 +51,14 @@ def matching_tables(model: str) -> list[str]:
     architecture = get_model(model).architecture
     return [name for name in shipped_tables()
             if json.loads((SHIPPED / f"{name}.json").read_text()).get("architecture") == architecture]
+
+
+def prediction_label(table: CostTable) -> str:
+    return f"predicted on {table.device_name}, from measured step costs"
+
+
+def target_prediction(table: CostTable, reference: Schedule, schedule: Schedule) -> dict[str, Any]:
+    """Seconds and speed-up of ``schedule`` predicted on the table's device, labelled as such."""
+    seconds, base = table.predict(schedule), table.predict(reference)
+    return {"device": table.device_name, "seconds": round(seconds, 4), "speedup": round(base / seconds, 3),
+            "label": prediction_label(table), "note": table.note}

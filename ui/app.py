@@ -14,7 +14,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from tmpdiff import MODELS, Schedule, Status, available_precisions, get_model
-from tmpdiff.cost_tables import load_cost_table, matching_tables
+from tmpdiff.cost_tables import load_cost_table, matching_tables, target_prediction
 from tmpdiff.evaluate import Evaluator
 from tmpdiff.metrics import difference_map
 from tmpdiff.prompts import calibration_prompts
@@ -206,19 +206,17 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
             return "", views.timeline(str(Schedule.uniform(get_model(model).dtype, int(steps))), None), None
         settings = _settings(model, prompt, seed, steps, size, guidance)
         schedule_obj = Schedule.parse(summary["schedule"])
-        target, label = None, ""
+        table, target = evaluator.costs.get(model), None
         if latency_on != THIS_DEVICE:
             try:
-                table = load_cost_table(latency_on, model)
+                other = load_cost_table(latency_on, model)
+                target = target_prediction(other, settings.reference_schedule(), schedule_obj)
+                table = other
             except ValueError as exc:
                 gr.Warning(str(exc))
-            else:
-                target = {"device": table.device_name, "speedup": table.predict(settings.reference_schedule())
-                          / table.predict(schedule_obj)}
-                label = f"predicted on {table.device_name}, from measured step costs"
-        table = load_cost_table(latency_on, model) if target else evaluator.costs.get(model)
         diff = difference_map(_pil(pair[1]), _pil(pair[0]))
-        return views.cards(summary, target), views.timeline(str(schedule_obj), table, label), diff
+        timeline = views.timeline(str(schedule_obj), table, target["label"] if target else "")
+        return views.cards(summary, target), timeline, diff
 
     def show_search(report: dict[str, Any]):
         return views.validation_warning(report), views.compare_cards(report), views.pareto_rows(report)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tmpdiff.evaluate import Evaluator
+from tmpdiff.runner import describe_build
 from tmpdiff.search import Point
 from tmpdiff.search_run import SearchRequest, run_search
 
@@ -69,8 +70,6 @@ class LiveSearch:
 
     def _work(self) -> None:
         engine = self.evaluator.engine
-        from tmpdiff.runner import describe_build
-
         engine.on_build = lambda precision, mode, expected: self._events.put(
             ("build", describe_build(precision, mode, expected)))
         try:
