@@ -9,7 +9,8 @@ pytest.importorskip("ray", reason="Ray: pip install ray (requirements-dev.txt ha
 from cache import Cache  # noqa: E402
 from tmpdiff.evaluate import Evaluator  # noqa: E402
 from tmpdiff.latency import CostTable  # noqa: E402
-from tmpdiff.runner import Engine  # noqa: E402
+from tmpdiff.runner import Engine, RunSettings  # noqa: E402
+from tmpdiff.schedule import Schedule  # noqa: E402
 from tmpdiff.search_run import SearchRequest, run_search  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -70,3 +71,24 @@ def test_killing_an_actor_mid_search_loses_no_finished_evaluation(ray_local, tmp
     assert killed.is_set()
     stored = {row["schedule"] for row in Cache(db).evaluations()}
     assert set(finished) <= stored  # every evaluation finished before (and after) the kill is in the cache
+
+
+def test_a_sweep_on_two_ray_actors_gives_the_rows_of_one_process(ray_local, tmp_path):
+    from tmpdiff.sweep import SweepItem, run_sweep
+
+    settings = [RunSettings(model="shapes-dit", prompt=p, seed=s, steps=4) for p in ("red circle", "blue square")
+                for s in (0, 1)]
+    texts = ("fp32*4", "fp32*2,skip*2", "fp32,bf16*3")
+    items = [SweepItem(x, Schedule.parse(text)) for x in settings for text in texts]
+
+    def quality(rows):
+        return [{k: r[k] for k in ("prompt", "seed", "schedule", "ssim", "psnr", "evaluation")} for r in rows]
+
+    alone = run_sweep(Evaluator(Engine("cpu")), items)
+    evaluator, db = distributed(tmp_path, "sweep")
+    done = []
+    rows = run_sweep(evaluator, items, progress=lambda n, total, what: done.append(n))
+    assert quality(rows) == quality(alone)
+    assert done == list(range(1, len(items) + 1))
+    stored = {(e["settings"]["prompt"], e["settings"]["seed"], e["schedule"]) for e in Cache(db).evaluations()}
+    assert stored == {(r["prompt"], r["seed"], r["schedule"]) for r in rows}  # every result written by the actors

@@ -1,4 +1,4 @@
-"""Command line: ``tmpdiff generate|search|warmup|precisions|models|cache`` (or ``python -m tmpdiff``).
+"""Command line: ``tmpdiff generate|search|sweep|warmup|precisions|models|cache`` (or ``python -m tmpdiff``).
 
 User mistakes print one line on stderr and exit 2; no traceback. The CLI is a front end like
 ``ui/``: it alone reaches for the ``cache`` package, and only when a command needs it, so
@@ -65,11 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile_flags(search)
     search.add_argument("--json", type=Path, required=True, help="report file to write")
     _add_costs_flag(search)
-    search.add_argument("--workers", type=int, default=None,
-                        help="spread the evaluations over N Ray actors (local Ray; one GPU each on CUDA)")
-    search.add_argument("--ray", metavar="ADDRESS", default=None,
-                        help="run the actors on the Ray cluster at ADDRESS (e.g. ray://head:10001 or auto)")
+    _add_ray_flags(search)
     _add_cache_flags(search)
+
+    sweep = commands.add_parser("sweep", help="evaluate models x prompts x seeds x schedules from a spec file")
+    sweep.add_argument("spec", type=Path, help="a .toml grid or a .csv list of evaluations (see the README)")
+    sweep.add_argument("--csv", type=Path, required=True, help="results file to write, one row per evaluation")
+    sweep.add_argument("--no-replay", action="store_true", help="compute every step (replay is exact)")
+    _add_compile_flags(sweep)
+    _add_ray_flags(sweep)
+    _add_cache_flags(sweep)
 
     warm = commands.add_parser("warmup", help="compile precision variants once and keep them in the cache folder")
     warm.add_argument("--model", default=DEFAULT_MODEL)
@@ -105,6 +110,13 @@ def _add_costs_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--costs", metavar="FILE|NAME",
                         help="predict latency on another device from its measured step costs: a CostTable JSON "
                              f"file or a shipped table ({', '.join(shipped_tables())})")
+
+
+def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None,
+                        help="spread the evaluations over N Ray actors (local Ray; one GPU each on CUDA)")
+    parser.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="run the actors on the Ray cluster at ADDRESS (e.g. ray://head:10001 or auto)")
 
 
 def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{spec.source}")
         elif args.command == "search":
             return _search(args, device)
+        elif args.command == "sweep":
+            return _sweep(args, device)
         elif args.command == "cache":
             return _cache(args)
         elif args.command == "warmup":
@@ -304,8 +318,41 @@ def _search(args: argparse.Namespace, device: str) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace, device: str) -> int:
+    from tqdm import tqdm
+
+    from .replay import ReplayStore
+    from .sweep import load_spec, run_sweep, summarize, write_csv
+
+    if not args.csv.parent.exists():
+        raise ValueError(f"--csv folder {str(args.csv.parent)!r} does not exist")
+    items = load_spec(args.spec)
+    store = open_cache(args.db, not args.no_cache, args.cache_dir)
+    evaluator = _search_evaluator(args, device, store)
+    evaluator.replay = None if args.no_replay else ReplayStore()
+    bar = tqdm(total=len(items), unit="eval", desc="sweep", file=sys.stderr)
+
+    def progress(done: int, planned: int, what: str) -> None:
+        bar.set_postfix_str(what[:40], refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        rows = run_sweep(evaluator, items, progress=progress)
+    except KeyboardInterrupt:
+        bar.close()
+        print("error: sweep interrupted; every finished evaluation is cached, run it again to resume",
+              file=sys.stderr)
+        return 130
+    bar.close()
+    write_csv(rows, args.csv)
+    calls = evaluator.engine.calls
+    print(json.dumps({"evaluations": len(rows), "from_cache": sum(r["cached"] for r in rows), "csv": str(args.csv),
+                      "denoiser_calls": calls["denoiser"], "schedules": summarize(rows)}))
+    return 0
+
+
 def _search_evaluator(args: argparse.Namespace, device: str, store: Any) -> Any:
-    """The evaluator of a search: in this process, or spread over Ray actors with --workers/--ray."""
+    """The evaluator of a search or sweep: in this process, or spread over Ray actors with --workers/--ray."""
     from .evaluate import Evaluator
 
     engine = _engine(args, device)

@@ -1,4 +1,4 @@
-"""A search's evaluations spread over Ray actors: one per GPU, or N on the CPU.
+"""A search's or a sweep's evaluations spread over Ray actors: one per GPU, or N on the CPU.
 
 Imported only with ``--workers``/``--ray``: nothing else in tmpdiff imports Ray. Each actor loads
 the pipeline once and keeps its variants resident; every calibration setting always goes to the same
@@ -14,7 +14,7 @@ import io
 import json
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from PIL import Image
@@ -84,7 +84,7 @@ def start_ray(address: str | None, workers: int | None, device: str) -> int:
 
 
 class DistributedEvaluator(Evaluator):
-    """An ``Evaluator`` whose ``evaluate_all`` runs the settings in parallel on Ray actors."""
+    """An ``Evaluator`` whose ``evaluate_all``/``evaluate_many`` run in parallel on Ray actors."""
 
     def __init__(self, engine: Engine, store: EvaluationStore | None, store_factory: StoreFactory,
                  workers: int, cache_dir: str | None = None) -> None:
@@ -99,21 +99,27 @@ class DistributedEvaluator(Evaluator):
         self._sent_costs: dict[str, str] = {}
 
     def evaluate_all(self, settings: list[RunSettings], schedule: Schedule | str) -> list[Evaluation]:
+        results = dict(self.evaluate_many([(item, schedule) for item in settings]))
+        return [results[i] for i in range(len(settings))]
+
+    def evaluate_many(self, pairs: list[tuple[RunSettings, Schedule | str]]) -> Iterator[tuple[int, Evaluation]]:
+        """Every pair on the actor of its setting, all at once; yielded as they finish."""
         import ray
 
-        self._share_costs(settings)
-        pending = {}
-        for i, item in enumerate(settings):
-            actor = self.actors[_shard(item, len(self.actors))]
-            pending[i] = actor.evaluate.remote(item, str(schedule), self.replay is not None)
-        results = []
-        for i in range(len(settings)):
-            record, reference_seconds, calls = ray.get(pending[i])
-            for name, count in calls.items():
-                self.engine.calls[name] += count
-            image = Image.open(io.BytesIO(record.png)).convert("RGB")
-            results.append(Evaluation(record, image, reference_seconds, cached=not any(calls.values())))
-        return results
+        self._share_costs([item for item, _ in pairs])
+        replay = self.replay is not None
+        pending = {self.actors[_shard(item, len(self.actors))].evaluate.remote(item, str(schedule), replay): i
+                   for i, (item, schedule) in enumerate(pairs)}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                yield pending.pop(ref), self._received(*ray.get(ref))
+
+    def _received(self, record: EvalRecord, reference_seconds: float, calls: dict[str, int]) -> Evaluation:
+        for name, count in calls.items():
+            self.engine.calls[name] += count
+        image = Image.open(io.BytesIO(record.png)).convert("RGB")
+        return Evaluation(record, image, reference_seconds, cached=not any(calls.values()))
 
     def evaluate(self, settings: RunSettings, schedule: Schedule | str) -> Evaluation:
         return self.evaluate_all([settings], schedule)[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,12 @@ class Evaluator:
     def evaluate_all(self, settings: list[RunSettings], schedule: Schedule | str) -> list[Evaluation]:
         """``schedule`` on every setting (one after another here; a distributed evaluator spreads them)."""
         return [self.evaluate(s, schedule) for s in settings]
+
+    def evaluate_many(self, pairs: list[tuple[RunSettings, Schedule | str]]) -> Iterator[tuple[int, Evaluation]]:
+        """Every (setting, schedule) pair, yielded as ``(index, evaluation)`` as each finishes (in order
+        here; a distributed evaluator yields them as its workers finish)."""
+        for index, (settings, schedule) in enumerate(pairs):
+            yield index, self.evaluate(settings, schedule)
 
     def cost_table(self, settings: RunSettings, schedule: Schedule) -> CostTable | None:
         """The measured step costs of this model, measuring whatever ``schedule`` needs first."""
