@@ -19,8 +19,10 @@ def table(report: dict) -> list[str]:
     costs = {(r["precision"], r["compiled"]): r for r in report["costs"]}
     ref_compiled = costs.get((ref, True), {}).get("median_ms")
     lines = [f"### {NAMES[report['arch']]} — {report['device']}, torch {report['torch']}",
-             f"{report['parameters_b']:.2f} B parameters, {report['weights_gib']:.1f} GiB in {ref}. "
-             "Median step over an 8-step loop through `apply_schedule`, after a warm-up loop.", "",
+             (f"{report['parameters_b']:.2f} B parameters, {report['weights_gib']:.1f} GiB in {ref}. "
+              if "weights_gib" in report else "") +
+             "Median step over an 8-step loop through `apply_schedule`, after a warm-up loop." +
+             (f" Note: {report['note']}." if "note" in report else ""), "",
              "| precision | status | eager ms | compiled ms | compiled vs compiled " + ref +
              " | first compiled run s (compile) | extra resident GiB |",
              "|---|---|---|---|---|---|---|"]
@@ -93,7 +95,7 @@ def search_calls(report: dict) -> list[str]:
     lines = [f"### Denoiser calls of a whole search: {report['model']}, {report['steps']} steps, ladder "
              f"{','.join(report['ladder'])} — {report['device']}", "",
              "*before*: every step of every evaluation computed, every step probed; *now*: prefix replay, "
-             f"single-step probes on every {report['runs']['now']['probe_stride']}th step. The costs phase "
+             f"single-step probes on every {_ordinal(report['runs']['now']['probe_stride'])} step. The costs phase "
              f"({report['costs_phase_calls']['denoiser']} calls) is counted in both totals.", "",
              "| run | whole command calls | " + " | ".join(PHASES[1:]) + " | wall s | schedule | SSIM | speed-up |",
              "|---|---|" + "---|" * (len(PHASES) - 1) + "---|---|---|---|"]
@@ -126,6 +128,22 @@ def search_report(report: dict, name: str) -> list[str]:
     return lines + [""]
 
 
+def sweep_workers(report: dict) -> list[str]:
+    device = report["runs"][0]["rows"][0]["device"]
+    lines = [f"### Sweep `{report['spec']}`, one process against Ray actors — {device}", "",
+             "Whole command, each a fresh process with an empty evaluation cache; the compile cache filled "
+             f"first by `tmpdiff warmup` ({report.get('warmup_seconds', {})} s).", "",
+             "| run | evaluations | wall s | vs one process | max SSIM difference |", "|---|---|---|---|---|"]
+    for run in report["runs"]:
+        lines.append(f"| {run['name']} | {len(run['rows'])} | {run['seconds']:.1f} | "
+                     f"{run.get('speedup_vs_one_process', 1.0):.2f}x | {run.get('max_ssim_difference', 0.0):.1e} |")
+    return lines + [""]
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def _short(schedule: str, width: int = 60) -> str:
     return schedule if len(schedule) <= width else schedule[:width - 3] + "..."
 
@@ -147,6 +165,8 @@ def main() -> None:
             print("\n".join(search_calls(report)))
         elif "denoiser_calls" in report:
             print("\n".join(search_report(report, Path(path).stem)))
+        elif "spec" in report and "runs" in report:
+            print("\n".join(sweep_workers(report)))
         elif "runs" in report and "schedules" in report:
             print("\n".join(first_image(report)))
         elif "runs" in report:
