@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         demo = build(args)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    from ui import CSS
+    from ui import LAUNCH_OPTIONS
 
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                   css=CSS)
+                                                   **LAUNCH_OPTIONS)
 
 
 if __name__ == "__main__":

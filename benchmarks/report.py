@@ -102,11 +102,15 @@ def search_calls(report: dict) -> list[str]:
     for name, run in report["runs"].items():
         calls = run["denoiser_calls"]
         phases = " | ".join(str(calls.get(p, {}).get("denoiser", 0)) for p in PHASES[1:])
-        lines.append(f"| {name} (stride {run.get('probe_stride', 1)}) | **{report['whole_command_calls'][name]}** "
+        batch = f", batch {run['batch_size']}" if run.get("batch_size", 1) > 1 else ""
+        total = report["whole_command_calls"][name]
+        lines.append(f"| {name} (stride {run.get('probe_stride', 1)}{batch}) | **{total}** "
                      f"| {phases} | {run['wall_s']:.0f} | `{_short(run['schedule'])}` | {run['ssim']:.4f} "
                      f"| {run['speedup']:.2f}x |")
     return lines + ["", f"{report['fewer_calls_x']:.2f}x fewer calls; {report['schedules_evaluated_both_ways']} "
-                    f"schedules evaluated both ways, identical PNGs: {report['identical_images']}.", ""]
+                    f"schedules evaluated both ways, identical PNGs: {report['identical_images']}." +
+                    (f" Batched: {report['batched_fewer_calls_x']:.2f}x fewer calls than before (images equal "
+                     "only within the pipeline's batch invariance)." if "batched_fewer_calls_x" in report else ""), ""]
 
 
 def search_report(report: dict, name: str) -> list[str]:

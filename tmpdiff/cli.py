@@ -56,9 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seeds", default="0,1", help="comma-separated calibration seeds (default 0,1)")
     search.add_argument("--validation-seeds", default="1000,1001", help="seeds to re-check the result on")
     search.add_argument("--exhaustive", action="store_true", help="also search every schedule (small T only)")
-    search.add_argument("--probe-stride", type=int, default=2,
-                        help="probe single-step degradations on every Nth step, interpolate between (default 2; "
+    search.add_argument("--probe-stride", type=int, default=3,
+                        help="probe single-step degradations on every Nth step, interpolate between (default 3; "
                              "1 probes every step)")
+    search.add_argument("--batch-size", type=int, default=1,
+                        help="calibration images per pipeline call (default 1); larger batches make fewer denoiser "
+                             "calls, halved automatically when GPU memory runs out")
     search.add_argument("--no-replay", action="store_true",
                         help="compute every step of every evaluation (replay of shared prefixes is exact; "
                              "this is for checking it)")
@@ -266,7 +269,7 @@ def _search(args: argparse.Namespace, device: str) -> int:
         ladder=tuple(args.ladder.split(",")) if args.ladder else None,
         target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
         target_speedup=args.target_speedup, exhaustive=args.exhaustive, replay=not args.no_replay,
-        probe_stride=args.probe_stride,
+        probe_stride=args.probe_stride, batch_size=args.batch_size,
     )
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
     evaluator = _search_evaluator(args, device, store)

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 
 from .latency import CostTable, measure_costs, timed_run
 from .metrics import compare
 from .models import config_hash
-from .records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint
+from .records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint, stable_hash
 from .replay import ReplayStore
-from .runner import Engine, RunSettings
+from .runner import Engine, Result, RunSettings
 from .schedule import Schedule
 from .variants import Mode
 
@@ -76,6 +78,7 @@ class Evaluator:
         self._fingerprints: dict[str, str] = {}
         self._references: dict[str, Evaluation] = {}  # by key digest: one reference per setting
         self.replay: ReplayStore | None = None  # set by a search: prefixes already run are replayed
+        self.batch_size = 1  # settings per pipeline call in evaluate_all (a search sets it)
 
     def key(self, settings: RunSettings, schedule: Schedule) -> EvalKey:
         return EvalKey(
@@ -98,33 +101,29 @@ class Evaluator:
 
     def evaluate(self, settings: RunSettings, schedule: Schedule | str) -> Evaluation:
         schedule = self.engine.check_schedule(schedule, settings)
-        key = self.key(settings, schedule)
-        cached = self.store.get(key) if self.store else None
+        cached = self._cached(settings, schedule)
         if cached is not None:
-            reference_seconds = self._reference_seconds(settings, schedule, cached)
-            return Evaluation(cached, Image.open(io.BytesIO(cached.png)).convert("RGB"), reference_seconds, True)
+            return cached
         is_reference = schedule == settings.reference_schedule()
         reference = None if is_reference else self.reference(settings)
         table = self.cost_table(settings, schedule) if self.predict else None
+        key = self.key(settings, schedule)
         result = self.engine.generate(settings, schedule, replay=self.replay, replay_key=key.setting_hash)
-        quality = compare(result.image, reference.image if reference else result.image)
-        predicted = table.predict(schedule) if table else None
-        record = EvalRecord(
-            key=key, png=_png(result.image), ssim=quality.ssim, psnr=quality.psnr, lpips=quality.lpips,
-            lpips_note=quality.lpips_note, measured_seconds=result.seconds, predicted_seconds=predicted,
-            steps_run=result.steps_run, simulated=result.simulated,
-        )
-        if self.store:
-            self.store.put(record)
-        reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
-        evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds)
-        if is_reference:
-            self._references[key.digest] = evaluation
-        return evaluation
+        return self._finish(key, result, reference, table)
 
     def evaluate_all(self, settings: list[RunSettings], schedule: Schedule | str) -> list[Evaluation]:
-        """``schedule`` on every setting (one after another here; a distributed evaluator spreads them)."""
-        return [self.evaluate(s, schedule) for s in settings]
+        """``schedule`` on every setting: one after another, or with ``batch_size`` > 1 several settings
+        that differ only in prompt and seed per pipeline call (their references batched the same way)."""
+        if self.batch_size <= 1 or len(settings) < 2:
+            return [self.evaluate(s, schedule) for s in settings]
+        schedules = [self.engine.check_schedule(schedule, s) for s in settings]
+        found: dict[int, Evaluation | None] = {i: self._cached(s, schedules[i]) for i, s in enumerate(settings)}
+        missing = [i for i, e in found.items() if e is None]
+        for group in _batches(missing, settings, self.batch_size):
+            items = [settings[i] for i in group]
+            for i, evaluation in zip(group, self._evaluate_batch(items, schedules[group[0]]), strict=True):
+                found[i] = evaluation
+        return [e for e in found.values() if e is not None]
 
     def evaluate_many(self, pairs: list[tuple[RunSettings, Schedule | str]]) -> Iterator[tuple[int, Evaluation]]:
         """Every (setting, schedule) pair, yielded as ``(index, evaluation)`` as each finishes (in order
@@ -150,6 +149,72 @@ class Evaluator:
                 self.costs[settings.model] = table
             return table
 
+    def _cached(self, settings: RunSettings, schedule: Schedule) -> Evaluation | None:
+        """The evaluation already made: a reference computed in this process, or any in the store."""
+        key = self.key(settings, schedule)
+        if key.digest in self._references:
+            return self._references[key.digest]
+        record = self.store.get(key) if self.store else None
+        if record is None:
+            return None
+        reference_seconds = self._reference_seconds(settings, schedule, record)
+        return Evaluation(record, Image.open(io.BytesIO(record.png)).convert("RGB"), reference_seconds, True)
+
+    def _finish(self, key: EvalKey, result: Result, reference: Evaluation | None,
+                table: CostTable | None) -> Evaluation:
+        """The record of a computed image, stored; the reference remembered as such."""
+        quality = compare(result.image, reference.image if reference else result.image)
+        record = EvalRecord(
+            key=key, png=_png(result.image), ssim=quality.ssim, psnr=quality.psnr, lpips=quality.lpips,
+            lpips_note=quality.lpips_note, measured_seconds=result.seconds,
+            predicted_seconds=table.predict(result.schedule) if table else None,
+            steps_run=result.steps_run, simulated=result.simulated,
+        )
+        if self.store:
+            self.store.put(record)
+        reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
+        evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds)
+        if reference is None:
+            self._references[key.digest] = evaluation
+        return evaluation
+
+    def _evaluate_batch(self, settings: list[RunSettings], schedule: Schedule) -> list[Evaluation]:
+        """Settings that differ only in prompt and seed, none of them cached, in as few pipeline calls as
+        memory allows."""
+        reference_schedule = settings[0].reference_schedule()
+        references: list[Evaluation | None] = [None] * len(settings)
+        if schedule != reference_schedule:
+            references = list(self.evaluate_all(settings, reference_schedule))
+            for item, evaluation in zip(settings, references, strict=True):
+                self._references[self.key(item, reference_schedule).digest] = evaluation
+        table = self.cost_table(settings[0], schedule) if self.predict else None
+        keys = [self.key(item, schedule) for item in settings]
+        results = self._generate_batch(settings, schedule, keys)
+        return [self._finish(k, r, ref, table) for k, r, ref in zip(keys, results, references, strict=True)]
+
+    def _generate_batch(self, settings: list[RunSettings], schedule: Schedule, keys: list[EvalKey]) -> list[Result]:
+        """One pipeline call for ``settings``; on running out of GPU memory, halves and retries (and keeps the
+        smaller batch size for later calls)."""
+        if len(settings) == 1:
+            return [self.engine.generate(settings[0], schedule, replay=self.replay, replay_key=keys[0].setting_hash)]
+        if len(settings) > self.batch_size:  # the batch size came down since this group was made
+            size = self.batch_size
+            return [result for start in range(0, len(settings), size)
+                    for result in self._generate_batch(settings[start:start + size], schedule,
+                                                       keys[start:start + size])]
+        try:
+            return self.engine.generate_batch(settings, schedule, replay=self.replay,
+                                              replay_key=stable_hash([k.setting_hash for k in keys]))
+        except torch.OutOfMemoryError:
+            half = len(settings) // 2
+            self.batch_size = min(self.batch_size, half)
+            warnings.warn(f"out of memory with {len(settings)} images per pipeline call; "
+                          f"going on with {self.batch_size}", stacklevel=2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return (self._generate_batch(settings[:half], schedule, keys[:half])
+                    + self._generate_batch(settings[half:], schedule, keys[half:]))
+
     def _reference_seconds(self, settings: RunSettings, schedule: Schedule, record: EvalRecord) -> float:
         if schedule == settings.reference_schedule():
             return record.measured_seconds
@@ -159,6 +224,16 @@ class Evaluator:
     def compiled(self) -> bool:
         """Whether variants run compiled (torch.compile or ahead of time): the engine's choice, else on for CUDA."""
         return self.engine.mode is not Mode.EAGER
+
+
+def _batches(indices: list[int], settings: list[RunSettings], size: int) -> list[list[int]]:
+    """``indices`` in groups of at most ``size`` whose settings differ only in prompt and seed."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i in indices:
+        s = settings[i]
+        groups.setdefault((s.model, s.resolved_steps, s.resolved_size, s.resolved_guidance, s.negative_prompt),
+                          []).append(i)
+    return [group[start:start + size] for group in groups.values() for start in range(0, len(group), size)]
 
 
 def _png(image: Image.Image) -> bytes:

@@ -153,16 +153,39 @@ class Engine:
         when they were computed."""
         schedule = self.check_schedule(schedule or settings.reference_schedule(), settings)
         pipe = self.pipeline(settings.model)
-        image, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device), schedule,
-                                                               replay, replay_key)
+        images, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device), schedule,
+                                                                replay, replay_key)
         if handle.build_seconds:
             # Variants were built (and compiled) during that run: time a second, warm one, computed afresh.
-            image, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device), schedule)
+            images, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device),
+                                                                    schedule)
+        image = images[0]
         simulated = [n for n in schedule.precisions
                      if precision_status(n, self.device).status is Status.SIMULATED]
         return Result(image=image, schedule=schedule, settings=settings, steps_run=handle.steps_run,
                       step_seconds=handle.step_seconds, seconds=seconds, device=device_name(self.device),
                       simulated=simulated, vae_seconds=vae_seconds)
+
+    def generate_batch(self, settings: list[RunSettings], schedule: Schedule | str,
+                       replay: ReplayStore | None = None, replay_key: str | None = None) -> list[Result]:
+        """One pipeline call for several settings that differ only in prompt and seed (lists of prompts and
+        generators; each image starts from the noise of its own seed). Each result's seconds are the batch's
+        split evenly: throughput, not the latency of one image."""
+        first = settings[0]
+        schedule = self.check_schedule(schedule, first)
+        pipe = self.pipeline(first.model)
+        kwargs = batch_call_kwargs(settings, self.device)
+        images, handle, seconds, vae_seconds = self._timed_call(pipe, kwargs, schedule, replay, replay_key)
+        if handle.build_seconds:
+            images, handle, seconds, vae_seconds = self._timed_call(pipe, batch_call_kwargs(settings, self.device),
+                                                                    schedule)
+        n = len(settings)
+        simulated = [name for name in schedule.precisions
+                     if precision_status(name, self.device).status is Status.SIMULATED]
+        return [Result(image=image, schedule=schedule, settings=item, steps_run=handle.steps_run,
+                       step_seconds=[t / n for t in handle.step_seconds], seconds=seconds / n,
+                       device=device_name(self.device), simulated=simulated, vae_seconds=vae_seconds / n)
+                for image, item in zip(images, settings, strict=True)]
 
     def warm(self, settings: RunSettings, precision: str) -> list[BuildInfo]:
         """Builds (and compiles, through the compile cache) ``precision``'s variant for ``settings``'
@@ -172,17 +195,32 @@ class Engine:
         return handle.builds
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
-                    replay_key: str | None = None) -> tuple[Any, Any, float, float]:
+                    replay_key: str | None = None) -> tuple[list[Image.Image], Any, float, float]:
         start = time.perf_counter()
         with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
                                              on_build=self.on_build, replay=replay, replay_key=replay_key) as handle, \
                 _timing_vae_decode(pipe, self.device) as vae:
-            image = pipe(**kwargs).images[0]
+            images = list(pipe(**kwargs).images)
         seconds = time.perf_counter() - start + handle.replay_correction
         for name, count in (("denoiser", handle.denoiser_calls), ("replayed", handle.replayed_calls),
                             ("skipped", handle.skipped_calls)):
             self.calls[name] += count
-        return image, handle, seconds, vae["seconds"]
+        return images, handle, seconds, vae["seconds"]
+
+
+def batch_call_kwargs(settings: list[RunSettings], device: str | torch.device) -> dict[str, Any]:
+    """One pipeline call's arguments for settings that differ only in prompt and seed."""
+    shared = {(s.model, s.resolved_steps, s.resolved_size, s.resolved_guidance, s.negative_prompt) for s in settings}
+    if len(shared) > 1:
+        raise ValueError("a batch takes settings that differ only in prompt and seed; got several models, step "
+                         "counts, sizes, guidance scales or negative prompts")
+    each = [s.call_kwargs(device) for s in settings]
+    kwargs = dict(each[0], generator=[k["generator"] for k in each])
+    if "class_labels" in kwargs:
+        kwargs["class_labels"] = [label for k in each for label in k["class_labels"]]
+    else:
+        kwargs["prompt"] = [k["prompt"] for k in each]
+    return kwargs
 
 
 @contextmanager

@@ -54,10 +54,11 @@ class SearchRequest:
     target_speedup: float | None = None
     validation_seeds: tuple[int, ...] = (1000,)
     additivity_samples: int = 6
-    probe_stride: int = 2  # single-step probes on every 2nd step, the rest interpolated (see additivity_check)
+    probe_stride: int = 3  # single-step probes on every 3rd step, the rest interpolated (see additivity_check)
     exhaustive: bool = False
     baselines: bool = True
     replay: bool = True  # replay denoiser outputs of schedule prefixes already run (exact)
+    batch_size: int = 1  # calibration images per pipeline call (throughput; fewer, larger denoiser calls)
 
     def __post_init__(self) -> None:
         if (self.target_ssim is None) == (self.target_speedup is None):
@@ -66,6 +67,8 @@ class SearchRequest:
             raise ValueError(f"--target-ssim must be in (0, 1], got {self.target_ssim}")
         if self.target_speedup is not None and self.target_speedup < 1:
             raise ValueError(f"--target-speedup must be at least 1, got {self.target_speedup}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be 1 or more, got {self.batch_size}")
         if self.probe_stride < 1:
             raise ValueError(f"--probe-stride must be 1 or more, got {self.probe_stride}")
         if not self.prompts or not self.seeds:
@@ -87,7 +90,7 @@ class SearchRequest:
         return {"model": self.model, "prompts": list(self.prompts), "seeds": list(self.seeds), "steps": self.steps,
                 "size": self.size, "guidance": self.guidance, "ladder": list(self.ladder or []),
                 "target_ssim": self.target_ssim, "target_speedup": self.target_speedup, "replay": self.replay,
-                "probe_stride": self.probe_stride}
+                "probe_stride": self.probe_stride, "batch_size": self.batch_size}
 
 
 def parse_seeds(text: str, name: str = "seeds") -> tuple[int, ...]:
@@ -157,12 +160,13 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
                on_point: Callable[[Point], None] | None = None) -> dict[str, Any]:
     """Run the whole study and return the report (the CLI writes it as JSON). ``on_point`` hears of every
     evaluated schedule's (mean SSIM, predicted speed-up) as it lands, for a live plot."""
-    previous = evaluator.replay
+    previous = evaluator.replay, evaluator.batch_size
     evaluator.replay = ReplayStore() if request.replay else None
+    evaluator.batch_size = request.batch_size
     try:
         return _run_search(evaluator, request, progress, should_stop, on_evaluation, on_point)
     finally:
-        evaluator.replay = previous
+        evaluator.replay, evaluator.batch_size = previous
 
 
 def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None,
@@ -252,6 +256,7 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
     report["pareto"] = [p.to_dict() for p in pareto_front(all_points)]
     report.update(meter.report())
     report["replay"] = evaluator.replay.stats() if evaluator.replay is not None else None
+    report["batch_size"] = evaluator.batch_size  # smaller than asked when memory ran out
     return report
 
 

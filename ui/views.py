@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 from tmpdiff import Schedule
 from tmpdiff.latency import CostTable
 
-__all__ = ["COLOURS", "CSS", "cards", "compare_cards", "live_plot", "pareto_rows", "search_plot", "timeline",
-           "validation_warning"]
+__all__ = ["COLOURS", "CSS", "PAGE_JS", "cards", "compare_cards", "live_plot", "pareto_rows", "search_plot",
+           "timeline", "validation_warning"]
 
 COLOURS = {
     "fp32": "#1f3b73", "bf16": "#2f6db5", "fp16": "#4f8fd6", "fp8": "#e0782b", "int8": "#d9a21b",
@@ -23,6 +23,25 @@ COLOURS = {
     "skip": "#9e9e9e",
 }
 HOVER = "%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>"
+# Runs once when the page loads: a click on a point of a search's Pareto plot puts that point's schedule
+# into the schedule editor (gr.Plot has no click event; each point's text is its schedule).
+PAGE_JS = """() => {
+    const listen = () => {
+        for (const plot of document.querySelectorAll('#search-plot .js-plotly-plot')) {
+            if (plot.dataset.tmpdiffClick || typeof plot.on !== 'function') continue;
+            plot.dataset.tmpdiffClick = '1';
+            plot.on('plotly_click', (event) => {
+                const text = event.points && event.points.length ? event.points[0].text : null;
+                const box = document.querySelector('#schedule textarea');
+                if (!text || !box) return;
+                box.value = text;
+                box.dispatchEvent(new Event('input', {bubbles: true}));
+            });
+        }
+    };
+    new MutationObserver(listen).observe(document.body, {childList: true, subtree: true});
+}"""
+
 CSS = """
 .cards {display: flex; flex-wrap: wrap; gap: 8px; margin: 4px 0;}
 .card {flex: 1 1 120px; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px 10px; background: #fff;}
