@@ -94,6 +94,7 @@ def _plot(rows: list[dict[str, Any]], reference_seconds: float | None) -> go.Fig
                 mode="markers", name="uniform" if uniform else "mixed",
                 marker={"size": 12 if uniform else 9, "symbol": "diamond" if uniform else "circle"},
                 text=[r["schedule"] + (" (simulated: no speed claim)" if r["simulated"] else "") for r in part],
+                customdata=[r["schedule"] for r in part],
                 hovertemplate="%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>",
             ))
     figure.update_layout(xaxis_title="measured speed-up vs reference", yaxis_title="SSIM vs reference",
@@ -338,7 +339,8 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
             search_warning = gr.HTML(elem_id="search-warning")
             compare = gr.HTML(elem_id="compare")
             with gr.Row():
-                search_figure = gr.Plot(label="Pareto front of this search", elem_id="search-plot")
+                search_figure = gr.Plot(label="Pareto front of this search (click a point to load its schedule)",
+                                        elem_id="search-plot")
                 pareto_table = gr.Dataframe(headers=["schedule", "SSIM", "speed-up"], interactive=False,
                                             label="Pick a point to load its schedule", elem_id="pareto-table")
             with gr.Accordion("Search report (JSON)", open=False):
@@ -346,7 +348,8 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         with gr.Tab("Pareto and history"):
             refresh = gr.Button("Refresh from cache")
             with gr.Row():
-                plot = gr.Plot(label="Every cached evaluation of this setting")
+                plot = gr.Plot(label="Every cached evaluation of this setting (click a point to load its schedule)",
+                               elem_id="history-plot")
                 table = gr.Dataframe(headers=["schedule", "SSIM", "PSNR", "LPIPS", "seconds", "prompt", "seed"],
                                      interactive=False, label="Pick a row to load its schedule")
 

@@ -23,15 +23,17 @@ COLOURS = {
     "skip": "#9e9e9e",
 }
 HOVER = "%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>"
-# Runs once when the page loads: a click on a point of a search's Pareto plot puts that point's schedule
-# into the schedule editor (gr.Plot has no click event; each point's text is its schedule).
+# Runs once when the page loads: a click on a point of the search's or the history's plot puts that point's
+# schedule into the schedule editor (gr.Plot has no click event; a point's customdata, else its text, is
+# its schedule).
 PAGE_JS = """() => {
     const listen = () => {
-        for (const plot of document.querySelectorAll('#search-plot .js-plotly-plot')) {
+        for (const plot of document.querySelectorAll('#search-plot .js-plotly-plot, #history-plot .js-plotly-plot')) {
             if (plot.dataset.tmpdiffClick || typeof plot.on !== 'function') continue;
             plot.dataset.tmpdiffClick = '1';
             plot.on('plotly_click', (event) => {
-                const text = event.points && event.points.length ? event.points[0].text : null;
+                const point = event.points && event.points.length ? event.points[0] : null;
+                const text = point && (typeof point.customdata === 'string' ? point.customdata : point.text);
                 const box = document.querySelector('#schedule textarea');
                 if (!text || !box) return;
                 box.value = text;
