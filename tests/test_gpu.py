@@ -88,3 +88,26 @@ def test_aot_variants_match_compiled_ones(flux, tmp_path):
     assert handle.steps_run == ["bf16"] + [low] * (STEPS - 1)
     assert handle.mode.value == "aot" and {b.precision for b in handle.builds} == {"bf16", low}
     assert np.abs(compiled - ahead).mean() < 0.02
+
+
+def test_batched_calibration_images_on_gpu_make_half_the_calls_and_match_one_by_one():
+    from tmpdiff.evaluate import Evaluator
+    from tmpdiff.runner import Engine, RunSettings
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability 8.9+")
+    settings = [RunSettings(model="flux-dev-random", prompt=p, seed=s, steps=STEPS, size=256)
+                for p, s in (("a red fox", 0), ("a blue car", 1))]
+    schedule = f"bf16,fp8*{STEPS - 2},bf16"
+    engine = Engine("cuda", compile=False)  # one copy of the weights for both ways
+    engine.warm(settings[0], "fp8")
+    alone, batched = Evaluator(engine, predict=False), Evaluator(engine, predict=False)
+    batched.batch_size = 2
+    before = engine.calls["denoiser"]
+    one = alone.evaluate_all(settings, schedule)
+    middle = engine.calls["denoiser"]
+    two = batched.evaluate_all(settings, schedule)
+    assert (engine.calls["denoiser"] - middle) * 2 == middle - before
+    for a, b in zip(one, two, strict=True):
+        assert b.record.steps_run == a.record.steps_run == ["bf16"] + ["fp8"] * (STEPS - 2) + ["bf16"]
+        assert abs(a.record.ssim - b.record.ssim) < 0.02
