@@ -155,6 +155,7 @@ def test_a_search_tells_its_story_warns_of_a_missed_floor_and_a_picked_point_loa
                            "document.querySelector('#compare').innerText.includes('Reference')", timeout=300_000)
     compare = page.locator("#compare").inner_text()
     assert "Found" in compare and "speed-up" in compare
+    assert "denoiser calls made" in compare and "replayed" in compare and "baselines" in compare  # its cost
     # One calibration seed is too few: on the unseen seed the schedule scores ~0.80 against the 0.9 floor.
     warning = page.locator("#search-warning").inner_text()
     assert "Validation missed the floor" in warning and "below 0.9" in warning

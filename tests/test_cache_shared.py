@@ -126,3 +126,22 @@ def test_a_bad_url_or_an_unreachable_server_is_a_one_line_cache_error(tmp_path):
         Cache("mysql://u@localhost/db")
     with pytest.raises(CacheError, match="cannot reach the database"):
         Cache(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+
+
+def test_the_app_shows_what_other_processes_wrote_to_the_shared_cache(location, tmp_path):
+    from gradio_client import Client
+
+    import app
+
+    for schedule in ("fp32*8", "fp32*4,skip*4"):  # a worker elsewhere: another process, the same --db
+        done = subprocess.run([sys.executable, "-m", "tmpdiff", "generate", "--schedule", schedule, "--db", location,
+                               "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    port = free_port()
+    demo = app.build(app.parse_args(["--db", location, "--port", str(port)]))
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        _, table = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/pareto")
+    finally:
+        demo.close()
+    assert {row[0] for row in table["data"]} == {"fp32*8", "fp32*4,skip*4"}

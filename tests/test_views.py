@@ -52,6 +52,15 @@ def test_a_failed_validation_is_a_visible_warning():
     assert "missed the floor" in text and "0.830" in text and "below 0.9" in text
 
 
+def test_the_search_says_what_it_cost_in_calls_and_seconds_per_phase():
+    assert views.search_cost(REPORT) == ""  # a report without counts says nothing
+    costly = {**REPORT, "evaluations": 41, "phase_seconds": {"costs": 3.14, "baselines": 5.0},
+              "denoiser_calls": {"total": {"denoiser": 910, "replayed": 1090, "skipped": 1782}}}
+    text = views.search_cost(costly)
+    assert "41 schedules" in text and "910 denoiser calls made, 1090 replayed, 1782 saved by skip" in text
+    assert "costs 3.1 s, baselines 5.0 s" in text
+
+
 def test_search_plot_marks_the_found_point_and_the_floor():
     figure = views.search_plot(REPORT)
     assert [t.name for t in figure.data] == ["Pareto front", "baselines", "found"]

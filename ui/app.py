@@ -220,7 +220,8 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         return views.cards(summary, target), timeline, diff
 
     def show_search(report: dict[str, Any]):
-        return views.validation_warning(report), views.compare_cards(report), views.pareto_rows(report)
+        return (views.validation_warning(report), views.compare_cards(report) + views.search_cost(report),
+                views.pareto_rows(report))
 
     def from_url(request: gr.Request):
         """The model, settings and schedule a shared link carries (``?model=...&schedule=...``)."""

@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 from tmpdiff import Schedule
 from tmpdiff.latency import CostTable
 
-__all__ = ["COLOURS", "CSS", "PAGE_JS", "cards", "compare_cards", "live_plot", "pareto_rows", "search_plot",
-           "timeline", "validation_warning"]
+__all__ = ["COLOURS", "CSS", "PAGE_JS", "cards", "compare_cards", "live_plot", "pareto_rows", "search_cost",
+           "search_plot", "timeline", "validation_warning"]
 
 COLOURS = {
     "fp32": "#1f3b73", "bf16": "#2f6db5", "fp16": "#4f8fd6", "fp8": "#e0782b", "int8": "#d9a21b",
@@ -52,6 +52,7 @@ CSS = """
 .card .note {font-size: 11px; color: #57606a;}
 .compare {display: flex; flex-wrap: wrap; gap: 12px;}
 .compare > div {flex: 1 1 260px;}
+.search-cost {color: #57606a; font-size: 13px; margin-top: 6px;}
 .warning {border-left: 4px solid #d1242f; background: #fff5f5; padding: 8px 12px; border-radius: 4px;}
 #slider img, #diff img {image-rendering: pixelated;}
 """
@@ -123,6 +124,18 @@ def compare_cards(report: dict[str, Any]) -> str:
                       f"<div class='cards'>{_card('speed-up', f'{speedup:.2f}x', f'{label} on {where}')}"
                       f"{_card('SSIM', f'{ssim_value:.3f}', 'mean over calibration images')}</div></div>")
     return f"<div class='compare'>{''.join(blocks)}</div>"
+
+
+def search_cost(report: dict[str, Any]) -> str:
+    """What the search cost: schedules evaluated, denoiser calls (made, replayed, saved by skip), seconds per
+    phase (empty for a report without them)."""
+    calls = ((report or {}).get("denoiser_calls") or {}).get("total")
+    if not calls:
+        return ""
+    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.get("phase_seconds", {}).items())
+    return (f"<div class='search-cost' id='search-cost'>This search: {report.get('evaluations', 0)} schedules "
+            f"evaluated · {calls['denoiser']} denoiser calls made, {calls['replayed']} replayed, "
+            f"{calls['skipped']} saved by skip · {html.escape(phases)}</div>")
 
 
 def validation_warning(report: dict[str, Any]) -> str:
