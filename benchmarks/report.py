@@ -144,6 +144,15 @@ def sweep_workers(report: dict) -> list[str]:
     return lines + [""]
 
 
+def fp8_granularity(report: dict) -> list[str]:
+    lines = [f"### fp8 scaling granularity, FLUX.1-dev-sized transformer, compiled — {report['device']}", "",
+             "| variant | median step ms | vs bf16 | note |", "|---|---|---|---|"]
+    for row in report["rows"]:
+        note = row.get("invalid", "")
+        lines.append(f"| {row['variant']} | {row['median_ms']:.1f} | {row['vs_bf16']:.3f}x | {note} |")
+    return lines + [""]
+
+
 def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
@@ -169,6 +178,8 @@ def main() -> None:
             print("\n".join(search_calls(report)))
         elif "denoiser_calls" in report:
             print("\n".join(search_report(report, Path(path).stem)))
+        elif "rows" in report and "variant" in report["rows"][0]:
+            print("\n".join(fp8_granularity(report)))
         elif "spec" in report and "runs" in report:
             print("\n".join(sweep_workers(report)))
         elif "runs" in report and "schedules" in report:
