@@ -41,7 +41,8 @@ class LiveSearch:
         start, points, update, last = time.perf_counter(), [], Update(), 0.0
         while True:
             try:
-                kind, value = self._events.get(timeout=self.interval)
+                # interval 0: an update per event, never a busy loop of empty ticks
+                kind, value = self._events.get(timeout=self.interval if self.interval > 0 else None)
             except queue.Empty:
                 kind, value = "tick", None
             if kind == "done":
