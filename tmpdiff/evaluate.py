@@ -7,6 +7,7 @@ after, so nothing is computed twice.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 import warnings
@@ -153,7 +154,7 @@ class Evaluator:
         """The evaluation already made: a reference computed in this process, or any in the store."""
         key = self.key(settings, schedule)
         if key.digest in self._references:
-            return self._references[key.digest]
+            return dataclasses.replace(self._references[key.digest], cached=True)
         record = self.store.get(key) if self.store else None
         if record is None:
             return None
