@@ -18,20 +18,9 @@ import time
 from pathlib import Path
 
 import torch
+from compile_probe import flux_inputs  # benchmarks/ is the script's folder, so on sys.path
 
 from tmpdiff import realsize
-
-
-def inputs() -> dict:
-    g = torch.Generator("cuda").manual_seed(0)
-
-    def randn(*shape):
-        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
-
-    return {"hidden_states": randn(1, 4096, 64), "encoder_hidden_states": randn(1, 512, 4096),
-            "pooled_projections": randn(1, 768), "timestep": torch.full((1,), 0.5, device="cuda"),
-            "guidance": torch.full((1,), 3.5, device="cuda"), "txt_ids": torch.zeros(512, 3, device="cuda"),
-            "img_ids": torch.zeros(4096, 3, device="cuda"), "return_dict": False}
 
 
 @torch.no_grad()
@@ -67,7 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fp8_granularity.json"))
     args = parser.parse_args()
     base = realsize.flux_transformer()
-    kwargs = inputs()
+    kwargs = flux_inputs()
     rows = []
     for name, granularity, tuning in (("bf16", None, False), ("fp8 per-row", "row", False),
                                       ("fp8 per-tensor", "tensor", False), ("fp8 per-row + tuning", "row", True)):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .latency import CostTable
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,10 +296,7 @@ def _search(args: argparse.Namespace, device: str) -> int:
     try:
         report = run_search(evaluator, request, progress=progress, on_evaluation=link)
     except KeyboardInterrupt:
-        bar.close()
-        print("error: search interrupted; every finished evaluation is cached, run it again to resume",
-              file=sys.stderr)
-        return 130
+        return _interrupted(bar, "search")
     bar.close()
     if store and target is None:
         store.put_costs(*cost_key, evaluator.costs[args.model].to_dict())
@@ -342,16 +340,21 @@ def _sweep(args: argparse.Namespace, device: str) -> int:
     try:
         rows = run_sweep(evaluator, items, progress=progress)
     except KeyboardInterrupt:
-        bar.close()
-        print("error: sweep interrupted; every finished evaluation is cached, run it again to resume",
-              file=sys.stderr)
-        return 130
+        return _interrupted(bar, "sweep")
     bar.close()
     write_csv(rows, args.csv)
     calls = evaluator.engine.calls
     print(json.dumps({"evaluations": len(rows), "from_cache": sum(r["cached"] for r in rows), "csv": str(args.csv),
                       "denoiser_calls": calls["denoiser"], "schedules": summarize(rows)}))
     return 0
+
+
+def _interrupted(bar: Any, command: str) -> int:
+    """Ctrl-C during a search or sweep: nothing is lost, since every finished evaluation is in the cache."""
+    bar.close()
+    print(f"error: {command} interrupted; every finished evaluation is cached, run it again to resume",
+          file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _search_evaluator(args: argparse.Namespace, device: str, store: Any) -> Any:

@@ -231,9 +231,7 @@ def _batches(indices: list[int], settings: list[RunSettings], size: int) -> list
     """``indices`` in groups of at most ``size`` whose settings differ only in prompt and seed."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i in indices:
-        s = settings[i]
-        groups.setdefault((s.model, s.resolved_steps, s.resolved_size, s.resolved_guidance, s.negative_prompt),
-                          []).append(i)
+        groups.setdefault(settings[i].batch_key, []).append(i)
     return [group[start:start + size] for group in groups.values() for start in range(0, len(group), size)]
 
 

@@ -84,6 +84,11 @@ class RunSettings:
     def resolved_guidance(self) -> float:
         return self.spec.guidance if self.guidance is None else self.guidance
 
+    @property
+    def batch_key(self) -> tuple[str, int, int, float, str]:
+        """Everything but prompt and seed: settings with the same key can share one pipeline call."""
+        return self.model, self.resolved_steps, self.resolved_size, self.resolved_guidance, self.negative_prompt
+
     def reference_schedule(self) -> Schedule:
         return Schedule.uniform(self.spec.dtype, self.resolved_steps)
 
@@ -152,39 +157,26 @@ class Engine:
         setting (``replay_key``) are replayed, bit for bit; replayed steps count with the time they took
         when they were computed."""
         schedule = self.check_schedule(schedule or settings.reference_schedule(), settings)
-        pipe = self.pipeline(settings.model)
-        images, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device), schedule,
-                                                                replay, replay_key)
-        if handle.build_seconds:
-            # Variants were built (and compiled) during that run: time a second, warm one, computed afresh.
-            images, handle, seconds, vae_seconds = self._timed_call(pipe, settings.call_kwargs(self.device),
-                                                                    schedule)
-        image = images[0]
-        simulated = [n for n in schedule.precisions
-                     if precision_status(n, self.device).status is Status.SIMULATED]
-        return Result(image=image, schedule=schedule, settings=settings, steps_run=handle.steps_run,
+        images, handle, seconds, vae_seconds = self._warm_timed_call(
+            self.pipeline(settings.model), lambda: settings.call_kwargs(self.device), schedule, replay, replay_key)
+        return Result(image=images[0], schedule=schedule, settings=settings, steps_run=handle.steps_run,
                       step_seconds=handle.step_seconds, seconds=seconds, device=device_name(self.device),
-                      simulated=simulated, vae_seconds=vae_seconds)
+                      simulated=self._simulated(schedule), vae_seconds=vae_seconds)
 
     def generate_batch(self, settings: list[RunSettings], schedule: Schedule | str,
                        replay: ReplayStore | None = None, replay_key: str | None = None) -> list[Result]:
         """One pipeline call for several settings that differ only in prompt and seed (lists of prompts and
         generators; each image starts from the noise of its own seed). Each result's seconds are the batch's
         split evenly: throughput, not the latency of one image."""
-        first = settings[0]
-        schedule = self.check_schedule(schedule, first)
-        pipe = self.pipeline(first.model)
-        kwargs = batch_call_kwargs(settings, self.device)
-        images, handle, seconds, vae_seconds = self._timed_call(pipe, kwargs, schedule, replay, replay_key)
-        if handle.build_seconds:
-            images, handle, seconds, vae_seconds = self._timed_call(pipe, batch_call_kwargs(settings, self.device),
-                                                                    schedule)
+        schedule = self.check_schedule(schedule, settings[0])
+        images, handle, seconds, vae_seconds = self._warm_timed_call(
+            self.pipeline(settings[0].model), lambda: batch_call_kwargs(settings, self.device), schedule, replay,
+            replay_key)
         n = len(settings)
-        simulated = [name for name in schedule.precisions
-                     if precision_status(name, self.device).status is Status.SIMULATED]
         return [Result(image=image, schedule=schedule, settings=item, steps_run=handle.steps_run,
                        step_seconds=[t / n for t in handle.step_seconds], seconds=seconds / n,
-                       device=device_name(self.device), simulated=simulated, vae_seconds=vae_seconds / n)
+                       device=device_name(self.device), simulated=self._simulated(schedule),
+                       vae_seconds=vae_seconds / n)
                 for image, item in zip(images, settings, strict=True)]
 
     def warm(self, settings: RunSettings, precision: str) -> list[BuildInfo]:
@@ -193,6 +185,19 @@ class Engine:
         schedule = self.check_schedule(Schedule.uniform(precision, settings.resolved_steps), settings)
         _, handle, _, _ = self._timed_call(self.pipeline(settings.model), settings.call_kwargs(self.device), schedule)
         return handle.builds
+
+    def _warm_timed_call(self, pipe: Any, make_kwargs: Callable[[], dict[str, Any]], schedule: Schedule,
+                         replay: ReplayStore | None, replay_key: str | None) -> tuple[list[Image.Image], Any, float,
+                                                                                      float]:
+        """A timed call; when variants were built (and compiled) during it, a second, warm one is timed,
+        computed afresh (``make_kwargs`` gives fresh seeded generators)."""
+        images, handle, seconds, vae_seconds = self._timed_call(pipe, make_kwargs(), schedule, replay, replay_key)
+        if handle.build_seconds:
+            images, handle, seconds, vae_seconds = self._timed_call(pipe, make_kwargs(), schedule)
+        return images, handle, seconds, vae_seconds
+
+    def _simulated(self, schedule: Schedule) -> list[str]:
+        return [n for n in schedule.precisions if precision_status(n, self.device).status is Status.SIMULATED]
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
                     replay_key: str | None = None) -> tuple[list[Image.Image], Any, float, float]:
@@ -210,8 +215,7 @@ class Engine:
 
 def batch_call_kwargs(settings: list[RunSettings], device: str | torch.device) -> dict[str, Any]:
     """One pipeline call's arguments for settings that differ only in prompt and seed."""
-    shared = {(s.model, s.resolved_steps, s.resolved_size, s.resolved_guidance, s.negative_prompt) for s in settings}
-    if len(shared) > 1:
+    if len({s.batch_key for s in settings}) > 1:
         raise ValueError("a batch takes settings that differ only in prompt and seed; got several models, step "
                          "counts, sizes, guidance scales or negative prompts")
     each = [s.call_kwargs(device) for s in settings]
