@@ -63,6 +63,17 @@ def end_to_end(report: dict) -> list[str]:
     return lines + [""]
 
 
+def latency_model(report: dict) -> list[str]:
+    """Predicted against the median of repeated warm runs (latency_model.py)."""
+    lines = [f"### Latency model against measured time: {report['model']} ({report['steps']} steps, median of "
+             f"{report['repeats']} warm runs) — {report['device']}", "",
+             "| schedule | predicted s | measured median s | measured min–max s | error |", "|---|---|---|---|---|"]
+    for row in report["runs"]:
+        lines.append(f"| `{_short(row['schedule'])}` | {row['predicted_s']:.3f} | {row['measured_median_s']:.3f} | "
+                     f"{row['measured_min_s']:.3f}–{row['measured_max_s']:.3f} | {row['error_pct']:+.1f} % |")
+    return lines + ["", f"A cache hit (SQLite row and PNG read back): {report['cache_hit_ms']:.1f} ms.", ""]
+
+
 def first_image(report: dict) -> list[str]:
     """Fresh processes to their first image (first_image.py)."""
     device = next((r["device"] for r in report["runs"] if "device" in r), "?")
@@ -182,6 +193,8 @@ def main() -> None:
             print("\n".join(fp8_granularity(report)))
         elif "spec" in report and "runs" in report:
             print("\n".join(sweep_workers(report)))
+        elif "cache_hit_ms" in report:
+            print("\n".join(latency_model(report)))
         elif "runs" in report and "schedules" in report:
             print("\n".join(first_image(report)))
         elif "runs" in report:
