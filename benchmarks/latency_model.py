@@ -62,13 +62,13 @@ def main() -> None:
     quiet_libraries()
     evaluator = Evaluator(Engine(args.device, compile=args.device == "cuda"))
     settings = RunSettings(model=args.model, prompt="blue circle", seed=3, steps=args.steps)
-    report: dict[str, object] = {"model": args.model, "device": device_name(args.device), "steps": args.steps,
-                                 "repeats": args.repeats, "runs": []}
+    runs = []
     for schedule in args.schedules:
-        row = measure(evaluator, settings, schedule, args.repeats)
-        report["runs"].append(row)  # type: ignore[union-attr]
-        print(json.dumps(row), flush=True)
-    report["costs"] = evaluator.costs[args.model].to_dict()
+        runs.append(measure(evaluator, settings, schedule, args.repeats))
+        print(json.dumps(runs[-1]), flush=True)
+    report: dict[str, object] = {"model": args.model, "device": device_name(args.device), "steps": args.steps,
+                                 "repeats": args.repeats, "runs": runs,
+                                 "costs": evaluator.costs[args.model].to_dict()}
     report["cache_hit_ms"] = cache_hit_ms(settings, args.schedules[0], args.device, args.repeats)
     print(json.dumps({"cache_hit_ms": report["cache_hit_ms"]}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

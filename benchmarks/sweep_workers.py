@@ -4,7 +4,7 @@
 
 Each run gets an empty evaluation cache (the compile cache is shared and filled first with
 ``tmpdiff warmup``, so no row pays a first compilation). Rows are compared with the single-process run:
-the same schedules, SSIMs within ``--tolerance``.
+the same evaluations, and the largest SSIM difference is reported.
 """
 
 from __future__ import annotations

@@ -54,6 +54,15 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "z.png").exists()
 
 
+def test_search_refuses_a_batch_size_its_ray_actors_would_ignore(tmp_path):
+    report = tmp_path / "r.json"
+    result = cli("search", "--batch-size", "2", "--workers", "2", "--json", str(report), "--db",
+                 str(tmp_path / "c.sqlite"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--batch-size 2 does not combine with --workers/--ray" in result.stderr
+    assert not report.exists() and not (tmp_path / "c.sqlite").exists()  # refused before any work
+
+
 def test_precisions_lists_the_registry():
     result = cli("precisions")
     assert result.returncode == 0

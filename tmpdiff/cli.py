@@ -272,6 +272,10 @@ def _search(args: argparse.Namespace, device: str) -> int:
         target_speedup=args.target_speedup, exhaustive=args.exhaustive, replay=not args.no_replay,
         probe_stride=args.probe_stride, batch_size=args.batch_size,
     )
+    if request.batch_size > 1 and (args.workers is not None or args.ray is not None):
+        # Each actor runs one calibration image per call: a batch size would be reported but never used.
+        raise ValueError(f"--batch-size {request.batch_size} does not combine with --workers/--ray (each Ray actor "
+                         "runs one image per call): drop one of them")
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
     evaluator = _search_evaluator(args, device, store)
     run_id = store.start_search(args.model, request.to_dict()) if store else None

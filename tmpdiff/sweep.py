@@ -30,7 +30,7 @@ from .prompts import read_prompt_file
 from .runner import RunSettings
 from .schedule import Schedule
 
-__all__ = ["CSV_COLUMNS", "SweepItem", "load_spec", "run_sweep", "summarize"]
+__all__ = ["CSV_COLUMNS", "SweepItem", "load_spec", "run_sweep", "summarize", "sweep_row", "write_csv"]
 
 REFERENCE = "reference"
 GRID_KEYS = {"models", "prompts", "prompts_file", "seeds", "steps", "sizes", "guidance", "negative_prompt",
@@ -90,9 +90,6 @@ def _expand_grid(grid: dict[str, Any], where: str, folder: Path) -> list[SweepIt
     unknown = set(grid) - GRID_KEYS
     if unknown:
         raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r}; a grid takes {', '.join(sorted(GRID_KEYS))}")
-    for needed in ("models", "schedules"):
-        if needed not in grid:
-            raise ValueError(f"{where}: missing {needed!r} (a list, e.g. {needed} = [...])")
     prompts = _values(grid, "prompts", where, str, [None])
     if "prompts_file" in grid:
         if "prompts" in grid:
@@ -116,7 +113,7 @@ def _values(grid: dict[str, Any], key: str, where: str, kind: type | tuple[type,
     """A grid key as a list (a single value is a list of one), each value of ``kind``."""
     if key not in grid:
         if default is None:
-            raise ValueError(f"{where}: missing {key!r}")
+            raise ValueError(f"{where}: missing {key!r} (a list, e.g. {key} = [...])")
         return default
     values = grid[key] if isinstance(grid[key], list) else [grid[key]]
     for value in values:
