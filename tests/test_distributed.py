@@ -92,3 +92,24 @@ def test_a_sweep_on_two_ray_actors_gives_the_rows_of_one_process(ray_local, tmp_
     assert done == list(range(1, len(items) + 1))
     stored = {(e["settings"]["prompt"], e["settings"]["seed"], e["schedule"]) for e in Cache(db).evaluations()}
     assert stored == {(r["prompt"], r["seed"], r["schedule"]) for r in rows}  # every result written by the actors
+
+
+def test_a_distributed_search_measures_costs_on_an_actor_and_never_loads_the_model_in_the_driver(
+        ray_local, tmp_path, monkeypatch):
+    evaluator, _ = distributed(tmp_path, "light")
+
+    def no_pipeline(model):
+        raise AssertionError(f"the driver loaded {model}")
+
+    monkeypatch.setattr(evaluator.engine, "pipeline", no_pipeline)
+    report = run_search(evaluator, REQUEST)
+    assert report["costs_source"] == "measured on a Ray actor"
+    assert set(report["costs"]["step_seconds"]) == {"fp32", "skip"}
+    assert report["costs"]["step_seconds"]["skip"] < report["costs"]["step_seconds"]["fp32"]
+    assert evaluator.engine._pipes == {}
+
+
+def test_a_search_says_where_its_costs_came_from(tmp_path):
+    evaluator = Evaluator(Engine("cpu"))
+    evaluator.costs["shapes-dit"] = COSTS
+    assert run_search(evaluator, REQUEST)["costs_source"].startswith("a cost table measured earlier")

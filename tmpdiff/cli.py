@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--probe-stride", type=int, default=3,
                         help="probe single-step degradations on every Nth step, interpolate between (default 3; "
                              "1 probes every step)")
+    search.add_argument("--additivity-samples", type=int, default=6,
+                        help="mixed schedules that check whether single-step losses add up, and feed the additive "
+                             "planner (default 6; 0 skips the check, its probes and the planner)")
     search.add_argument("--batch-size", type=int, default=1,
                         help="calibration images per pipeline call (default 1); larger batches make fewer denoiser "
                              "calls, halved automatically when GPU memory runs out")
@@ -270,7 +273,7 @@ def _search(args: argparse.Namespace, device: str) -> int:
         ladder=tuple(args.ladder.split(",")) if args.ladder else None,
         target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
         target_speedup=args.target_speedup, exhaustive=args.exhaustive, replay=not args.no_replay,
-        probe_stride=args.probe_stride, batch_size=args.batch_size,
+        probe_stride=args.probe_stride, batch_size=args.batch_size, additivity_samples=args.additivity_samples,
     )
     if request.batch_size > 1 and (args.workers is not None or args.ray is not None):
         # Each actor runs one calibration image per call: a batch size would be reported but never used.
@@ -307,7 +310,11 @@ def _search(args: argparse.Namespace, device: str) -> int:
     if store and run_id is not None:
         store.finish_search(run_id, {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations")})
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    plots = _write_plots(report, args.json)
+    try:
+        plots = _write_plots(report, args.json)
+    except ImportError:  # a declared dependency, but the report above must never be lost to its absence
+        print("warning: plotly is not installed: no HTML plots written (pip install plotly)", file=sys.stderr)
+        plots = []
     summary = {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations", "evaluation_bound")}
     summary["denoiser_calls"] = report["denoiser_calls"]["total"]
     if target is not None:

@@ -48,6 +48,11 @@ class _Worker:
         """The driver's measured step costs: predictions on every actor come from one table."""
         self.evaluator.costs[model] = CostTable.from_dict(table)
 
+    def measure_costs(self, settings: RunSettings, precisions: list[str]) -> dict[str, Any]:
+        table = self.evaluator.measure_costs(settings, precisions)
+        self.evaluator.costs[settings.model] = table
+        return table.to_dict()
+
     def evaluate(self, settings: RunSettings, schedule: str, replay: bool) -> tuple[EvalRecord, float, dict]:
         if replay and self.evaluator.replay is None:
             self.evaluator.replay = ReplayStore()
@@ -97,6 +102,21 @@ class DistributedEvaluator(Evaluator):
         self.actors = [remote.remote(engine.device, engine.mode.value, str(engine.compile_cache.root.parent),
                                      store_factory, torch.get_num_threads()) for _ in range(workers)]
         self._sent_costs: dict[str, str] = {}
+
+    def measure_costs(self, settings: RunSettings, precisions: list[str]) -> CostTable:
+        """Measured on the actor that owns ``settings`` (it keeps the variants it built for them), so the
+        driver never loads the pipeline; every other actor is given the same table."""
+        import ray
+
+        actor = self.actors[_shard(settings, len(self.actors))]
+        table = CostTable.from_dict(ray.get(actor.measure_costs.remote(settings, precisions)))
+        self.costs[settings.model] = table
+        self._share_costs([settings])
+        return table
+
+    @property
+    def costs_measured_where(self) -> str:
+        return "measured on a Ray actor"
 
     def evaluate_all(self, settings: list[RunSettings], schedule: Schedule | str) -> list[Evaluation]:
         results = dict(self.evaluate_many([(item, schedule) for item in settings]))

@@ -132,6 +132,19 @@ class Evaluator:
         for index, (settings, schedule) in enumerate(pairs):
             yield index, self.evaluate(settings, schedule)
 
+    def measure_costs(self, settings: RunSettings, precisions: list[str]) -> CostTable:
+        """Step costs of ``precisions`` (and the reference) measured with uniform runs of ``settings``, here.
+        A distributed evaluator measures them on a worker instead, so its driver never loads the model."""
+        steps = settings.resolved_steps
+        reference = settings.spec.dtype
+        return measure_costs(timed_run(self.engine, settings), reference, sorted(set(precisions) - {reference}),
+                             steps=max(steps, 2), device=self.engine.device, compiled=self.compiled)
+
+    @property
+    def costs_measured_where(self) -> str:
+        """Where ``measure_costs`` runs, for the search report."""
+        return "measured in this process"
+
     def cost_table(self, settings: RunSettings, schedule: Schedule) -> CostTable | None:
         """The measured step costs of this model, measuring whatever ``schedule`` needs first."""
         steps = settings.resolved_steps

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .evaluate import Evaluator
-from .latency import CostTable, measure_costs, timed_run
+from .latency import CostTable
 from .precisions import PRECISIONS, Status, precision_status
 from .replay import ReplayStore
 from .runner import Engine, RunSettings
@@ -69,6 +69,8 @@ class SearchRequest:
             raise ValueError(f"--target-speedup must be at least 1, got {self.target_speedup}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be 1 or more, got {self.batch_size}")
+        if self.additivity_samples < 0:
+            raise ValueError(f"--additivity-samples must be 0 or more, got {self.additivity_samples}")
         if self.probe_stride < 1:
             raise ValueError(f"--probe-stride must be 1 or more, got {self.probe_stride}")
         if not self.prompts or not self.seeds:
@@ -183,9 +185,13 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
     stale = table is not None and not table.target and (table.steps != steps or not needed <= set(table.step_seconds))
     if table is None or stale:  # a table for another device (--costs) is used as it is
         with meter.phase("costs"):
-            table = measure_costs(timed_run(engine, base), reference, sorted(needed - {reference}),
-                                  steps=max(steps, 2), device=engine.device, compiled=evaluator.compiled)
+            table = evaluator.measure_costs(base, sorted(needed))
         evaluator.costs[request.model] = table
+        costs_source = evaluator.costs_measured_where
+    elif table.target:
+        costs_source = f"the given cost table of {table.device_name or table.device}"
+    else:
+        costs_source = "a cost table measured earlier for this device, model and step count (cache or this session)"
     ladder_notes: list[str] = []
     if request.ladder:
         ladder, ladder_notes = checked_ladder(list(request.ladder), table, reference)
@@ -229,7 +235,7 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
         "evaluations": outcome.evaluations, "new_evaluations_in_search": search_evaluations,
         "evaluation_bound": evaluation_bound(steps, len(ladder)) * (7 if request.target_speedup else 1),
         "baselines": [p.to_dict() for p in baselines],
-        "costs": table.to_dict(),
+        "costs": table.to_dict(), "costs_source": costs_source,
         "simulated_in_ladder": [n for n in ladder if n in table.simulated],
     }
     report["best_baseline_at_speedup"] = _best_uniform_margin(baselines, found)
