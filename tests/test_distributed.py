@@ -1,6 +1,7 @@
 """Searches spread over local Ray actors: the same report as one process, and no finished evaluation lost."""
 
 import threading
+from collections import Counter
 
 import pytest
 
@@ -90,6 +91,7 @@ def test_a_sweep_on_two_ray_actors_gives_the_rows_of_one_process(ray_local, tmp_
     rows = run_sweep(evaluator, items, progress=lambda n, total, what: done.append(n))
     assert quality(rows) == quality(alone)
     assert done == list(range(1, len(items) + 1))
+    assert sorted(Counter(evaluator._owners.values()).values()) == [2, 2]  # 4 settings: 2 on each actor
     stored = {(e["settings"]["prompt"], e["settings"]["seed"], e["schedule"]) for e in Cache(db).evaluations()}
     assert stored == {(r["prompt"], r["seed"], r["schedule"]) for r in rows}  # every result written by the actors
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -102,13 +102,14 @@ class DistributedEvaluator(Evaluator):
         self.actors = [remote.remote(engine.device, engine.mode.value, str(engine.compile_cache.root.parent),
                                      store_factory, torch.get_num_threads()) for _ in range(workers)]
         self._sent_costs: dict[str, str] = {}
+        self._owners: dict[str, int] = {}  # setting → the index of the actor that runs all its evaluations
 
     def measure_costs(self, settings: RunSettings, precisions: list[str]) -> CostTable:
         """Measured on the actor that owns ``settings`` (it keeps the variants it built for them), so the
         driver never loads the pipeline; every other actor is given the same table."""
         import ray
 
-        actor = self.actors[_shard(settings, len(self.actors))]
+        actor = self._actor_for(settings)
         table = CostTable.from_dict(ray.get(actor.measure_costs.remote(settings, precisions)))
         self.costs[settings.model] = table
         self._share_costs([settings])
@@ -128,7 +129,7 @@ class DistributedEvaluator(Evaluator):
 
         self._share_costs([item for item, _ in pairs])
         replay = self.replay is not None
-        pending = {self.actors[_shard(item, len(self.actors))].evaluate.remote(item, str(schedule), replay): i
+        pending = {self._actor_for(item).evaluate.remote(item, str(schedule), replay): i
                    for i, (item, schedule) in enumerate(pairs)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -143,6 +144,16 @@ class DistributedEvaluator(Evaluator):
 
     def evaluate(self, settings: RunSettings, schedule: Schedule | str) -> Evaluation:
         return self.evaluate_all([settings], schedule)[0]
+
+    def _actor_for(self, settings: RunSettings) -> Any:
+        """The same setting always goes to the same actor (its reference and replay store live there); a new
+        setting goes to the actor that owns the fewest, so 8 settings on 2 actors are 4 and 4 (a hash of
+        the setting gave 6 and 2 on the GPU machine, and one GPU idled half the sweep)."""
+        key = json.dumps(settings.to_dict(), sort_keys=True)
+        if key not in self._owners:
+            owned = Counter(self._owners.values())
+            self._owners[key] = min(range(len(self.actors)), key=lambda i: (owned[i], i))
+        return self.actors[self._owners[key]]
 
     def actor_pids(self) -> list[int]:
         import ray
@@ -160,6 +171,3 @@ class DistributedEvaluator(Evaluator):
                 self._sent_costs[model] = payload
 
 
-def _shard(settings: RunSettings, actors: int) -> int:
-    """The same setting always goes to the same actor (its reference and replay store live there)."""
-    return zlib.crc32(repr(sorted(settings.to_dict().items())).encode()) % actors
