@@ -14,11 +14,16 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server_db(tmp_path_factory):
+    return tmp_path_factory.mktemp("db") / "c.sqlite"
+
+
+@pytest.fixture(scope="module")
+def server(server_db):
     import app
 
     port = free_port()
-    args = app.parse_args(["--db", str(tmp_path_factory.mktemp("db") / "c.sqlite"), "--port", str(port)])
+    args = app.parse_args(["--db", str(server_db), "--port", str(port)])
     demo = app.build(args)
     from ui import LAUNCH_OPTIONS
 
@@ -73,6 +78,47 @@ def test_search_endpoint(client):
     assert schedule == report["schedule"] and report["ssim"] >= 0.8
     assert plot is not None  # the final Pareto figure (it was updated live while the search ran)
     assert report["evaluations"] <= report["evaluation_bound"]
+
+
+def test_a_cancelled_search_frees_the_app_for_the_next_request(client):
+    import time
+
+    job = client.submit(steps=28, ladder="fp32,bf16,skip", num_prompts=4, seeds="0,1,2", target=0.99,
+                        api_name="/search")
+    deadline = time.monotonic() + 60
+    while job.status().code.name not in ("PROCESSING", "ITERATING") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # well inside the search
+    job.cancel()
+    start = time.monotonic()
+    _, metrics = client.predict(schedule="fp32*8", seed=11, api_name="/generate")
+    assert metrics["model"] == "shapes-dit"
+    assert time.monotonic() - start < 10
+
+
+def test_the_app_and_the_cli_log_a_search_the_same_way(client, server_db, tmp_path):
+    import json
+
+    from cache import Cache
+    from tmpdiff.cli import main
+
+    client.predict(steps=4, ladder="fp32,skip", num_prompts=1, seeds="5", target=0.8, api_name="/search")
+    app_run = Cache(server_db).search_runs()[0]
+    cli_db, report = tmp_path / "cli.sqlite", tmp_path / "r.json"
+    command = ["--device", "cpu", "search", "--steps", "4", "--ladder", "fp32,skip", "--num-prompts", "1",
+               "--seeds", "5", "--validation-seeds", "1000", "--additivity-samples", "0", "--target-ssim", "0.8",
+               "--json", str(report), "--db", str(cli_db)]
+    assert main(command) == 0
+    cli_run = Cache(cli_db).search_runs()[0]
+    assert app_run["finished"] and cli_run["finished"]
+    assert app_run["result"]["schedule"] == cli_run["result"]["schedule"]
+    assert app_run["evaluations"] == cli_run["evaluations"] > 0  # every evaluation linked to its run, both ways
+    # Both stored the cost table they measured: a second search reuses it instead of measuring again.
+    assert json.loads(report.read_text())["costs_source"] == "measured in this process"
+    assert main(command) == 0
+    assert json.loads(report.read_text())["costs_source"].startswith("a cost table measured earlier")
+    client.predict(steps=4, ladder="fp32,skip", num_prompts=1, seeds="5", target=0.8, api_name="/search")
+    assert Cache(server_db).search_runs()[0]["evaluations"] == app_run["evaluations"]
 
 
 def test_pareto_endpoint_lists_cached_evaluations(client):

@@ -83,12 +83,13 @@ def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users
     from tmpdiff.evaluate import Evaluator
     from tmpdiff.runner import Engine
     from tmpdiff.search_run import SearchRequest
+    from tmpdiff.study import Study
     from ui.live import LiveSearch
 
     evaluator = Evaluator(Engine("cpu"))
     request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=4, ladder=("fp32", "skip"),
                             target_ssim=0.8, additivity_samples=0)
-    live = LiveSearch(evaluator, request, interval=0.0)
+    live = LiveSearch(Study(evaluator), request, interval=0.0)
     updates = list(live.updates())
     report = live.result()
     counts = [len(u.points) for u in updates]
@@ -99,8 +100,8 @@ def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users
     def mistaken(*args, **kwargs):
         raise ValueError("no rung of the ladder is cheaper than the reference")
 
-    monkeypatch.setattr("ui.live.run_search", mistaken)
-    bad = LiveSearch(evaluator, request)
+    monkeypatch.setattr("tmpdiff.study.run_search", mistaken)
+    bad = LiveSearch(Study(evaluator), request)
     list(bad.updates())
     with pytest.raises(ValueError, match="cheaper than the reference"):  # raised in the page's thread
         bad.result()

@@ -257,10 +257,10 @@ def _warmup(args: argparse.Namespace, device: str) -> int:
 def _search(args: argparse.Namespace, device: str) -> int:
     from tqdm import tqdm
 
-    from .latency import CostTable
     from .models import get_model
     from .prompts import calibration_prompts
-    from .search_run import SearchRequest, parse_seeds, run_search
+    from .search_run import SearchRequest, parse_seeds
+    from .study import Study
 
     if not args.json.parent.exists():
         raise ValueError(f"--json folder {str(args.json.parent)!r} does not exist")
@@ -279,15 +279,9 @@ def _search(args: argparse.Namespace, device: str) -> int:
         # Each actor runs one calibration image per call: a batch size would be reported but never used.
         raise ValueError(f"--batch-size {request.batch_size} does not combine with --workers/--ray (each Ray actor "
                          "runs one image per call): drop one of them")
-    store = open_cache(args.db, not args.no_cache, args.cache_dir)
-    evaluator = _search_evaluator(args, device, store)
-    run_id = store.start_search(args.model, request.to_dict()) if store else None
-    cost_key = _cost_key(evaluator, request)
     target = _target_costs(args)
-    if target is not None:
-        evaluator.costs[args.model] = target  # plan for the deployment device
-    elif store and (saved := store.get_costs(*cost_key)):
-        evaluator.costs[args.model] = CostTable.from_dict(saved)
+    store = open_cache(args.db, not args.no_cache, args.cache_dir)
+    study = Study(_search_evaluator(args, device, store), store, target)
     bar = tqdm(total=1, unit="eval", desc="search", file=sys.stderr)
 
     def progress(done: int, planned: int, what: str) -> None:
@@ -296,19 +290,11 @@ def _search(args: argparse.Namespace, device: str) -> int:
         bar.set_postfix_str(what[:40])
         bar.refresh()
 
-    def link(settings: RunSettings, schedule) -> None:
-        if store and run_id is not None:
-            store.link_search(run_id, evaluator.key(settings, schedule))
-
     try:
-        report = run_search(evaluator, request, progress=progress, on_evaluation=link)
+        report = study.search(request, progress=progress)
     except KeyboardInterrupt:
         return _interrupted(bar, "search")
     bar.close()
-    if store and target is None:
-        store.put_costs(*cost_key, evaluator.costs[args.model].to_dict())
-    if store and run_id is not None:
-        store.finish_search(run_id, {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations")})
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     try:
         plots = _write_plots(report, args.json)
@@ -391,15 +377,6 @@ def _search_evaluator(args: argparse.Namespace, device: str, store: Any) -> Any:
 
 def _no_store() -> None:
     return None
-
-
-def _cost_key(evaluator, request) -> tuple[str, str, str]:
-    from .records import stable_hash
-
-    settings = request.settings(request.prompts[0], request.seeds[0])
-    key = evaluator.key(settings, settings.reference_schedule())
-    return key.model_hash, stable_hash({"steps": settings.resolved_steps, "size": settings.resolved_size}), \
-        key.device_hash
 
 
 def _write_plots(report: dict, json_path: Path) -> list[str]:

@@ -135,6 +135,9 @@ class Engine:
         self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0}
         self._pipes: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # One pipeline call at a time: a request that comes while another thread's call (say, a cancelled
+        # search's last step) is still running waits for it instead of failing.
+        self._running = threading.RLock()
 
     def pipeline(self, model: str) -> Any:
         with self._lock:
@@ -201,6 +204,11 @@ class Engine:
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
                     replay_key: str | None = None) -> tuple[list[Image.Image], Any, float, float]:
+        with self._running:
+            return self._timed_call_now(pipe, kwargs, schedule, replay, replay_key)
+
+    def _timed_call_now(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None,
+                        replay_key: str | None) -> tuple[list[Image.Image], Any, float, float]:
         start = time.perf_counter()
         with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
                                              on_build=self.on_build, replay=replay, replay_key=replay_key) as handle, \

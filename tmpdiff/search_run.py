@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .cancel import cancellable
 from .evaluate import Evaluator
 from .latency import CostTable
 from .precisions import PRECISIONS, Status, precision_status
@@ -166,7 +167,8 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
     evaluator.replay = ReplayStore() if request.replay else None
     evaluator.batch_size = request.batch_size
     try:
-        return _run_search(evaluator, request, progress, should_stop, on_evaluation, on_point)
+        with cancellable(should_stop):  # every phase stops at its next denoising step once should_stop() holds
+            return _run_search(evaluator, request, progress, should_stop, on_evaluation, on_point)
     finally:
         evaluator.replay, evaluator.batch_size = previous
 

@@ -28,6 +28,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .cancel import raise_if_cancelled
 from .compile_cache import CompileCache
 from .precisions import get_precision
 from .replay import ReplayKey, ReplayStore
@@ -184,6 +185,8 @@ class _StepRouter(ModelHook):
 
     # --- the denoiser call -------------------------------------------------------------
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.calls == 0:
+            raise_if_cancelled()  # a cancelled search stops here, at a step boundary, and frees the pipeline
         schedule = self.handle.schedule
         if self.step >= len(schedule):
             raise ValueError(

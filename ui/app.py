@@ -14,6 +14,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from tmpdiff import MODELS, Schedule, Status, available_precisions, get_model
+from tmpdiff.cancel import Cancelled
 from tmpdiff.cost_tables import load_cost_table, matching_tables, target_prediction
 from tmpdiff.evaluate import Evaluator
 from tmpdiff.metrics import difference_map
@@ -21,6 +22,7 @@ from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
 from tmpdiff.runner import Engine, RunSettings, describe_build
 from tmpdiff.search_run import SearchRequest, parse_seeds
+from tmpdiff.study import Study
 
 from . import views
 from .live import LiveSearch
@@ -29,6 +31,7 @@ from .views import COLOURS
 __all__ = ["build_ui"]
 
 MAX_STEPS = 50
+STOP_WAIT_SECONDS = 60.0  # a stopped search ends at its next denoising step; one step of a large model at most
 THIS_DEVICE = "this device (measured)"
 URL_STATE_JS = """(model, prompt, seed, steps, size, guidance, schedule) => {
     const url = new URL(window.location.href);
@@ -154,8 +157,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
             )
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        run_id = store.start_search(model, request.to_dict()) if store else None
-        search_run = LiveSearch(evaluator, request)
+        search_run = LiveSearch(Study(evaluator, store), request)
         try:
             for update in search_run.updates():
                 if update.message:
@@ -163,13 +165,15 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 if update.points:
                     yield gr.update(), gr.update(), views.live_plot(update.points, request.target_ssim)
         finally:
-            search_run.stop()  # the page was closed or the run ended: the worker stops at its next evaluation
+            # The page was closed or the run ended: the worker stops at its next denoising step; wait for it,
+            # so the next request finds the pipeline free.
+            search_run.stop(wait=STOP_WAIT_SECONDS)
         try:
             result = search_run.result()
+        except Cancelled:
+            raise gr.Error("the search was stopped; every finished evaluation is kept in the cache") from None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        if store and run_id is not None:
-            store.finish_search(run_id, {k: result[k] for k in ("schedule", "ssim", "speedup", "evaluations")})
         yield result["schedule"], result, views.search_plot(result)
 
     def pareto(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float):

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmpdiff.evaluate import Evaluator
 from tmpdiff.runner import describe_build
 from tmpdiff.search import Point
-from tmpdiff.search_run import SearchRequest, run_search
+from tmpdiff.search_run import SearchRequest
+from tmpdiff.study import Study
 
 __all__ = ["LiveSearch", "Update"]
 
@@ -27,12 +27,17 @@ class Update:
 
 
 class LiveSearch:
-    """Runs ``run_search`` in a thread; ``updates()`` yields at most every ``interval`` seconds."""
+    """Runs ``Study.search`` in a thread; ``updates()`` yields at most every ``interval`` seconds.
 
-    def __init__(self, evaluator: Evaluator, request: SearchRequest, interval: float = 1.0) -> None:
-        self.evaluator, self.request, self.interval = evaluator, request, interval
+    The search stops at its next denoising step when ``stop()`` is called, and also when nobody has
+    taken an update for ``abandon_after`` seconds (the page went away without closing the iterator)."""
+
+    def __init__(self, study: Study, request: SearchRequest, interval: float = 1.0,
+                 abandon_after: float = 15.0) -> None:
+        self.study, self.request, self.interval, self.abandon_after = study, request, interval, abandon_after
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
+        self._handed_at: float | None = None  # when the last update went out (None: a consumer is waiting)
         self._outcome: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._work, daemon=True)
 
@@ -40,6 +45,7 @@ class LiveSearch:
         self._thread.start()
         start, points, update, last = time.perf_counter(), [], Update(), 0.0
         while True:
+            self._handed_at = None
             try:
                 # interval 0: an update per event, never a busy loop of empty ticks
                 kind, value = self._events.get(timeout=self.interval if self.interval > 0 else None)
@@ -56,11 +62,19 @@ class LiveSearch:
             elif kind == "build":
                 update.message = value
             if time.perf_counter() - last >= self.interval or kind == "build":
-                last = time.perf_counter()
+                last = self._handed_at = time.perf_counter()
                 yield Update(update.fraction, update.message, list(points))
 
-    def stop(self) -> None:
+    def stop(self, wait: float | None = None) -> None:
+        """Asks the search to stop at its next denoising step; with ``wait``, waits that long for it."""
         self._stop.set()
+        if wait is not None and self._thread.is_alive():
+            self._thread.join(wait)
+
+    def should_stop(self) -> bool:
+        handed = self._handed_at
+        abandoned = handed is not None and time.perf_counter() - handed > self.abandon_after
+        return self._stop.is_set() or abandoned
 
     def result(self) -> dict[str, Any]:
         """The report; a user mistake found during the run comes back as the ValueError it was."""
@@ -70,12 +84,12 @@ class LiveSearch:
         return self._outcome["report"]
 
     def _work(self) -> None:
-        engine = self.evaluator.engine
+        engine = self.study.evaluator.engine
         engine.on_build = lambda precision, mode, expected: self._events.put(
             ("build", describe_build(precision, mode, expected)))
         try:
-            self._outcome["report"] = run_search(
-                self.evaluator, self.request, should_stop=self._stop.is_set,
+            self._outcome["report"] = self.study.search(
+                self.request, should_stop=self.should_stop,
                 progress=lambda done, planned, what: self._events.put(("progress", (done, planned, what))),
                 on_point=lambda point: self._events.put(("point", point)))
         except Exception as exc:  # handed to the page's thread by result()

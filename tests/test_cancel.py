@@ -1,0 +1,74 @@
+"""Cancellation: a stopped search ends at its next denoising step, frees the pipeline and is logged as such."""
+
+import threading
+import time
+
+import pytest
+
+from cache import Cache
+from tmpdiff.cancel import Cancelled, cancellable, raise_if_cancelled
+from tmpdiff.evaluate import Evaluator
+from tmpdiff.runner import Engine, RunSettings
+from tmpdiff.search_run import SearchRequest
+from tmpdiff.study import Study
+
+REQUEST = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=8, ladder=("fp32", "skip"),
+                        target_ssim=0.9, additivity_samples=0, validation_seeds=(1000,))
+
+
+def test_the_token_belongs_to_the_thread_that_set_it():
+    seen = []
+    with cancellable(lambda: True):
+        with pytest.raises(Cancelled):
+            raise_if_cancelled()
+        other = threading.Thread(target=lambda: seen.append(raise_if_cancelled()))  # another user's work
+        other.start()
+        other.join()
+    assert seen == [None]
+    raise_if_cancelled()  # outside the block nothing is cancelled
+
+
+def test_a_cancelled_search_stops_at_a_step_frees_the_pipeline_and_is_logged(tmp_path):
+    store = Cache(tmp_path / "c.sqlite")
+    evaluator = Evaluator(Engine("cpu"), store)
+    evaluations, steps_after_stop, stop = [], [], threading.Event()
+
+    def progress(done, planned, what):
+        evaluations.append(what)
+        if done == 3:
+            stop.set()
+
+    original = evaluator.engine._timed_call_now
+
+    def counting(*args, **kwargs):  # denoiser calls made once the stop was asked for
+        before = evaluator.engine.calls["denoiser"]
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if stop.is_set():
+                steps_after_stop.append(evaluator.engine.calls["denoiser"] - before)
+
+    evaluator.engine._timed_call_now = counting
+    with pytest.raises(Cancelled):
+        Study(evaluator, store).search(REQUEST, progress=progress, should_stop=stop.is_set)
+    assert len(evaluations) == 3
+    assert sum(steps_after_stop) <= 1  # at most the step that was running when the stop came
+    run = store.search_runs()[0]
+    assert run["result"]["cancelled"] is True and run["finished"] and run["evaluations"] >= 3
+    # The pipeline is free at once: the next image runs.
+    assert evaluator.evaluate(RunSettings(model="shapes-dit", steps=4), "fp32*4").record.ssim == pytest.approx(1)
+
+
+def test_an_abandoned_live_search_stops_by_itself():
+    from ui.live import LiveSearch
+
+    evaluator = Evaluator(Engine("cpu"))
+    live = LiveSearch(Study(evaluator), REQUEST, interval=0.05, abandon_after=0.5)
+    updates = live.updates()
+    next(updates)  # the page takes one update, then goes away without closing the iterator
+    deadline = time.monotonic() + 30
+    while live._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not live._thread.is_alive()
+    with pytest.raises(Cancelled):
+        live.result()
