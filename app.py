@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 
@@ -21,6 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch.compile each variant (default: on for CUDA, off on ZeroGPU Spaces)")
     parser.add_argument("--aot", action="store_true", default=None,
                         help="ahead-of-time compiled variants: packages built once, loaded in later processes")
+    parser.add_argument("--analytics", action="store_true",
+                        help="let Gradio send its usage analytics (off unless asked for, here or with "
+                             "GRADIO_ANALYTICS_ENABLED=True)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="tmpdiff cache folder: compiled variants and the default database "
                              "(default: $TMPDIFF_CACHE_DIR or the user cache folder)")
@@ -44,17 +48,38 @@ def build(args: argparse.Namespace):
     return build_ui(Evaluator(engine, store), store, model)
 
 
-def main(argv: list[str] | None = None) -> None:
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Set before Gradio is imported: it reads the switch once.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "True" if args.analytics else \
+        os.environ.get("GRADIO_ANALYTICS_ENABLED", "False")
+    if port_in_use(args.host, args.port):  # checked before the model loads, not after
+        print(f"error: port {args.port} on {args.host} is in use: pass --port N (or set GRADIO_SERVER_PORT)",
+              file=sys.stderr)
+        return 2
     try:
         demo = build(args)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from ui import LAUNCH_OPTIONS
 
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                    **LAUNCH_OPTIONS)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -56,7 +56,8 @@ def main() -> None:
         evaluator.costs[args.model] = costs  # one measured table for both runs: only replay and probes differ
         images[name] = _recording_images(evaluator)
         start = time.perf_counter()
-        found = run_search(evaluator, SearchRequest(**request, replay=replay, probe_stride=stride, batch_size=batch))
+        request_now = SearchRequest(**request, replay=replay, probe_stride=stride, batch_size=batch)
+        found = run_search(evaluator, request_now).to_dict()
         run = {"wall_s": time.perf_counter() - start, "replay": replay, "probe_stride": stride, "batch_size": batch,
                "schedule": found["schedule"], "ssim": found["ssim"], "speedup": found["speedup"],
                "evaluations": found["evaluations"], "validation_ssim": found["validation"]["ssim"],

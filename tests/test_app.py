@@ -56,6 +56,36 @@ def test_generate_with_every_default(client):
     assert metrics["seconds"] > 0 and metrics["predicted_seconds"] > 0
 
 
+def engine_pngs(db, schedule, **settings):
+    """The reference's and the schedule's pixels as the engine stored them (the PNGs the metrics used)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cache import Cache
+    from tmpdiff.evaluate import Evaluator
+    from tmpdiff.runner import Engine, RunSettings
+
+    evaluator, store = Evaluator(Engine("cpu")), Cache(db)
+    setting = RunSettings(model="shapes-dit", **settings)
+    pngs = [store.get(evaluator.key(setting, s)).png for s in (setting.reference_schedule(), schedule)]
+    return [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in pngs]
+
+
+def test_the_api_serves_the_engines_pixels_losslessly(client, server_db):
+    import numpy as np
+    from PIL import Image
+
+    from tmpdiff import Schedule
+
+    pair, _ = client.predict(schedule="fp32*2,int8wo*6", seed=0, prompt="red circle", api_name="/generate")
+    served = [np.asarray(Image.open(p).convert("RGB")) for p in pair]
+    assert all(Path(p).suffix == ".png" for p in pair)
+    expected = engine_pngs(server_db, Schedule.parse("fp32*2,int8wo*6"), prompt="red circle", seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(served, expected, strict=True))
+
+
 def test_generate_a_mixed_schedule(client):
     _, metrics = client.predict(schedule="fp32*2,int8wo*3,skip,fp32*2", seed=4, prompt="green triangle",
                                 api_name="/generate")
@@ -70,6 +100,42 @@ def test_user_errors_come_back_as_messages(client):
         client.predict(schedule="fp32*3", api_name="/generate")
     with pytest.raises(AppError, match="draws only its classes"):
         client.predict(prompt="a cat", api_name="/generate")
+
+
+def raw_generate(server, values: str) -> str:
+    """/generate called with raw JSON (``values``: the data list's text, NaN and Infinity allowed, as any HTTP
+    client may send); the event stream's text."""
+    import json
+    import urllib.request
+
+    call = urllib.request.Request(f"{server}gradio_api/call/generate", data=f'{{"data": {values}}}'.encode(),
+                                  headers={"Content-Type": "application/json"})
+    event = json.loads(urllib.request.urlopen(call, timeout=60).read())["event_id"]
+    return urllib.request.urlopen(f"{server}gradio_api/call/generate/{event}", timeout=120).read().decode()
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ('["shapes-dit", "", 0, 8, 64, NaN, ""]', "guidance must be a finite number"),
+    ('["shapes-dit", "", 0, 8, 64, Infinity, ""]', "guidance must be a finite number"),
+    ('["shapes-dit", "", NaN, 8, 64, 1.0, ""]', "seed must be a finite number"),
+    ('["shapes-dit", "", 18446744073709551616, 8, 64, 1.0, ""]', "seed must be from 0 to"),
+    ('["shapes-dit", "", 0, 8, Infinity, 1.0, ""]', "size must be a finite number"),
+    ('["shapes-dit", "", 0, 8, 64, 1.0, "fp32*100000000"]', "past 1000 steps"),
+])
+def test_hostile_values_are_refused_with_a_message_and_never_cached(server, server_db, values, message):
+    from cache import Cache
+
+    before = len(Cache(server_db).evaluations())
+    stream = raw_generate(server, values)
+    assert "event: error" in stream and message in stream, stream[-500:]
+    assert len(Cache(server_db).evaluations()) == before
+
+
+def test_a_search_too_large_for_the_app_is_refused_and_sent_to_the_cli(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="over the app's limit of 512.*tmpdiff search"):
+        client.predict(steps=50, num_prompts=12, seeds=",".join(map(str, range(200))), api_name="/search")
 
 
 def test_search_endpoint(client):
@@ -153,8 +219,28 @@ def run_schedule(page, schedule):
                            "document.querySelector('#cards').innerText.includes('SSIM')", timeout=120_000)
 
 
+def decoded(page, selector):
+    """The pixels of the image the page shows at ``selector``, fetched from where the page got them."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    source = page.locator(selector).get_attribute("src")
+    from urllib.parse import urljoin
+
+    body = page.request.get(urljoin(page.url, source)).body()
+    image = Image.open(io.BytesIO(body))
+    assert image.format == "PNG", f"{selector} is served as {image.format}"
+    return np.asarray(image.convert("RGB"))
+
+
 @pytest.mark.browser
-def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, browser):
+def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, server_db, browser):
+    import numpy as np
+
+    from tmpdiff import Schedule
+
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
     page.goto(server, wait_until="networkidle")
     run_schedule(page, "fp32*2,int8wo*6")
@@ -163,6 +249,12 @@ def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, browse
     page.wait_for_function("document.querySelectorAll('#timeline g.point').length > 0", timeout=30_000)
     assert page.locator("#timeline g.point").count() == 8  # one bar per step
     assert page.locator("#slider img").count() >= 2 and page.locator("#diff img").count() == 1
+    served = [decoded(page, f"#slider img >> nth={i}") for i in range(2)] + [decoded(page, "#diff img")]
+    reference, image = engine_pngs(server_db, Schedule.parse("fp32*2,int8wo*6"))
+    from tmpdiff.metrics import difference_map
+
+    assert np.array_equal(served[0], reference) and np.array_equal(served[1], image)  # lossless, bit for bit
+    assert np.array_equal(served[2], np.asarray(difference_map(image, reference)))  # from the engine's pixels
     rendering = page.evaluate("getComputedStyle(document.querySelector('#slider img')).imageRendering")
     assert rendering == "pixelated"  # a 64x64 image is shown pixel-exact, not blurred
     assert "schedule=fp32*2%2Cint8wo*6" in page.url or "schedule=fp32%2A2%2Cint8wo%2A6" in page.url
@@ -224,3 +316,30 @@ def test_a_search_tells_its_story_warns_of_a_missed_floor_and_a_picked_point_loa
     page.wait_for_function("([text]) => (document.querySelector('#schedule textarea') || {}).value === text",
                            arg=[baseline], timeout=30_000)
     page.close()
+
+
+def test_a_port_in_use_is_one_line_and_exit_code_2(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "app.py", "--port", str(port), "--db", str(tmp_path / "c.sqlite")],
+                                capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: port {port} on 127.0.0.1 is in use: pass --port N (or set " \
+        "GRADIO_SERVER_PORT)"
+
+
+def test_gradio_analytics_are_off_unless_asked_for(monkeypatch):
+    import app
+
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    monkeypatch.setattr(app, "port_in_use", lambda host, port: True)  # stop before anything loads
+    assert app.main(["--port", "1"]) == 2
+    import os
+
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert app.main(["--port", "1", "--analytics"]) == 2
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "True"

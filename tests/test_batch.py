@@ -77,8 +77,8 @@ def test_running_out_of_gpu_memory_falls_back_to_smaller_batches(monkeypatch):
 def test_a_batched_search_reaches_its_floor_with_fewer_denoiser_calls():
     request = {"model": "shapes-dit", "prompts": ("red circle",), "seeds": (0, 1), "steps": 6,
                "ladder": ("fp32", "skip"), "target_ssim": 0.8, "additivity_samples": 2, "validation_seeds": (1000,)}
-    alone = run_search(Evaluator(Engine("cpu")), SearchRequest(**request))
-    batched = run_search(Evaluator(Engine("cpu")), SearchRequest(**request, batch_size=2))
+    alone = run_search(Evaluator(Engine("cpu")), SearchRequest(**request)).to_dict()
+    batched = run_search(Evaluator(Engine("cpu")), SearchRequest(**request, batch_size=2)).to_dict()
     assert batched["batch_size"] == 2
     assert batched["denoiser_calls"]["total"]["denoiser"] < alone["denoiser_calls"]["total"]["denoiser"]
     assert batched["ssim"] >= 0.8

@@ -35,7 +35,7 @@ def ray_local():
 
 def search(evaluator, **kwargs):
     evaluator.costs["shapes-dit"] = COSTS
-    report = run_search(evaluator, REQUEST, **kwargs)
+    report = run_search(evaluator, REQUEST, **kwargs).to_dict()
     return {k: report[k] for k in ("schedule", "ssim", "pareto", "baselines", "validation", "additivity")}
 
 
@@ -104,7 +104,7 @@ def test_a_distributed_search_measures_costs_on_an_actor_and_never_loads_the_mod
         raise AssertionError(f"the driver loaded {model}")
 
     monkeypatch.setattr(evaluator.engine, "pipeline", no_pipeline)
-    report = run_search(evaluator, REQUEST)
+    report = run_search(evaluator, REQUEST).to_dict()
     assert report["costs_source"] == "measured on a Ray actor"
     assert set(report["costs"]["step_seconds"]) == {"fp32", "skip"}
     assert report["costs"]["step_seconds"]["skip"] < report["costs"]["step_seconds"]["fp32"]
@@ -114,4 +114,4 @@ def test_a_distributed_search_measures_costs_on_an_actor_and_never_loads_the_mod
 def test_a_search_says_where_its_costs_came_from(tmp_path):
     evaluator = Evaluator(Engine("cpu"))
     evaluator.costs["shapes-dit"] = COSTS
-    assert run_search(evaluator, REQUEST)["costs_source"].startswith("a cost table measured earlier")
+    assert run_search(evaluator, REQUEST).to_dict()["costs_source"].startswith("a cost table measured earlier")

@@ -16,3 +16,26 @@ print("clean")
 def test_engine_imports_no_gradio_no_sqlalchemy_and_no_cuda():
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True)
     assert result.stdout.strip() == "clean", result.stderr
+
+
+HEAVY = ("torch", "diffusers", "torchao", "transformers", "peft", "gradio", "sqlalchemy", "ray")
+
+
+def loaded_by(code: str) -> set[str]:
+    """The heavy libraries a fresh interpreter has imported after ``code``."""
+    probe = f"import sys\n{code}\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return set(eval(result.stdout.strip().splitlines()[-1]))  # a list literal the probe printed
+
+
+def test_importing_tmpdiff_loads_no_heavy_library():
+    assert loaded_by("import tmpdiff") == set()
+    assert loaded_by("import tmpdiff; tmpdiff.Schedule.parse('fp32*2')") == {"torch"}  # precisions name dtypes
+    assert {"diffusers"} <= loaded_by("import tmpdiff; tmpdiff.apply_schedule")  # loaded when first used
+
+
+def test_cli_help_and_argument_mistakes_load_no_diffusers_torchao_transformers_or_peft():
+    for argv in (["--help"], ["generate"], ["search", "--steps", "x"]):
+        code = f"import tmpdiff.cli\ntry:\n    tmpdiff.cli.main({argv!r})\nexcept SystemExit:\n    pass"
+        assert loaded_by(code) <= {"torch"}, argv

@@ -103,7 +103,7 @@ def test_a_search_reports_the_same_with_and_without_replay(tmp_path):
         request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0, 1), steps=6,
                                 ladder=("fp32", "bf16", "skip"), target_ssim=0.9, validation_seeds=(1000,),
                                 additivity_samples=3, replay=replay)
-        reports.append(run_search(evaluator, request))
+        reports.append(run_search(evaluator, request).to_dict())
         stores.append(store)
     with_replay, without = reports
     for field in ("schedule", "ssim", "speedup", "evaluations", "baselines", "pareto", "validation", "additivity"):

@@ -21,7 +21,7 @@ def report():
         ladder=("fp32", "skip"), target_ssim=0.85, validation_seeds=(1000, 1001), additivity_samples=4,
         exhaustive=True,
     )
-    return run_search(Evaluator(Engine("cpu")), request)
+    return run_search(Evaluator(Engine("cpu")), request).to_dict()
 
 
 def test_found_schedule_meets_the_target_on_unseen_seeds(report):
@@ -110,7 +110,7 @@ def test_a_non_monotone_ladder_gives_no_dominated_schedule():
     request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=4,
                             ladder=("fp32", "bf16", "skip"), target_ssim=0.8, validation_seeds=(1000,),
                             additivity_samples=0)
-    found = run_search(evaluator, request)
+    found = run_search(evaluator, request).to_dict()
     assert found["ladder"] == ["fp32", "skip"] and "bf16 dropped" in found["ladder_notes"][0]
     assert "bf16" not in found["schedule"]
     evaluated = [*found["baselines"], *found["pareto"]]

@@ -94,7 +94,7 @@ def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users
     report = live.result()
     counts = [len(u.points) for u in updates]
     assert counts == sorted(counts) and counts[-1] == len({p.schedule for p in updates[-1].points}) >= 3
-    assert report["schedule"] in {p.schedule for p in updates[-1].points}
+    assert report.schedule in {p.schedule for p in updates[-1].points}
     assert any("evaluation" in u.message for u in updates)
 
     def mistaken(*args, **kwargs):

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .models import DEFAULT_MODEL, MODELS, quiet_libraries
-from .runner import Engine, RunSettings, choose_compile, default_device, describe_build, precision_table
+from .models import DEFAULT_MODEL, MODELS
 
 if TYPE_CHECKING:
     from .latency import CostTable
+    from .runner import Engine
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -151,10 +151,13 @@ def open_cache(path: str | None, enabled: bool = True, cache_dir: Path | None = 
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    quiet_libraries()
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"  # one line each
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and argument mistakes end here, before any heavy import
+    from .models import quiet_libraries
+    from .runner import default_device, precision_table
+
+    quiet_libraries()
     device = args.device or default_device()
     try:
         if args.command == "precisions":
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _generate(args: argparse.Namespace, device: str) -> int:
     from .evaluate import Evaluator
+    from .runner import RunSettings
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {str(args.out)!r}")
@@ -214,6 +218,7 @@ def _target_costs(args: argparse.Namespace) -> CostTable | None:
 def _engine(args: argparse.Namespace, device: str) -> Engine:
     """The engine for a command's compile flags and cache folder, checked up front."""
     from .compile_cache import cache_root, check_cache_dir
+    from .runner import Engine, choose_compile, describe_build
 
     cache_dir = check_cache_dir(cache_root(args.cache_dir))
     engine = Engine(device=device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
@@ -227,6 +232,7 @@ def _warmup(args: argparse.Namespace, device: str) -> int:
     from tqdm import tqdm
 
     from .models import get_model
+    from .runner import RunSettings, describe_build
 
     spec = get_model(args.model)
     names = [n.strip() for n in (args.precisions or spec.dtype).split(",")]
@@ -295,22 +301,23 @@ def _search(args: argparse.Namespace, device: str) -> int:
     except KeyboardInterrupt:
         return _interrupted(bar, "search")
     bar.close()
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    data = report.to_dict()
+    args.json.write_text(json.dumps(data, indent=2) + "\n")
     try:
-        plots = _write_plots(report, args.json)
+        plots = _write_plots(data, args.json)
     except ImportError:  # a declared dependency, but the report above must never be lost to its absence
         print("warning: plotly is not installed: no HTML plots written (pip install plotly)", file=sys.stderr)
         plots = []
-    summary = {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations", "evaluation_bound")}
-    summary["denoiser_calls"] = report["denoiser_calls"]["total"]
+    summary = {**report.summary(), "evaluation_bound": report.evaluation_bound,
+               "denoiser_calls": report.denoiser_calls["total"]}
     if target is not None:
         from .cost_tables import prediction_label
 
         summary["speedup_label"] = prediction_label(target)
-    for note in report["ladder_notes"]:
+    for note in report.ladder_notes:
         print(f"note: {note}", file=sys.stderr)
-    if report["validation"].get("meets_target") is False:
-        print(f"warning: on unseen seeds the schedule scored SSIM {report['validation']['ssim']:.3f}, "
+    if report.validation.meets_target is False:
+        print(f"warning: on unseen seeds the schedule scored SSIM {report.validation.ssim:.3f}, "
               f"below the {request.target_ssim} floor", file=sys.stderr)
     print(json.dumps({**summary, "plots": plots}))
     return 0
@@ -380,28 +387,16 @@ def _no_store() -> None:
 
 
 def _write_plots(report: dict, json_path: Path) -> list[str]:
-    """Interactive HTML beside the JSON: the Pareto front over every evaluation, and the
-    additivity check (degradation predicted from single steps against measured)."""
-    import plotly.graph_objects as go
+    """Interactive HTML beside the JSON: the Pareto front over every evaluation, and the additivity check
+    (degradation predicted from single steps against measured) when the search ran it."""
+    from . import plots
 
-    pareto = go.Figure(go.Scatter(
-        x=[p["speedup"] for p in report["baselines"]], y=[p["ssim"] for p in report["baselines"]], mode="markers",
-        name="baselines", text=[p["schedule"] for p in report["baselines"]]))
-    front = report["pareto"]
-    pareto.add_trace(go.Scatter(x=[p["speedup"] for p in front], y=[p["ssim"] for p in front],
-                                mode="lines+markers", name="Pareto front", text=[p["schedule"] for p in front]))
-    pareto.update_layout(xaxis_title="predicted speed-up", yaxis_title="mean SSIM", title=report["model"])
-    paths = [json_path.with_suffix(".pareto.html")]
-    pareto.write_html(paths[0], include_plotlyjs="cdn")
-    if "additivity" in report:
-        add = report["additivity"]
-        figure = go.Figure(go.Scatter(x=add["predicted"], y=add["measured"], mode="markers", text=add["schedules"]))
-        top = max([*add["predicted"], *add["measured"], 1e-6])
-        figure.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="additive"))
-        figure.update_layout(title=f"additivity: R² = {add['r2']:.3f}", xaxis_title="predicted degradation",
-                             yaxis_title="measured degradation")
-        paths.append(json_path.with_suffix(".additivity.html"))
-        figure.write_html(paths[-1], include_plotlyjs="cdn")
+    figures = {"pareto": plots.search_pareto(report), "additivity": plots.additivity(report)}
+    paths = []
+    for name, figure in figures.items():
+        if figure is not None:
+            paths.append(json_path.with_suffix(f".{name}.html"))
+            figure.write_html(paths[-1], include_plotlyjs="cdn")
     return [str(p) for p in paths]
 
 

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .latency import CostTable, measure_costs, timed_run
-from .metrics import compare
+from .metrics import compare, difference_map
 from .models import config_hash
 from .records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint, stable_hash
 from .replay import ReplayStore
@@ -111,6 +112,15 @@ class Evaluator:
         key = self.key(settings, schedule)
         result = self.engine.generate(settings, schedule, replay=self.replay, replay_key=key.setting_hash)
         return self._finish(key, result, reference, table)
+
+    def difference(self, settings: RunSettings, schedule: Schedule | str) -> tuple[Image.Image, int]:
+        """The heat map of |reference - schedule| from the engine's own pixels (the PNGs the metrics were
+        computed from, never a browser's copy), and the largest difference (0–255) its brightest colour means.
+        Both images are cache hits once the schedule was evaluated."""
+        image = self.evaluate(settings, schedule).image
+        reference = self.reference(settings).image
+        largest = int(np.abs(np.asarray(image, np.int16) - np.asarray(reference, np.int16)).mean(-1).max())
+        return difference_map(image, reference), largest
 
     def evaluate_all(self, settings: list[RunSettings], schedule: Schedule | str) -> list[Evaluation]:
         """``schedule`` on every setting: one after another, or with ``batch_size`` > 1 several settings

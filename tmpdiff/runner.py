@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .compile_cache import CompileCache
+from .limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE, finite
 from .models import DEFAULT_MODEL, ModelSpec, get_model, load_pipeline
 from .precisions import PRECISIONS, Status, available_precisions, precision_status
 from .replay import ReplayStore
@@ -50,12 +51,24 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         get_model(self.model)  # an unknown model fails first, naming the choices
+        for name in ("steps", "seed", "size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
         if self.steps is not None and self.steps <= 0:
             raise ValueError(f"steps must be a positive number, got {self.steps}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be 0 or more, got {self.seed}")
-        if self.guidance is not None and self.guidance < 0:
-            raise ValueError(f"guidance must be 0 or more, got {self.guidance}")
+        if self.steps is not None and self.steps > MAX_STEPS:
+            raise ValueError(f"steps must be at most {MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be from 0 to {MAX_SEED} (2**63 - 1), got {self.seed}")
+        if self.size is not None and not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ValueError(f"size must be from {MIN_SIZE} to {MAX_SIZE} pixels, got {self.size}")
+        if self.guidance is not None and not 0 <= finite(self.guidance, "guidance") <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be from 0 to {MAX_GUIDANCE:g}, got {self.guidance}")
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name) or ""
+            if len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{name} has {len(text)} characters: at most {MAX_PROMPT_CHARS}")
         self.call_kwargs()
 
     def call_kwargs(self, device: str | torch.device = "cpu") -> dict[str, Any]:

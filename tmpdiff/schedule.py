@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .limits import MAX_STEPS
 from .precisions import get_precision
 
 __all__ = ["Schedule", "SCHEDULE_FORMAT_VERSION"]
@@ -41,6 +42,8 @@ class Schedule:
             object.__setattr__(self, "steps", tuple(self.steps))
         if not self.steps:
             raise ValueError("a schedule needs at least one step, got an empty one")
+        if len(self.steps) > MAX_STEPS:
+            raise ValueError(f"a schedule has at most {MAX_STEPS} steps, got {len(self.steps)}")
         for name in self.steps:
             get_precision(name)
         if self.steps[0] == "skip":
@@ -63,7 +66,7 @@ class Schedule:
             raise ValueError("empty schedule text: write e.g. 'bf16*4,fp8*4'")
         names: list[str] = []
         for token in tokens:
-            names.extend(_expand_token(token))
+            names.extend(_expand_token(token, MAX_STEPS - len(names)))
         if steps is not None and len(names) != steps:
             raise ValueError(
                 f"schedule {text!r} has {len(names)} steps but {steps} were asked for: "
@@ -75,6 +78,8 @@ class Schedule:
     def uniform(cls, name: str, steps: int) -> Schedule:
         if steps <= 0:
             raise ValueError(f"steps must be a positive number, got {steps}")
+        if steps > MAX_STEPS:
+            raise ValueError(f"steps must be at most {MAX_STEPS}, got {steps}")
         return cls((name,) * steps)
 
     @classmethod
@@ -134,7 +139,9 @@ class Schedule:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _expand_token(token: str) -> list[str]:
+def _expand_token(token: str, room: int) -> list[str]:
+    """The token's steps; a ``ValueError`` before expanding one that would take the schedule past
+    ``MAX_STEPS`` (``room`` steps are left)."""
     match = _TOKEN.match(token)
     if not match:
         raise ValueError(f"malformed schedule token {token!r}: write 'name' or 'name*count', e.g. 'fp8*4'")
@@ -143,4 +150,7 @@ def _expand_token(token: str) -> list[str]:
     repeat = 1 if count is None else int(count)
     if repeat <= 0:
         raise ValueError(f"schedule token {token!r} repeats {repeat} times: counts must be at least 1")
+    if repeat > room:
+        raise ValueError(f"schedule token {token[:40]!r} takes the schedule past {MAX_STEPS} steps, the most a "
+                         "schedule may have")
     return [name] * repeat

@@ -16,11 +16,14 @@ from typing import Any
 from .cancel import cancellable
 from .evaluate import Evaluator
 from .latency import CostTable
+from .limits import MAX_SEED, MAX_SEEDS
 from .precisions import PRECISIONS, Status, precision_status
 from .replay import ReplayStore
+from .report import Additivity, Exhaustive, Margin, Objective, SearchReport, Strategy, Validation
 from .runner import Engine, RunSettings
 from .schedule import Schedule
 from .search import (
+    BUDGET_ITERATIONS,
     Point,
     SearchOutcome,
     additivity_check,
@@ -104,6 +107,10 @@ def parse_seeds(text: str, name: str = "seeds") -> tuple[int, ...]:
         raise ValueError(f"{name} takes comma-separated whole numbers, got {text!r}") from None
     if any(v < 0 for v in values):
         raise ValueError(f"{name} takes numbers of 0 or more, got {text!r}")
+    if any(v > MAX_SEED for v in values):
+        raise ValueError(f"{name} takes numbers up to {MAX_SEED} (2**63 - 1), got {str(text)[:80]!r}")
+    if len(values) > MAX_SEEDS:
+        raise ValueError(f"{name} takes at most {MAX_SEEDS} seeds, got {len(values)}")
     return values
 
 
@@ -160,9 +167,9 @@ class PhaseMeter:
 def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None = None,
                should_stop: Callable[[], bool] | None = None,
                on_evaluation: Callable[[RunSettings, Schedule], None] | None = None,
-               on_point: Callable[[Point], None] | None = None) -> dict[str, Any]:
-    """Run the whole study and return the report (the CLI writes it as JSON). ``on_point`` hears of every
-    evaluated schedule's (mean SSIM, predicted speed-up) as it lands, for a live plot."""
+               on_point: Callable[[Point], None] | None = None) -> SearchReport:
+    """Run the whole study and return the report (the CLI writes its ``to_dict()`` as JSON). ``on_point``
+    hears of every evaluated schedule's (mean SSIM, predicted speed-up) as it lands, for a live plot."""
     previous = evaluator.replay, evaluator.batch_size
     evaluator.replay = ReplayStore() if request.replay else None
     evaluator.batch_size = request.batch_size
@@ -176,30 +183,74 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
 def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None,
                 should_stop: Callable[[], bool] | None,
                 on_evaluation: Callable[[RunSettings, Schedule], None] | None,
-                on_point: Callable[[Point], None] | None = None) -> dict[str, Any]:
+                on_point: Callable[[Point], None] | None = None) -> SearchReport:
+    """The procedure of the README: costs, ladder, baselines, search, (additivity and planner), (exhaustive),
+    validation, Pareto front."""
     meter = PhaseMeter(evaluator.engine)
     base = request.settings(request.prompts[0], request.seeds[0])
     steps, reference = base.resolved_steps, base.spec.dtype
-    calibration = [request.settings(p, s) for p in request.prompts for s in request.seeds]
-    engine = evaluator.engine
+    table, costs_source = _step_costs(evaluator, request, meter)
+    ladder, ladder_notes = (checked_ladder(list(request.ladder), table, reference) if request.ladder
+                            else (_default_ladder(table, reference), []))
+    oracle = _oracle(evaluator, request, table, reference, _planned(steps, len(ladder), request), progress,
+                     on_evaluation, on_point)
+    with meter.phase("baselines"):
+        baselines = _baselines(oracle, request, steps, ladder)
+    before_search = len(oracle.quality)
+    reference_cost = table.predict(Schedule.uniform(reference, steps))
+    with meter.phase("search"):
+        outcome = _search(oracle, request, steps, ladder, reference_cost, should_stop)
+    search_evaluations = len(oracle.quality) - before_search
+    additivity, strategies = _additivity_and_planner(oracle, request, meter, outcome, steps, ladder, table)
+    exhaustive = None
+    if request.exhaustive:
+        with meter.phase("exhaustive"):
+            exhaustive = _exhaustive(oracle, request, outcome, steps, ladder, reference_cost)
+    with meter.phase("validation"):
+        validation = _validate(evaluator, request, outcome.schedule)
+    found = oracle.point(outcome.schedule)
+    calls = meter.report()
+    return SearchReport(
+        model=request.model, device=table.device, steps=steps, ladder=tuple(ladder),
+        objective=Objective(request.target_ssim, request.target_speedup), found=found,
+        ssim_std=oracle.quality[outcome.schedule][1], evaluations=outcome.evaluations,
+        new_evaluations_in_search=search_evaluations,
+        evaluation_bound=evaluation_bound(steps, len(ladder)) * (BUDGET_ITERATIONS if request.target_speedup else 1),
+        baselines=tuple(baselines), costs=table, costs_source=costs_source, validation=validation,
+        pareto=tuple(pareto_front([oracle.point(s) for s in list(oracle.quality)])), ladder_notes=tuple(ladder_notes),
+        simulated_in_ladder=tuple(n for n in ladder if n in table.simulated),
+        best_baseline_at_speedup=_best_uniform_margin(baselines, found), additivity=additivity,
+        strategies=strategies, exhaustive=exhaustive, denoiser_calls=calls["denoiser_calls"],
+        phase_seconds=calls["phase_seconds"],
+        replay=evaluator.replay.stats() if evaluator.replay is not None else None,
+        batch_size=evaluator.batch_size,  # smaller than asked when memory ran out
+        skipped=tuple(_skipped(request)),
+    )
+
+
+def _step_costs(evaluator: Evaluator, request: SearchRequest, meter: PhaseMeter) -> tuple[CostTable, str]:
+    """The step costs the search plans with, and where they came from: a table measured earlier for this
+    model and step count (or given for another device) is used as it is; otherwise measured now."""
+    base = request.settings(request.prompts[0], request.seeds[0])
+    steps, reference = base.resolved_steps, base.spec.dtype
     table = evaluator.costs.get(request.model)
-    needed = set(_candidates(request, engine.device)) | {reference}
+    needed = set(_candidates(request, evaluator.engine.device)) | {reference}
     stale = table is not None and not table.target and (table.steps != steps or not needed <= set(table.step_seconds))
-    if table is None or stale:  # a table for another device (--costs) is used as it is
-        with meter.phase("costs"):
-            table = evaluator.measure_costs(base, sorted(needed))
-        evaluator.costs[request.model] = table
-        costs_source = evaluator.costs_measured_where
-    elif table.target:
-        costs_source = f"the given cost table of {table.device_name or table.device}"
-    else:
-        costs_source = "a cost table measured earlier for this device, model and step count (cache or this session)"
-    ladder_notes: list[str] = []
-    if request.ladder:
-        ladder, ladder_notes = checked_ladder(list(request.ladder), table, reference)
-    else:
-        ladder = _default_ladder(table, reference)
-    planned = _planned(steps, len(ladder), request)
+    if table is not None and table.target:
+        return table, f"the given cost table of {table.device_name or table.device}"
+    if table is not None and not stale:
+        return table, "a cost table measured earlier for this device, model and step count (cache or this session)"
+    with meter.phase("costs"):
+        table = evaluator.measure_costs(base, sorted(needed))
+    evaluator.costs[request.model] = table
+    return table, evaluator.costs_measured_where
+
+
+def _oracle(evaluator: Evaluator, request: SearchRequest, table: CostTable, reference: str, planned: int,
+            progress: Progress | None, on_evaluation: Callable[[RunSettings, Schedule], None] | None,
+            on_point: Callable[[Point], None] | None) -> ModelOracle:
+    """The model oracle over the calibration settings, telling the front end of each evaluation."""
+    calibration = [request.settings(p, s) for p in request.prompts for s in request.seeds]
     done = 0
 
     def evaluated(schedule: Schedule) -> None:
@@ -214,73 +265,75 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
             on_point(oracle.point(schedule))
 
     oracle = ModelOracle(evaluator, calibration, table, reference, evaluated)
-    with meter.phase("baselines"):
-        baselines = [oracle.point(s) for s in uniform_schedules(steps, ladder)]
-        if request.baselines:
-            baselines += [oracle.point(s) for s in boundary_schedules(steps, ladder)]
-    before_search = len(oracle.quality)
-    reference_cost = table.predict(Schedule.uniform(reference, steps))
-    with meter.phase("search"):
-        if request.target_ssim is not None:
-            outcome = bisection_search(steps, ladder, oracle, 1 - request.target_ssim, should_stop=should_stop)
-        else:
-            target_cost = reference_cost / float(request.target_speedup or 1)
-            outcome = speedup_search(steps, ladder, oracle, target_cost, should_stop=should_stop)
-    search_evaluations = len(oracle.quality) - before_search
-    found = oracle.point(outcome.schedule)
-    report: dict[str, Any] = {
-        "model": request.model, "device": table.device, "steps": steps, "ladder": ladder,
-        "objective": {"target_ssim": request.target_ssim, "target_speedup": request.target_speedup},
-        "ladder_notes": ladder_notes,
-        "schedule": found.schedule, "ssim": found.quality, "ssim_std": oracle.quality[outcome.schedule][1],
-        "speedup": found.speedup, "speedup_is_predicted": True,
-        "evaluations": outcome.evaluations, "new_evaluations_in_search": search_evaluations,
-        "evaluation_bound": evaluation_bound(steps, len(ladder)) * (7 if request.target_speedup else 1),
-        "baselines": [p.to_dict() for p in baselines],
-        "costs": table.to_dict(), "costs_source": costs_source,
-        "simulated_in_ladder": [n for n in ladder if n in table.simulated],
-    }
-    report["best_baseline_at_speedup"] = _best_uniform_margin(baselines, found)
-    if request.additivity_samples:
-        with meter.phase("additivity"):
-            check = additivity_check(steps, ladder, oracle, samples=request.additivity_samples,
-                                     stride=request.probe_stride)
-        report["additivity"] = {"r2": check.r2, "predicted": check.predicted, "measured": check.measured,
-                                "schedules": check.schedules, "probe_stride": request.probe_stride}
-        if request.target_ssim is not None:
-            with meter.phase("planner"):
-                report["strategies"] = _compare_strategies(oracle, outcome, steps, ladder, table, check.single_step,
-                                                           1 - request.target_ssim)
-    if request.exhaustive:
-        with meter.phase("exhaustive"):
-            best = exhaustive_search(steps, ladder, oracle, outcome.degradation if request.target_speedup
-                                     else 1 - float(request.target_ssim), limit=4096)
-        report["exhaustive"] = {"schedule": str(best.schedule), "ssim": 1 - best.degradation,
-                                "speedup": reference_cost / best.cost, "evaluations": best.evaluations,
-                                "bisection_cost_gap_pct": 100 * (outcome.cost - best.cost) / best.cost}
-    with meter.phase("validation"):
-        report["validation"] = _validate(evaluator, request, outcome.schedule)
-    all_points = [oracle.point(s) for s in list(oracle.quality)]
-    report["pareto"] = [p.to_dict() for p in pareto_front(all_points)]
-    report.update(meter.report())
-    report["replay"] = evaluator.replay.stats() if evaluator.replay is not None else None
-    report["batch_size"] = evaluator.batch_size  # smaller than asked when memory ran out
-    return report
+    return oracle
+
+
+def _baselines(oracle: ModelOracle, request: SearchRequest, steps: int, ladder: list[str]) -> list[Point]:
+    """Every uniform schedule of the ladder, and (unless switched off) the boundary schedules."""
+    points = [oracle.point(s) for s in uniform_schedules(steps, ladder)]
+    if request.baselines:
+        points += [oracle.point(s) for s in boundary_schedules(steps, ladder)]
+    return points
+
+
+def _search(oracle: ModelOracle, request: SearchRequest, steps: int, ladder: list[str], reference_cost: float,
+            should_stop: Callable[[], bool] | None) -> SearchOutcome:
+    """The bisection for a quality floor, or the floor search for a speed-up target."""
+    if request.target_ssim is not None:
+        return bisection_search(steps, ladder, oracle, 1 - request.target_ssim, should_stop=should_stop)
+    target_cost = reference_cost / float(request.target_speedup or 1)
+    return speedup_search(steps, ladder, oracle, target_cost, should_stop=should_stop)
+
+
+def _additivity_and_planner(oracle: ModelOracle, request: SearchRequest, meter: PhaseMeter, outcome: SearchOutcome,
+                            steps: int, ladder: list[str], table: CostTable
+                            ) -> tuple[Additivity | None, dict[str, Strategy] | None]:
+    """Diagnostics on request: do single-step losses add up, and what the additive planner would pick."""
+    if not request.additivity_samples:
+        return None, None
+    with meter.phase("additivity"):
+        check = additivity_check(steps, ladder, oracle, samples=request.additivity_samples,
+                                 stride=request.probe_stride)
+    additivity = Additivity(check.r2, tuple(check.predicted), tuple(check.measured), tuple(check.schedules),
+                            request.probe_stride)
+    if request.target_ssim is None:
+        return additivity, None
+    with meter.phase("planner"):
+        strategies = _compare_strategies(oracle, outcome, steps, ladder, table, check.single_step,
+                                         1 - request.target_ssim)
+    return additivity, strategies
+
+
+def _exhaustive(oracle: ModelOracle, request: SearchRequest, outcome: SearchOutcome, steps: int, ladder: list[str],
+                reference_cost: float) -> Exhaustive:
+    budget = outcome.degradation if request.target_speedup else 1 - float(request.target_ssim)
+    best = exhaustive_search(steps, ladder, oracle, budget, limit=4096)
+    return Exhaustive(str(best.schedule), 1 - best.degradation, reference_cost / best.cost, best.evaluations,
+                      100 * (outcome.cost - best.cost) / best.cost)
+
+
+def _skipped(request: SearchRequest) -> list[str]:
+    """The phases this search left out, each with how to ask for it."""
+    skipped = []
+    if not request.additivity_samples:
+        skipped.append("additivity check and additive planner (ask with --additivity-samples 6)")
+    if not request.exhaustive:
+        skipped.append("exhaustive search (ask with --exhaustive; small step counts only)")
+    return skipped
 
 
 def _compare_strategies(oracle: ModelOracle, bisected: SearchOutcome, steps: int, ladder: list[str],
-                        table: CostTable, single: dict[tuple[int, str], float], budget: float) -> dict[str, Any]:
+                        table: CostTable, single: dict[tuple[int, str], float], budget: float) -> dict[str, Strategy]:
     """The bisection's result beside the additive planner's, which plans from the single-step probes the
     additivity check already paid for and verifies its plans (the bisection stays the default)."""
     planned = planned_search(steps, ladder, oracle, budget, single, table.step_seconds)
 
-    def summary(outcome: SearchOutcome, evaluations: int) -> dict[str, Any]:
+    def summary(outcome: SearchOutcome, evaluations: int, probes: int | None = None) -> Strategy:
         point = oracle.point(outcome.schedule)
-        return {"schedule": point.schedule, "ssim": point.quality, "speedup": point.speedup,
-                "evaluations": evaluations}
+        return Strategy(point.schedule, point.quality, point.speedup, evaluations, probes)
 
     return {"bisection": summary(bisected, bisected.evaluations),
-            "planner": {**summary(planned, planned.evaluations), "probes": len(single)}}
+            "planner": summary(planned, planned.evaluations, len(single))}
 
 
 def _candidates(request: SearchRequest, device: str) -> list[str]:
@@ -332,28 +385,24 @@ def _default_ladder(table: CostTable, reference: str) -> list[str]:
 
 def _planned(steps: int, rungs: int, request: SearchRequest) -> int:
     baselines = rungs + (len(boundary_ks(steps)) * (rungs - 1) if request.baselines else 0)
-    search = evaluation_bound(steps, rungs) * (7 if request.target_speedup else 1)
+    search = evaluation_bound(steps, rungs) * (BUDGET_ITERATIONS if request.target_speedup else 1)
     probes = (steps // request.probe_stride + 1) * (rungs - 1)
     additivity = (probes + request.additivity_samples) if request.additivity_samples else 0
     return baselines + search // 3 + additivity  # the bound is rarely reached; progress stays honest by capping
 
 
-def _best_uniform_margin(baselines: list[Point], found: Point) -> dict[str, Any] | None:
+def _best_uniform_margin(baselines: list[Point], found: Point) -> Margin | None:
     """The best uniform or boundary baseline at least as fast as the found schedule, and the SSIM margin."""
     rivals = [p for p in baselines if p.speedup >= found.speedup - 1e-9 and p.schedule != found.schedule]
     if not rivals:
         return None
     best = max(rivals, key=lambda p: p.quality)
-    return {"schedule": best.schedule, "ssim": best.quality, "speedup": best.speedup,
-            "ssim_margin": found.quality - best.quality}
+    return Margin(best.schedule, best.quality, best.speedup, found.quality - best.quality)
 
 
-def _validate(evaluator: Evaluator, request: SearchRequest, schedule: Schedule) -> dict[str, Any]:
+def _validate(evaluator: Evaluator, request: SearchRequest, schedule: Schedule) -> Validation:
     """The found schedule on seeds the search never saw."""
     unseen = [request.settings(p, s) for p in request.prompts for s in request.validation_seeds]
-    values = [e.record.ssim or 0.0 for e in evaluator.evaluate_all(unseen, schedule)]
-    mean = statistics.fmean(values)
-    result: dict[str, Any] = {"seeds": list(request.validation_seeds), "ssim": mean}
-    if request.target_ssim is not None:
-        result["meets_target"] = mean >= request.target_ssim
-    return result
+    mean = statistics.fmean(e.record.ssim or 0.0 for e in evaluator.evaluate_all(unseen, schedule))
+    meets = None if request.target_ssim is None else mean >= request.target_ssim
+    return Validation(tuple(request.validation_seeds), mean, meets)

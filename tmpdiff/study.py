@@ -15,6 +15,7 @@ from .cancel import Cancelled
 from .evaluate import Evaluator
 from .latency import CostTable
 from .records import EvalKey, stable_hash
+from .report import SearchReport
 from .runner import RunSettings
 from .schedule import Schedule
 from .search import Point
@@ -53,7 +54,7 @@ class Study:
 
     def search(self, request: SearchRequest, progress: Progress | None = None,
                should_stop: Callable[[], bool] | None = None,
-               on_point: Callable[[Point], None] | None = None) -> dict[str, Any]:
+               on_point: Callable[[Point], None] | None = None) -> SearchReport:
         """The search's report. A cancelled search (``should_stop``, or Ctrl-C) is logged as cancelled with
         the evaluations it finished (all in the cache) and raises ``Cancelled`` / ``KeyboardInterrupt``."""
         cost_key = self.cost_key(request)
@@ -80,7 +81,7 @@ class Study:
             if self.target_costs is None:
                 log.put_costs(*cost_key, self.evaluator.costs[request.model].to_dict())
             if run_id is not None:
-                log.finish_search(run_id, {k: report[k] for k in ("schedule", "ssim", "speedup", "evaluations")})
+                log.finish_search(run_id, report.summary())
         return report
 
     def cost_key(self, request: SearchRequest) -> tuple[str, str, str]:

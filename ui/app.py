@@ -17,7 +17,7 @@ from tmpdiff import MODELS, Schedule, Status, available_precisions, get_model
 from tmpdiff.cancel import Cancelled
 from tmpdiff.cost_tables import load_cost_table, matching_tables, target_prediction
 from tmpdiff.evaluate import Evaluator
-from tmpdiff.metrics import difference_map
+from tmpdiff.limits import APP_SEARCH_WORK, finite
 from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
 from tmpdiff.runner import Engine, RunSettings, describe_build
@@ -80,8 +80,26 @@ def precision_rows(device: str) -> list[list[str]]:
 
 
 def _settings(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float) -> RunSettings:
-    return RunSettings(model=model, prompt=prompt or None, seed=int(seed), steps=int(steps), size=int(size),
-                       guidance=float(guidance))
+    return RunSettings(model=model, prompt=prompt or None, seed=_whole(seed, "seed"), steps=_whole(steps, "steps"),
+                       size=_whole(size, "size"), guidance=finite(guidance, "guidance"))
+
+
+def _whole(value: float | None, name: str) -> int:
+    """A number field's value as a whole number; a ``ValueError`` naming the field for NaN, infinities,
+    fractions and empty fields (JSON clients can send all of them)."""
+    number = finite(value, name)  # type: ignore[arg-type]
+    if not number.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _search_work(prompts: int, seeds: int, steps: int) -> None:
+    """The app's bound on one search: calibration images x steps per evaluated schedule."""
+    work = prompts * seeds * steps
+    if work > APP_SEARCH_WORK:
+        raise ValueError(f"this search runs {prompts} prompts x {seeds} seeds x {steps} steps = {work} denoiser "
+                         f"calls per schedule, over the app's limit of {APP_SEARCH_WORK}: use fewer prompts or seeds "
+                         "here, or run it from the command line (`tmpdiff search`), which has no such limit")
 
 
 def _plot(rows: list[dict[str, Any]], reference_seconds: float | None) -> go.Figure:
@@ -147,12 +165,15 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any, Any]]:
         try:
             model_spec = get_model(model)
+            prompt_count, step_count = _whole(num_prompts, "calibration prompts"), _whole(steps, "steps")
+            seed_values = parse_seeds(seeds, "Seeds")
+            _search_work(prompt_count, len(seed_values), step_count)
             request = SearchRequest(
-                model=model, prompts=tuple(calibration_prompts(model_spec.labels, int(num_prompts))),
-                seeds=parse_seeds(seeds, "Seeds"), steps=int(steps),
+                model=model, prompts=tuple(calibration_prompts(model_spec.labels, prompt_count)),
+                seeds=seed_values, steps=step_count,
                 ladder=tuple(x.strip() for x in ladder.split(",") if x.strip()) or None,
-                target_ssim=float(target) if target_kind == "SSIM floor" else None,
-                target_speedup=float(target) if target_kind != "SSIM floor" else None,
+                target_ssim=finite(target, "target") if target_kind == "SSIM floor" else None,
+                target_speedup=finite(target, "target") if target_kind != "SSIM floor" else None,
                 validation_seeds=(1000,), additivity_samples=0, baselines=True,
             )
         except ValueError as exc:
@@ -174,7 +195,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
             raise gr.Error("the search was stopped; every finished evaluation is kept in the cache") from None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        yield result["schedule"], result, views.search_plot(result)
+        yield result.schedule, result.to_dict(), views.search_plot(result.to_dict())
 
     def pareto(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float):
         try:
@@ -219,9 +240,11 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 table = other
             except ValueError as exc:
                 gr.Warning(str(exc))
-        diff = difference_map(_pil(pair[1]), _pil(pair[0]))
+        # From the engine's pixels (cache hits), never from the copies the browser was served.
+        diff, largest = evaluator.difference(settings, schedule_obj)
         timeline = views.timeline(str(schedule_obj), table, target["label"] if target else "")
-        return views.cards(summary, target), timeline, diff
+        label = f"|reference - schedule|: black 0, white {largest}/255 (the largest difference)"
+        return views.cards(summary, target), timeline, gr.update(value=diff, label=label)
 
     def show_search(report: dict[str, Any]):
         return (views.validation_warning(report), views.compare_cards(report) + views.search_cost(report),
@@ -279,10 +302,10 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 model_info = gr.Markdown(_describe(spec))
                 prompt = gr.Textbox(value=spec.example_prompt, label="Prompt (or class name)")
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                    seed = gr.Number(value=0, step=1, label="Seed", minimum=0)
                     steps = gr.Slider(1, MAX_STEPS, value=spec.steps, step=1, label="Steps")
                 with gr.Row():
-                    size = gr.Number(value=spec.size, precision=0, label="Size (px)")
+                    size = gr.Number(value=spec.size, step=1, label="Size (px)")
                     guidance = gr.Number(value=spec.guidance, label="Guidance")
                 with gr.Accordion(f"Precisions on this device ({device})", open=False):
                     gr.Dataframe(precision_rows(device), headers=["precision", "status", "why"], interactive=False)
@@ -323,10 +346,12 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                                              label="Latency on", scale=1, elem_id="latency-on")
                 cards = gr.HTML(elem_id="cards")
                 with gr.Row():
+                    # PNG, not Gradio's default WebP: lossy compression would be larger than the differences
+                    # the page exists to show.
                     slider = gr.ImageSlider(label="reference | schedule", type="pil", elem_id="slider", scale=2,
-                                            interactive=False)
+                                            interactive=False, format="png")
                     diff = gr.Image(label="|reference - schedule| (brighter: larger)", type="pil", elem_id="diff",
-                                    interactive=False, scale=1, height=320)
+                                    interactive=False, scale=1, height=320, format="png")
                 timeline = gr.Plot(label="Per-step timeline", elem_id="timeline")
                 with gr.Accordion("Details (JSON) and downloads", open=False):
                     metrics = gr.JSON(label="Quality and latency", elem_id="metrics")
@@ -338,7 +363,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 target_kind = gr.Radio(["SSIM floor", "Speed-up target"], value="SSIM floor", label="Objective")
                 target = gr.Number(value=0.9, label="Target")
                 ladder = gr.Textbox(value="", label="Ladder (empty: measured on this device)")
-                num_prompts = gr.Number(value=4, precision=0, label="Calibration prompts")
+                num_prompts = gr.Number(value=4, step=1, label="Calibration prompts")
                 seeds = gr.Textbox(value="0,1", label="Seeds")
             search_button = gr.Button("Search", variant="primary", elem_id="search")
             search_warning = gr.HTML(elem_id="search-warning")
@@ -403,13 +428,6 @@ def _examples(spec: Any) -> list[tuple[str, str]]:
 def _describe(spec: Any) -> str:
     extra = f" Classes: {', '.join(spec.labels)}." if spec.labels else ""
     return f"*{spec.description or spec.source}* ({spec.dtype} reference, {spec.steps} steps, {spec.size}px).{extra}"
-
-
-def _pil(image: Any) -> Any:
-    """A PIL image from what Gradio hands back (an image or a file path)."""
-    from PIL import Image
-
-    return image if hasattr(image, "convert") else Image.open(image)
 
 
 def _round(value: float | None) -> float | None:

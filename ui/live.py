@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tmpdiff.report import SearchReport
 from tmpdiff.runner import describe_build
 from tmpdiff.search import Point
 from tmpdiff.search_run import SearchRequest
@@ -76,7 +77,7 @@ class LiveSearch:
         abandoned = handed is not None and time.perf_counter() - handed > self.abandon_after
         return self._stop.is_set() or abandoned
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> SearchReport:
         """The report; a user mistake found during the run comes back as the ValueError it was."""
         self._thread.join()
         if "error" in self._outcome:

@@ -9,20 +9,14 @@ from __future__ import annotations
 import html
 from typing import Any
 
-import plotly.graph_objects as go
-
 from tmpdiff import Schedule
-from tmpdiff.latency import CostTable
+from tmpdiff.plots import COLOURS, timeline
+from tmpdiff.plots import live_points as live_plot
+from tmpdiff.plots import search_pareto as search_plot
 
 __all__ = ["COLOURS", "CSS", "PAGE_JS", "cards", "compare_cards", "live_plot", "pareto_rows", "search_cost",
            "search_plot", "timeline", "validation_warning"]
 
-COLOURS = {
-    "fp32": "#1f3b73", "bf16": "#2f6db5", "fp16": "#4f8fd6", "fp8": "#e0782b", "int8": "#d9a21b",
-    "fp8wo": "#f0a868", "int8wo": "#e8c35a", "int4wo": "#c0392b", "mxfp8": "#8e44ad", "nvfp4": "#6c3483",
-    "skip": "#9e9e9e",
-}
-HOVER = "%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>"
 # Runs once when the page loads: a click on a point of the search's or the history's plot puts that point's
 # schedule into the schedule editor (gr.Plot has no click event; a point's customdata, else its text, is
 # its schedule).
@@ -88,23 +82,6 @@ def cards(summary: dict[str, Any], target: dict[str, Any] | None = None) -> str:
     return f"<div class='cards'>{''.join(row)}</div>"
 
 
-def timeline(schedule: str, table: CostTable | None, label: str = "") -> go.Figure:
-    """One bar per step, coloured by precision; its height is the step's cost from ``table`` in ms."""
-    steps = Schedule.parse(schedule).steps
-    heights = [1000 * table.step_seconds[name] if table and name in table.step_seconds else 0.0 for name in steps]
-    source = label or ("predicted per step from measured step costs" if table else "no step costs measured yet")
-    figure = go.Figure()
-    for name in dict.fromkeys(steps):
-        index = [i for i, n in enumerate(steps) if n == name]
-        figure.add_trace(go.Bar(x=index, y=[heights[i] for i in index], name=name,
-                                marker_color=COLOURS.get(name, "#555"),
-                                hovertemplate="step %{x}: " + name + ", %{y:.1f} ms<extra></extra>"))
-    figure.update_layout(title={"text": f"{len(steps)} steps: {source}", "font": {"size": 13}},
-                         xaxis_title="step", yaxis_title="ms", barmode="overlay", height=260, bargap=0.1,
-                         margin={"l": 40, "r": 10, "t": 40, "b": 40}, template="plotly_white")
-    return figure
-
-
 def compare_cards(report: dict[str, Any]) -> str:
     """The stakeholder view of a search: the found schedule, the best uniform or baseline schedule at
     the same or higher speed, and the reference, each with its SSIM and speed-up."""
@@ -149,39 +126,6 @@ def validation_warning(report: dict[str, Any]) -> str:
             "Search with more calibration prompts or seeds, or a higher floor.</div>")
 
 
-def search_plot(report: dict[str, Any]) -> go.Figure:
-    """The search's Pareto front with the baselines, the found schedule marked."""
-    figure = go.Figure()
-    if report:
-        for name, points, symbol, size in (("Pareto front", report.get("pareto", []), "circle", 9),
-                                           ("baselines", report.get("baselines", []), "diamond", 11),
-                                           ("found", [report], "star", 18)):
-            figure.add_trace(go.Scatter(
-                x=[p["speedup"] for p in points], y=[p["ssim"] for p in points], mode="markers", name=name,
-                marker={"symbol": symbol, "size": size}, text=[p["schedule"] for p in points],
-                hovertemplate=HOVER))
-        floor = report.get("objective", {}).get("target_ssim")
-        if floor is not None:
-            figure.add_hline(y=floor, line_dash="dot", annotation_text=f"floor {floor}")
-    where = (report or {}).get("costs", {}).get("device_name") or "this device"
-    figure.update_layout(xaxis_title=f"predicted speed-up on {where}", yaxis_title="mean SSIM vs reference",
-                         height=380, margin={"l": 40, "r": 10, "t": 30, "b": 40}, template="plotly_white")
-    return figure
-
-
 def pareto_rows(report: dict[str, Any]) -> list[list[Any]]:
     """The Pareto points as table rows (schedule, SSIM, speed-up), fastest first."""
     return [[p["schedule"], round(p["ssim"], 4), round(p["speedup"], 3)] for p in (report or {}).get("pareto", [])]
-
-
-def live_plot(points: list[Any], floor: float | None = None) -> go.Figure:
-    """Every schedule evaluated so far (mean SSIM, predicted speed-up), while a search runs."""
-    figure = go.Figure(go.Scatter(
-        x=[p.speedup for p in points], y=[p.quality for p in points], mode="markers", name="evaluated",
-        text=[p.schedule for p in points], hovertemplate=HOVER))
-    if floor is not None:
-        figure.add_hline(y=floor, line_dash="dot", annotation_text=f"floor {floor}")
-    figure.update_layout(title={"text": f"{len(points)} schedules evaluated so far", "font": {"size": 13}},
-                         xaxis_title="predicted speed-up", yaxis_title="mean SSIM vs reference", height=380,
-                         margin={"l": 40, "r": 10, "t": 40, "b": 40}, template="plotly_white")
-    return figure
