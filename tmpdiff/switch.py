@@ -13,6 +13,7 @@ Two attachments, both removed on exit:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import threading
@@ -35,7 +36,7 @@ from .replay import ReplayKey, ReplayStore
 from .schedule import Schedule
 from .variants import BuildInfo, Mode, VariantBank, bank_for, record_linear_rows
 
-__all__ = ["ScheduleHandle", "apply_schedule", "denoiser_of"]
+__all__ = ["DENOISER_NAMES", "ScheduleHandle", "apply_schedule", "denoiser_of", "denoisers_of"]
 
 HOOK_NAME = "tmpdiff_step_switch"
 _PIPE_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -55,6 +56,7 @@ class ScheduleHandle:
         variants: the resident variant modules used, by precision name.
         build_seconds: time spent building (and compiling) variants during this block.
         builds: how each variant built during this block was made (compiled, or loaded from the cache).
+        denoisers: the pipeline attributes whose calls were switched (``transformer``, ``transformer_2``, ...).
         denoiser_calls, replayed_calls, skipped_calls: the denoiser calls made, answered from the replay
             store instead, and saved by ``skip`` steps, over every pipeline call in the block.
         replayed_steps: per step, whether every call of it was replayed (its ``step_seconds`` entry is then
@@ -76,7 +78,8 @@ class ScheduleHandle:
     skipped_calls: int = 0
     replayed_steps: list[bool] = field(default_factory=list)
     replay_correction: float = 0.0
-    _bank: VariantBank | None = None
+    denoisers: list[str] = field(default_factory=list)
+    _banks: list[VariantBank] = field(default_factory=list)
 
     @property
     def compiled(self) -> bool:
@@ -84,17 +87,47 @@ class ScheduleHandle:
         return self.mode is not Mode.EAGER
 
     def memory_bytes(self) -> dict[str, int]:
-        """Extra bytes of every resident variant of this denoiser, beyond its own weights."""
-        return self._bank.memory_bytes() if self._bank else {}
+        """Extra bytes of every resident variant, beyond the denoisers' own weights (summed over denoisers)."""
+        total: dict[str, int] = {}
+        for bank in self._banks:
+            for name, size in bank.memory_bytes().items():
+                total[name] = total.get(name, 0) + size
+        return total
+
+
+# The pipeline attributes that hold a denoiser, in the order a pipeline calls them: Wan 2.2 runs `transformer`
+# to its boundary step and `transformer_2` after it; Stable Cascade's prior and decoder pipelines call theirs
+# `prior` and `decoder`.
+DENOISER_NAMES = ("transformer", "transformer_2", "unet", "prior", "decoder")
+
+
+def denoisers_of(pipe: Any, denoiser: str | nn.Module | None = None) -> list[tuple[str, nn.Module]]:
+    """Every denoiser the pipeline calls per step, by attribute name; ``denoiser`` names one explicitly
+    (an attribute name or the module itself)."""
+    if isinstance(denoiser, nn.Module):
+        return [("denoiser", denoiser)]
+    if denoiser is not None:
+        module = getattr(pipe, denoiser, None)
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"{type(pipe).__name__} has no module {denoiser!r} to switch precisions on: "
+                             f"its modules are {', '.join(_modules(pipe)) or 'none'}")
+        return [(denoiser, module)]
+    found = [(name, module) for name in DENOISER_NAMES if isinstance(module := getattr(pipe, name, None), nn.Module)]
+    if not found:
+        raise ValueError(f"{type(pipe).__name__} has no `transformer`, `unet`, `prior` or `decoder` to switch "
+                         f"precisions on: name its denoiser with denoiser=... (its modules: "
+                         f"{', '.join(_modules(pipe)) or 'none'})")
+    return found
 
 
 def denoiser_of(pipe: Any) -> nn.Module:
-    """The pipeline's denoiser: ``transformer`` or ``unet``."""
-    for name in ("transformer", "unet"):
-        module = getattr(pipe, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise ValueError(f"{type(pipe).__name__} has no `transformer` or `unet` to switch precisions on")
+    """The pipeline's first denoiser (``transformer``, ``unet``, ...): see ``denoisers_of`` for all of them."""
+    return denoisers_of(pipe)[0][1]
+
+
+def _modules(pipe: Any) -> list[str]:
+    components = getattr(pipe, "components", None) or {}
+    return [name for name, value in components.items() if isinstance(value, nn.Module)]
 
 
 @contextmanager
@@ -108,6 +141,7 @@ def apply_schedule(
     on_build: Callable[[str, Mode, float | None], None] | None = None,
     replay: ReplayStore | None = None,
     replay_key: str | None = None,
+    denoiser: str | nn.Module | None = None,
 ) -> Iterator[ScheduleHandle]:
     """Run every denoiser call of step ``i`` in ``schedule[i]`` during the block.
 
@@ -126,6 +160,9 @@ def apply_schedule(
         replay: where denoiser outputs are recorded and replayed for schedule prefixes already run
             (``replay.py``); needs ``replay_key``, the digest of everything but the schedule that decides
             the run (model, prompt, seed, size, steps, guidance, device and compile mode).
+        denoiser: the denoiser to switch, by attribute name or as the module; default: every denoiser the
+            pipeline has (``transformer`` and ``transformer_2`` of Wan 2.2, ``prior`` of Stable Cascade, ...),
+            each step's calls routed to its precision whichever of them makes them.
 
     Example:
         >>> with apply_schedule(pipe, "bf16*2,int8wo*2") as handle:  # doctest: +SKIP
@@ -134,14 +171,15 @@ def apply_schedule(
         ['bf16', 'bf16', 'int8wo', 'int8wo']
     """
     schedule = Schedule.coerce(schedule)
-    module = denoiser_of(pipe)
-    device = next(module.parameters()).device
+    modules = denoisers_of(pipe, denoiser)
+    device = next(modules[0][1].parameters()).device
     mode = Mode.coerce(compile, device)
     if mode is not Mode.EAGER and cache is None:
         cache = default_compile_cache()
     if cache is not None:
         cache.activate()
-    handle = ScheduleHandle(schedule=schedule, mode=mode, _bank=bank_for(module))
+    handle = ScheduleHandle(schedule=schedule, mode=mode, _banks=[bank_for(m) for _, m in modules],
+                            denoisers=[name for name, _ in modules])
     lock = _lock_for(pipe)
     if not lock.acquire(blocking=False):
         raise ValueError("apply_schedule is already active on this pipeline: nest no blocks, run one at a time")
@@ -149,8 +187,11 @@ def apply_schedule(
         if replay is not None and not replay_key:
             raise ValueError("replay needs a replay_key naming the setting the outputs belong to")
         router = _StepRouter(handle, synchronize and device.type == "cuda", cache, on_build,
-                             None if replay is None else (replay, replay_key))
-        with _hooked(module, router), _counting_steps(pipe.scheduler, router):
+                             None if replay is None else (replay, replay_key), pipeline=type(pipe).__name__)
+        with contextlib.ExitStack() as hooks:
+            for _, module in modules:
+                hooks.enter_context(_hooked(module, _DenoiserHook(router, bank_for(module))))
+            hooks.enter_context(_counting_steps(pipe.scheduler, router))
             yield handle
         router.finish()
         router.resolve_times()
@@ -158,13 +199,25 @@ def apply_schedule(
         lock.release()
 
 
-class _StepRouter(ModelHook):
-    """Routes each denoiser call to the variant of the current step."""
+class _DenoiserHook(ModelHook):
+    """Attached to one denoiser: hands its calls, with its own variant bank and stock forward, to the
+    step router every denoiser of the pipeline shares."""
+
+    def __init__(self, router: _StepRouter, bank: VariantBank) -> None:
+        super().__init__()
+        self.router, self.bank = router, bank
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.router.forward(self, module, args, kwargs)
+
+
+class _StepRouter:
+    """Routes each denoiser call to the variant of the current step, whichever denoiser makes it."""
 
     def __init__(self, handle: ScheduleHandle, synchronize: bool, cache: CompileCache | None = None,
                  on_build: Callable[[str, Mode, float | None], None] | None = None,
-                 replay: tuple[ReplayStore, str] | None = None) -> None:
-        super().__init__()
+                 replay: tuple[ReplayStore, str] | None = None, pipeline: str = "pipeline") -> None:
+        self.pipeline = pipeline
         self.handle = handle
         self.cache = cache
         self.on_build = on_build
@@ -172,7 +225,6 @@ class _StepRouter(ModelHook):
         self.keys: list[ReplayKey] = []  # the replay keys of this step's calls
         self.hits = 0  # calls of this step answered from the replay store
         self.replayed_seconds = 0.0  # their step time, measured when they were computed
-        self.bank = handle._bank
         self.synchronize = synchronize
         self.step = 0
         self.calls = 0
@@ -184,7 +236,7 @@ class _StepRouter(ModelHook):
         self.outputs: list[Any] = []
 
     # --- the denoiser call -------------------------------------------------------------
-    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, hook: _DenoiserHook, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if self.calls == 0:
             raise_if_cancelled()  # a cancelled search stops here, at a step boundary, and frees the pipeline
         schedule = self.handle.schedule
@@ -204,14 +256,15 @@ class _StepRouter(ModelHook):
             output = self.last_outputs[index]
             self.handle.skipped_calls += 1
         else:
-            output = self._replayed_or_run(name, index, module, args, kwargs)
+            output = self._replayed_or_run(hook, name, index, module, args, kwargs)
         self.outputs.append(output)
         return output
 
-    def _replayed_or_run(self, name: str, index: int, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    def _replayed_or_run(self, hook: _DenoiserHook, name: str, index: int, module: nn.Module, args: tuple,
+                         kwargs: dict) -> Any:
         if self.replay is None:
             self.handle.denoiser_calls += 1
-            return self._run(name, module, args, kwargs)
+            return self._run(hook, name, module, args, kwargs)
         store, setting = self.replay
         key = (setting, tuple(self.handle.schedule[: self.step + 1]), index)
         hit = store.get(key)
@@ -221,44 +274,45 @@ class _StepRouter(ModelHook):
             self.replayed_seconds += hit[1]
             return hit[0]
         self.handle.denoiser_calls += 1
-        output = self._run(name, module, args, kwargs)
+        output = self._run(hook, name, module, args, kwargs)
         store.put(key, output)
         self.keys.append(key)
         return output
 
-    def _run(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> Any:
-        assert self.bank is not None and self.fn_ref is not None
-        mode = self.handle.mode
-        reference_dtype = self.bank.reference_dtype
+    def _run(self, hook: _DenoiserHook, name: str, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        assert hook.fn_ref is not None
+        bank, mode = hook.bank, self.handle.mode
+        reference_dtype = bank.reference_dtype
         precision = get_precision(name)
         if precision.dtype == reference_dtype and mode is Mode.EAGER:
             # The reference itself: exactly the stock forward.
             self.handle.variants.setdefault(name, module)
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return hook.fn_ref.original_forward(*args, **kwargs)
         cast = precision.dtype is not None and precision.dtype != reference_dtype
         if cast:
             args, kwargs = _cast((args, kwargs), reference_dtype, precision.dtype)
-        variant = self.bank.get(name, mode)
+        variant = bank.get(name, mode)
         if variant is None:
-            variant = self._build(name, mode, args, kwargs)
+            variant = self._build(hook, name, mode, args, kwargs)
         self.handle.variants.setdefault(name, variant)
         output = variant(*args, **kwargs)
         return _cast(output, precision.dtype, reference_dtype) if cast else output
 
-    def _build(self, name: str, mode: Mode, args: tuple, kwargs: dict) -> nn.Module:
-        assert self.bank is not None and self.fn_ref is not None
+    def _build(self, hook: _DenoiserHook, name: str, mode: Mode, args: tuple, kwargs: dict) -> nn.Module:
+        assert hook.fn_ref is not None
+        bank = hook.bank
         start = time.perf_counter()
-        with self.bank.lock:
-            if self.on_build is not None and self.bank.get(name, mode) is None:
+        with bank.lock:
+            if self.on_build is not None and bank.get(name, mode) is None:
                 known = self.cache is not None and mode is not Mode.EAGER
-                expected = self.cache.previous_seconds(mode.value, name, self.bank.reference) if known else None
+                expected = self.cache.previous_seconds(mode.value, name, bank.reference) if known else None
                 self.on_build(name, mode, expected)
-            if self.bank.needs_rows(name):  # torchao precisions: the call is in the reference dtype
-                with record_linear_rows(self.bank.reference) as rows, torch.no_grad():
-                    self.fn_ref.original_forward(*args, **kwargs)
-                self.bank.linear_rows = rows
-            variant = self.bank.build(name, mode, example=(args, kwargs), cache=self.cache)
-            info = self.bank.builds.get((name, mode))
+            if bank.needs_rows(name):  # torchao precisions: the call is in the reference dtype
+                with record_linear_rows(bank.reference) as rows, torch.no_grad():
+                    hook.fn_ref.original_forward(*args, **kwargs)
+                bank.linear_rows = rows
+            variant = bank.build(name, mode, example=(args, kwargs), cache=self.cache)
+            info = bank.builds.get((name, mode))
         elapsed = time.perf_counter() - start
         self.handle.build_seconds[name] = elapsed
         if info is not None:
@@ -269,6 +323,12 @@ class _StepRouter(ModelHook):
     # --- the step boundary --------------------------------------------------------------
     def end_step(self) -> None:
         name = self.handle.schedule[self.step] if self.step < len(self.handle.schedule) else "?"
+        if name not in ("skip", "?") and self.calls == 0:
+            # Never report a step as run in a precision when no hooked denoiser was called in it.
+            raise ValueError(
+                f"step {self.step} of {self.pipeline} called none of the denoisers tmpdiff switched "
+                f"({', '.join(self.handle.denoisers)}), so its {name!r} never ran: the pipeline denoises with "
+                "another module; name it with apply_schedule(..., denoiser='attribute')")
         now = self._mark()
         start = self.step_start if self.step_start is not None else now
         replayed = name != "skip" and self.calls > 0 and self.hits == self.calls
@@ -325,7 +385,7 @@ class _StepRouter(ModelHook):
 
 
 @contextmanager
-def _hooked(module: nn.Module, router: _StepRouter) -> Iterator[None]:
+def _hooked(module: nn.Module, router: _DenoiserHook) -> Iterator[None]:
     had_registry = "_diffusers_hook" in module.__dict__
     had_forward = "forward" in module.__dict__
     registry = HookRegistry.check_if_exists_or_initialize(module)

@@ -184,6 +184,28 @@ def tiny_sana() -> Any:
     )
 
 
+def tiny_wan(two_denoisers: bool = True) -> Any:
+    """A Wan text-to-video pipeline (2 frames of latents, 16x16): with ``two_denoisers``, Wan 2.2's layout of
+    a high-noise ``transformer`` and a low-noise ``transformer_2`` that takes over at ``boundary_ratio``."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+
+    def transformer() -> Any:
+        return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+                                     in_channels=16, out_channels=16, text_dim=WIDTH, freq_dim=WIDTH, ffn_dim=WIDTH,
+                                     num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                     rope_max_seq_len=32).eval()
+
+    first = transformer()
+    return WanPipeline(tokenizer=tokenizer(16), text_encoder=_t5(), vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), transformer=first,
+                       transformer_2=transformer() if two_denoisers else None,
+                       boundary_ratio=0.5 if two_denoisers else None)
+
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "tiny-flux": tiny_flux,
     "tiny-sd3": tiny_sd3,

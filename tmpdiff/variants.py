@@ -86,7 +86,18 @@ class VariantBank:
         return next(self.reference.parameters()).dtype
 
     def needs_rows(self, name: str) -> bool:
-        return get_precision(name).dynamic_activation and self.linear_rows is None
+        """Whether a call must be recorded before ``name`` is built: which Linear layers run through their own
+        forward (only those are quantized), and with how many rows (dynamic activations need enough)."""
+        return get_precision(name).kind is Kind.TORCHAO and self.linear_rows is None
+
+    def unswitched_layers(self) -> list[str]:
+        """Linear layers never called through their own forward in the recorded call (their weights are used
+        some other way, e.g. passed to ``F.multi_head_attention_forward``): quantized variants leave them in
+        the reference precision."""
+        if self.linear_rows is None:
+            return []
+        return [name for name, layer in self.reference.named_modules()
+                if isinstance(layer, nn.Linear) and name not in self.linear_rows]
 
     def get(self, name: str, mode: Mode) -> nn.Module | None:
         self._drop_if_moved()
@@ -112,6 +123,10 @@ class VariantBank:
                 build = self._compile if mode is Mode.COMPILED else self._compile_ahead
                 variant, from_cache, note = build(name, eager, example, cache)
             self.variants[key] = variant
+            left = self.unswitched_layers() if get_precision(name).kind is Kind.TORCHAO else []
+            if left:
+                note = (f"{note}; " if note else "") + (f"{len(left)} Linear layers not called through their forward "
+                                                        f"stay in the reference precision: {', '.join(left[:8])}")
             self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note)
         return self.variants[key]
 
@@ -215,10 +230,15 @@ class VariantBank:
         return variant.eval()
 
     def _layer_filter(self, precision: Precision) -> Callable[[nn.Module, str], bool]:
+        recorded = self.linear_rows is not None
         rows = self.linear_rows or {}
 
         def takes(module: nn.Module, name: str) -> bool:
             if not isinstance(module, nn.Linear):
+                return False
+            if recorded and name not in rows:  # its weight is used outside its forward: a quantized tensor
+                return False  # there would meet ops torchao does not implement
+            if module.in_features % MIN_FEATURES or module.out_features % MIN_FEATURES:
                 return False
             if module.in_features % MIN_FEATURES or module.out_features % MIN_FEATURES:
                 return False
