@@ -16,6 +16,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
+from tmpdiff.models import MODELS
 from tmpdiff.records import EvalKey, EvalRecord
 from tmpdiff.schedule import Schedule
 
@@ -78,7 +80,7 @@ class Cache:
         else:
             self.where = url.render_as_string(hide_password=True)
             try:
-                self.engine = create_engine(url, pool_pre_ping=True)
+                self.engine = create_engine(url, pool_pre_ping=True, connect_args=_server_timeouts(url))
             except ModuleNotFoundError as exc:
                 raise CacheError(f"--db {self.where} needs the {exc.name} driver: "
                                  "pip install 'psycopg[binary]'") from None
@@ -192,12 +194,27 @@ class Cache:
         _atomic_write(Path(path), json.dumps(payload).encode())
         return len(rows)
 
-    def import_(self, path: str | os.PathLike[str]) -> int:
-        """Validate every entry of an export file, then store them; returns how many."""
+    def import_(self, path: str | os.PathLike[str], replace: bool = False) -> int:
+        """Validate every entry of an export file, then store the new ones; returns how many were stored.
+
+        An entry whose evaluation is already stored the same is passed over; one that differs from the
+        stored one is refused (nothing is written) unless ``replace``."""
         records = _parse_export(Path(path))
+        new, differing = [], []
         for record in records:
+            stored = self.get(record.key)
+            if stored is None or (replace and not _same(stored, record)):
+                new.append(record)
+            elif not _same(stored, record):
+                differing.append(record)
+        if differing:
+            first = differing[0].key
+            raise CacheError(f"{len(differing)} entries of {path} differ from evaluations already stored (the first: "
+                             f"{first.model} {first.schedule} seed {first.settings.get('seed')}); nothing was "
+                             "imported: pass --replace to overwrite them")
+        for record in new:
             self.put(record)
-        return len(records)
+        return len(new)
 
     # --- internals ------------------------------------------------------------------------
     def _ensure_schema(self) -> None:
@@ -321,6 +338,23 @@ def _row_dict(row: Evaluation) -> dict[str, Any]:
     }
 
 
+# A server that accepts connections but never answers must not hang a command: PostgreSQL gets a connect
+# and a statement timeout unless the URL sets its own (?connect_timeout=N&options=-c statement_timeout=N).
+CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_MS = 60_000
+
+
+def _server_timeouts(url: Any) -> dict[str, Any]:
+    if not url.drivername.startswith("postgresql"):
+        return {}
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "statement_timeout" not in str(url.query.get("options", "")):
+        args["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    return args
+
+
 def _finite(value: float | None) -> float | None:
     """SQLite stores no infinity: identical images (PSNR = inf) are stored as NULL."""
     return None if value is None or value == float("inf") else value
@@ -344,6 +378,8 @@ def _parse_export(path: Path) -> list[EvalRecord]:
         payload = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CacheError(f"{path} is not a tmpdiff export ({exc})") from None
+    except RecursionError:
+        raise CacheError(f"{path} is not a tmpdiff export (nested too deeply)") from None
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise CacheError(f"{path} is not a tmpdiff export: its 'format' is not {EXPORT_FORMAT!r}")
     if payload.get("version") != EXPORT_VERSION:
@@ -362,6 +398,11 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def _same(a: EvalRecord, b: EvalRecord) -> bool:
+    return (a.png, a.ssim, a.psnr, a.lpips, a.measured_seconds) == (b.png, b.ssim, _finite(b.psnr), b.lpips,
+                                                                     b.measured_seconds)
+
+
 def _parse_entry(entry: Any, index: int, path: Path) -> EvalRecord:
     where = f"{path} entry {index}"
     if not isinstance(entry, dict):
@@ -369,8 +410,16 @@ def _parse_entry(entry: Any, index: int, path: Path) -> EvalRecord:
     for name, types in _TYPES.items():
         if not isinstance(entry.get(name), types) or isinstance(entry.get(name), bool):
             raise CacheError(f"{where}: field {name!r} is missing or of the wrong type")
+    for name in ("ssim", "psnr", "lpips", "measured_seconds", "predicted_seconds"):
+        if isinstance(entry[name], float) and not math.isfinite(entry[name]):
+            raise CacheError(f"{where}: field {name!r} is {entry[name]}: only finite numbers (or null) are stored")
+    if entry["model"] not in MODELS:
+        raise CacheError(f"{where}: unknown model {entry['model']!r}")
     try:
         schedule = Schedule.parse(entry["schedule"])
+        steps = entry["settings"].get("steps")
+        if steps is not None and steps != len(schedule):
+            raise ValueError(f"schedule {entry['schedule']!r} has {len(schedule)} steps, settings say {steps}")
         png = base64.b64decode(entry["png_base64"], validate=True)
         _check_png(png)
     except ValueError as exc:

@@ -165,3 +165,40 @@ def test_cli_second_generate_is_a_hit_and_bad_db_is_one_line(tmp_path):
     bad = cli("--db", str(tmp_path / "junk.db"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "not a SQLite database" in bad.stderr
+
+
+def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_without_replace(tmp_path):
+    from tmpdiff.cli import main
+
+    source = Cache(tmp_path / "a.sqlite")
+    source.put(record("fp32*4", ssim=1.0))
+    exported = tmp_path / "ex.json"
+    source.export(exported)
+    target = Cache(tmp_path / "b.sqlite")
+    assert target.import_(exported) == 1
+    assert target.import_(exported) == 0  # the same evaluation again: nothing to store
+    payload = json.loads(exported.read_text())
+    for field, value, message in (("ssim", float("nan"), "field 'ssim' is nan"),
+                                  ("measured_seconds", float("inf"), "field 'measured_seconds' is inf"),
+                                  ("model", "sd9", "unknown model 'sd9'")):
+        bad = json.loads(json.dumps(payload))
+        bad["evaluations"][0][field] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(CacheError, match=message):
+            target.import_(tmp_path / "bad.json")
+    bad = json.loads(json.dumps(payload))
+    bad["evaluations"][0]["settings"]["steps"] = 8
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(CacheError, match="has 4 steps, settings say 8"):
+        target.import_(tmp_path / "bad.json")
+    changed = json.loads(json.dumps(payload))
+    changed["evaluations"][0]["ssim"] = 0.5
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    with pytest.raises(CacheError, match="1 entries .* differ from evaluations already stored.*--replace"):
+        target.import_(tmp_path / "changed.json")
+    assert target.get(record("fp32*4").key).ssim == 1.0  # unchanged
+    assert main(["cache", "import", str(tmp_path / "changed.json"), "--db", str(tmp_path / "b.sqlite")]) == 2
+    assert target.get(record("fp32*4").key).ssim == 1.0
+    assert main(["cache", "import", str(tmp_path / "changed.json"), "--db", str(tmp_path / "b.sqlite"),
+                 "--replace"]) == 0
+    assert target.get(record("fp32*4").key).ssim == 0.5

@@ -128,6 +128,27 @@ def test_a_bad_url_or_an_unreachable_server_is_a_one_line_cache_error(tmp_path):
         Cache(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
 
 
+def test_a_server_that_accepts_but_never_answers_times_out_instead_of_hanging():
+    import socket
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from cache.store import _server_timeouts
+
+    assert _server_timeouts(make_url("postgresql+psycopg://u@h/d")) == {
+        "connect_timeout": 10, "options": "-c statement_timeout=60000"}
+    assert _server_timeouts(make_url("postgresql+psycopg://u@h/d?connect_timeout=3")) == {
+        "options": "-c statement_timeout=60000"}
+    with socket.socket() as silent:  # listens, never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        start = time.monotonic()
+        with pytest.raises(CacheError, match="cannot reach the database"):
+            Cache(f"postgresql+psycopg://nobody@127.0.0.1:{silent.getsockname()[1]}/none?connect_timeout=2")
+        assert time.monotonic() - start < 30
+
+
 def test_the_app_shows_what_other_processes_wrote_to_the_shared_cache(location, tmp_path):
     from gradio_client import Client
 

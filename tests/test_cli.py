@@ -111,3 +111,28 @@ def test_search_plans_with_the_deployment_devices_costs(tmp_path):
     assert "int8wo" not in report["schedule"] and any("int8wo dropped" in n for n in report["ladder_notes"])
     assert report["costs"]["device_name"] == "NVIDIA Test GPU"
     assert json.loads(result.stdout.strip().splitlines()[-1])["speedup_label"].startswith("predicted on NVIDIA")
+
+
+def test_storage_and_path_mistakes_are_one_line_exit_2_before_any_work(tmp_path):
+    from tmpdiff.cli import main
+
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    spec = tmp_path / "s.toml"
+    spec.write_text('[[grid]]\nmodels = ["shapes-dit"]\nschedules = ["reference"]\nsteps = 2\n')
+    db = str(tmp_path / "c.sqlite")
+    cases = [
+        (["cache", "export", str(tmp_path / "missing" / "x.json"), "--db", db], "export folder"),
+        (["cache", "import", str(nested), "--db", db], "nested too deeply"),
+        (["sweep", str(spec), "--csv", str(tmp_path), "--db", db], "is a folder: name a file in it"),
+        (["generate", "--out", str(tmp_path), "--db", db], "is a folder: name a file in it"),
+        (["--device", "nonsense", "generate", "--out", str(tmp_path / "x.png")], "--device must be cpu"),
+        (["cache", "import", str(tmp_path / "none.json"), "--db", db], "no such file"),
+    ]
+    for argv, message in cases:
+        result = subprocess.run([sys.executable, "-m", "tmpdiff", *argv], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, (argv, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, (argv, result.stderr)
+    assert not (tmp_path / "x.png").exists()
+    assert main(["cache", "export", str(tmp_path / "ok.json"), "--db", db]) == 0

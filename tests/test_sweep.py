@@ -114,3 +114,25 @@ def test_cli_sweep_mistakes_print_one_line(tmp_path):
 def test_settings_of_a_sweep_row_match_the_stock_run_settings(tmp_path):
     items = load_spec(write(tmp_path, "s.toml", GRID))
     assert items[0].settings == RunSettings(model="shapes-dit", prompt="red circle", seed=0, steps=4)
+
+
+def test_prompts_file_is_read_beside_the_spec_and_never_echoed(tmp_path):
+    from tmpdiff.sweep import load_spec
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the first line of a private file\n")
+    folder = tmp_path / "study"
+    folder.mkdir()
+    spec = folder / "s.toml"
+    for name, message in (("../secret.txt", "must name a file beside the spec"),
+                          (str(secret), "must name a file beside the spec"),
+                          ("missing.txt", "cannot read prompts_file 'missing.txt'")):
+        spec.write_text(f'[[grid]]\nmodels = ["shapes-dit"]\nprompts_file = "{name}"\nschedules = ["reference"]\n')
+        with pytest.raises(ValueError, match=message) as info:
+            load_spec(spec)
+        assert "private file" not in str(info.value)
+    (folder / "prompts.txt").write_text("red circle\nthe first line of a private file\n")
+    spec.write_text('[[grid]]\nmodels = ["shapes-dit"]\nprompts_file = "prompts.txt"\nschedules = ["reference"]\n')
+    with pytest.raises(ValueError, match="prompt 2 of prompts_file is not a prompt shapes-dit takes") as info:
+        load_spec(spec)
+    assert "private file" not in str(info.value)

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("file", type=Path)
         sub.add_argument("--db", default=None, help=DB_HELP)
         sub.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
+        if name == "import":
+            sub.add_argument("--replace", action="store_true",
+                             help="overwrite stored evaluations that the file holds differently (refused otherwise)")
     return parser
 
 
@@ -158,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import default_device, precision_table
 
     quiet_libraries()
-    device = args.device or default_device()
     try:
+        device = _checked_device(args.device) or default_device()
+        _check_outputs(args)
         if args.command == "precisions":
             for row in precision_table(device):
                 print(f"{row['name']:<7} {row['status']:<12} {row['description']}  [{row['reason']}]")
@@ -180,7 +184,33 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a file or folder the command reads or writes: its path and why, in one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
+
+
+def _checked_device(device: str | None) -> str | None:
+    import re
+
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Output paths checked before any work, so that no result is computed only to be lost."""
+    for flag in ("out", "json", "csv"):
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ValueError(f"--{flag} {str(path)!r} is a folder: name a file in it")
+        if not path.parent.exists():
+            raise ValueError(f"--{flag} folder {str(path.parent)!r} does not exist")
+    if getattr(args, "cache_command", None) == "export" and not args.file.parent.exists():
+        raise ValueError(f"export folder {str(args.file.parent)!r} does not exist")
 
 
 def _generate(args: argparse.Namespace, device: str) -> int:
@@ -408,6 +438,6 @@ def _cache(args: argparse.Namespace) -> int:
     else:
         if not args.file.is_file():
             raise ValueError(f"no such file: {str(args.file)!r}")
-        count = store.import_(args.file)
+        count = store.import_(args.file, replace=args.replace)
         print(json.dumps({"imported": count, "db": store.where}))
     return 0

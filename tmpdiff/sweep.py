@@ -94,18 +94,42 @@ def _expand_grid(grid: dict[str, Any], where: str, folder: Path) -> list[SweepIt
     if "prompts_file" in grid:
         if "prompts" in grid:
             raise ValueError(f"{where}: give 'prompts' or 'prompts_file', not both")
-        prompts = read_prompt_file(folder / str(grid["prompts_file"]))
+        prompts = _prompt_file(grid["prompts_file"], where, folder)
     axes = (_values(grid, "models", where, str), prompts, _values(grid, "seeds", where, int, [0]),
             _values(grid, "steps", where, int, [None]), _values(grid, "sizes", where, int, [None]),
             _values(grid, "guidance", where, (int, float), [None]))
     negative = str(grid.get("negative_prompt", ""))
     schedules = _values(grid, "schedules", where, str)
     items = []
+    from_file = "prompts_file" in grid
     for model, prompt, seed, steps, size, guidance in itertools.product(*axes):
-        settings = _settings(where, model=model, prompt=prompt, seed=seed, steps=steps, size=size,
-                             guidance=None if guidance is None else float(guidance), negative_prompt=negative)
+        try:
+            settings = _settings(where, model=model, prompt=prompt, seed=seed, steps=steps, size=size,
+                                 guidance=None if guidance is None else float(guidance), negative_prompt=negative)
+        except ValueError:
+            if not from_file:
+                raise
+            # Never echo a file's lines back: the spec may point at a file its author cannot read.
+            line = prompts.index(prompt) + 1
+            raise ValueError(f"{where}: prompt {line} of prompts_file is not a prompt {model} takes") from None
         items += [_item(where, settings, text) for text in schedules]
     return items
+
+
+def _prompt_file(name: Any, where: str, folder: Path) -> list[str]:
+    """The prompts of a file beside the spec (the spec's folder or below it), read as the spec's author
+    could; never a path outside it."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: prompts_file must be a file name, e.g. prompts_file = \"prompts.txt\"")
+    root = folder.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"{where}: prompts_file must name a file beside the spec or below its folder, "
+                         f"got {name!r}")
+    try:
+        return read_prompt_file(path)
+    except ValueError:
+        raise ValueError(f"{where}: cannot read prompts_file {name!r} (one prompt per line, UTF-8)") from None
 
 
 def _values(grid: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...],
