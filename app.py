@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from ui import LAUNCH_OPTIONS
+    from ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
 
-    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
+    demo.queue(**QUEUE_OPTIONS).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                    **LAUNCH_OPTIONS)
     return 0
 

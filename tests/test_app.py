@@ -25,9 +25,9 @@ def server(server_db):
     port = free_port()
     args = app.parse_args(["--db", str(server_db), "--port", str(port)])
     demo = app.build(args)
-    from ui import LAUNCH_OPTIONS
+    from ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
 
-    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=port,
+    demo.queue(**QUEUE_OPTIONS).launch(server_name=args.host, server_port=port,
                                                    prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
@@ -160,6 +160,27 @@ def test_a_cancelled_search_frees_the_app_for_the_next_request(client):
     _, metrics = client.predict(schedule="fp32*8", seed=11, api_name="/generate")
     assert metrics["model"] == "shapes-dit"
     assert time.monotonic() - start < 10
+
+
+def test_an_image_asked_for_during_a_long_search_does_not_wait_for_the_search(client):
+    import time
+
+    _, idle = client.predict(schedule="fp32*8", seed=21, api_name="/generate")
+    job = client.submit(steps=28, ladder="fp32,bf16,skip", num_prompts=4, seeds="0,1,2,3", target=0.99,
+                        api_name="/search")
+    deadline = time.monotonic() + 60
+    while job.status().code.name not in ("PROCESSING", "ITERATING") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    try:
+        start = time.monotonic()
+        _, metrics = client.predict(schedule="fp32*4,skip*4", seed=22, api_name="/generate")
+        waited = time.monotonic() - start
+        assert not job.done(), "the search ended before the image was asked for: make it longer"
+    finally:
+        job.cancel()
+    assert metrics["steps_run"][4] == "skip"
+    assert waited < 15, waited  # an image of the search at most, not the search
 
 
 def test_the_app_and_the_cli_log_a_search_the_same_way(client, server_db, tmp_path):

@@ -72,3 +72,45 @@ def test_an_abandoned_live_search_stops_by_itself():
     assert not live._thread.is_alive()
     with pytest.raises(Cancelled):
         live.result()
+
+
+def test_the_engine_takes_pipeline_calls_in_turn():
+    from tmpdiff.runner import TurnLock
+
+    lock, order, started = TurnLock(), [], threading.Event()
+
+    def hog():
+        for _ in range(50):  # releases and asks again at once: a plain Lock would let it cut in line
+            with lock:
+                started.set()
+                time.sleep(0.002)
+        order.append("hog done")
+
+    def polite():
+        started.wait()
+        with lock:
+            order.append("polite")
+
+    threads = [threading.Thread(target=hog), threading.Thread(target=polite)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert order == ["polite", "hog done"]
+    with lock, lock:  # re-entrant for its holder
+        pass
+
+
+def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_image(tmp_path):
+    class Broken:
+        def get(self, key):
+            return None
+
+        def put(self, record):
+            raise OSError(30, "Read-only file system")
+
+    evaluator = Evaluator(Engine("cpu"), Broken())
+    with pytest.warns(UserWarning, match="could not be written.*Read-only file system"):
+        evaluation = evaluator.evaluate(RunSettings(model="shapes-dit", steps=2), "fp32,skip")
+    assert evaluation.record.steps_run == ["fp32", "skip"] and evaluation.image.size == (64, 64)
+    assert "Read-only file system" in evaluator.store_error

@@ -112,6 +112,7 @@ class DistributedEvaluator(Evaluator):
         actor = self._actor_for(settings)
         table = CostTable.from_dict(ray.get(actor.measure_costs.remote(settings, precisions)))
         self.costs[settings.model] = table
+        self._tables[(settings.model, settings.resolved_steps, settings.resolved_size)] = table
         self._share_costs([settings])
         return table
 

@@ -7,6 +7,7 @@ after, so nothing is computed twice.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import threading
@@ -79,8 +80,18 @@ class Evaluator:
         self._lock = threading.Lock()
         self._fingerprints: dict[str, str] = {}
         self._references: dict[str, Evaluation] = {}  # by key digest: one reference per setting
-        self.replay: ReplayStore | None = None  # set by a search: prefixes already run are replayed
-        self.batch_size = 1  # settings per pipeline call in evaluate_all (a search sets it)
+        self.replay: ReplayStore | None = None  # prefixes already run are replayed (a search's own view)
+        self.batch_size = 1  # settings per pipeline call in evaluate_all (a search's own view)
+        self._tables: dict[tuple[str, int, int], CostTable] = {}  # by (model, steps, size): measured once
+        self.store_error: str | None = None  # the last failed cache write, for a front end to show
+
+    def with_options(self, replay: ReplayStore | None, batch_size: int) -> Evaluator:
+        """A view of this evaluator for one search: its own replay store and batch size, the same engine,
+        store, references and cost tables. Options are per call, never swapped on the shared evaluator
+        (another user's image must not see a search's replay store)."""
+        view = copy.copy(self)
+        view.replay, view.batch_size = replay, batch_size
+        return view
 
     def key(self, settings: RunSettings, schedule: Schedule) -> EvalKey:
         return EvalKey(
@@ -147,8 +158,15 @@ class Evaluator:
         A distributed evaluator measures them on a worker instead, so its driver never loads the model."""
         steps = settings.resolved_steps
         reference = settings.spec.dtype
-        return measure_costs(timed_run(self.engine, settings), reference, sorted(set(precisions) - {reference}),
-                             steps=max(steps, 2), device=self.engine.device, compiled=self.compiled)
+        table = measure_costs(timed_run(self.engine, settings), reference, sorted(set(precisions) - {reference}),
+                              steps=max(steps, 2), device=self.engine.device, compiled=self.compiled,
+                              table=self.known_costs(settings))
+        self._tables[(settings.model, steps, settings.resolved_size)] = table
+        return table
+
+    def known_costs(self, settings: RunSettings) -> CostTable | None:
+        """The step costs measured earlier in this process for this model, step count and size."""
+        return self._tables.get((settings.model, settings.resolved_steps, settings.resolved_size))
 
     @property
     def costs_measured_where(self) -> str:
@@ -164,13 +182,16 @@ class Evaluator:
             table = self.costs.get(settings.model)
             if table is not None and table.target:
                 return table  # another device's costs: used as they are (predict says what they lack)
-            if table is not None and table.steps != steps:
-                table = None  # costs were measured for another step count
+            shape = (settings.model, steps, settings.resolved_size)
+            if table is not None and table.steps == steps:
+                self._tables.setdefault(shape, table)
+            table = self._tables.get(shape)  # measured once per model, step count and size, then kept
             missing = set(schedule.precisions) | {settings.spec.dtype}
             if table is None or not missing <= set(table.step_seconds):
                 table = measure_costs(timed_run(self.engine, settings), settings.spec.dtype, sorted(missing),
                                       steps=steps, device=self.engine.device, compiled=self.compiled, table=table)
-                self.costs[settings.model] = table
+                self._tables[shape] = table
+            self.costs[settings.model] = table
             return table
 
     def _cached(self, settings: RunSettings, schedule: Schedule) -> Evaluation | None:
@@ -195,12 +216,25 @@ class Evaluator:
             steps_run=result.steps_run, simulated=result.simulated,
         )
         if self.store:
-            self.store.put(record)
+            self._store(record)
         reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
         evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds)
         if reference is None:
             self._references[key.digest] = evaluation
         return evaluation
+
+    def _store(self, record: EvalRecord) -> None:
+        """Keeps the record; a store that cannot be written (a read-only or full disk, a database gone away)
+        costs the cache, not the result: it is returned uncached and the failure is told once."""
+        try:
+            self.store.put(record)  # type: ignore[union-attr]
+            self.store_error = None
+        except Exception as exc:  # the store's own errors (SQLite, PostgreSQL, OSError): none may lose the image
+            message = f"the cache could not be written ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            if message != self.store_error:
+                warnings.warn(f"{message}: results are shown but not kept; check the database and its folder",
+                              stacklevel=3)
+            self.store_error = message
 
     def _evaluate_batch(self, settings: list[RunSettings], schedule: Schedule) -> list[Evaluation]:
         """Settings that differ only in prompt and seed, none of them cached, in as few pipeline calls as

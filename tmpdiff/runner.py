@@ -148,9 +148,10 @@ class Engine:
         self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0}
         self._pipes: dict[str, Any] = {}
         self._lock = threading.Lock()
-        # One pipeline call at a time: a request that comes while another thread's call (say, a cancelled
-        # search's last step) is still running waits for it instead of failing.
-        self._running = threading.RLock()
+        # One pipeline call at a time, in the order they were asked for: a quick image asked for during a long
+        # search waits for the search's current image only, and a request that comes while a cancelled
+        # search's last step still runs waits for it instead of failing.
+        self._running = TurnLock()
 
     def pipeline(self, model: str) -> Any:
         with self._lock:
@@ -232,6 +233,38 @@ class Engine:
                             ("skipped", handle.skipped_calls)):
             self.calls[name] += count
         return images, handle, seconds, vae["seconds"]
+
+
+class TurnLock:
+    """A lock taken in the order it was asked for (``threading.Lock`` lets a thread that releases and asks
+    again cut in line, so a search could starve everyone's images). Re-entrant for the thread that holds it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> TurnLock:
+        me = threading.get_ident()
+        with self._changed:
+            if self._owner == me:
+                self._depth += 1
+                return self
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._changed.wait_for(lambda: self._serving == ticket)
+            self._owner, self._depth = me, 1
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        with self._changed:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._serving += 1
+                self._changed.notify_all()
 
 
 def batch_call_kwargs(settings: list[RunSettings], device: str | torch.device) -> dict[str, Any]:

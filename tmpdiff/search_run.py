@@ -170,14 +170,9 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
                on_point: Callable[[Point], None] | None = None) -> SearchReport:
     """Run the whole study and return the report (the CLI writes its ``to_dict()`` as JSON). ``on_point``
     hears of every evaluated schedule's (mean SSIM, predicted speed-up) as it lands, for a live plot."""
-    previous = evaluator.replay, evaluator.batch_size
-    evaluator.replay = ReplayStore() if request.replay else None
-    evaluator.batch_size = request.batch_size
-    try:
-        with cancellable(should_stop):  # every phase stops at its next denoising step once should_stop() holds
-            return _run_search(evaluator, request, progress, should_stop, on_evaluation, on_point)
-    finally:
-        evaluator.replay, evaluator.batch_size = previous
+    own = evaluator.with_options(ReplayStore() if request.replay else None, request.batch_size)
+    with cancellable(should_stop):  # every phase stops at its next denoising step once should_stop() holds
+        return _run_search(own, request, progress, should_stop, on_evaluation, on_point)
 
 
 def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None,
@@ -234,6 +229,8 @@ def _step_costs(evaluator: Evaluator, request: SearchRequest, meter: PhaseMeter)
     base = request.settings(request.prompts[0], request.seeds[0])
     steps, reference = base.resolved_steps, base.spec.dtype
     table = evaluator.costs.get(request.model)
+    if table is not None and not table.target and table.steps != steps:
+        table = evaluator.known_costs(base) or table  # measured earlier for this step count: kept, not re-measured
     needed = set(_candidates(request, evaluator.engine.device)) | {reference}
     stale = table is not None and not table.target and (table.steps != steps or not needed <= set(table.step_seconds))
     if table is not None and table.target:

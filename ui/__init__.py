@@ -1,8 +1,12 @@
-"""The Gradio front end. Launch the Blocks with ``**LAUNCH_OPTIONS`` (its stylesheet and page script)."""
+"""The Gradio front end. Launch the Blocks with ``.queue(**QUEUE_OPTIONS).launch(**LAUNCH_OPTIONS)`` (its
+queue bounds, stylesheet, page script and upload limit)."""
 
 from .app import build_ui
 from .views import CSS, PAGE_JS
 
-LAUNCH_OPTIONS = {"css": CSS, "js": PAGE_JS}
+# Uploads are small (a schedule file at most): anything larger is refused before it is stored.
+LAUNCH_OPTIONS = {"css": CSS, "js": PAGE_JS, "max_file_size": "1mb"}
+# One image and one search run at a time (they queue apart); at most 32 waiting, then "queue is full".
+QUEUE_OPTIONS = {"default_concurrency_limit": 1, "max_size": 32}
 
-__all__ = ["CSS", "LAUNCH_OPTIONS", "PAGE_JS", "build_ui"]
+__all__ = ["CSS", "LAUNCH_OPTIONS", "PAGE_JS", "QUEUE_OPTIONS", "build_ui"]

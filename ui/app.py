@@ -154,6 +154,9 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         progress(1.0, desc="done")
+        if evaluator.store_error:
+            gr.Warning(f"{evaluator.store_error}: this result is shown but not kept; check the database and its "
+                       "folder (free space, permissions)")
         summary = result.summary()
         if result.record.simulated:
             summary["note"] = f"simulated precisions ({', '.join(result.record.simulated)}): no speed claim"
@@ -293,7 +296,8 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 str(Schedule.uniform(s.dtype, s.steps)), _describe(s),
                 gr.update(choices=[THIS_DEVICE, *matching_tables(model)], value=THIS_DEVICE))
 
-    with gr.Blocks(title="tmpdiff: temporal mixed precision") as demo:
+    # Served files (images, downloads) are deleted an hour after they were made, checked every hour.
+    with gr.Blocks(title="tmpdiff: temporal mixed precision", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# tmpdiff: a precision for every denoising step\n"
                     "Pick a model, give each step a precision, and see what it costs and what it loses.")
         with gr.Row():
@@ -391,8 +395,10 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                      api_visibility="private")
         all_button.click(uniform, [steps, bulk], schedule, api_visibility="private")
         first_button.click(first_k, [schedule, steps, k, bulk], schedule, api_visibility="private")
+        # Images and searches queue apart: a long search never holds everyone's images for its whole length
+        # (the engine runs one pipeline call at a time, in turn, so an image waits one search image at most).
         run.click(generate, [*inputs, schedule], [slider, metrics], api_name="generate", concurrency_limit=1,
-                  concurrency_id="gpu").then(downloads, [slider, metrics], [image_file, schedule_file],
+                  concurrency_id="generate").then(downloads, [slider, metrics], [image_file, schedule_file],
                                              api_visibility="private")
         metrics.change(show_result, [*inputs, latency_on, slider, metrics], [cards, timeline, diff],
                        api_visibility="private")
@@ -403,13 +409,13 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
             widget.change(None, [*inputs, schedule], None, js=URL_STATE_JS)
         search_button.click(search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
                             [schedule, report, search_figure], api_name="search", concurrency_limit=1,
-                            concurrency_id="gpu")
+                            concurrency_id="search")
         report.change(show_search, report, [search_warning, compare, pareto_table], api_visibility="private")
         pareto_table.select(load_row, pareto_table, schedule, api_visibility="private")
         refresh.click(pareto, inputs, [plot, table], api_name="pareto")
         # Picking a row loads its schedule, then its images (a cache hit, so no model call).
         table.select(load_row, table, schedule, api_visibility="private").then(
-            generate, [*inputs, schedule], [slider, metrics], api_visibility="private", concurrency_id="gpu")
+            generate, [*inputs, schedule], [slider, metrics], api_visibility="private", concurrency_id="generate")
         gr.Examples(
             examples=[[default_model, p, s] for p, s in _examples(spec)],
             inputs=[model, prompt, schedule], label="Try these",
