@@ -364,3 +364,36 @@ def test_gradio_analytics_are_off_unless_asked_for(monkeypatch):
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert app.main(["--port", "1", "--analytics"]) == 2
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "True"
+
+
+@pytest.mark.browser
+def test_a_bad_field_gets_a_message_beside_it_that_stays(server, browser):
+    import time
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(server, wait_until="networkidle")
+    seed = page.get_by_label("Seed", exact=True)
+    seed.fill("1.5")
+    seed.press("Enter")
+    page.locator("#run").click()
+    page.wait_for_selector("#field-error", timeout=30_000)
+    time.sleep(12)  # longer than a toast lasts
+    message = page.locator("#field-error").inner_text()
+    assert "Seed" in message and "whole number" in message
+    assert "Not updated" in page.locator("#cards").inner_text()
+    seed.fill("3")
+    seed.press("Enter")
+    page.locator("#run").click()
+    page.wait_for_function("!document.querySelector('#field-error')", timeout=30_000)
+    page.close()
+
+
+def test_a_user_mistake_is_one_line_in_the_server_log_without_a_traceback(client, capfd, caplog):
+    from gradio_client.exceptions import AppError
+
+    capfd.readouterr()
+    with caplog.at_level("WARNING", logger="tmpdiff.app"), pytest.raises(AppError, match="has 3 steps but 8"):
+        client.predict(schedule="fp32*3", api_name="/generate")
+    assert "Traceback" not in capfd.readouterr().err
+    assert [r.getMessage() for r in caplog.records if r.name == "tmpdiff.app"] == [
+        "refused: schedule fp32*3 has 3 steps but 8 were asked for"]

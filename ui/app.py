@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from .live import LiveSearch
 from .views import COLOURS
 
 __all__ = ["build_ui"]
+
+LOG = logging.getLogger("tmpdiff.app")
 
 MAX_STEPS = 50
 STOP_WAIT_SECONDS = 60.0  # a stopped search ends at its next denoising step; one step of a large model at most
@@ -63,6 +66,8 @@ def telling_builds(engine: Engine, progress: gr.Progress, at: float = 0.5) -> It
 
 def schedule_strip(text: str) -> str:
     """The schedule as a row of coloured cells, one per step."""
+    if not str(text).strip():
+        return "<div class='strip-note'>No schedule given: every step runs in the reference precision.</div>"
     try:
         steps = Schedule.parse(text).steps
     except ValueError as exc:
@@ -152,7 +157,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 progress(0.5, desc=f"schedule {schedule_obj}")
                 result = evaluator.evaluate(settings, schedule_obj)
         except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(exc) from None
         progress(1.0, desc="done")
         if evaluator.store_error:
             gr.Warning(f"{evaluator.store_error}: this result is shown but not kept; check the database and its "
@@ -180,7 +185,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 validation_seeds=(1000,), additivity_samples=0, baselines=True,
             )
         except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(exc) from None
         search_run = LiveSearch(Study(evaluator, store), request)
         try:
             for update in search_run.updates():
@@ -195,16 +200,27 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         try:
             result = search_run.result()
         except Cancelled:
-            raise gr.Error("the search was stopped; every finished evaluation is kept in the cache") from None
+            raise user_error("the search was stopped; every finished evaluation is kept in the cache") from None
         except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(exc) from None
         yield result.schedule, result.to_dict(), views.search_plot(result.to_dict())
+
+    def check_inputs(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float,
+                     schedule: str) -> tuple[str, Any]:
+        """Runs with the click, before the queue: a bad field gets a message beside the editor that stays,
+        and the cards say they were not updated (the run itself then refuses the same input)."""
+        try:
+            settings = _settings(model, prompt, seed, steps, size, guidance)
+            evaluator.engine.check_schedule(schedule or settings.reference_schedule(), settings)
+        except ValueError as exc:
+            return field_message(exc), "<div class='stale' id='stale'>Not updated: fix the field above.</div>"
+        return "", gr.update()
 
     def pareto(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float):
         try:
             settings = _settings(model, prompt, seed, steps, size, guidance)
         except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(exc) from None
         table, rows = history(model, stable_hash(settings.to_dict()))
         reference = [r for r in rows if r["schedule"] == str(settings.reference_schedule())]
         ref_seconds = reference[0]["measured_seconds"] if reference else None
@@ -279,7 +295,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
             base = Schedule.coerce(current, int(steps))
             return str(base.replace(range(min(int(k), int(steps))), name))
         except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(exc) from None
 
     def resize(current: str, steps: float, model: str) -> str:
         reference = get_model(model).dtype
@@ -317,6 +333,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 schedule = gr.Textbox(value=str(Schedule.uniform(spec.dtype, spec.steps)),
                                       label="Schedule (paste or edit: e.g. fp32*2,int8*6)", elem_id="schedule")
                 strip = gr.HTML(schedule_strip(str(Schedule.uniform(spec.dtype, spec.steps))))
+                field_error = gr.HTML(elem_id="field-error-box")
                 with gr.Row():
                     bulk = gr.Dropdown(choices, value=choices[0], label="Precision", scale=2)
                     k = gr.Number(value=2, precision=0, label="k", scale=1)
@@ -340,7 +357,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                                 try:
                                     return str(Schedule.parse(current).replace([i], value))
                                 except ValueError as exc:
-                                    raise gr.Error(str(exc)) from None
+                                    raise user_error(exc) from None
 
                             box.input(set_step, [box, schedule], schedule)
 
@@ -397,6 +414,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         first_button.click(first_k, [schedule, steps, k, bulk], schedule, api_visibility="private")
         # Images and searches queue apart: a long search never holds everyone's images for its whole length
         # (the engine runs one pipeline call at a time, in turn, so an image waits one search image at most).
+        run.click(check_inputs, [*inputs, schedule], [field_error, cards], queue=False, api_visibility="private")
         run.click(generate, [*inputs, schedule], [slider, metrics], api_name="generate", concurrency_limit=1,
                   concurrency_id="generate").then(downloads, [slider, metrics], [image_file, schedule_file],
                                              api_visibility="private")
@@ -441,5 +459,23 @@ def _round(value: float | None) -> float | None:
 
 
 def _fail(message: str) -> str:
-    raise gr.Error(message)
+    raise user_error(message)
+
+
+def user_error(problem: ValueError | str) -> gr.Error:
+    """A user's mistake: one line in the server log (no traceback), and a message that stays on the page
+    until it is closed."""
+    LOG.warning("refused: %s", problem)
+    return gr.Error(str(problem), duration=None, print_exception=False)
+
+
+FIELDS = ("seed", "steps", "size", "guidance", "prompt", "schedule", "model")
+
+
+def field_message(problem: Exception) -> str:
+    """The inline message for a bad field: the field's name first, as the form labels it."""
+    text = str(problem)
+    field = next((f for f in FIELDS if text.startswith(f) or f"{f} " in text[:40]), "input")
+    return (f"<div class='field-error' id='field-error' role='alert'><b>{html.escape(field.capitalize())}</b>: "
+            f"{html.escape(text)}</div>")
 

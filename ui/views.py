@@ -39,6 +39,10 @@ PAGE_JS = """() => {
 }"""
 
 CSS = """
+.field-error {border: 1px solid #cf222e; background: #ffebe9; color: #82071e; border-radius: 6px; padding: 6px 10px;
+  margin: 4px 0;}
+.stale {border: 1px dashed #9a6700; background: #fff8c5; color: #7d4e00; border-radius: 6px; padding: 6px 10px;}
+.strip-note {color: #57606a; font-size: 13px;}
 .cards {display: flex; flex-wrap: wrap; gap: 8px; margin: 4px 0;}
 .card {flex: 1 1 120px; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px 10px; background: #fff;}
 .card .title {font-size: 12px; color: #57606a;}
