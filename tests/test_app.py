@@ -257,6 +257,24 @@ def decoded(page, selector):
 
 
 @pytest.mark.browser
+def test_the_page_opens_on_what_tmpdiff_buys_here_with_three_images(server, browser):
+    import re
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(server, wait_until="networkidle")
+    page.wait_for_function("document.querySelectorAll('#story .compare-img').length >= 3", timeout=300_000)
+    story = page.locator("#story").inner_text()
+    speedup = float(re.search(r"([0-9.]+)x at SSIM", story).group(1))
+    assert speedup > 1.0 and "Found" in story and "Reference" in story
+    sources = page.eval_on_selector_all("#story .compare-img", "imgs => imgs.map(i => i.src)")
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    page.get_by_text("Precisions on this device").click()
+    assert "ms" in page.locator("#precisions").inner_text()  # measured step costs beside each precision
+    page.screenshot(path=str(ARTIFACTS / "story.png"), full_page=True)
+    page.close()
+
+
+@pytest.mark.browser
 def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, server_db, browser):
     import numpy as np
 

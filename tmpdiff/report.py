@@ -125,6 +125,7 @@ class SearchReport:
     replay: dict[str, Any] | None = None
     batch_size: int = 1
     skipped: tuple[str, ...] = ()  # phases left out, each with how to ask for it
+    request: dict[str, Any] = field(default_factory=dict)  # what was searched (prompts, seeds, ...): provenance
     version: int = REPORT_VERSION
 
     @property
@@ -165,6 +166,8 @@ class SearchReport:
         data.update({"validation": self.validation.to_dict(), "pareto": [p.to_dict() for p in self.pareto],
                      "denoiser_calls": self.denoiser_calls, "phase_seconds": self.phase_seconds,
                      "replay": self.replay, "batch_size": self.batch_size, "skipped": list(self.skipped)})
+        if self.request:
+            data["request"] = self.request
         return data
 
     @classmethod
@@ -200,7 +203,7 @@ class SearchReport:
             exhaustive=Exhaustive(**exhaustive) if exhaustive else None,
             denoiser_calls=data.get("denoiser_calls", {}), phase_seconds=data.get("phase_seconds", {}),
             replay=data.get("replay"), batch_size=int(data.get("batch_size", 1)),
-            skipped=tuple(data.get("skipped", ())),
+            skipped=tuple(data.get("skipped", ())), request=dict(data.get("request", {})),
         )
 
 

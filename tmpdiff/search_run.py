@@ -219,7 +219,7 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
         phase_seconds=calls["phase_seconds"],
         replay=evaluator.replay.stats() if evaluator.replay is not None else None,
         batch_size=evaluator.batch_size,  # smaller than asked when memory ran out
-        skipped=tuple(_skipped(request)),
+        skipped=tuple(_skipped(request)), request=request.to_dict(),
     )
 
 

@@ -80,8 +80,15 @@ def schedule_strip(text: str) -> str:
     return f"<div class='schedule-strip'>{cells}</div>"
 
 
-def precision_rows(device: str) -> list[list[str]]:
-    return [[a.name, a.status.value, a.reason] for a in available_precisions(device)]
+def precision_rows(device: str, table: Any = None) -> list[list[str]]:
+    """Each precision, its status here, its measured cost per step (once measured) and why."""
+    def cost(name: str) -> str:
+        if table is None or name not in table.step_seconds:
+            return "not measured yet"
+        note = " (simulated: no speed claim)" if name in table.simulated else ""
+        return f"{1000 * table.step_seconds[name]:.1f} ms{note}"
+
+    return [[a.name, a.status.value, cost(a.name), a.reason] for a in available_precisions(device)]
 
 
 def _settings(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float) -> RunSettings:
@@ -155,7 +162,9 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 reference = evaluator.reference(settings)
             with telling_builds(evaluator.engine, progress, 0.5):
                 progress(0.5, desc=f"schedule {schedule_obj}")
-                result = evaluator.evaluate(settings, schedule_obj)
+                # The reference schedule is the reference itself: "cached" only when it was.
+                result = reference if schedule_obj == settings.reference_schedule() else \
+                    evaluator.evaluate(settings, schedule_obj)
         except ValueError as exc:
             raise user_error(exc) from None
         progress(1.0, desc="done")
@@ -265,9 +274,48 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         label = f"|reference - schedule|: black 0, white {largest}/255 (the largest difference)"
         return views.cards(summary, target), timeline, gr.update(value=diff, label=label)
 
+    def comparison_images(report: dict[str, Any]) -> dict[str, str]:
+        """The found, rival and reference schedules' images on the search's first calibration setting (all
+        evaluated by the search: cache hits), as lossless PNG data URIs."""
+        request = (report or {}).get("request") or {}
+        if not request.get("prompts") or not request.get("seeds"):
+            return {}
+        settings = RunSettings(model=report["model"], prompt=request["prompts"][0], seed=request["seeds"][0],
+                               steps=report["steps"], size=request.get("size"), guidance=request.get("guidance"))
+        rival = report.get("best_baseline_at_speedup") or {}
+        names = [report["schedule"], rival.get("schedule"), str(settings.reference_schedule())]
+        return {name: _data_uri(evaluator.evaluate(settings, name).image) for name in names if name}
+
     def show_search(report: dict[str, Any]):
-        return (views.validation_warning(report), views.compare_cards(report) + views.search_cost(report),
+        return (views.validation_warning(report),
+                views.compare_cards(report, comparison_images(report)) + views.search_cost(report),
                 views.pareto_rows(report))
+
+    story_report: dict[str, Any] = {}
+
+    @_gpu
+    def story(progress: gr.Progress = gr.Progress()):
+        """What tmpdiff buys on this device, on screen when the page opens: a search of the default model
+        (computed once, its evaluations and step costs kept in the cache for the next start)."""
+        if not story_report:
+            try:
+                with telling_builds(evaluator.engine, progress, 0.1):
+                    progress(0.05, desc="measuring this device and searching the default model (once)")
+                    story_report.update(Study(evaluator, store).search(_story_request(spec, device)).to_dict())
+            except (ValueError, Cancelled) as exc:
+                LOG.warning("no opening comparison: %s", exc)
+                return "", None, precision_rows(device, evaluator.costs.get(spec.name))
+        report = story_report
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("ladder_notes", []))
+        head = (f"<div class='story'><h3>On this device ({html.escape(report['costs'].get('device_name') or device)}"
+                f"): {report['speedup']:.2f}x at SSIM {report['ssim']:.3f}</h3>"
+                f"<p>A search of {html.escape(report['model'])} for the floor SSIM "
+                f"{report['objective']['target_ssim']} found the schedule below; beside it the best uniform or "
+                "boundary schedule at least as fast, and the reference. Speed-ups are predicted from step costs "
+                "measured here.</p>" + (f"<ul>{notes}</ul>" if notes else ""))
+        body = views.compare_cards(report, comparison_images(report))
+        return (head + body + "</div>", views.search_plot(report),
+                precision_rows(device, evaluator.costs.get(report["model"])))
 
     def from_url(request: gr.Request):
         """The model, settings and schedule a shared link carries (``?model=...&schedule=...``)."""
@@ -317,6 +365,10 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         gr.Markdown("# tmpdiff: a precision for every denoising step\n"
                     "Pick a model, give each step a precision, and see what it costs and what it loses.")
         with gr.Row():
+            story_html = gr.HTML(elem_id="story")
+            story_plot = gr.Plot(label="The search's Pareto front (click a point to load its schedule)",
+                                 elem_id="story-plot")
+        with gr.Row():
             with gr.Column(scale=1):
                 model = gr.Dropdown(model_names, value=default_model, label="Model")
                 model_info = gr.Markdown(_describe(spec))
@@ -328,7 +380,9 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                     size = gr.Number(value=spec.size, step=1, label="Size (px)")
                     guidance = gr.Number(value=spec.guidance, label="Guidance")
                 with gr.Accordion(f"Precisions on this device ({device})", open=False):
-                    gr.Dataframe(precision_rows(device), headers=["precision", "status", "why"], interactive=False)
+                    precisions = gr.Dataframe(precision_rows(device), headers=["precision", "status", "step cost here",
+                                                                                "why"], interactive=False,
+                                              elem_id="precisions")
             with gr.Column(scale=2):
                 schedule = gr.Textbox(value=str(Schedule.uniform(spec.dtype, spec.steps)),
                                       label="Schedule (paste or edit: e.g. fp32*2,int8*6)", elem_id="schedule")
@@ -427,7 +481,10 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
             widget.change(None, [*inputs, schedule], None, js=URL_STATE_JS)
         search_button.click(search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
                             [schedule, report, search_figure], api_name="search", concurrency_limit=1,
-                            concurrency_id="search")
+                            concurrency_id="search").success(  # the found schedule in every panel
+            generate, [*inputs, schedule], [slider, metrics], api_visibility="private", concurrency_id="generate")
+        demo.load(story, None, [story_html, story_plot, precisions], api_visibility="private",
+                  concurrency_id="search")
         report.change(show_search, report, [search_warning, compare, pareto_table], api_visibility="private")
         pareto_table.select(load_row, pareto_table, schedule, api_visibility="private")
         refresh.click(pareto, inputs, [plot, table], api_name="pareto")
@@ -435,18 +492,40 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         table.select(load_row, table, schedule, api_visibility="private").then(
             generate, [*inputs, schedule], [slider, metrics], api_visibility="private", concurrency_id="generate")
         gr.Examples(
-            examples=[[default_model, p, s] for p, s in _examples(spec)],
+            examples=[[default_model, p, s] for p, s in _examples(spec, device)],
             inputs=[model, prompt, schedule], label="Try these",
         )
     return demo
 
 
-def _examples(spec: Any) -> list[tuple[str, str]]:
-    """A few schedules worth comparing on the default model."""
+def _examples(spec: Any, device: str) -> list[tuple[str, str]]:
+    """Schedules whose trade-off is real on this device: on a CPU (where 8-bit kernels are slower than fp32)
+    what skipping steps buys; on a GPU, 8-bit middle steps as well."""
     ref, n = spec.dtype, spec.steps
     prompts = list(spec.labels[:3]) if spec.labels else [spec.example_prompt] * 3
-    return [(prompts[0], f"{ref}*2,int8*{n - 2}"), (prompts[1], f"{ref}*{n // 2},skip*{n - n // 2}"),
-            (prompts[2], f"{ref}*2,int4wo*{n - 2}")]
+    late = f"{ref}*{n - 2},skip,{ref}"
+    alternate = str(Schedule((ref,) * (n // 2) + tuple("skip" if i % 2 == 0 else ref for i in range(n - n // 2))))
+    if device.startswith("cuda"):
+        return [(prompts[0], f"{ref}*2,fp8*{n - 4},{ref}*2"), (prompts[1], late), (prompts[2], alternate)]
+    return [(prompts[0], late), (prompts[1], alternate), (prompts[2], f"{ref}*{n // 2},skip*{n - n // 2}")]
+
+
+def _story_request(spec: Any, device: str) -> SearchRequest:
+    """The search on screen when the page opens: small, on the default model, with the rungs that can be
+    real on this kind of device (the ladder check drops any measured no cheaper than the reference)."""
+    rungs = ("fp8", "skip") if device.startswith("cuda") else ("bf16", "skip")
+    prompts = tuple(calibration_prompts(spec.labels, 2))
+    return SearchRequest(model=spec.name, prompts=prompts, seeds=(0, 1), steps=spec.steps, target_ssim=0.9,
+                         ladder=(spec.dtype, *rungs), validation_seeds=(1000,), additivity_samples=0)
+
+
+def _data_uri(image: Any) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # lossless: the engine's pixels
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _describe(spec: Any) -> str:

@@ -43,6 +43,8 @@ CSS = """
   margin: 4px 0;}
 .stale {border: 1px dashed #9a6700; background: #fff8c5; color: #7d4e00; border-radius: 6px; padding: 6px 10px;}
 .strip-note {color: #57606a; font-size: 13px;}
+.compare-img {width: 100%; max-width: 256px; image-rendering: pixelated; display: block; margin: 4px 0;}
+.story h3 {margin: 4px 0;}
 .cards {display: flex; flex-wrap: wrap; gap: 8px; margin: 4px 0;}
 .card {flex: 1 1 120px; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px 10px; background: #fff;}
 .card .title {font-size: 12px; color: #57606a;}
@@ -86,9 +88,10 @@ def cards(summary: dict[str, Any], target: dict[str, Any] | None = None) -> str:
     return f"<div class='cards'>{''.join(row)}</div>"
 
 
-def compare_cards(report: dict[str, Any]) -> str:
+def compare_cards(report: dict[str, Any], images: dict[str, str] | None = None) -> str:
     """The stakeholder view of a search: the found schedule, the best uniform or baseline schedule at
-    the same or higher speed, and the reference, each with its SSIM and speed-up."""
+    the same or higher speed, and the reference, each with its SSIM and speed-up, and its image (``images``:
+    schedule → a PNG data URI) on the search's first calibration prompt and seed."""
     if not report:
         return ""
     reference = str(Schedule.uniform(report["ladder"][0], report["steps"]))
@@ -101,7 +104,9 @@ def compare_cards(report: dict[str, Any]) -> str:
     columns.append(("Reference", reference, 1.0, 1.0))
     blocks = []
     for title, schedule, ssim_value, speedup in columns:
-        blocks.append(f"<div><h4>{html.escape(title)}</h4><code>{html.escape(schedule)}</code>"
+        image = (images or {}).get(schedule)
+        picture = f"<img class='compare-img' src='{image}' alt='{html.escape(schedule)}'>" if image else ""
+        blocks.append(f"<div><h4>{html.escape(title)}</h4>{picture}<code>{html.escape(schedule)}</code>"
                       f"<div class='cards'>{_card('speed-up', f'{speedup:.2f}x', f'{label} on {where}')}"
                       f"{_card('SSIM', f'{ssim_value:.3f}', 'mean over calibration images')}</div></div>")
     return f"<div class='compare'>{''.join(blocks)}</div>"
