@@ -287,6 +287,11 @@ class _StepRouter:
         if precision.dtype == reference_dtype and mode is Mode.EAGER:
             # The reference itself: exactly the stock forward.
             self.handle.variants.setdefault(name, module)
+            if bank.linear_rows is None:  # which Linears run through their forward, and with how many rows:
+                with record_linear_rows(bank.reference) as rows:  # recorded on a real step, not an extra call
+                    output = hook.fn_ref.original_forward(*args, **kwargs)
+                bank.linear_rows = rows
+                return output
             return hook.fn_ref.original_forward(*args, **kwargs)
         cast = precision.dtype is not None and precision.dtype != reference_dtype
         if cast:
