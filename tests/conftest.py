@@ -11,6 +11,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# No test reaches the internet for LPIPS's AlexNet weights (the download path is tested on a local server).
+os.environ.setdefault("TMPDIFF_LPIPS_URL", "off")
 # Keep the suite's cache databases out of the user's cache folder.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tmpdiff-tests-")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

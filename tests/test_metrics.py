@@ -37,16 +37,63 @@ def test_mismatched_sizes_are_a_clear_error(picture):
         metrics.ssim(picture, picture[:32])
 
 
-def test_lpips_unavailable_offline_says_why_and_never_guesses(picture, monkeypatch, tmp_path):
+def test_lpips_unavailable_offline_says_why_in_one_line_and_never_guesses(picture, monkeypatch, tmp_path):
+    from conftest import free_port
+
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.delenv(metrics.LPIPS_ENV, raising=False)
+    monkeypatch.setenv(metrics.LPIPS_URL_ENV, f"http://127.0.0.1:{free_port()}/{metrics.ALEXNET_FILE}")
+    monkeypatch.setattr(metrics, "_FETCH_FAILED", None)
     available, reason = metrics.lpips_status()
-    assert not available and "AlexNet" in reason and metrics.LPIPS_ENV in reason
+    assert not available and "could not fetch its AlexNet weights" in reason and "\n" not in reason
+    assert metrics.LPIPS_ENV in metrics.LPIPS_HOW_TO  # the how-to, for a tooltip
     quality = metrics.compare(noisy(picture, 8), picture)
     assert quality.lpips is None and quality.lpips_note == reason
     assert 0 < quality.ssim < 1
+    calls = []
+    monkeypatch.setattr(metrics.urllib.request, "urlopen", lambda *a, **k: calls.append(a))
+    assert metrics.lpips_status() == (False, reason) and not calls  # tried once per process, not per image
     monkeypatch.setenv(metrics.LPIPS_ENV, str(tmp_path / "missing.pth"))
     assert "is not a file" in metrics.lpips_status()[1]
+
+
+def test_lpips_weights_are_fetched_once_and_checked_against_their_hash(picture, monkeypatch, tmp_path):
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import torchvision
+
+    torch.manual_seed(0)
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(torchvision.models.alexnet().state_dict(), served / "weights.pth")
+    digest = hashlib.sha256((served / "weights.pth").read_bytes()).hexdigest()[:8]
+    (served / "weights.pth").rename(served / f"alexnet-owt-{digest}.pth")
+    (served / "alexnet-owt-00000000.pth").write_bytes(b"not the weights")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    monkeypatch.delenv(metrics.LPIPS_ENV, raising=False)
+    try:
+        monkeypatch.setattr(metrics, "_FETCH_FAILED", None)
+        with pytest.raises(metrics.LpipsUnavailable, match="does not match its hash 00000000"):
+            metrics.fetch_alexnet_weights(f"{base}/alexnet-owt-00000000.pth")
+        assert not (hub / "checkpoints" / metrics.ALEXNET_FILE).exists()  # nothing half-fetched is kept
+        monkeypatch.setattr(metrics, "_FETCH_FAILED", None)
+        monkeypatch.setenv(metrics.LPIPS_URL_ENV, f"{base}/alexnet-owt-{digest}.pth")
+        monkeypatch.setattr(metrics, "_LPIPS_MODEL", None)
+        assert metrics.lpips_status() == (True, "LPIPS (AlexNet)")
+        assert (hub / "checkpoints" / metrics.ALEXNET_FILE).is_file()
+        quality = metrics.compare(noisy(picture, 8), picture)
+        assert quality.lpips is not None and quality.lpips > 0 and quality.lpips_note == ""
+    finally:
+        server.shutdown()
+        monkeypatch.setattr(metrics, "_LPIPS_MODEL", None)
 
 
 def test_lpips_with_backbone_weights_file(picture, monkeypatch, tmp_path):

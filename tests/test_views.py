@@ -22,6 +22,7 @@ def test_cards_show_each_number_and_say_why_lpips_is_missing():
     text = views.cards(SUMMARY)
     for needle in ("1.60x", "measured on this device", "0.930", "31.2 dB", "AlexNet weights not found", "0.50 s"):
         assert needle in text
+    assert "title='LPIPS needs torchvision" in text  # the how-to in a tooltip, not a paragraph
     simulated = views.cards({**SUMMARY, "speedup": None})
     assert "no claim" in simulated and "1.60x" not in simulated
     target = views.cards(SUMMARY, {"device": "NVIDIA H100", "speedup": 1.25})

@@ -7,9 +7,11 @@ the reason; it is never computed with a randomly initialised backbone.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import statistics
 import threading
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +21,20 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-__all__ = ["Quality", "LpipsUnavailable", "compare", "difference_map", "lpips_status", "psnr", "ssim", "summarize"]
+__all__ = ["LPIPS_HOW_TO", "LpipsUnavailable", "Quality", "compare", "difference_map", "fetch_alexnet_weights",
+           "lpips_status", "psnr", "ssim", "summarize"]
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+ALEXNET_URL = f"https://download.pytorch.org/models/{ALEXNET_FILE}"  # where torchvision fetches it from
 LPIPS_ENV = "TMPDIFF_LPIPS_WEIGHTS"
-_HOW_TO_GET = (
-    f"download torchvision's AlexNet weights ({ALEXNET_FILE}) into torch's hub cache "
-    f"(~/.cache/torch/hub/checkpoints) or point {LPIPS_ENV} at the file"
+LPIPS_URL_ENV = "TMPDIFF_LPIPS_URL"  # another mirror of the same file; "off" never downloads
+DOWNLOAD_TIMEOUT_S = 20
+LPIPS_HOW_TO = (
+    f"LPIPS needs torchvision's AlexNet weights ({ALEXNET_FILE}, 233 MB): tmpdiff fetches them once from "
+    f"{ALEXNET_URL} into torch's hub cache; offline, copy the file to ~/.cache/torch/hub/checkpoints/ or point "
+    f"{LPIPS_ENV} at it"
 )
+_HOW_TO_GET = LPIPS_HOW_TO
 
 
 class LpipsUnavailable(RuntimeError):
@@ -96,13 +104,49 @@ def _alexnet_weights() -> Path | None:
     return path if path.is_file() else None
 
 
+_FETCH_FAILED: str | None = None  # why the one download this process tried failed (never tried twice)
+
+
+def fetch_alexnet_weights(url: str | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """torchvision's AlexNet weights, downloaded once into torch's hub cache, as torchvision would: the file's
+    SHA-256 must begin with the hash its name carries (``alexnet-owt-<hash>.pth``). A ``LpipsUnavailable``
+    with a one-line reason when it cannot be fetched."""
+    global _FETCH_FAILED
+    url = url or os.environ.get(LPIPS_URL_ENV) or ALEXNET_URL
+    if url == "off":
+        raise LpipsUnavailable("LPIPS unavailable: downloading its AlexNet weights is switched off")
+    target = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    if target.is_file():
+        return target
+    if _FETCH_FAILED is not None:
+        raise LpipsUnavailable(_FETCH_FAILED)
+    expected = Path(url).stem.rsplit("-", 1)[-1]
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (a fixed https URL)
+            data = response.read()
+        if not hashlib.sha256(data).hexdigest().startswith(expected):
+            raise ValueError(f"the file from {url} does not match its hash {expected}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(target)  # never a half-written file under the final name
+    except (OSError, ValueError) as exc:
+        _FETCH_FAILED = f"LPIPS unavailable: could not fetch its AlexNet weights ({type(exc).__name__}: " \
+                        f"{str(exc).splitlines()[0][:120] if str(exc) else 'no answer'})"
+        raise LpipsUnavailable(_FETCH_FAILED) from None
+    return target
+
+
 def lpips_status() -> tuple[bool, str]:
-    """(available, reason)."""
+    """(available, reason): the reason is one line; ``LPIPS_HOW_TO`` says how to make it available."""
     override = os.environ.get(LPIPS_ENV)
     if override and not Path(override).is_file():
-        return False, f"{LPIPS_ENV}={override!r} is not a file: {_HOW_TO_GET}"
+        return False, f"LPIPS unavailable: {LPIPS_ENV}={override!r} is not a file"
     if _alexnet_weights() is None:
-        return False, f"LPIPS unavailable: AlexNet backbone weights not found offline; {_HOW_TO_GET}"
+        try:
+            fetch_alexnet_weights()
+        except LpipsUnavailable as exc:
+            return False, str(exc)
     return True, "LPIPS (AlexNet)"
 
 

@@ -10,6 +10,7 @@ import html
 from typing import Any
 
 from tmpdiff import Schedule
+from tmpdiff.metrics import LPIPS_HOW_TO
 from tmpdiff.plots import COLOURS, timeline
 from tmpdiff.plots import live_points as live_plot
 from tmpdiff.plots import search_pareto as search_plot
@@ -58,8 +59,9 @@ CSS = """
 """
 
 
-def _card(title: str, value: str, note: str = "") -> str:
-    return (f"<div class='card'><div class='title'>{html.escape(title)}</div>"
+def _card(title: str, value: str, note: str = "", tooltip: str = "") -> str:
+    hint = f" title='{html.escape(tooltip, quote=True)}'" if tooltip else ""
+    return (f"<div class='card'{hint}><div class='title'>{html.escape(title)}</div>"
             f"<div class='value'>{html.escape(value)}</div><div class='note'>{html.escape(note)}</div></div>")
 
 
@@ -81,7 +83,7 @@ def cards(summary: dict[str, Any], target: dict[str, Any] | None = None) -> str:
     if summary.get("lpips") is not None:
         row.append(_card("LPIPS", f"{summary['lpips']:.3f}", "lower is closer"))
     else:
-        row.append(_card("LPIPS", "n/a", summary.get("lpips_note") or "not computed"))
+        row.append(_card("LPIPS", "n/a", summary.get("lpips_note") or "not computed", tooltip=LPIPS_HOW_TO))
     cached = " (cached)" if summary.get("cached") else ""
     row.append(_card("seconds", f"{summary['seconds']:.2f} s",
                      f"reference {summary['reference_seconds']:.2f} s{cached}"))
