@@ -315,7 +315,13 @@ def test_on_a_phone_the_cards_come_before_the_details(server, browser):
     run_schedule(page, "fp32*4,skip*4")
     cards, details = page.locator("#cards").bounding_box(), page.locator("#timeline").bounding_box()
     assert cards["width"] <= 390 and cards["y"] < details["y"]
+    clipped = page.evaluate("[...document.querySelectorAll('.step-row input')]"
+                            ".filter(i => i.scrollWidth > i.clientWidth + 1).map(i => i.value)")
+    assert page.locator(".step-row input").count() == 8 and clipped == []  # every step's precision readable
     page.screenshot(path=str(ARTIFACTS / "app_phone.png"), full_page=True)
+    page.get_by_role("tab", name="Pareto and history").click()  # loads without a Refresh click
+    page.wait_for_function("[...document.querySelectorAll('table')].some(t => t.innerText.includes('fp32*4,skip*4'))",
+                           timeout=60_000)
     page.close()
 
 

@@ -364,7 +364,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
     with gr.Blocks(title="tmpdiff: temporal mixed precision", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# tmpdiff: a precision for every denoising step\n"
                     "Pick a model, give each step a precision, and see what it costs and what it loses.")
-        with gr.Row():
+        with gr.Row(elem_classes="story-row"):
             story_html = gr.HTML(elem_id="story")
             story_plot = gr.Plot(label="The search's Pareto front (click a point to load its schedule)",
                                  elem_id="story-plot")
@@ -402,7 +402,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                         return
                     if len(names) != int(n):
                         return
-                    with gr.Row(equal_height=True):
+                    with gr.Row(equal_height=True, elem_classes="step-row"):
                         for i, name in enumerate(names):
                             box = gr.Dropdown(choices, value=name if name in choices else choices[0],
                                               label=f"{i}", min_width=70, container=True, key=f"step-{i}")
@@ -450,7 +450,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                                             label="Pick a point to load its schedule", elem_id="pareto-table")
             with gr.Accordion("Search report (JSON)", open=False):
                 report = gr.JSON(label="Search report", elem_id="report")
-        with gr.Tab("Pareto and history"):
+        with gr.Tab("Pareto and history") as history_tab:
             refresh = gr.Button("Refresh from cache")
             with gr.Row():
                 plot = gr.Plot(label="Every cached evaluation of this setting (click a point to load its schedule)",
@@ -488,6 +488,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         report.change(show_search, report, [search_warning, compare, pareto_table], api_visibility="private")
         pareto_table.select(load_row, pareto_table, schedule, api_visibility="private")
         refresh.click(pareto, inputs, [plot, table], api_name="pareto")
+        history_tab.select(pareto, inputs, [plot, table], api_visibility="private")  # no Refresh click needed
         # Picking a row loads its schedule, then its images (a cache hit, so no model call).
         table.select(load_row, table, schedule, api_visibility="private").then(
             generate, [*inputs, schedule], [slider, metrics], api_visibility="private", concurrency_id="generate")

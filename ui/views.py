@@ -44,6 +44,10 @@ CSS = """
   margin: 4px 0;}
 .stale {border: 1px dashed #9a6700; background: #fff8c5; color: #7d4e00; border-radius: 6px; padding: 6px 10px;}
 .strip-note {color: #57606a; font-size: 13px;}
+.step-row {flex-wrap: wrap !important; gap: 4px !important;}
+.story-row {flex-wrap: wrap !important;}
+.story-row > * {flex: 1 1 340px !important; min-width: 300px !important;}
+.step-row > * {flex: 0 0 86px !important; min-width: 86px !important;}
 .compare-img {width: 100%; max-width: 256px; image-rendering: pixelated; display: block; margin: 4px 0;}
 .story h3 {margin: 4px 0;}
 .cards {display: flex; flex-wrap: wrap; gap: 8px; margin: 4px 0;}
