@@ -338,6 +338,14 @@ def test_a_search_tells_its_story_warns_of_a_missed_floor_and_a_picked_point_loa
                            "document.querySelector('#compare').innerText.includes('Reference')", timeout=300_000)
     compare = page.locator("#compare").inner_text()
     assert "Found" in compare and "speed-up" in compare
+    assert page.locator("#compare .compare-img").count() >= 2  # the comparison shows its images
+    found = page.locator("#schedule textarea").input_value()
+    from tmpdiff import Schedule
+
+    expected = list(Schedule.parse(found).precisions)
+    page.wait_for_function("([names]) => { const p = document.querySelector('#timeline .js-plotly-plot');"
+                           " return p && JSON.stringify(p.data.map(t => t.name)) === JSON.stringify(names); }",
+                           arg=[expected], timeout=60_000)  # the result panels show the found schedule
     assert "denoiser calls made" in compare and "replayed" in compare and "baselines" in compare  # its cost
     # One calibration seed is too few: on the unseen seed the schedule scores ~0.80 against the 0.9 floor.
     warning = page.locator("#search-warning").inner_text()
@@ -401,7 +409,13 @@ def test_a_bad_field_gets_a_message_beside_it_that_stays(server, browser):
     seed.press("Enter")
     page.locator("#run").click()
     page.wait_for_selector("#field-error", timeout=30_000)
-    time.sleep(12)  # longer than a toast lasts
+    page.get_by_role("tab", name="Search").click()
+    page.get_by_label("Seeds").fill("a,b")
+    page.locator("#search").click()
+    page.wait_for_selector("#search-field-error", timeout=30_000)
+    time.sleep(30)  # far longer than a toast used to last
+    assert "Seeds" in page.locator("#search-field-error").inner_text()
+    page.get_by_role("tab", name="Search").click()
     message = page.locator("#field-error").inner_text()
     assert "Seed" in message and "whole number" in message
     assert "Not updated" in page.locator("#cards").inner_text()

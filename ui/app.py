@@ -96,6 +96,23 @@ def _settings(model: str, prompt: str, seed: float, steps: float, size: float, g
                        size=_whole(size, "size"), guidance=finite(guidance, "guidance"))
 
 
+def search_request(model: str, target_kind: str, target: float, steps: float, ladder: str, num_prompts: float,
+                   seeds: str) -> SearchRequest:
+    """The search tab's fields as a request, each checked (a ``ValueError`` naming the field otherwise)."""
+    spec = get_model(model)
+    prompt_count, step_count = _whole(num_prompts, "calibration prompts"), _whole(steps, "steps")
+    seed_values = parse_seeds(seeds, "Seeds")
+    _search_work(prompt_count, len(seed_values), step_count)
+    floor = target_kind == "SSIM floor"
+    return SearchRequest(
+        model=model, prompts=tuple(calibration_prompts(spec.labels, prompt_count)), seeds=seed_values,
+        steps=step_count, ladder=tuple(x.strip() for x in ladder.split(",") if x.strip()) or None,
+        target_ssim=finite(target, "target") if floor else None,
+        target_speedup=finite(target, "target") if not floor else None,
+        validation_seeds=(1000,), additivity_samples=0, baselines=True,
+    )
+
+
 def _whole(value: float | None, name: str) -> int:
     """A number field's value as a whole number; a ``ValueError`` naming the field for NaN, infinities,
     fractions and empty fields (JSON clients can send all of them)."""
@@ -181,18 +198,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                steps: float = spec.steps, ladder: str = "", num_prompts: float = 4, seeds: str = "0,1",
                progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any, Any]]:
         try:
-            model_spec = get_model(model)
-            prompt_count, step_count = _whole(num_prompts, "calibration prompts"), _whole(steps, "steps")
-            seed_values = parse_seeds(seeds, "Seeds")
-            _search_work(prompt_count, len(seed_values), step_count)
-            request = SearchRequest(
-                model=model, prompts=tuple(calibration_prompts(model_spec.labels, prompt_count)),
-                seeds=seed_values, steps=step_count,
-                ladder=tuple(x.strip() for x in ladder.split(",") if x.strip()) or None,
-                target_ssim=finite(target, "target") if target_kind == "SSIM floor" else None,
-                target_speedup=finite(target, "target") if target_kind != "SSIM floor" else None,
-                validation_seeds=(1000,), additivity_samples=0, baselines=True,
-            )
+            request = search_request(model, target_kind, target, steps, ladder, num_prompts, seeds)
         except ValueError as exc:
             raise user_error(exc) from None
         search_run = LiveSearch(Study(evaluator, store), request)
@@ -213,6 +219,15 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         except ValueError as exc:
             raise user_error(exc) from None
         yield result.schedule, result.to_dict(), views.search_plot(result.to_dict())
+
+    def check_search(model: str, target_kind: str, target: float, steps: float, ladder: str, num_prompts: float,
+                     seeds: str) -> str:
+        """Runs with the click, before the queue: a bad search field gets a message that stays."""
+        try:
+            search_request(model, target_kind, target, steps, ladder, num_prompts, seeds)
+        except ValueError as exc:
+            return field_message(exc, "search-field-error")
+        return ""
 
     def check_inputs(model: str, prompt: str, seed: float, steps: float, size: float, guidance: float,
                      schedule: str) -> tuple[str, Any]:
@@ -441,6 +456,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 num_prompts = gr.Number(value=4, step=1, label="Calibration prompts")
                 seeds = gr.Textbox(value="0,1", label="Seeds")
             search_button = gr.Button("Search", variant="primary", elem_id="search")
+            search_field_error = gr.HTML(elem_id="search-field-error-box")
             search_warning = gr.HTML(elem_id="search-warning")
             compare = gr.HTML(elem_id="compare")
             with gr.Row():
@@ -470,8 +486,8 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         # (the engine runs one pipeline call at a time, in turn, so an image waits one search image at most).
         run.click(check_inputs, [*inputs, schedule], [field_error, cards], queue=False, api_visibility="private")
         run.click(generate, [*inputs, schedule], [slider, metrics], api_name="generate", concurrency_limit=1,
-                  concurrency_id="generate").then(downloads, [slider, metrics], [image_file, schedule_file],
-                                             api_visibility="private")
+                  concurrency_id="generate", trigger_mode="once").then(
+            downloads, [slider, metrics], [image_file, schedule_file], api_visibility="private")
         metrics.change(show_result, [*inputs, latency_on, slider, metrics], [cards, timeline, diff],
                        api_visibility="private")
         latency_on.change(show_result, [*inputs, latency_on, slider, metrics], [cards, timeline, diff],
@@ -479,9 +495,11 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         demo.load(from_url, None, [*inputs, schedule], api_visibility="private")
         for widget in (*inputs, schedule):  # the page address always reopens what is on screen
             widget.change(None, [*inputs, schedule], None, js=URL_STATE_JS)
+        search_button.click(check_search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
+                            search_field_error, queue=False, api_visibility="private")
         search_button.click(search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
                             [schedule, report, search_figure], api_name="search", concurrency_limit=1,
-                            concurrency_id="search").success(  # the found schedule in every panel
+                            concurrency_id="search", trigger_mode="once").success(  # the found schedule in every panel
             generate, [*inputs, schedule], [slider, metrics], api_visibility="private", concurrency_id="generate")
         demo.load(story, None, [story_html, story_plot, precisions], api_visibility="private",
                   concurrency_id="search")
@@ -549,13 +567,15 @@ def user_error(problem: ValueError | str) -> gr.Error:
     return gr.Error(str(problem), duration=None, print_exception=False)
 
 
-FIELDS = ("seed", "steps", "size", "guidance", "prompt", "schedule", "model")
+FIELDS = ("seeds", "seed", "steps", "size", "guidance", "prompt", "schedule", "model", "target",
+          "calibration prompts", "ladder")
 
 
-def field_message(problem: Exception) -> str:
+def field_message(problem: Exception, element_id: str = "field-error") -> str:
     """The inline message for a bad field: the field's name first, as the form labels it."""
     text = str(problem)
-    field = next((f for f in FIELDS if text.startswith(f) or f"{f} " in text[:40]), "input")
-    return (f"<div class='field-error' id='field-error' role='alert'><b>{html.escape(field.capitalize())}</b>: "
+    head = text[:60].lower()
+    field = next((f for f in FIELDS if head.startswith(f) or any(f" {f}{end}" in head for end in " ,:")), "input")
+    return (f"<div class='field-error' id='{element_id}' role='alert'><b>{html.escape(field.capitalize())}</b>: "
             f"{html.escape(text)}</div>")
 
