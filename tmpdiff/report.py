@@ -8,7 +8,7 @@ search, and read from here by every front end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .latency import CostTable
@@ -24,9 +24,6 @@ class Objective:
     target_ssim: float | None = None
     target_speedup: float | None = None
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {"target_ssim": self.target_ssim, "target_speedup": self.target_speedup}
-
 
 @dataclass(frozen=True)
 class Margin:
@@ -36,9 +33,6 @@ class Margin:
     ssim: float
     speedup: float
     ssim_margin: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule, "ssim": self.ssim, "speedup": self.speedup, "ssim_margin": self.ssim_margin}
 
 
 @dataclass(frozen=True)
@@ -76,10 +70,6 @@ class Exhaustive:
     speedup: float
     evaluations: int
     bisection_cost_gap_pct: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule, "ssim": self.ssim, "speedup": self.speedup,
-                "evaluations": self.evaluations, "bisection_cost_gap_pct": self.bisection_cost_gap_pct}
 
 
 @dataclass(frozen=True)
@@ -147,7 +137,7 @@ class SearchReport:
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "version": self.version, "model": self.model, "device": self.device, "steps": self.steps,
-            "ladder": list(self.ladder), "objective": self.objective.to_dict(),
+            "ladder": list(self.ladder), "objective": asdict(self.objective),
             "ladder_notes": list(self.ladder_notes),
             "schedule": self.schedule, "ssim": self.ssim, "ssim_std": self.ssim_std, "speedup": self.speedup,
             "speedup_is_predicted": True, "evaluations": self.evaluations,
@@ -155,14 +145,14 @@ class SearchReport:
             "baselines": [p.to_dict() for p in self.baselines], "costs": self.costs.to_dict(),
             "costs_source": self.costs_source, "simulated_in_ladder": list(self.simulated_in_ladder),
             "best_baseline_at_speedup": None if self.best_baseline_at_speedup is None
-            else self.best_baseline_at_speedup.to_dict(),
+            else asdict(self.best_baseline_at_speedup),
         }
         if self.additivity is not None:
             data["additivity"] = self.additivity.to_dict()
         if self.strategies is not None:
             data["strategies"] = {name: s.to_dict() for name, s in self.strategies.items()}
         if self.exhaustive is not None:
-            data["exhaustive"] = self.exhaustive.to_dict()
+            data["exhaustive"] = asdict(self.exhaustive)
         data.update({"validation": self.validation.to_dict(), "pareto": [p.to_dict() for p in self.pareto],
                      "denoiser_calls": self.denoiser_calls, "phase_seconds": self.phase_seconds,
                      "replay": self.replay, "batch_size": self.batch_size, "skipped": list(self.skipped)})
