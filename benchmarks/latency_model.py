@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cache import Cache
+from tmpdiff.cache import Cache
 from tmpdiff.evaluate import Evaluator
 from tmpdiff.models import quiet_libraries
 from tmpdiff.runner import Engine, RunSettings, device_name

@@ -25,7 +25,7 @@ def server(server_db):
     port = free_port()
     args = app.parse_args(["--db", str(server_db), "--port", str(port)])
     demo = app.build(args)
-    from ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
+    from tmpdiff.ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
 
     demo.queue(**QUEUE_OPTIONS).launch(server_name=args.host, server_port=port,
                                                    prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
@@ -63,7 +63,7 @@ def engine_pngs(db, schedule, **settings):
     import numpy as np
     from PIL import Image
 
-    from cache import Cache
+    from tmpdiff.cache import Cache
     from tmpdiff.evaluate import Evaluator
     from tmpdiff.runner import Engine, RunSettings
 
@@ -123,7 +123,7 @@ def raw_generate(server, values: str) -> str:
     ('["shapes-dit", "", 0, 8, 64, 1.0, "fp32*100000000"]', "past 1000 steps"),
 ])
 def test_hostile_values_are_refused_with_a_message_and_never_cached(server, server_db, values, message):
-    from cache import Cache
+    from tmpdiff.cache import Cache
 
     before = len(Cache(server_db).evaluations())
     stream = raw_generate(server, values)
@@ -186,7 +186,7 @@ def test_an_image_asked_for_during_a_long_search_does_not_wait_for_the_search(cl
 def test_the_app_and_the_cli_log_a_search_the_same_way(client, server_db, tmp_path):
     import json
 
-    from cache import Cache
+    from tmpdiff.cache import Cache
     from tmpdiff.cli import main
 
     client.predict(steps=4, ladder="fp32,skip", num_prompts=1, seeds="5", target=0.8, api_name="/search")
@@ -389,7 +389,7 @@ def test_gradio_analytics_are_off_unless_asked_for(monkeypatch):
     import app
 
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
-    monkeypatch.setattr(app, "port_in_use", lambda host, port: True)  # stop before anything loads
+    monkeypatch.setattr("tmpdiff.ui.serve.port_in_use", lambda host, port: True)  # stop before anything loads
     assert app.main(["--port", "1"]) == 2
     import os
 

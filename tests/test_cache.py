@@ -10,8 +10,8 @@ import threading
 import pytest
 from PIL import Image
 
-from cache import Cache, CacheError
 from tmpdiff import Schedule
+from tmpdiff.cache import Cache, CacheError
 from tmpdiff.evaluate import Evaluator
 from tmpdiff.records import EvalKey, EvalRecord
 from tmpdiff.runner import Engine, RunSettings
@@ -84,7 +84,7 @@ def test_eight_threads_write_at_once_without_locking_errors(tmp_path):
 WRITER = """
 import sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-from cache import Cache
+from tmpdiff.cache import Cache
 from test_cache import record
 cache = Cache({db!r})
 for i in range(100000):

@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port, require_system_package
 from test_cache import png_bytes, record
 
-from cache import Cache, CacheError
+from tmpdiff.cache import Cache, CacheError
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = next((str(p) for p in (Path(shutil.which("initdb") or "/nonexistent").parent,
@@ -99,7 +99,7 @@ def test_export_from_a_url_imports_into_a_file_and_back(location, tmp_path):
 WRITER = """
 import sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-from cache import Cache
+from tmpdiff.cache import Cache
 from test_cache import record
 cache = Cache({url!r})
 for seed in range(6):
@@ -134,7 +134,7 @@ def test_a_server_that_accepts_but_never_answers_times_out_instead_of_hanging():
 
     from sqlalchemy.engine import make_url
 
-    from cache.store import _server_timeouts
+    from tmpdiff.cache.store import _server_timeouts
 
     assert _server_timeouts(make_url("postgresql+psycopg://u@h/d")) == {
         "connect_timeout": 10, "options": "-c statement_timeout=60000"}

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from cache import Cache
+from tmpdiff.cache import Cache
 from tmpdiff.cancel import Cancelled, cancellable, raise_if_cancelled
 from tmpdiff.evaluate import Evaluator
 from tmpdiff.runner import Engine, RunSettings
@@ -60,7 +60,7 @@ def test_a_cancelled_search_stops_at_a_step_frees_the_pipeline_and_is_logged(tmp
 
 
 def test_an_abandoned_live_search_stops_by_itself():
-    from ui.live import LiveSearch
+    from tmpdiff.ui.live import LiveSearch
 
     evaluator = Evaluator(Engine("cpu"))
     live = LiveSearch(Study(evaluator), REQUEST, interval=0.05, abandon_after=0.5)

@@ -11,7 +11,7 @@ from tmpdiff import DEFAULT_MODEL, get_model
 from tmpdiff.metrics import ssim
 from tmpdiff.runner import Engine, RunSettings
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "shapes-dit"
+WEIGHTS = Path(__file__).resolve().parent.parent / "tmpdiff" / "weights" / "shapes-dit"
 
 
 @pytest.fixture(scope="module")

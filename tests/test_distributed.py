@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray: pip install ray (requirements-dev.txt has it)")
 
-from cache import Cache  # noqa: E402
+from tmpdiff.cache import Cache  # noqa: E402
 from tmpdiff.evaluate import Evaluator  # noqa: E402
 from tmpdiff.latency import CostTable  # noqa: E402
 from tmpdiff.runner import Engine, RunSettings  # noqa: E402

@@ -88,7 +88,7 @@ def test_the_store_stays_within_its_budget():
 
 @pytest.mark.slow
 def test_a_search_reports_the_same_with_and_without_replay(tmp_path):
-    from cache import Cache
+    from tmpdiff.cache import Cache
     from tmpdiff.evaluate import Evaluator
     from tmpdiff.runner import Engine
     from tmpdiff.search_run import SearchRequest, run_search

@@ -65,7 +65,7 @@ def test_cli_search_writes_json_and_resumes_from_the_cache(tmp_path):
     for key in ("schedule", "ssim", "speedup", "evaluations", "baselines", "pareto"):
         assert key in report
     assert all({"schedule", "ssim", "speedup"} <= set(b) for b in report["baselines"] + report["pareto"])
-    from cache import Cache
+    from tmpdiff.cache import Cache
 
     stored = len(Cache(db).evaluations())
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)

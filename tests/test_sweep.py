@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cache import Cache
+from tmpdiff.cache import Cache
 from tmpdiff.evaluate import Evaluator
 from tmpdiff.replay import ReplayStore
 from tmpdiff.runner import Engine, RunSettings

@@ -6,7 +6,7 @@ from PIL import Image
 
 from tmpdiff.latency import CostTable
 from tmpdiff.metrics import difference_map
-from ui import views
+from tmpdiff.ui import views
 
 SUMMARY = {"schedule": "fp32*2,int8wo*4,skip*2", "ssim": 0.93, "psnr": 31.2, "lpips": None,
            "lpips_note": "LPIPS unavailable: AlexNet weights not found", "seconds": 0.5, "reference_seconds": 0.8,
@@ -85,7 +85,7 @@ def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users
     from tmpdiff.runner import Engine
     from tmpdiff.search_run import SearchRequest
     from tmpdiff.study import Study
-    from ui.live import LiveSearch
+    from tmpdiff.ui.live import LiveSearch
 
     evaluator = Evaluator(Engine("cpu"))
     request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=4, ladder=("fp32", "skip"),

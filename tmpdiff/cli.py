@@ -146,7 +146,7 @@ def open_cache(path: str | None, enabled: bool = True, cache_dir: Path | None = 
     """The cache store, or None with --no-cache."""
     if not enabled:
         return None
-    from cache import Cache, default_db_path
+    from .cache import Cache, default_db_path
 
     return Cache(path or default_db_path(cache_dir))
 
@@ -402,8 +402,7 @@ def _search_evaluator(args: argparse.Namespace, device: str, store: Any) -> Any:
         raise ValueError(f"--workers must be 1 or more, got {args.workers}")
     from functools import partial
 
-    from cache import Cache, default_db_path
-
+    from .cache import Cache, default_db_path
     from .distributed import DistributedEvaluator, start_ray
 
     workers = start_ray(args.ray, args.workers, device)

@@ -22,7 +22,7 @@ __all__ = [
     "DEFAULT_MODEL", "MODELS", "ModelSpec", "config_hash", "get_model", "load_pipeline", "quiet_libraries",
 ]
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"  # package data: installed with tmpdiff
 DEFAULT_MODEL = "shapes-dit"
 
 

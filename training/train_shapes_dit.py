@@ -3,7 +3,7 @@
 Saved with ``DiTPipeline.save_pretrained`` (fp16 safetensors) so the stock
 ``DiTPipeline.from_pretrained`` loads it. On one H100 it takes about 10 minutes:
 
-    python -m training.train_shapes_dit --out weights/shapes-dit --vae-seconds 90 --dit-seconds 420
+    python -m training.train_shapes_dit --out tmpdiff/weights/shapes-dit --vae-seconds 90 --dit-seconds 420
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def save(out: Path, ema, vae, noise_schedule, scale: float, info: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, default=Path("weights/shapes-dit"))
+    parser.add_argument("--out", type=Path, default=Path("tmpdiff/weights/shapes-dit"))
     parser.add_argument("--vae-seconds", type=float, default=90)
     parser.add_argument("--dit-seconds", type=float, default=420)
     parser.add_argument("--batch", type=int, default=256)

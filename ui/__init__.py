@@ -1,12 +1,10 @@
-"""The Gradio front end. Launch the Blocks with ``.queue(**QUEUE_OPTIONS).launch(**LAUNCH_OPTIONS)`` (its
-queue bounds, stylesheet, page script and upload limit)."""
+"""The web front end: its code is `tmpdiff/ui/` (Gradio Blocks only), installed with tmpdiff as `tmpdiff.ui`;
+this name keeps the project's picture (engine, cache, ui) in the checkout."""
 
-from .app import build_ui
-from .views import CSS, PAGE_JS
+from typing import Any
 
-# Uploads are small (a schedule file at most): anything larger is refused before it is stored.
-LAUNCH_OPTIONS = {"css": CSS, "js": PAGE_JS, "max_file_size": "1mb"}
-# One image and one search run at a time (they queue apart); at most 32 waiting, then "queue is full".
-QUEUE_OPTIONS = {"default_concurrency_limit": 1, "max_size": 32}
+import tmpdiff.ui
 
-__all__ = ["CSS", "LAUNCH_OPTIONS", "PAGE_JS", "QUEUE_OPTIONS", "build_ui"]
+
+def __getattr__(name: str) -> Any:
+    return getattr(tmpdiff.ui, name)

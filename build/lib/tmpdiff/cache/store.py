@@ -1,0 +1,445 @@
+"""The cache of evaluations: an SQLite file (the default) or a server database by SQLAlchemy URL.
+
+SQLite: one engine per file, one short session per call; safe from many threads and processes (WAL,
+a busy timeout, ``BEGIN IMMEDIATE`` for every transaction) and from a killed process (an image file
+is written atomically before the row that points to it; a row is one transaction). Image files are
+named by the SHA-256 of their bytes, never by user text.
+
+A server database (``postgresql+psycopg://...``), shared by many machines: the same schema and keys,
+images in the ``images`` table; every write is one ``INSERT ... ON CONFLICT`` statement, so
+concurrent writers of the same evaluation neither lose nor duplicate it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.orm import Session
+
+from tmpdiff.models import MODELS
+from tmpdiff.records import EvalKey, EvalRecord
+from tmpdiff.schedule import Schedule
+
+from .models import SCHEMA_VERSION, Base, CostTableRow, Evaluation, ImageBlob, Meta, SearchEvaluation, SearchRun
+
+__all__ = ["Cache", "CacheError", "default_db_path"]
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+EXPORT_FORMAT = "tmpdiff-cache-export"
+EXPORT_VERSION = 1
+
+
+class CacheError(ValueError):
+    """A cache file that cannot be used; the message says which and what to do."""
+
+
+def default_db_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``tmpdiff.sqlite`` in the tmpdiff cache folder (``cache_dir``, else ``$TMPDIFF_CACHE_DIR``, else the
+    user cache folder), beside the compiled variants."""
+    from tmpdiff.compile_cache import cache_root
+
+    return cache_root(cache_dir) / "tmpdiff.sqlite"
+
+
+class Cache:
+    """Evaluations, search runs and cost tables in one SQLite file.
+
+    Example:
+        >>> cache = Cache(tmp_path / "c.sqlite")  # doctest: +SKIP
+        >>> cache.put(record); cache.get(record.key) is not None  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        """``location``: a file path or ``sqlite:///path`` (SQLite), or a server database's SQLAlchemy URL."""
+        url = _server_url(str(location))
+        self.path: Path | None = None
+        self.images: Path | None = None
+        if url is None:
+            path = str(location).removeprefix("sqlite:///") if str(location).startswith("sqlite:///") else location
+            self.path = Path(path).expanduser()
+            _refuse_foreign_file(self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.images = self.path.with_name(self.path.stem + "-images")
+            self.images.mkdir(exist_ok=True)
+            self.engine = _make_engine(self.path)
+            self.where = str(self.path)
+        else:
+            self.where = url.render_as_string(hide_password=True)
+            try:
+                self.engine = create_engine(url, pool_pre_ping=True, connect_args=_server_timeouts(url))
+            except ModuleNotFoundError as exc:
+                raise CacheError(f"--db {self.where} needs the {exc.name} driver: "
+                                 "pip install 'psycopg[binary]'") from None
+        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        self._ensure_schema()
+
+    # --- evaluations ---------------------------------------------------------------------
+    def get(self, key: EvalKey) -> EvalRecord | None:
+        with Session(self.engine) as session:
+            row = session.scalar(_key_query(key))
+            if row is None:
+                return None
+            png = self._read_image(row.image_sha256)
+            return None if png is None else _to_record(row, key, png)
+
+    def put(self, record: EvalRecord) -> int:
+        """Insert or replace the evaluation of ``record.key``; returns its row id."""
+        sha = self._write_image(record.png)
+        key = record.key
+        values = {
+            "model": key.model, "model_hash": key.model_hash, "settings": key.settings,
+            "settings_hash": key.settings_hash, "schedule": key.schedule, "schedule_hash": key.schedule_hash,
+            "device": key.device, "device_hash": key.device_hash, "image_sha256": sha, "ssim": record.ssim,
+            "psnr": _finite(record.psnr), "lpips": record.lpips, "lpips_note": record.lpips_note,
+            "measured_seconds": record.measured_seconds, "predicted_seconds": record.predicted_seconds,
+            "steps_run": list(record.steps_run), "simulated": list(record.simulated),
+            "created_at": datetime.now(UTC),
+        }
+        statement = self._insert(Evaluation).values(**values)
+        statement = statement.on_conflict_do_update(
+            index_elements=["model", "model_hash", "settings_hash", "schedule_hash", "device_hash"],
+            set_={k: statement.excluded[k] for k in values if k not in ("model", "model_hash")},
+        ).returning(Evaluation.id)
+        with Session(self.engine) as session, session.begin():
+            return int(session.scalar(statement))
+
+    def evaluations(self, model: str | None = None, settings_hash: str | None = None,
+                    device_hash: str | None = None) -> list[dict[str, Any]]:
+        """Every stored evaluation (newest first) matching the filters, as plain dicts."""
+        query = select(Evaluation).order_by(Evaluation.created_at.desc())
+        if model is not None:
+            query = query.where(Evaluation.model == model)
+        if settings_hash is not None:
+            query = query.where(Evaluation.settings_hash == settings_hash)
+        if device_hash is not None:
+            query = query.where(Evaluation.device_hash == device_hash)
+        with Session(self.engine) as session:
+            return [_row_dict(row) for row in session.scalars(query)]
+
+    def image_path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise CacheError(f"not an image id: {sha256!r}")
+        if self.images is None:
+            raise CacheError(f"{self.where} keeps its images in the database, not in files")
+        return self.images / f"{sha256}.png"
+
+    # --- search runs and cost tables ------------------------------------------------------
+    def start_search(self, model: str, request: dict[str, Any]) -> int:
+        with Session(self.engine) as session, session.begin():
+            run = SearchRun(model=model, request=request)
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def link_search(self, run_id: int, key: EvalKey) -> None:
+        with Session(self.engine) as session, session.begin():
+            evaluation_id = session.scalar(_key_query(key).with_only_columns(Evaluation.id))
+            if evaluation_id is None:
+                return
+            stmt = self._insert(SearchEvaluation).values(run_id=run_id, evaluation_id=evaluation_id)
+            session.execute(stmt.on_conflict_do_nothing())
+
+    def finish_search(self, run_id: int, result: dict[str, Any]) -> None:
+        with Session(self.engine) as session, session.begin():
+            run = session.get(SearchRun, run_id)
+            if run is not None:
+                run.result, run.finished_at = result, datetime.now(UTC)
+
+    def search_runs(self) -> list[dict[str, Any]]:
+        with Session(self.engine) as session:
+            runs = session.scalars(select(SearchRun).order_by(SearchRun.started_at.desc()))
+            return [{"id": r.id, "model": r.model, "request": r.request, "result": r.result,
+                     "evaluations": len(r.evaluations), "finished": r.finished_at is not None} for r in runs]
+
+    def put_costs(self, model_hash: str, settings_hash: str, device_hash: str, table: dict[str, Any]) -> None:
+        statement = self._insert(CostTableRow).values(model_hash=model_hash, settings_hash=settings_hash,
+                                                device_hash=device_hash, table=table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["model_hash", "settings_hash", "device_hash"], set_={"table": table})
+        with Session(self.engine) as session, session.begin():
+            session.execute(statement)
+
+    def get_costs(self, model_hash: str, settings_hash: str, device_hash: str) -> dict[str, Any] | None:
+        query = select(CostTableRow.table).where(
+            CostTableRow.model_hash == model_hash, CostTableRow.settings_hash == settings_hash,
+            CostTableRow.device_hash == device_hash)
+        with Session(self.engine) as session:
+            return session.scalar(query)
+
+    # --- moving evaluations between machines ----------------------------------------------
+    def export(self, path: str | os.PathLike[str]) -> int:
+        rows = []
+        with Session(self.engine) as session:
+            for row in session.scalars(select(Evaluation).order_by(Evaluation.id)):
+                png = self._read_image(row.image_sha256)
+                if png is not None:
+                    data = _row_dict(row)
+                    data["png_base64"] = base64.b64encode(png).decode()
+                    rows.append(data)
+        payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "evaluations": rows}
+        _atomic_write(Path(path), json.dumps(payload).encode())
+        return len(rows)
+
+    def import_(self, path: str | os.PathLike[str], replace: bool = False) -> int:
+        """Validate every entry of an export file, then store the new ones; returns how many were stored.
+
+        An entry whose evaluation is already stored the same is passed over; one that differs from the
+        stored one is refused (nothing is written) unless ``replace``."""
+        records = _parse_export(Path(path))
+        new, differing = [], []
+        for record in records:
+            stored = self.get(record.key)
+            if stored is None or (replace and not _same(stored, record)):
+                new.append(record)
+            elif not _same(stored, record):
+                differing.append(record)
+        if differing:
+            first = differing[0].key
+            raise CacheError(f"{len(differing)} entries of {path} differ from evaluations already stored (the first: "
+                             f"{first.model} {first.schedule} seed {first.settings.get('seed')}); nothing was "
+                             "imported: pass --replace to overwrite them")
+        for record in new:
+            self.put(record)
+        return len(new)
+
+    # --- internals ------------------------------------------------------------------------
+    def _ensure_schema(self) -> None:
+        kind = "SQLite database" if self.path is not None else "database"
+        try:
+            tables = set(inspect(self.engine).get_table_names())
+            if not tables:
+                self._create_schema()
+                return
+            with Session(self.engine) as session:
+                version = session.get(Meta, "schema_version") if "meta" in tables else None
+        except OperationalError as exc:
+            raise CacheError(f"cannot reach the {kind} {self.where} ({str(exc.orig).strip().splitlines()[0]}): "
+                             "check --db") from None
+        except DatabaseError as exc:
+            raise CacheError(f"{self.where} is not a usable {kind} ({exc.orig}): pass another --db") from None
+        found = version.value if version is not None else "none"
+        if found != str(SCHEMA_VERSION):
+            raise CacheError(
+                f"{self.where} holds a database of another schema (version {found}, tmpdiff needs "
+                f"{SCHEMA_VERSION}): pass another --db or move that database away"
+            )
+
+    def _create_schema(self) -> None:
+        """Tables and the version row; safe when several processes create a new server database at once."""
+        Base.metadata.create_all(self.engine, checkfirst=True)
+        statement = self._insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION))
+        with Session(self.engine) as session, session.begin():
+            session.execute(statement.on_conflict_do_nothing())
+
+    def _write_image(self, png: bytes) -> str:
+        sha = hashlib.sha256(png).hexdigest()
+        if self.images is None:
+            statement = self._insert(ImageBlob).values(sha256=sha, png=png).on_conflict_do_nothing()
+            with Session(self.engine) as session, session.begin():
+                session.execute(statement)
+            return sha
+        target = self.image_path(sha)
+        if not target.exists():
+            _atomic_write(target, png)
+        return sha
+
+    def _read_image(self, sha: str) -> bytes | None:
+        if self.images is None:
+            with Session(self.engine) as session:
+                return session.scalar(select(ImageBlob.png).where(ImageBlob.sha256 == sha))
+        try:
+            return self.image_path(sha).read_bytes()
+        except OSError:
+            return None
+
+
+def _make_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the BEGIN below open transactions
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        # Take the write lock up front: a deferred transaction that upgrades later can fail
+        # with "database is locked" without waiting for the busy timeout.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _server_url(location: str) -> Any:
+    """The SQLAlchemy URL of a server database, or None for an SQLite file (a path or ``sqlite:///``)."""
+    if "://" not in location or location.startswith("sqlite:///"):
+        return None
+    try:
+        url = make_url(location)
+    except ArgumentError:
+        raise CacheError(f"--db {location!r} is neither a file path nor a database URL such as "
+                         "postgresql+psycopg://user@host/db") from None
+    if url.get_backend_name() != "postgresql":
+        raise CacheError(f"--db {url.render_as_string(hide_password=True)}: tmpdiff caches in SQLite (a path) or "
+                         "PostgreSQL (postgresql+psycopg://...)")
+    return url
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    if path.is_dir():
+        raise CacheError(f"--db {path} is a folder: give a file path")
+    if path.exists() and path.stat().st_size > 0:
+        with path.open("rb") as handle:
+            if handle.read(16) != SQLITE_HEADER:
+                raise CacheError(f"{path} is not a SQLite database: pass another --db")
+
+
+def _key_query(key: EvalKey) -> Any:
+    return select(Evaluation).where(
+        Evaluation.model == key.model, Evaluation.model_hash == key.model_hash,
+        Evaluation.settings_hash == key.settings_hash, Evaluation.schedule_hash == key.schedule_hash,
+        Evaluation.device_hash == key.device_hash)
+
+
+def _to_record(row: Evaluation, key: EvalKey, png: bytes) -> EvalRecord:
+    return EvalRecord(key=key, png=png, ssim=row.ssim, psnr=row.psnr if row.psnr is not None else float("inf"),
+                      lpips=row.lpips, lpips_note=row.lpips_note, measured_seconds=row.measured_seconds,
+                      predicted_seconds=row.predicted_seconds, steps_run=list(row.steps_run),
+                      simulated=list(row.simulated))
+
+
+def _row_dict(row: Evaluation) -> dict[str, Any]:
+    return {
+        "id": row.id, "model": row.model, "model_hash": row.model_hash, "settings": row.settings,
+        "settings_hash": row.settings_hash, "schedule": row.schedule, "schedule_hash": row.schedule_hash,
+        "device": row.device, "device_hash": row.device_hash, "image_sha256": row.image_sha256,
+        "ssim": row.ssim, "psnr": row.psnr, "lpips": row.lpips, "lpips_note": row.lpips_note,
+        "measured_seconds": row.measured_seconds, "predicted_seconds": row.predicted_seconds,
+        "steps_run": row.steps_run, "simulated": row.simulated, "created_at": row.created_at.isoformat(),
+    }
+
+
+# A server that accepts connections but never answers must not hang a command: PostgreSQL gets a connect
+# and a statement timeout unless the URL sets its own (?connect_timeout=N&options=-c statement_timeout=N).
+CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_MS = 60_000
+
+
+def _server_timeouts(url: Any) -> dict[str, Any]:
+    if not url.drivername.startswith("postgresql"):
+        return {}
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "statement_timeout" not in str(url.query.get("options", "")):
+        args["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    return args
+
+
+def _finite(value: float | None) -> float | None:
+    """SQLite stores no infinity: identical images (PSNR = inf) are stored as NULL."""
+    return None if value is None or value == float("inf") else value
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _parse_export(path: Path) -> list[EvalRecord]:
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CacheError(f"{path} is not a tmpdiff export ({exc})") from None
+    except RecursionError:
+        raise CacheError(f"{path} is not a tmpdiff export (nested too deeply)") from None
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise CacheError(f"{path} is not a tmpdiff export: its 'format' is not {EXPORT_FORMAT!r}")
+    if payload.get("version") != EXPORT_VERSION:
+        raise CacheError(f"{path} is export version {payload.get('version')!r}; this tmpdiff reads {EXPORT_VERSION}")
+    entries = payload.get("evaluations")
+    if not isinstance(entries, list):
+        raise CacheError(f"{path}: 'evaluations' must be a list")
+    return [_parse_entry(entry, i, path) for i, entry in enumerate(entries)]
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "model_hash": (str,), "settings": (dict,), "schedule": (str,), "device": (dict,),
+    "ssim": (float, int, type(None)), "psnr": (float, int, type(None)), "lpips": (float, int, type(None)),
+    "lpips_note": (str,), "measured_seconds": (float, int), "predicted_seconds": (float, int, type(None)),
+    "steps_run": (list,), "simulated": (list,), "png_base64": (str,),
+}
+
+
+def _same(a: EvalRecord, b: EvalRecord) -> bool:
+    return (a.png, a.ssim, a.psnr, a.lpips, a.measured_seconds) == (b.png, b.ssim, _finite(b.psnr), b.lpips,
+                                                                     b.measured_seconds)
+
+
+def _parse_entry(entry: Any, index: int, path: Path) -> EvalRecord:
+    where = f"{path} entry {index}"
+    if not isinstance(entry, dict):
+        raise CacheError(f"{where} is not an object")
+    for name, types in _TYPES.items():
+        if not isinstance(entry.get(name), types) or isinstance(entry.get(name), bool):
+            raise CacheError(f"{where}: field {name!r} is missing or of the wrong type")
+    for name in ("ssim", "psnr", "lpips", "measured_seconds", "predicted_seconds"):
+        if isinstance(entry[name], float) and not math.isfinite(entry[name]):
+            raise CacheError(f"{where}: field {name!r} is {entry[name]}: only finite numbers (or null) are stored")
+    if entry["model"] not in MODELS:
+        raise CacheError(f"{where}: unknown model {entry['model']!r}")
+    try:
+        schedule = Schedule.parse(entry["schedule"])
+        steps = entry["settings"].get("steps")
+        if steps is not None and steps != len(schedule):
+            raise ValueError(f"schedule {entry['schedule']!r} has {len(schedule)} steps, settings say {steps}")
+        png = base64.b64decode(entry["png_base64"], validate=True)
+        _check_png(png)
+    except ValueError as exc:
+        raise CacheError(f"{where}: {exc}") from None
+    key = EvalKey(model=entry["model"], model_hash=entry["model_hash"], settings=entry["settings"],
+                  schedule=str(schedule), schedule_hash=schedule.hash, device=entry["device"])
+    return EvalRecord(key=key, png=png, ssim=entry["ssim"], psnr=entry["psnr"], lpips=entry["lpips"],
+                      lpips_note=entry["lpips_note"], measured_seconds=float(entry["measured_seconds"]),
+                      predicted_seconds=entry["predicted_seconds"], steps_run=[str(s) for s in entry["steps_run"]],
+                      simulated=[str(s) for s in entry["simulated"]])
+
+
+def _check_png(png: bytes) -> None:
+    from PIL import Image
+
+    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError("the image is not a PNG")
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises many types for broken files
+        raise ValueError(f"the PNG is broken ({exc})") from None
+

@@ -1,0 +1,89 @@
+"""What an evaluation is, independent of where it is stored.
+
+The engine defines the key and the record; ``cache/`` stores them in SQLite. The store is a
+protocol so the engine never imports a database library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+__all__ = ["EvalKey", "EvalRecord", "EvaluationStore", "device_fingerprint", "stable_hash"]
+
+
+def stable_hash(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def device_fingerprint(device: str, mode: str) -> dict[str, Any]:
+    """What decides numerics and speed on this machine (``mode``: eager, compiled or aot)."""
+    import diffusers
+    import torchao
+
+    kind = torch.device(device).type
+    name = torch.cuda.get_device_name(device) if kind == "cuda" else f"cpu-{platform.machine()}"
+    return {"device": name, "torch": torch.__version__, "torchao": torchao.__version__,
+            "diffusers": diffusers.__version__, "compiled": mode != "eager",
+            **({"mode": str(mode)} if mode == "aot" else {})}
+
+
+@dataclass(frozen=True)
+class EvalKey:
+    model: str
+    model_hash: str
+    settings: dict[str, Any]
+    schedule: str
+    schedule_hash: str
+    device: dict[str, Any]
+
+    @property
+    def settings_hash(self) -> str:
+        return stable_hash(self.settings)
+
+    @property
+    def device_hash(self) -> str:
+        return stable_hash(self.device)
+
+    @property
+    def setting_hash(self) -> str:
+        """Everything but the schedule: the model, its settings and the device (what prefix replay keys on)."""
+        return stable_hash([self.model_hash, self.settings_hash, self.device_hash])
+
+    @property
+    def digest(self) -> str:
+        return stable_hash([self.model, self.model_hash, self.settings_hash, self.schedule_hash, self.device_hash])
+
+
+@dataclass
+class EvalRecord:
+    key: EvalKey
+    png: bytes
+    ssim: float | None
+    psnr: float | None
+    lpips: float | None
+    lpips_note: str
+    measured_seconds: float
+    predicted_seconds: float | None
+    steps_run: list[str] = field(default_factory=list)
+    simulated: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("png")
+        data.pop("key")
+        return data
+
+
+class EvaluationStore(Protocol):
+    """Where evaluations live (``cache.Cache`` implements it)."""
+
+    def get(self, key: EvalKey) -> EvalRecord | None: ...
+
+    def put(self, record: EvalRecord) -> None: ...

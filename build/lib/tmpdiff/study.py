@@ -1,0 +1,98 @@
+"""A search owned from start to finish, the same way for every front end (CLI, app, Ray driver).
+
+``Study.search`` opens the search-run log, reuses a stored cost table for the same model, step count,
+size and device (or plans with a given table for another device), links every evaluation to the run,
+stores the costs it measured and closes the log: finished with its result, or cancelled with what it
+had done. Front ends parse their inputs, call it, and render what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .cancel import Cancelled
+from .evaluate import Evaluator
+from .latency import CostTable
+from .records import EvalKey, stable_hash
+from .report import SearchReport
+from .runner import RunSettings
+from .schedule import Schedule
+from .search import Point
+from .search_run import Progress, SearchRequest, run_search
+
+__all__ = ["SearchLog", "Study"]
+
+
+class SearchLog(Protocol):
+    """Where search runs and cost tables are kept (``cache.Cache`` implements it)."""
+
+    def start_search(self, model: str, request: dict[str, Any]) -> int: ...
+
+    def link_search(self, run_id: int, key: EvalKey) -> None: ...
+
+    def finish_search(self, run_id: int, result: dict[str, Any]) -> None: ...
+
+    def get_costs(self, model_hash: str, settings_hash: str, device_hash: str) -> dict[str, Any] | None: ...
+
+    def put_costs(self, model_hash: str, settings_hash: str, device_hash: str, table: dict[str, Any]) -> None: ...
+
+
+class Study:
+    """Searches on one evaluator, logged in ``log`` (the cache store) when there is one.
+
+    Args:
+        evaluator: runs and scores schedules (in this process, or on Ray actors).
+        log: the search-run log and cost-table store; None keeps nothing.
+        target_costs: plan for another device with its measured cost table (never re-measured here).
+    """
+
+    def __init__(self, evaluator: Evaluator, log: SearchLog | None = None,
+                 target_costs: CostTable | None = None) -> None:
+        self.evaluator, self.log, self.target_costs = evaluator, log, target_costs
+        self.run_id: int | None = None
+
+    def search(self, request: SearchRequest, progress: Progress | None = None,
+               should_stop: Callable[[], bool] | None = None,
+               on_point: Callable[[Point], None] | None = None) -> SearchReport:
+        """The search's report. A cancelled search (``should_stop``, or Ctrl-C) is logged as cancelled with
+        the evaluations it finished (all in the cache) and raises ``Cancelled`` / ``KeyboardInterrupt``."""
+        cost_key = self.cost_key(request)
+        self._load_costs(request.model, cost_key)
+        log, run_id = self.log, None
+        if log is not None:
+            run_id = self.run_id = log.start_search(request.model, request.to_dict())
+        linked: set[str] = set()
+
+        def link(settings: RunSettings, schedule: Schedule) -> None:
+            if log is not None and run_id is not None:
+                key = self.evaluator.key(settings, schedule)
+                linked.add(key.digest)
+                log.link_search(run_id, key)
+
+        try:
+            report = run_search(self.evaluator, request, progress=progress, should_stop=should_stop,
+                                on_evaluation=link, on_point=on_point)
+        except (Cancelled, KeyboardInterrupt):
+            if log is not None and run_id is not None:
+                log.finish_search(run_id, {"cancelled": True, "evaluations_linked": len(linked)})
+            raise
+        if log is not None:
+            if self.target_costs is None:
+                log.put_costs(*cost_key, self.evaluator.costs[request.model].to_dict())
+            if run_id is not None:
+                log.finish_search(run_id, report.summary())
+        return report
+
+    def cost_key(self, request: SearchRequest) -> tuple[str, str, str]:
+        """(model, steps and size, device): what a stored cost table is filed under."""
+        settings = request.settings(request.prompts[0], request.seeds[0])
+        key = self.evaluator.key(settings, settings.reference_schedule())
+        return key.model_hash, stable_hash({"steps": settings.resolved_steps, "size": settings.resolved_size}), \
+            key.device_hash
+
+    def _load_costs(self, model: str, cost_key: tuple[str, str, str]) -> None:
+        if self.target_costs is not None:
+            self.evaluator.costs[model] = self.target_costs  # plan for the deployment device
+        elif self.log is not None and (saved := self.log.get_costs(*cost_key)):
+            self.evaluator.costs[model] = CostTable.from_dict(saved)

@@ -1,0 +1,85 @@
+"""tmpdiff web app: `tmpdiff-app [--model M] [--db PATH] [--host 127.0.0.1] [--port 7860] [--share]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=None, help="model shown first (default: the trained shapes-dit)")
+    parser.add_argument("--db", default=None,
+                        help="cache database: a file (SQLite; default: in the cache folder) or a PostgreSQL URL")
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="open a public gradio.live link")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile each variant (default: on for CUDA, off on ZeroGPU Spaces)")
+    parser.add_argument("--aot", action="store_true", default=None,
+                        help="ahead-of-time compiled variants: packages built once, loaded in later processes")
+    parser.add_argument("--analytics", action="store_true",
+                        help="let Gradio send its usage analytics (off unless asked for, here or with "
+                             "GRADIO_ANALYTICS_ENABLED=True)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="tmpdiff cache folder: compiled variants and the default database "
+                             "(default: $TMPDIFF_CACHE_DIR or the user cache folder)")
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace):
+    from tmpdiff import DEFAULT_MODEL, get_model
+    from tmpdiff.cache import Cache, default_db_path
+    from tmpdiff.compile_cache import cache_root, check_cache_dir
+    from tmpdiff.evaluate import Evaluator
+    from tmpdiff.models import quiet_libraries
+    from tmpdiff.runner import Engine, choose_compile
+    from tmpdiff.ui import build_ui
+
+    quiet_libraries()
+    model = get_model(args.model or DEFAULT_MODEL).name
+    cache_dir = check_cache_dir(cache_root(args.cache_dir))
+    store = None if args.no_cache else Cache(args.db or default_db_path(cache_dir))
+    engine = Engine(device=args.device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
+    return build_ui(Evaluator(engine, store), store, model)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Set before Gradio is imported: it reads the switch once.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "True" if args.analytics else \
+        os.environ.get("GRADIO_ANALYTICS_ENABLED", "False")
+    if port_in_use(args.host, args.port):  # checked before the model loads, not after
+        print(f"error: port {args.port} on {args.host} is in use: pass --port N (or set GRADIO_SERVER_PORT)",
+              file=sys.stderr)
+        return 2
+    try:
+        demo = build(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from tmpdiff.ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
+
+    demo.queue(**QUEUE_OPTIONS).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                                   **LAUNCH_OPTIONS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
