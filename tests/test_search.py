@@ -180,3 +180,15 @@ def test_a_users_ladder_is_checked_against_measured_costs():
     assert checked_ladder(["fp32", "int8wo", "skip"], table, "fp32") == (["fp32", "int8wo", "skip"], [])
     with pytest.raises(ValueError, match="no rung of the ladder fp32,bf16 is cheaper"):
         checked_ladder(["fp32", "bf16"], table, "fp32")
+
+
+def test_engine_messages_name_fields_and_each_front_end_says_them_in_its_own_words():
+    from tmpdiff.cli import in_cli_words
+    from tmpdiff.search_run import SearchRequest
+
+    with pytest.raises(ValueError, match=r"^target_ssim must be in \(0, 1\], got 1.5$") as info:
+        SearchRequest(model="shapes-dit", prompts=("red circle",), target_ssim=1.5)
+    assert in_cli_words(str(info.value)) == "--target-ssim must be in (0, 1], got 1.5"
+    from tmpdiff.ui.app import in_form_words
+
+    assert in_form_words(str(info.value)) == "Target (SSIM floor) must be in (0, 1], got 1.5"

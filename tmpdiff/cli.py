@@ -182,13 +182,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             return _generate(args, device)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {in_cli_words(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # a file or folder the command reads or writes: its path and why, in one line
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+# The engine's field names, as this command line spells them.
+FLAGS = {"target_ssim": "--target-ssim", "target_speedup": "--target-speedup", "batch_size": "--batch-size",
+         "additivity_samples": "--additivity-samples", "probe_stride": "--probe-stride"}
+
+
+def in_cli_words(message: str) -> str:
+    """An engine message with its field names replaced by this command line's flags."""
+    import re
+
+    return re.sub(r"\b(" + "|".join(FLAGS) + r")\b", lambda m: FLAGS[m.group(1)], message)
 
 
 def _checked_device(device: str | None) -> str | None:

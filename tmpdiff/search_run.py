@@ -45,7 +45,8 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """What to search; validated up front."""
+    """What to search; validated up front. Messages name the fields (``target_ssim``); each front end puts them
+    in its own words (``--target-ssim`` on the command line, the form's labels in the app)."""
 
     model: str
     prompts: tuple[str, ...]
@@ -66,17 +67,17 @@ class SearchRequest:
 
     def __post_init__(self) -> None:
         if (self.target_ssim is None) == (self.target_speedup is None):
-            raise ValueError("give exactly one objective: --target-ssim Q or --target-speedup X")
+            raise ValueError("give exactly one objective: target_ssim or target_speedup")
         if self.target_ssim is not None and not 0 < self.target_ssim <= 1:
-            raise ValueError(f"--target-ssim must be in (0, 1], got {self.target_ssim}")
+            raise ValueError(f"target_ssim must be in (0, 1], got {self.target_ssim}")
         if self.target_speedup is not None and self.target_speedup < 1:
-            raise ValueError(f"--target-speedup must be at least 1, got {self.target_speedup}")
+            raise ValueError(f"target_speedup must be at least 1, got {self.target_speedup}")
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be 1 or more, got {self.batch_size}")
+            raise ValueError(f"batch_size must be 1 or more, got {self.batch_size}")
         if self.additivity_samples < 0:
-            raise ValueError(f"--additivity-samples must be 0 or more, got {self.additivity_samples}")
+            raise ValueError(f"additivity_samples must be 0 or more, got {self.additivity_samples}")
         if self.probe_stride < 1:
-            raise ValueError(f"--probe-stride must be 1 or more, got {self.probe_stride}")
+            raise ValueError(f"probe_stride must be 1 or more, got {self.probe_stride}")
         if not self.prompts or not self.seeds:
             raise ValueError("the search needs at least one prompt and one seed")
         if set(self.seeds) & set(self.validation_seeds):

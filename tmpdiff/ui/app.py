@@ -560,11 +560,21 @@ def _fail(message: str) -> str:
     raise user_error(message)
 
 
+# The engine's field names, as the form labels them.
+LABELS = {"target_ssim": "Target (SSIM floor)", "target_speedup": "Target (speed-up)"}
+
+
+def in_form_words(message: str) -> str:
+    for field, label in LABELS.items():
+        message = message.replace(field, label)
+    return message
+
+
 def user_error(problem: ValueError | str) -> gr.Error:
     """A user's mistake: one line in the server log (no traceback), and a message that stays on the page
     until it is closed."""
     LOG.warning("refused: %s", problem)
-    return gr.Error(str(problem), duration=None, print_exception=False)
+    return gr.Error(in_form_words(str(problem)), duration=None, print_exception=False)
 
 
 FIELDS = ("seeds", "seed", "steps", "size", "guidance", "prompt", "schedule", "model", "target",
@@ -573,7 +583,7 @@ FIELDS = ("seeds", "seed", "steps", "size", "guidance", "prompt", "schedule", "m
 
 def field_message(problem: Exception, element_id: str = "field-error") -> str:
     """The inline message for a bad field: the field's name first, as the form labels it."""
-    text = str(problem)
+    text = in_form_words(str(problem))
     head = text[:60].lower()
     field = next((f for f in FIELDS if head.startswith(f) or any(f" {f}{end}" in head for end in " ,:")), "input")
     return (f"<div class='field-error' id='{element_id}' role='alert'><b>{html.escape(field.capitalize())}</b>: "
