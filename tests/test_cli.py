@@ -136,3 +136,17 @@ def test_storage_and_path_mistakes_are_one_line_exit_2_before_any_work(tmp_path)
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, (argv, result.stderr)
     assert not (tmp_path / "x.png").exists()
     assert main(["cache", "export", str(tmp_path / "ok.json"), "--db", db]) == 0
+
+
+def test_generate_verbose_says_where_the_seconds_went(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    result = cli("generate", "--steps", "4", "--out", str(tmp_path / "v.png"), "--verbose", "--no-cache")
+    wall = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    phases = json.loads(result.stdout.strip().splitlines()[-1])["phase_seconds"]
+    assert set(phases) == {"imports", "weights", "reference_image_and_step_costs", "schedule_image",
+                           "vae_decode_in_images", "write"}
+    assert all(v >= 0 for v in phases.values()) and phases["imports"] > 0 and phases["weights"] > 0
+    assert sum(phases.values()) - phases["vae_decode_in_images"] < wall

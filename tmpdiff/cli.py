@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+PHASES: dict[str, float] = {}  # where a command's seconds went (generate --verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="e.g. 'bf16*4,fp8*20,bf16*4' (default: every step in the reference precision)")
     _add_compile_flags(gen)
     gen.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    gen.add_argument("--verbose", action="store_true",
+                     help="add where the seconds went to the output line: imports, weights, reference image, "
+                          "schedule image (variant builds included), VAE decoding, writing")
     _add_costs_flag(gen)
     _add_cache_flags(gen)
 
@@ -157,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"  # one line each
     parser = build_parser()
     args = parser.parse_args(argv)  # --help and argument mistakes end here, before any heavy import
+    started = time.perf_counter()
     from .models import quiet_libraries
     from .runner import default_device, precision_table
+
+    PHASES["imports"] = time.perf_counter() - started  # torch, diffusers and the engine: paid once a process
 
     quiet_libraries()
     try:
@@ -239,9 +247,20 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     schedule = engine.check_schedule(args.schedule or settings.reference_schedule(), settings)
     target = _target_costs(args)
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
-    evaluation = Evaluator(engine, store).evaluate(settings, schedule)
+    evaluator = Evaluator(engine, store)
+    clock = time.perf_counter()
+    evaluator.reference(settings)  # what evaluate() does first: timed apart for --verbose
+    reference_s, clock = time.perf_counter() - clock, time.perf_counter()
+    evaluation = evaluator.evaluate(settings, schedule)
+    schedule_s, clock = time.perf_counter() - clock, time.perf_counter()
     evaluation.image.save(args.out)
     line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
+    if args.verbose:
+        weights = engine.load_seconds.get(settings.model, 0.0)
+        PHASES.update({"weights": weights, "reference_image_and_step_costs": max(reference_s - weights, 0.0),
+                       "schedule_image": schedule_s, "vae_decode_in_images": evaluation.vae_seconds or 0.0,
+                       "write": time.perf_counter() - clock})
+        line["phase_seconds"] = {k: round(v, 3) for k, v in PHASES.items()}
     if target is not None:
         from .cost_tables import target_prediction
 

@@ -147,6 +147,7 @@ class Engine:
         # Denoiser calls over every run of this engine: made, answered by replay, saved by `skip`.
         self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0}
         self._pipes: dict[str, Any] = {}
+        self.load_seconds: dict[str, float] = {}  # how long each model's weights took to load (or build)
         self._lock = threading.Lock()
         # One pipeline call at a time, in the order they were asked for: a quick image asked for during a long
         # search waits for the search's current image only, and a request that comes while a cancelled
@@ -156,7 +157,9 @@ class Engine:
     def pipeline(self, model: str) -> Any:
         with self._lock:
             if model not in self._pipes:
+                start = time.perf_counter()
                 self._pipes[model] = load_pipeline(model, self.device)
+                self.load_seconds[model] = time.perf_counter() - start
             return self._pipes[model]
 
     def check_schedule(self, schedule: Schedule | str, settings: RunSettings) -> Schedule:
