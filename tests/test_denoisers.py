@@ -100,3 +100,28 @@ def test_a_linear_used_outside_its_forward_stays_unquantized_for_every_torchao_p
         build = next(b for b in handle.builds if b.precision == name)
         assert "proj_out_1.inner" in build.note and "stay in the reference precision" in build.note
     assert bank_for(pipe.transformer).unswitched_layers() == ["proj_out_1.inner"]
+
+
+@pytest.mark.parametrize("denoiser", [None, "prior"])
+def test_a_denoiser_under_another_name_is_found_or_named(denoiser):
+    from tmpdiff.tiny import tiny_cascade_prior
+
+    pipe = tiny_cascade_prior()
+
+    def embeddings():
+        with torch.no_grad():
+            return pipe(prompt="a red cat", num_inference_steps=3, height=128, width=128, output_type="pt",
+                        generator=torch.Generator().manual_seed(0)).image_embeddings
+
+    stock = embeddings()
+    with apply_schedule(pipe, "fp32*3", denoiser=denoiser) as handle:
+        same = embeddings()
+    assert handle.denoisers == ["prior"] and torch.equal(stock, same)
+    seen = []
+    hook = pipe.prior.clip_txt_pooled_mapper.register_forward_hook(lambda m, *_: seen.append(m.weight.dtype))
+    try:
+        with apply_schedule(pipe, "fp32,bf16,fp32", denoiser=denoiser) as handle:
+            embeddings()
+    finally:
+        hook.remove()
+    assert seen == [torch.float32, torch.bfloat16, torch.float32] and handle.steps_run == ["fp32", "bf16", "fp32"]

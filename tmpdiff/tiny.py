@@ -206,6 +206,19 @@ def tiny_wan(two_denoisers: bool = True) -> Any:
                        boundary_ratio=0.5 if two_denoisers else None)
 
 
+def tiny_cascade_prior() -> Any:
+    """Stable Cascade's prior pipeline, whose denoiser is called ``prior`` (not ``transformer`` or ``unet``)."""
+    from diffusers import DDPMWuerstchenScheduler, StableCascadePriorPipeline, StableCascadeUNet
+
+    torch.manual_seed(0)
+    prior = StableCascadeUNet(conditioning_dim=128, block_out_channels=(128, 128), num_attention_heads=(2, 2),
+                              down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1),
+                              clip_image_in_channels=768, switch_level=(False,), clip_text_in_channels=WIDTH,
+                              clip_text_pooled_in_channels=WIDTH, dropout=(0.1, 0.1)).eval()
+    return StableCascadePriorPipeline(prior=prior, text_encoder=_clip(projection=True), tokenizer=tokenizer(),
+                                      scheduler=DDPMWuerstchenScheduler(), image_encoder=None, feature_extractor=None)
+
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "tiny-flux": tiny_flux,
     "tiny-sd3": tiny_sd3,
