@@ -192,3 +192,9 @@ def test_engine_messages_name_fields_and_each_front_end_says_them_in_its_own_wor
     from tmpdiff.ui.app import in_form_words
 
     assert in_form_words(str(info.value)) == "Target (SSIM floor) must be in (0, 1], got 1.5"
+
+
+def test_an_unreachable_speedup_target_with_skip_last_names_the_cheapest_schedule():
+    oracle = Additive(6)
+    with pytest.raises(ValueError, match=r"the cheapest, bf16,skip\*5, costs .* lower target_speedup"):
+        speedup_search(6, ["bf16", "fp8", "skip"], oracle, 0.01)

@@ -80,6 +80,16 @@ class Precision:
     dynamic_activation: bool = False
     group_size: int | None = None
 
+    @property
+    def may_lead(self) -> bool:
+        """Whether a schedule may start with it: ``skip`` reuses an earlier output, and step 0 has none."""
+        return self.kind is not Kind.SKIP
+
+
+def may_lead(name: str) -> bool:
+    """Whether the precision ``name`` may be a schedule's first step (the one place that rule lives)."""
+    return get_precision(name).may_lead
+
 
 # Every real config passes ``set_inductor_config=False``: torchao's default switches Inductor's
 # coordinate-descent tuning on for the whole process, which benchmarks every Triton kernel at its

@@ -46,7 +46,7 @@ class Schedule:
             raise ValueError(f"a schedule has at most {MAX_STEPS} steps, got {len(self.steps)}")
         for name in self.steps:
             get_precision(name)
-        if self.steps[0] == "skip":
+        if not get_precision(self.steps[0]).may_lead:
             raise ValueError(
                 "'skip' cannot be the first step: there is no earlier model output to reuse; "
                 "start the schedule with a computing precision"

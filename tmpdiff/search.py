@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .precisions import may_lead
 from .schedule import Schedule
 
 __all__ = [
@@ -125,7 +126,7 @@ def _sweep(schedule: Schedule, loss: float, rank: dict[str, int], rung: str, mea
         if should_stop and should_stop():
             raise KeyboardInterrupt("search stopped")
         lo, hi = pending.pop()
-        indices = [i for i in range(lo, hi) if rank[schedule[i]] < rank[rung] and not (i == 0 and rung == "skip")]
+        indices = [i for i in range(lo, hi) if rank[schedule[i]] < rank[rung] and (i > 0 or may_lead(rung))]
         if not indices:
             continue
         candidate = schedule.replace(indices, rung)
@@ -169,9 +170,10 @@ def speedup_search(
             lo = budget
     fitting = [(loss, s) for s, loss in seen.items() if oracle.cost(s) <= target_cost]
     if not fitting:
+        cheapest = uniform_schedules(steps, [ladder[0], ladder[-1]])[-1]  # skip keeps the first step computed
         raise ValueError(
-            f"no schedule on the ladder {', '.join(ladder)} reaches the target: the cheapest costs "
-            f"{oracle.cost(Schedule.uniform(ladder[-1], steps)):.4g}, the target is {target_cost:.4g}"
+            f"no schedule on the ladder {', '.join(ladder)} reaches the target: the cheapest, {cheapest}, costs "
+            f"{oracle.cost(cheapest):.4g}, the target is {target_cost:.4g}: lower target_speedup or add a cheaper rung"
         )
     loss, schedule = min(fitting, key=lambda item: (item[0], oracle.cost(item[1])))
     return SearchOutcome(schedule, loss, oracle.cost(schedule), len(seen), best.trace if best else [])
@@ -189,7 +191,7 @@ class _MemoOracle:
 
 
 def uniform_schedules(steps: int, ladder: Sequence[str]) -> list[Schedule]:
-    return [Schedule.uniform(name, steps) if name != "skip" else Schedule((ladder[0],) + ("skip",) * (steps - 1))
+    return [Schedule.uniform(name, steps) if may_lead(name) else Schedule((ladder[0],) + (name,) * (steps - 1))
             for name in ladder]
 
 
@@ -205,7 +207,7 @@ def boundary_ks(steps: int) -> list[int]:
 def exhaustive_search(steps: int, ladder: Sequence[str], oracle: Oracle, budget: float,
                       limit: int = 60_000) -> SearchOutcome:
     """Every schedule on the ladder (step 0 never skipped): the true optimum, for small T."""
-    first = [n for n in ladder if n != "skip"]
+    first = [n for n in ladder if may_lead(n)]
     count = len(first) * len(ladder) ** (steps - 1)
     if count > limit:
         raise ValueError(f"an exhaustive search over {count} schedules exceeds the limit of {limit}: "
@@ -252,7 +254,7 @@ def additivity_check(steps: int, ladder: Sequence[str], oracle: Oracle, samples:
     reference = Schedule.uniform(ladder[0], steps)
     single = {}
     for rung in ladder[1:]:
-        first = 1 if rung == "skip" else 0  # skipping the first step leaves nothing to denoise from
+        first = 0 if may_lead(rung) else 1  # skipping the first step leaves nothing to denoise from
         probed = sorted({*range(first, steps, stride), steps - 1})
         measured_at = {i: oracle.degradation(reference.replace([i], rung)) for i in probed}
         single.update({(i, rung): _interpolated(measured_at, i) for i in range(first, steps)})
@@ -353,7 +355,7 @@ def pareto_front(points: Iterable[Point]) -> list[Point]:
 def _check_ladder(ladder: Sequence[str]) -> None:
     if len(ladder) < 2:
         raise ValueError(f"a ladder needs the reference and at least one cheaper rung, got {list(ladder)}")
-    if ladder[0] == "skip":
-        raise ValueError("the ladder's first rung is the reference precision; 'skip' cannot be it")
+    if not may_lead(ladder[0]):
+        raise ValueError(f"the ladder's first rung is the reference precision; {ladder[0]!r} cannot be it")
     if len(set(ladder)) != len(ladder):
         raise ValueError(f"the ladder repeats a precision: {list(ladder)}")

@@ -19,6 +19,7 @@ from tmpdiff.cancel import Cancelled
 from tmpdiff.cost_tables import load_cost_table, matching_tables, target_prediction
 from tmpdiff.evaluate import Evaluator
 from tmpdiff.limits import APP_SEARCH_WORK, finite
+from tmpdiff.precisions import may_lead
 from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
 from tmpdiff.runner import Engine, RunSettings, describe_build
@@ -351,7 +352,7 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                 str(Schedule.parse(text)))
 
     def uniform(steps: float, name: str) -> str:
-        return str(Schedule.uniform(name, int(steps))) if name != "skip" else _fail("'skip' cannot fill every step")
+        return str(Schedule.uniform(name, int(steps))) if may_lead(name) else _fail(f"{name!r} cannot fill every step")
 
     def first_k(current: str, steps: float, k: float, name: str) -> str:
         try:
