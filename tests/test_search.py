@@ -189,7 +189,7 @@ def test_engine_messages_name_fields_and_each_front_end_says_them_in_its_own_wor
     with pytest.raises(ValueError, match=r"^target_ssim must be in \(0, 1\], got 1.5$") as info:
         SearchRequest(model="shapes-dit", prompts=("red circle",), target_ssim=1.5)
     assert in_cli_words(str(info.value)) == "--target-ssim must be in (0, 1], got 1.5"
-    from tmpdiff.ui.app import in_form_words
+    from tmpdiff.ui.panels import in_form_words
 
     assert in_form_words(str(info.value)) == "Target (SSIM floor) must be in (0, 1], got 1.5"
 
