@@ -231,6 +231,13 @@ def browser():
         browser.close()
 
 
+def open_page(page, url):
+    """The page, once its widgets are there: not "network idle", which the opening search's long request (on a
+    busy machine) can keep from ever coming."""
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#run", timeout=60_000)
+
+
 def run_schedule(page, schedule):
     box = page.locator("#schedule textarea")
     box.fill(schedule)
@@ -261,7 +268,7 @@ def test_the_page_opens_on_what_tmpdiff_buys_here_with_three_images(server, brow
     import re
 
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
-    page.goto(server, wait_until="networkidle")
+    open_page(page, server)
     page.wait_for_function("document.querySelectorAll('#story .compare-img').length >= 3", timeout=300_000)
     story = page.locator("#story").inner_text()
     speedup = float(re.search(r"([0-9.]+)x at SSIM", story).group(1))
@@ -281,7 +288,7 @@ def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, server
     from tmpdiff import Schedule
 
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
-    page.goto(server, wait_until="networkidle")
+    open_page(page, server)
     run_schedule(page, "fp32*2,int8wo*6")
     cards = page.locator("#cards").inner_text()
     assert "speed-up" in cards and "SSIM" in cards and "PSNR" in cards and "LPIPS" in cards and "seconds" in cards
@@ -300,7 +307,7 @@ def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, server
     page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
 
     shared = browser.new_page(viewport={"width": 1400, "height": 1000})  # the link reopens the same comparison
-    shared.goto(page.url, wait_until="networkidle")
+    open_page(shared, page.url)
     shared.wait_for_function("(document.querySelector('#schedule textarea') || {}).value === 'fp32*2,int8wo*6'",
                              timeout=30_000)
     shared.close()
@@ -311,7 +318,7 @@ def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, server
 @pytest.mark.browser
 def test_on_a_phone_the_cards_come_before_the_details(server, browser):
     page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
-    page.goto(server, wait_until="networkidle")
+    open_page(page, server)
     run_schedule(page, "fp32*4,skip*4")
     cards, details = page.locator("#cards").bounding_box(), page.locator("#timeline").bounding_box()
     assert cards["width"] <= 390 and cards["y"] < details["y"]
@@ -328,7 +335,7 @@ def test_on_a_phone_the_cards_come_before_the_details(server, browser):
 @pytest.mark.browser
 def test_a_search_tells_its_story_warns_of_a_missed_floor_and_a_picked_point_loads_its_schedule(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
-    page.goto(server, wait_until="networkidle")
+    open_page(page, server)
     page.get_by_role("tab", name="Search").click()
     page.get_by_label("Ladder (empty: measured on this device)").fill("fp32,skip")
     page.get_by_label("Calibration prompts").fill("1")
@@ -403,7 +410,7 @@ def test_a_bad_field_gets_a_message_beside_it_that_stays(server, browser):
     import time
 
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.goto(server, wait_until="networkidle")
+    open_page(page, server)
     seed = page.get_by_label("Seed", exact=True)
     seed.fill("1.5")
     seed.press("Enter")
