@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ from .schedule import Schedule
 from .switch import apply_schedule
 from .variants import BuildInfo, Mode
 
-__all__ = ["Engine", "Result", "RunSettings", "choose_compile", "default_device", "describe_build", "device_name"]
+__all__ = ["Engine", "Result", "RunSettings", "choose_compile", "default_device", "describe_build", "device_name",
+           "telling_builds_to"]
 
 
 def default_device() -> str:
@@ -125,6 +127,18 @@ class Result:
 
 
 BuildListener = Callable[[str, Mode, float | None], None]
+_LISTENER: ContextVar[BuildListener | None] = ContextVar("tmpdiff_build_listener", default=None)
+
+
+@contextmanager
+def telling_builds_to(listener: BuildListener) -> Iterator[None]:
+    """Within the block, in this thread only, ``listener`` hears of every variant being built (a per-call
+    option: two users' requests never swap each other's progress bars on the shared engine)."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
 
 
 class Engine:
@@ -143,7 +157,7 @@ class Engine:
         self.device = device or default_device()
         self.mode = Mode.coerce(compile, torch.device(self.device))
         self.compile_cache = CompileCache(cache_dir)
-        self.on_build: BuildListener | None = None  # told before a variant is built (front ends show it)
+        self.on_build: BuildListener | None = None  # the process's default listener (the CLI's); see telling_builds_to
         # Denoiser calls over every run of this engine: made, answered by replay, saved by `skip`.
         self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0}
         self._pipes: dict[str, Any] = {}
@@ -230,7 +244,8 @@ class Engine:
                         replay_key: str | None) -> tuple[list[Image.Image], Any, float, float]:
         start = time.perf_counter()
         with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
-                                             on_build=self.on_build, replay=replay, replay_key=replay_key) as handle, \
+                                             on_build=_LISTENER.get() or self.on_build, replay=replay,
+                                             replay_key=replay_key) as handle, \
                 _timing_vae_decode(pipe, self.device) as vae:
             images = list(pipe(**kwargs).images)
         seconds = time.perf_counter() - start + handle.replay_correction

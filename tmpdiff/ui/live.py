@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tmpdiff.report import SearchReport
-from tmpdiff.runner import describe_build
+from tmpdiff.runner import describe_build, telling_builds_to
 from tmpdiff.search import Point
 from tmpdiff.search_run import SearchRequest
 from tmpdiff.study import Study
@@ -85,18 +85,17 @@ class LiveSearch:
         return self._outcome["report"]
 
     def _work(self) -> None:
-        engine = self.study.evaluator.engine
-        engine.on_build = lambda precision, mode, expected: self._events.put(
-            ("build", describe_build(precision, mode, expected)))
+        told = telling_builds_to(lambda precision, mode, expected: self._events.put(
+            ("build", describe_build(precision, mode, expected))))
         try:
-            self._outcome["report"] = self.study.search(
-                self.request, should_stop=self.should_stop,
-                progress=lambda done, planned, what: self._events.put(("progress", (done, planned, what))),
-                on_point=lambda point: self._events.put(("point", point)))
+            with told:  # this worker thread's builds only, not another user's
+                self._outcome["report"] = self.study.search(
+                    self.request, should_stop=self.should_stop,
+                    progress=lambda done, planned, what: self._events.put(("progress", (done, planned, what))),
+                    on_point=lambda point: self._events.put(("point", point)))
         except Exception as exc:  # handed to the page's thread by result()
             self._outcome["error"] = exc
         finally:
-            engine.on_build = None
             self._events.put(("done", None))
 
 

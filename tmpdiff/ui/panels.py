@@ -29,7 +29,7 @@ from tmpdiff.limits import APP_SEARCH_WORK, finite
 from tmpdiff.precisions import may_lead
 from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
-from tmpdiff.runner import Engine, RunSettings, describe_build
+from tmpdiff.runner import RunSettings, describe_build, telling_builds_to
 from tmpdiff.search_run import SearchRequest, parse_seeds
 from tmpdiff.study import Study
 
@@ -62,14 +62,12 @@ THIS_DEVICE = "this device (measured)"
 
 
 @contextmanager
-def telling_builds(engine: Engine, progress: gr.Progress, at: float = 0.5) -> Iterator[None]:
+def telling_builds(progress: gr.Progress, at: float = 0.5) -> Iterator[None]:
     """While the block runs, a variant being built (compiled, or loaded from the compile cache) shows in
     the progress bar instead of a silent wait."""
-    engine.on_build = lambda precision, mode, expected: progress(at, desc=describe_build(precision, mode, expected))
-    try:
+    with telling_builds_to(lambda precision, mode, expected: progress(at, desc=describe_build(precision, mode,
+                                                                                             expected))):
         yield
-    finally:
-        engine.on_build = None
 
 
 def schedule_strip(text: str) -> str:
@@ -176,10 +174,10 @@ def run_image(app: AppState, model: str, prompt: str, seed: float, steps: float,
     try:
         settings = _settings(model, prompt, seed, steps, size, guidance)
         schedule_obj = app.evaluator.engine.check_schedule(schedule or settings.reference_schedule(), settings)
-        with telling_builds(app.evaluator.engine, progress, 0.1):
+        with telling_builds(progress, 0.1):
             progress(0.1, desc="reference image (full precision)")
             reference = app.evaluator.reference(settings)
-        with telling_builds(app.evaluator.engine, progress, 0.5):
+        with telling_builds(progress, 0.5):
             progress(0.5, desc=f"schedule {schedule_obj}")
             # The reference schedule is the reference itself: "cached" only when it was.
             result = reference if schedule_obj == settings.reference_schedule() else \
@@ -314,7 +312,7 @@ def story_views(app: AppState, progress: gr.Progress):
     (computed once, its evaluations and step costs kept in the cache for the next start)."""
     if not app.story:
         try:
-            with telling_builds(app.evaluator.engine, progress, 0.1):
+            with telling_builds(progress, 0.1):
                 progress(0.05, desc="measuring this device and searching the default model (once)")
                 found = Study(app.evaluator, app.store).search(_story_request(app.spec, app.device))
                 app.story.update(found.to_dict())
