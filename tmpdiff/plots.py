@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
     from .latency import CostTable
     from .search import Point
+    from .study import HistoryPoint
 
-__all__ = ["COLOURS", "additivity", "live_points", "search_pareto", "timeline"]
+__all__ = ["COLOURS", "additivity", "history", "live_points", "search_pareto", "timeline"]
 
 COLOURS = {
     "fp32": "#1f3b73", "bf16": "#2f6db5", "fp16": "#4f8fd6", "fp8": "#e0782b", "int8": "#d9a21b",
@@ -100,5 +101,24 @@ def live_points(points: Sequence[Point], floor: float | None = None) -> go.Figur
         figure.add_hline(y=floor, line_dash="dot", annotation_text=f"floor {floor}")
     figure.update_layout(title={"text": f"{len(points)} schedules evaluated so far", "font": {"size": 13}},
                          xaxis_title="predicted speed-up", yaxis_title="mean SSIM vs reference", height=380,
+                         **LAYOUT)
+    return figure
+
+
+def history(points: Sequence[HistoryPoint]) -> go.Figure:
+    """Quality against measured speed-up for every stored evaluation of one setting (uniform schedules as
+    diamonds); evaluations without a speed claim (simulated precisions) are left out, not placed."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for uniform in (True, False):
+        part = [p for p in points if p.uniform == uniform and p.speedup is not None and p.ssim is not None]
+        if part:
+            figure.add_trace(go.Scatter(
+                x=[p.speedup for p in part], y=[p.ssim for p in part], mode="markers",
+                name="uniform" if uniform else "mixed", text=[p.schedule for p in part],
+                customdata=[p.schedule for p in part], hovertemplate=HOVER,
+                marker={"size": 12 if uniform else 9, "symbol": "diamond" if uniform else "circle"}))
+    figure.update_layout(xaxis_title="measured speed-up vs reference", yaxis_title="SSIM vs reference", height=420,
                          **LAYOUT)
     return figure

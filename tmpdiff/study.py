@@ -9,6 +9,7 @@ had done. Front ends parse their inputs, call it, and render what it returns.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .cancel import Cancelled
@@ -21,7 +22,7 @@ from .schedule import Schedule
 from .search import Point
 from .search_run import Progress, SearchRequest, run_search
 
-__all__ = ["SearchLog", "Study"]
+__all__ = ["HistoryPoint", "SearchLog", "Study", "history"]
 
 
 class SearchLog(Protocol):
@@ -96,3 +97,48 @@ class Study:
             self.evaluator.costs[model] = self.target_costs  # plan for the deployment device
         elif self.log is not None and (saved := self.log.get_costs(*cost_key)):
             self.evaluator.costs[model] = CostTable.from_dict(saved)
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One stored evaluation of a setting. ``speedup``: measured against that setting's reference on the same
+    device; None for simulated precisions (no speed claim) or when no reference of that device is stored."""
+
+    schedule: str
+    ssim: float | None
+    psnr: float | None
+    lpips: float | None
+    seconds: float
+    speedup: float | None
+    simulated: bool
+    prompt: str | None
+    seed: int | None
+
+    @property
+    def uniform(self) -> bool:
+        return len(Schedule.parse(self.schedule).precisions) == 1
+
+
+class HistoryStore(Protocol):
+    def evaluations(self, model: str | None = None, settings_hash: str | None = None,
+                    device_hash: str | None = None) -> list[dict[str, Any]]: ...
+
+
+def history(evaluator: Evaluator, store: HistoryStore | None, settings: RunSettings) -> list[HistoryPoint]:
+    """Every stored evaluation of ``settings`` (written by this process or any other on a shared cache), newest
+    first, as typed points: the setting's hash and its reference rows are found here, once, for every front
+    end."""
+    if store is None:
+        return []
+    key = evaluator.key(settings, settings.reference_schedule())
+    rows = store.evaluations(model=settings.model, settings_hash=key.settings_hash)
+    references = {r["device_hash"]: r["measured_seconds"] for r in rows if r["schedule_hash"] == key.schedule_hash}
+    points = []
+    for r in rows:
+        reference = references.get(r["device_hash"])
+        claim = not r["simulated"] and reference and r["measured_seconds"]
+        points.append(HistoryPoint(
+            schedule=r["schedule"], ssim=r["ssim"], psnr=r["psnr"], lpips=r["lpips"], seconds=r["measured_seconds"],
+            speedup=reference / r["measured_seconds"] if claim else None, simulated=bool(r["simulated"]),
+            prompt=r["settings"].get("prompt"), seed=r["settings"].get("seed")))
+    return points

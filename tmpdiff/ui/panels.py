@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import plotly.graph_objects as go
 
-from tmpdiff import Schedule, available_precisions, get_model
+from tmpdiff import Schedule, available_precisions, get_model, plots
 from tmpdiff.cancel import Cancelled
 from tmpdiff.cost_tables import load_cost_table, matching_tables, target_prediction
 from tmpdiff.evaluate import Evaluator
@@ -31,7 +30,7 @@ from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
 from tmpdiff.runner import RunSettings, describe_build, telling_builds_to
 from tmpdiff.search_run import SearchRequest, parse_seeds
-from tmpdiff.study import Study
+from tmpdiff.study import Study, history
 
 from . import views
 from .live import LiveSearch
@@ -137,37 +136,6 @@ def _search_work(prompts: int, seeds: int, steps: int) -> None:
                          "here, or run it from the command line (`tmpdiff search`), which has no such limit")
 
 
-def _plot(rows: list[dict[str, Any]], reference_seconds: float | None) -> go.Figure:
-    """Quality against speed-up for every cached evaluation of one setting."""
-    figure = go.Figure()
-    if rows and reference_seconds:
-        for uniform in (True, False):
-            part = [r for r in rows if (len(Schedule.parse(r["schedule"]).precisions) == 1) == uniform]
-            if not part:
-                continue
-            figure.add_trace(go.Scatter(
-                x=[reference_seconds / r["measured_seconds"] for r in part], y=[r["ssim"] for r in part],
-                mode="markers", name="uniform" if uniform else "mixed",
-                marker={"size": 12 if uniform else 9, "symbol": "diamond" if uniform else "circle"},
-                text=[r["schedule"] + (" (simulated: no speed claim)" if r["simulated"] else "") for r in part],
-                customdata=[r["schedule"] for r in part],
-                hovertemplate="%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>",
-            ))
-    figure.update_layout(xaxis_title="measured speed-up vs reference", yaxis_title="SSIM vs reference",
-                         height=420, margin={"l": 40, "r": 10, "t": 30, "b": 40}, template="plotly_white")
-    return figure
-
-
-
-
-def history(app: AppState, model: str,
-            settings_hash: str | None = None) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    rows = app.store.evaluations(model=model, settings_hash=settings_hash) if app.store else []
-    table = [[r["schedule"], _round(r["ssim"]), _round(r["psnr"]), _round(r["lpips"]),
-              _round(r["measured_seconds"]), r["settings"].get("prompt"), r["settings"].get("seed")]
-             for r in rows[:200]]
-    return table, rows
-
 def run_image(app: AppState, model: str, prompt: str, seed: float, steps: float, size: float, guidance: float,
               schedule: str, progress: gr.Progress) -> tuple[Any, dict[str, Any]]:
     """The run panel: the reference and the schedule's image, and the schedule's summary."""
@@ -245,10 +213,10 @@ def history_views(app: AppState, model: str, prompt: str, seed: float, steps: fl
         settings = _settings(model, prompt, seed, steps, size, guidance)
     except ValueError as exc:
         raise user_error(exc) from None
-    table, rows = history(app, model, stable_hash(settings.to_dict()))
-    reference = [r for r in rows if r["schedule"] == str(settings.reference_schedule())]
-    ref_seconds = reference[0]["measured_seconds"] if reference else None
-    return _plot([r for r in rows if r["ssim"] is not None], ref_seconds), table
+    points = history(app.evaluator, app.store, settings)
+    table = [[p.schedule, _round(p.ssim), _round(p.psnr), _round(p.lpips), _round(p.seconds), p.prompt, p.seed]
+             for p in points[:200]]
+    return plots.history(points), table
 
 def load_row(table: Any, event: gr.SelectData) -> str:
     row = event.index[0] if isinstance(event.index, list | tuple) else event.index

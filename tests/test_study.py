@@ -1,0 +1,25 @@
+"""A setting's history as typed points, built once in the engine for every front end."""
+
+import pytest
+
+from tmpdiff.cache import Cache
+from tmpdiff.evaluate import Evaluator
+from tmpdiff.runner import Engine, RunSettings
+from tmpdiff.study import history
+
+
+def test_history_points_carry_measured_speedups_and_no_claim_for_simulated_precisions(tmp_path):
+    store = Cache(tmp_path / "c.sqlite")
+    evaluator = Evaluator(Engine("cpu"), store)
+    settings = RunSettings(model="shapes-dit", steps=4)
+    for schedule in ("fp32*4", "fp32*2,skip*2", "fp32,int4wo*3"):
+        evaluator.evaluate(settings, schedule)
+    evaluator.evaluate(RunSettings(model="shapes-dit", steps=4, seed=9), "fp32*4")  # another setting: not listed
+    points = {p.schedule: p for p in history(evaluator, store, settings)}
+    assert set(points) == {"fp32*4", "fp32*2,skip*2", "fp32,int4wo*3"}
+    reference = points["fp32*4"]
+    assert reference.speedup == pytest.approx(1.0) and reference.uniform and reference.seed == 0
+    skipped = points["fp32*2,skip*2"]
+    assert skipped.speedup == pytest.approx(reference.seconds / skipped.seconds) and not skipped.uniform
+    assert points["fp32,int4wo*3"].simulated and points["fp32,int4wo*3"].speedup is None  # no speed claim
+    assert history(evaluator, None, settings) == []
