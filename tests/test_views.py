@@ -106,3 +106,13 @@ def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users
     list(bad.updates())
     with pytest.raises(ValueError, match="cheaper than the reference"):  # raised in the page's thread
         bad.result()
+
+
+def test_when_every_baseline_is_slower_the_fastest_is_shown_and_said_so():
+    slower = {**REPORT, "best_baseline_at_speedup": None,
+              "baselines": [{"schedule": "fp32*8", "ssim": 1.0, "speedup": 1.0},
+                            {"schedule": "fp32*6,int8wo*2", "ssim": 0.97, "speedup": 1.1},
+                            {"schedule": "fp32*4,int8wo*4", "ssim": 0.95, "speedup": 1.3}]}
+    text = views.compare_cards(slower)
+    assert "Fastest baseline (slower than the found schedule)" in text and "fp32*4,int8wo*4" in text
+    assert text.index("Found") < text.index("Fastest baseline") < text.index("Reference")

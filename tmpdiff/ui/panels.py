@@ -265,7 +265,7 @@ def comparison_images(app: AppState, report: dict[str, Any]) -> dict[str, str]:
         return {}
     settings = RunSettings(model=report["model"], prompt=request["prompts"][0], seed=request["seeds"][0],
                            steps=report["steps"], size=request.get("size"), guidance=request.get("guidance"))
-    rival = report.get("best_baseline_at_speedup") or {}
+    rival = views.baseline_rival(report)[1] or {}
     names = [report["schedule"], rival.get("schedule"), str(settings.reference_schedule())]
     return {name: _data_uri(app.evaluator.evaluate(settings, name).image) for name in names if name}
 
