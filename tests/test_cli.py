@@ -146,7 +146,41 @@ def test_generate_verbose_says_where_the_seconds_went(tmp_path):
     wall = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     phases = json.loads(result.stdout.strip().splitlines()[-1])["phase_seconds"]
-    assert set(phases) == {"imports", "weights", "reference_image_and_step_costs", "schedule_image",
+    assert set(phases) == {"imports", "weights", "reference_image", "schedule_image",
                            "vae_decode_in_images", "write"}
     assert all(v >= 0 for v in phases.values()) and phases["imports"] > 0 and phases["weights"] > 0
     assert sum(phases.values()) - phases["vae_decode_in_images"] < wall
+
+
+def test_generate_computes_two_images_and_predicts_only_from_a_stored_cost_table(tmp_path, monkeypatch, capsys):
+    from tmpdiff import cli, runner
+    from tmpdiff.cache import Cache
+    from tmpdiff.evaluate import Evaluator
+    from tmpdiff.latency import CostTable
+    from tmpdiff.schedule import Schedule
+    from tmpdiff.study import Study
+
+    calls = []
+    original = runner.Engine._timed_call_now
+
+    def counting(self, pipe, kwargs, schedule, *rest):
+        calls.append(str(schedule))
+        return original(self, pipe, kwargs, schedule, *rest)
+
+    monkeypatch.setattr(runner.Engine, "_timed_call_now", counting)
+    db = str(tmp_path / "c.sqlite")
+    common = ["--device", "cpu", "generate", "--steps", "4", "--db", db]
+    assert cli.main([*common, "--schedule", "fp32*2,int8wo*2", "--out", str(tmp_path / "a.png")]) == 0
+    assert calls == ["fp32*4", "fp32*2,int8wo*2"]  # the reference and the image: no uniform runs to time costs
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["predicted_seconds"] is None
+
+    store = Cache(db)
+    settings = runner.RunSettings(model="shapes-dit", steps=4)
+    study = Study(Evaluator(runner.Engine("cpu"), store), store)
+    table = CostTable(device="cpu", compiled=False, steps=4, step_seconds={"fp32": 0.02, "int8wo": 0.01})
+    store.put_costs(*study.settings_cost_key(settings), table.to_dict())  # as a search of this setting leaves it
+    calls.clear()
+    assert cli.main([*common, "--schedule", "fp32*3,int8wo", "--out", str(tmp_path / "b.png")]) == 0
+    assert calls == ["fp32*3,int8wo"]  # the reference came from the cache
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["predicted_seconds"] == pytest.approx(
+        table.predict(Schedule.parse("fp32*3,int8wo")), abs=1e-4)

@@ -183,3 +183,13 @@ def test_the_real_pipeline_reports_step_times_that_the_model_adds_up():
     expected = table.fixed_seconds + 2 * table.step_seconds["fp32"] + table.step_seconds["skip"] \
         + 5 * table.step_seconds["bf16"]
     assert evaluation.record.predicted_seconds == pytest.approx(expected)
+
+
+def test_a_runner_that_leaves_builds_out_warms_up_only_the_reference():
+    from tmpdiff.latency import measure_costs
+
+    device = FakeDevice()
+    table = measure_costs(device, "fp32", ["bf16", "skip"], steps=8, device="cpu", compiled=False,
+                          warm_reference_only=True)
+    assert device.runs == ["fp32*8", "fp32*8", "bf16*8", "fp32,skip*7"]  # one warm-up, of the reference
+    assert table.fixed_seconds == pytest.approx(FIXED) and table.step_seconds["bf16"] == pytest.approx(0.025)

@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--probe-stride", type=int, default=3,
                         help="probe single-step degradations on every Nth step, interpolate between (default 3; "
                              "1 probes every step)")
-    search.add_argument("--additivity-samples", type=int, default=6,
+    search.add_argument("--additivity-samples", type=int, default=0,
                         help="mixed schedules that check whether single-step losses add up, and feed the additive "
-                             "planner (default 6; 0 skips the check, its probes and the planner)")
+                             "planner (default 0: the bisection does not use them; 6 is a good check)")
     search.add_argument("--batch-size", type=int, default=1,
                         help="calibration images per pipeline call (default 1); larger batches make fewer denoiser "
                              "calls, halved automatically when GPU memory runs out")
@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # The engine's field names, as this command line spells them.
-FLAGS = {"target_ssim": "--target-ssim", "target_speedup": "--target-speedup", "batch_size": "--batch-size",
+FLAGS = {"exhaustive=true": "--exhaustive", "additivity_samples=": "--additivity-samples ",
+         "target_ssim": "--target-ssim", "target_speedup": "--target-speedup", "batch_size": "--batch-size",
          "additivity_samples": "--additivity-samples", "probe_stride": "--probe-stride"}
 
 
@@ -236,6 +237,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace, device: str) -> int:
     from .evaluate import Evaluator
     from .runner import RunSettings
+    from .study import Study
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {str(args.out)!r}")
@@ -247,7 +249,9 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     schedule = engine.check_schedule(args.schedule or settings.reference_schedule(), settings)
     target = _target_costs(args)
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
-    evaluator = Evaluator(engine, store)
+    # One image: predicted seconds only from a cost table a search stored (or --costs), never measured here.
+    evaluator = Evaluator(engine, store, measures_costs=False)
+    Study(evaluator, store).load_stored_costs(settings)
     clock = time.perf_counter()
     reference = evaluator.reference(settings)  # what evaluate() does first: timed apart for --verbose
     reference_s, clock = time.perf_counter() - clock, time.perf_counter()
@@ -258,7 +262,7 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
     if args.verbose:
         weights = engine.load_seconds.get(settings.model, 0.0)
-        PHASES.update({"weights": weights, "reference_image_and_step_costs": max(reference_s - weights, 0.0),
+        PHASES.update({"weights": weights, "reference_image": max(reference_s - weights, 0.0),
                        "schedule_image": schedule_s, "vae_decode_in_images": evaluation.vae_seconds or 0.0,
                        "write": time.perf_counter() - clock})
         line["phase_seconds"] = {k: round(v, 3) for k, v in PHASES.items()}
@@ -378,6 +382,8 @@ def _search(args: argparse.Namespace, device: str) -> int:
         summary["speedup_label"] = prediction_label(target)
     for note in report.ladder_notes:
         print(f"note: {note}", file=sys.stderr)
+    for phase in report.skipped:
+        print(f"skipped: {in_cli_words(phase)}", file=sys.stderr)
     if report.validation.meets_target is False:
         print(f"warning: on unseen seeds the schedule scored SSIM {report.validation.ssim:.3f}, "
               f"below the {request.target_ssim} floor", file=sys.stderr)

@@ -72,10 +72,14 @@ class Evaluation:
 class Evaluator:
     """Runs and scores schedules on one engine, through an optional store."""
 
-    def __init__(self, engine: Engine, store: EvaluationStore | None = None, predict: bool = True) -> None:
+    def __init__(self, engine: Engine, store: EvaluationStore | None = None, predict: bool = True,
+                 measures_costs: bool = True) -> None:
         self.engine = engine
         self.store = store
         self.predict = predict
+        # False: predict only from cost tables already known (stored, or given), never spend uniform runs
+        # measuring them (a one-image command would pay two runs per precision for a prediction).
+        self.measures_costs = measures_costs
         self.costs: dict[str, CostTable] = {}
         self._lock = threading.Lock()
         self._fingerprints: dict[str, str] = {}
@@ -160,7 +164,7 @@ class Evaluator:
         reference = settings.spec.dtype
         table = measure_costs(timed_run(self.engine, settings), reference, sorted(set(precisions) - {reference}),
                               steps=max(steps, 2), device=self.engine.device, compiled=self.compiled,
-                              table=self.known_costs(settings))
+                              table=self.known_costs(settings), warm_reference_only=True)
         self._tables[(settings.model, steps, settings.resolved_size)] = table
         return table
 
@@ -188,8 +192,11 @@ class Evaluator:
             table = self._tables.get(shape)  # measured once per model, step count and size, then kept
             missing = set(schedule.precisions) | {settings.spec.dtype}
             if table is None or not missing <= set(table.step_seconds):
+                if not self.measures_costs:
+                    return None
                 table = measure_costs(timed_run(self.engine, settings), settings.spec.dtype, sorted(missing),
-                                      steps=steps, device=self.engine.device, compiled=self.compiled, table=table)
+                                      steps=steps, device=self.engine.device, compiled=self.compiled, table=table,
+                                      warm_reference_only=True)
                 self._tables[shape] = table
             self.costs[settings.model] = table
             return table

@@ -102,12 +102,15 @@ def measure_costs(
     warmup_runs: int = 1,
     progress: Callable[[str], None] | None = None,
     table: CostTable | None = None,
+    warm_reference_only: bool = False,
 ) -> CostTable:
     """Measure every precision's step cost with uniform runs through the real pipeline.
 
     The first ``warmup_runs`` runs of each schedule build (and compile) variants and are
     discarded; the step cost is the median over the steps of the timed run. Given a ``table``,
-    only the precisions it lacks are measured and added to it.
+    only the precisions it lacks are measured and added to it. ``warm_reference_only``: for a runner that
+    already leaves build time out (``Engine.generate``), only the reference's first run, whose fixed seconds
+    (text encoders, VAE) pay one-time start-up, is a warm-up; step costs are medians over steps either way.
     """
     if steps < 2:
         raise ValueError(f"measuring costs needs at least 2 steps, got {steps}")
@@ -122,7 +125,7 @@ def measure_costs(
             continue
         schedule = (Schedule((reference,) + ("skip",) * (steps - 1)) if name == "skip"
                     else Schedule.uniform(name, steps))
-        for _ in range(warmup_runs):
+        for _ in range(warmup_runs if name == reference or not warm_reference_only else 0):
             run(schedule)
         total, step_seconds = run(schedule)
         measured = step_seconds[1:] if name == "skip" else step_seconds

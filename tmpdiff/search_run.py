@@ -58,7 +58,7 @@ class SearchRequest:
     target_ssim: float | None = None
     target_speedup: float | None = None
     validation_seeds: tuple[int, ...] = (1000,)
-    additivity_samples: int = 6
+    additivity_samples: int = 0  # diagnostics the bisection does not use: on request
     probe_stride: int = 3  # single-step probes on every 3rd step, the rest interpolated (see additivity_check)
     exhaustive: bool = False
     baselines: bool = True
@@ -314,9 +314,9 @@ def _skipped(request: SearchRequest) -> list[str]:
     """The phases this search left out, each with how to ask for it."""
     skipped = []
     if not request.additivity_samples:
-        skipped.append("additivity check and additive planner (ask with --additivity-samples 6)")
+        skipped.append("additivity check and additive planner (ask with additivity_samples=6)")
     if not request.exhaustive:
-        skipped.append("exhaustive search (ask with --exhaustive; small step counts only)")
+        skipped.append("exhaustive search (ask with exhaustive=true; small step counts only)")
     return skipped
 
 

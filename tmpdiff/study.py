@@ -87,7 +87,15 @@ class Study:
 
     def cost_key(self, request: SearchRequest) -> tuple[str, str, str]:
         """(model, steps and size, device): what a stored cost table is filed under."""
-        settings = request.settings(request.prompts[0], request.seeds[0])
+        return self.settings_cost_key(request.settings(request.prompts[0], request.seeds[0]))
+
+    def load_stored_costs(self, settings: RunSettings) -> bool:
+        """Gives the evaluator the cost table stored for this setting's model, step count, size and device (or
+        the given target's); says whether there was one."""
+        self._load_costs(settings.model, self.settings_cost_key(settings))
+        return settings.model in self.evaluator.costs
+
+    def settings_cost_key(self, settings: RunSettings) -> tuple[str, str, str]:
         key = self.evaluator.key(settings, settings.reference_schedule())
         return key.model_hash, stable_hash({"steps": settings.resolved_steps, "size": settings.resolved_size}), \
             key.device_hash
