@@ -33,3 +33,22 @@ def test_a_build_listener_is_a_per_call_option_of_its_own_thread():
         thread.start()
         thread.join()
     assert heard == ["bf16"] and elsewhere == ["fp16"] and engine.on_build is None
+
+
+def test_precisions_cold_at_these_shapes_warm_up_once_for_a_step_each():
+    # On CUDA a first image's time would carry kernel and encoder start-up (it read 1.5x for a 1.2x schedule).
+    engine = Engine("cpu")
+    settings = RunSettings(model="shapes-dit", steps=6)
+    pipe = engine.pipeline("shapes-dit")
+    from tmpdiff.schedule import Schedule
+
+    before = engine.calls["warm_up"]
+    engine._warm_up(pipe, settings.call_kwargs(), Schedule.parse("fp32*2,int8wo*2,skip*2"))
+    assert engine.calls["warm_up"] - before == 2  # one step of fp32, one of int8wo; skip runs nothing
+    engine._warm_up(pipe, settings.call_kwargs(), Schedule.parse("fp32*3,int8wo,bf16*2"))
+    assert engine.calls["warm_up"] - before == 4  # only bf16 was cold: padded to the two steps a run needs
+    from tmpdiff.runner import batch_call_kwargs
+
+    batch = batch_call_kwargs([settings, RunSettings(model="shapes-dit", steps=6, seed=1)], "cpu")
+    engine._warm_up(pipe, batch, Schedule.parse("fp32*6"))
+    assert engine.calls["warm_up"] - before == 6  # a batch of two is other shapes: cold again

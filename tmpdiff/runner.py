@@ -18,7 +18,7 @@ from PIL import Image
 from .compile_cache import CompileCache
 from .limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE, finite
 from .models import DEFAULT_MODEL, ModelSpec, get_model, load_pipeline
-from .precisions import PRECISIONS, Status, available_precisions, precision_status
+from .precisions import PRECISIONS, Status, available_precisions, may_lead, precision_status
 from .replay import ReplayStore
 from .schedule import Schedule
 from .switch import apply_schedule
@@ -159,7 +159,8 @@ class Engine:
         self.compile_cache = CompileCache(cache_dir)
         self.on_build: BuildListener | None = None  # the process's default listener (the CLI's); see telling_builds_to
         # Denoiser calls over every run of this engine: made, answered by replay, saved by `skip`.
-        self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0}
+        # Warm-up calls (see _warm_up) are counted apart, in "warm_up".
+        self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0, "warm_up": 0}
         self._pipes: dict[str, Any] = {}
         self.load_seconds: dict[str, float] = {}  # how long each model's weights took to load (or build)
         self._lock = threading.Lock()
@@ -167,6 +168,8 @@ class Engine:
         # search waits for the search's current image only, and a request that comes while a cancelled
         # search's last step still runs waits for it instead of failing.
         self._running = TurnLock()
+        # (pipeline, call shapes, precision) already run in this process: their kernels are loaded and warm.
+        self._warmed: set[tuple[int, tuple[Any, ...], str]] = set()
 
     def pipeline(self, model: str) -> Any:
         with self._lock:
@@ -224,13 +227,32 @@ class Engine:
                          replay: ReplayStore | None, replay_key: str | None) -> tuple[list[Image.Image], Any, float,
                                                                                       float]:
         """One timed call. Time spent building variants during it (a cast or a quantization, or compiled
-        graphs loaded from the compile cache) is left out of its seconds, as it is of its step times. Only when a
-        variant was compiled afresh is a second, warm call timed (computed afresh: ``make_kwargs`` gives fresh
-        seeded generators), since a first compiled run pays more than its build."""
+        graphs loaded from the compile cache) is left out of its seconds, as it is of its step times. On CUDA,
+        precisions not yet run in this process at these shapes first run in a two-step call (its variants built
+        or loaded, their kernels and the encoders' and VAE's started), so a first image is timed as warm as the
+        next. Only when a variant was compiled afresh is a second, warm call timed (computed afresh:
+        ``make_kwargs`` gives fresh seeded generators), since a first compiled run pays more than its build."""
+        if self.device.startswith("cuda"):
+            self._warm_up(pipe, make_kwargs(), schedule)
         images, handle, seconds, vae_seconds = self._timed_call(pipe, make_kwargs(), schedule, replay, replay_key)
         if any(b.mode is not Mode.EAGER and not b.from_cache for b in handle.builds):
             return self._timed_call(pipe, make_kwargs(), schedule)
         return images, handle, max(seconds - sum(handle.build_seconds.values()), 0.0), vae_seconds
+
+    def _warm_up(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> None:
+        """Runs the schedule's precisions that are cold at these shapes for one step each (untimed)."""
+        shapes = tuple(sorted((k, v if isinstance(v, int | float | str | None) else len(v))
+                              for k, v in kwargs.items() if k in ("height", "width", "prompt", "class_labels")))
+        cold = [name for name in dict.fromkeys(schedule.precisions) if may_lead(name)  # skip runs nothing
+                and (id(pipe), shapes, name) not in self._warmed]
+        if not cold:
+            return
+        warm_up = Schedule(tuple(cold) if len(cold) > 1 else (cold[0], cold[0]))
+        before = self.calls["denoiser"]
+        self._timed_call(pipe, {**kwargs, "num_inference_steps": len(warm_up)}, warm_up)
+        self.calls["warm_up"] += self.calls["denoiser"] - before
+        self.calls["denoiser"] = before
+        self._warmed.update((id(pipe), shapes, name) for name in cold)
 
     def _simulated(self, schedule: Schedule) -> list[str]:
         return [n for n in schedule.precisions if precision_status(n, self.device).status is Status.SIMULATED]
