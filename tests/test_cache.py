@@ -167,7 +167,7 @@ def test_cli_second_generate_is_a_hit_and_bad_db_is_one_line(tmp_path):
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "not a SQLite database" in bad.stderr
 
 
-def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_without_replace(tmp_path):
+def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_without_replace(tmp_path, capsys):
     from tmpdiff.cli import main
 
     source = Cache(tmp_path / "a.sqlite")
@@ -194,10 +194,11 @@ def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_w
     changed = json.loads(json.dumps(payload))
     changed["evaluations"][0]["ssim"] = 0.5
     (tmp_path / "changed.json").write_text(json.dumps(changed))
-    with pytest.raises(CacheError, match="1 entries .* differ from evaluations already stored.*--replace"):
+    with pytest.raises(CacheError, match="1 entries .* differ from evaluations already stored.*replace=true"):
         target.import_(tmp_path / "changed.json")
     assert target.get(record("fp32*4").key).ssim == 1.0  # unchanged
     assert main(["cache", "import", str(tmp_path / "changed.json"), "--db", str(tmp_path / "b.sqlite")]) == 2
+    assert "pass --replace to overwrite them" in capsys.readouterr().err  # the engine's field, in the CLI's words
     assert target.get(record("fp32*4").key).ssim == 1.0
     assert main(["cache", "import", str(tmp_path / "changed.json"), "--db", str(tmp_path / "b.sqlite"),
                  "--replace"]) == 0

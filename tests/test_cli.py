@@ -184,3 +184,15 @@ def test_generate_computes_two_images_and_predicts_only_from_a_stored_cost_table
     assert calls == ["fp32*3,int8wo"]  # the reference came from the cache
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["predicted_seconds"] == pytest.approx(
         table.predict(Schedule.parse("fp32*3,int8wo")), abs=1e-4)
+
+
+def test_engine_messages_name_fields_and_the_command_line_says_its_flags(tmp_path):
+    from tmpdiff.cli import in_cli_words
+
+    folder = tmp_path / "x.db"
+    folder.mkdir()
+    bad = cli("generate", "--db", str(folder), "--out", str(tmp_path / "a.png"))
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: --db {str(folder)!r} is a folder: give a file path"
+    # A field name inside a path or file name is left alone.
+    assert in_cli_words("/srv/costs/a.db is not a SQLite database: pass another db") == \
+        "/srv/costs/a.db is not a SQLite database: pass another --db"

@@ -199,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The engine's field names, as this command line spells them.
-FLAGS = {"exhaustive=true": "--exhaustive", "additivity_samples=": "--additivity-samples ",
+# The engine's field names (``name`` or ``name=value``), as this command line spells them.
+FLAGS = {"exhaustive=true": "--exhaustive", "replace=true": "--replace", "device='cpu'": "--device cpu",
+         "db=": "--db ", "db": "--db",
+         "costs=": "--costs ", "costs": "--costs", "workers=": "--workers ",
+         "additivity_samples=": "--additivity-samples ",
          "target_ssim": "--target-ssim", "target_speedup": "--target-speedup", "batch_size": "--batch-size",
          "additivity_samples": "--additivity-samples", "probe_stride": "--probe-stride"}
 
@@ -209,7 +212,11 @@ def in_cli_words(message: str) -> str:
     """An engine message with its field names replaced by this command line's flags."""
     import re
 
-    return re.sub(r"\b(" + "|".join(FLAGS) + r")\b", lambda m: FLAGS[m.group(1)], message)
+    # A field name stands alone: never part of a path or file name (``x.db``, ``/srv/costs/``).
+    with_values = "|".join(re.escape(name) for name in FLAGS if name.endswith("="))
+    bare = "|".join(re.escape(name) for name in FLAGS if not name.endswith("="))
+    message = re.sub(rf"(?<![\w./-])({with_values})", lambda m: FLAGS[m.group(1)], message)
+    return re.sub(rf"(?<![\w./-])({bare})(?![\w./-])", lambda m: FLAGS[m.group(1)], message)
 
 
 def _checked_device(device: str | None) -> str | None:

@@ -32,12 +32,12 @@ def load_cost_table(name_or_path: str | Path, model: str) -> CostTable:
     if not path.exists():
         path = Path(name_or_path).expanduser()
     if not path.is_file():
-        raise ValueError(f"--costs {str(name_or_path)!r} is neither a shipped table ({', '.join(shipped_tables())}) "
+        raise ValueError(f"costs={str(name_or_path)!r} is neither a shipped table ({', '.join(shipped_tables())}) "
                          "nor a JSON file")
     try:
         table = CostTable.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"--costs {str(name_or_path)!r} is not a cost table: {exc}") from None
+        raise ValueError(f"costs={str(name_or_path)!r} is not a cost table: {exc}") from None
     architecture = get_model(model).architecture
     if table.architecture != architecture:
         raise ValueError(f"the cost table {str(name_or_path)!r} was measured for the {table.architecture} "

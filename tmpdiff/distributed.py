@@ -81,9 +81,9 @@ def start_ray(address: str | None, workers: int | None, device: str) -> int:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if device.startswith("cuda"):
         if gpus == 0:
-            raise ValueError("the Ray cluster has no GPU: run with --device cpu or join GPU nodes")
+            raise ValueError("the Ray cluster has no GPU: run with device='cpu' or join GPU nodes")
         if workers and workers > gpus:
-            raise ValueError(f"--workers {workers} asks for more GPUs than the cluster has ({gpus})")
+            raise ValueError(f"workers={workers} asks for more GPUs than the cluster has ({gpus})")
         return workers or gpus
     return workers or 1
 

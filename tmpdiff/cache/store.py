@@ -82,7 +82,7 @@ class Cache:
             try:
                 self.engine = create_engine(url, pool_pre_ping=True, connect_args=_server_timeouts(url))
             except ModuleNotFoundError as exc:
-                raise CacheError(f"--db {self.where} needs the {exc.name} driver: "
+                raise CacheError(f"db={self.where!r} needs the {exc.name} driver: "
                                  "pip install 'psycopg[binary]'") from None
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         self._ensure_schema()
@@ -211,7 +211,7 @@ class Cache:
             first = differing[0].key
             raise CacheError(f"{len(differing)} entries of {path} differ from evaluations already stored (the first: "
                              f"{first.model} {first.schedule} seed {first.settings.get('seed')}); nothing was "
-                             "imported: pass --replace to overwrite them")
+                             "imported: pass replace=true to overwrite them")
         for record in new:
             self.put(record)
         return len(new)
@@ -228,14 +228,14 @@ class Cache:
                 version = session.get(Meta, "schema_version") if "meta" in tables else None
         except OperationalError as exc:
             raise CacheError(f"cannot reach the {kind} {self.where} ({str(exc.orig).strip().splitlines()[0]}): "
-                             "check --db") from None
+                             "check db") from None
         except DatabaseError as exc:
-            raise CacheError(f"{self.where} is not a usable {kind} ({exc.orig}): pass another --db") from None
+            raise CacheError(f"{self.where} is not a usable {kind} ({exc.orig}): pass another db") from None
         found = version.value if version is not None else "none"
         if found != str(SCHEMA_VERSION):
             raise CacheError(
                 f"{self.where} holds a database of another schema (version {found}, tmpdiff needs "
-                f"{SCHEMA_VERSION}): pass another --db or move that database away"
+                f"{SCHEMA_VERSION}): pass another db or move that database away"
             )
 
     def _create_schema(self) -> None:
@@ -296,21 +296,21 @@ def _server_url(location: str) -> Any:
     try:
         url = make_url(location)
     except ArgumentError:
-        raise CacheError(f"--db {location!r} is neither a file path nor a database URL such as "
+        raise CacheError(f"db={location!r} is neither a file path nor a database URL such as "
                          "postgresql+psycopg://user@host/db") from None
     if url.get_backend_name() != "postgresql":
-        raise CacheError(f"--db {url.render_as_string(hide_password=True)}: tmpdiff caches in SQLite (a path) or "
+        raise CacheError(f"db={url.render_as_string(hide_password=True)!r}: tmpdiff caches in SQLite (a path) or "
                          "PostgreSQL (postgresql+psycopg://...)")
     return url
 
 
 def _refuse_foreign_file(path: Path) -> None:
     if path.is_dir():
-        raise CacheError(f"--db {path} is a folder: give a file path")
+        raise CacheError(f"db={str(path)!r} is a folder: give a file path")
     if path.exists() and path.stat().st_size > 0:
         with path.open("rb") as handle:
             if handle.read(16) != SQLITE_HEADER:
-                raise CacheError(f"{path} is not a SQLite database: pass another --db")
+                raise CacheError(f"{path} is not a SQLite database: pass another db")
 
 
 def _key_query(key: EvalKey) -> Any:

@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo = build(args)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from tmpdiff.cli import in_cli_words
+
+        print(f"error: {in_cli_words(str(exc))}", file=sys.stderr)
         return 2
     from tmpdiff.ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
 
