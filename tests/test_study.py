@@ -23,3 +23,22 @@ def test_history_points_carry_measured_speedups_and_no_claim_for_simulated_preci
     assert skipped.speedup == pytest.approx(reference.seconds / skipped.seconds) and not skipped.uniform
     assert points["fp32,int4wo*3"].simulated and points["fp32,int4wo*3"].speedup is None  # no speed claim
     assert history(evaluator, None, settings) == []
+
+
+def test_a_sweep_is_a_logged_run_with_its_evaluations_linked(tmp_path):
+    from tmpdiff.cache import Cache
+    from tmpdiff.evaluate import Evaluator
+    from tmpdiff.runner import Engine
+    from tmpdiff.study import Study
+    from tmpdiff.sweep import load_spec
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('[[grid]]\nmodels = ["shapes-dit"]\nsteps = 4\nprompts = ["red circle"]\nseeds = [0]\n'
+                    'schedules = ["reference", "fp32*2,skip*2"]\n')
+    store = Cache(tmp_path / "c.sqlite")
+    study = Study(Evaluator(Engine("cpu"), store), store)
+    rows = study.sweep(load_spec(spec), spec=str(spec))
+    [run] = store.search_runs()
+    assert run["request"]["kind"] == "sweep" and run["finished"] and run["evaluations"] == len(rows) == 2
+    assert run["result"]["evaluations"] == 2 and run["result"]["schedules"]
+    assert study.evaluator.replay is None  # the sweep's replay store was its own view's, not the shared evaluator's

@@ -401,15 +401,14 @@ def _search(args: argparse.Namespace, device: str) -> int:
 def _sweep(args: argparse.Namespace, device: str) -> int:
     from tqdm import tqdm
 
-    from .replay import ReplayStore
-    from .sweep import load_spec, run_sweep, summarize, write_csv
+    from .study import Study
+    from .sweep import load_spec, summarize, write_csv
 
     if not args.csv.parent.exists():
         raise ValueError(f"--csv folder {str(args.csv.parent)!r} does not exist")
     items = load_spec(args.spec)
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
-    evaluator = _search_evaluator(args, device, store)
-    evaluator.replay = None if args.no_replay else ReplayStore()
+    study = Study(_search_evaluator(args, device, store), store)
     bar = tqdm(total=len(items), unit="eval", desc="sweep", file=sys.stderr)
 
     def progress(done: int, planned: int, what: str) -> None:
@@ -417,12 +416,12 @@ def _sweep(args: argparse.Namespace, device: str) -> int:
         bar.update(done - bar.n)
 
     try:
-        rows = run_sweep(evaluator, items, progress=progress)
+        rows = study.sweep(items, progress=progress, replay=not args.no_replay, spec=str(args.spec))
     except KeyboardInterrupt:
         return _interrupted(bar, "sweep")
     bar.close()
     write_csv(rows, args.csv)
-    calls = evaluator.engine.calls
+    calls = study.evaluator.engine.calls
     print(json.dumps({"evaluations": len(rows), "from_cache": sum(r["cached"] for r in rows), "csv": str(args.csv),
                       "denoiser_calls": calls["denoiser"], "schedules": summarize(rows)}))
     return 0

@@ -1,9 +1,10 @@
-"""A search owned from start to finish, the same way for every front end (CLI, app, Ray driver).
+"""A search or sweep owned from start to finish, the same way for every front end (CLI, app, Ray driver).
 
-``Study.search`` opens the search-run log, reuses a stored cost table for the same model, step count,
-size and device (or plans with a given table for another device), links every evaluation to the run,
-stores the costs it measured and closes the log: finished with its result, or cancelled with what it
-had done. Front ends parse their inputs, call it, and render what it returns.
+``Study.search`` opens the search-run log, reuses a stored cost table for the same model, step count, size
+and device (or plans with a given table for another device), links every evaluation to the run, stores the
+costs it measured and closes the log: finished with its result, or cancelled with what it had done.
+``Study.sweep`` logs a grid of evaluations the same way. Front ends parse their inputs, call it, and render
+what it returns.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .runner import RunSettings
 from .schedule import Schedule
 from .search import Point
 from .search_run import Progress, SearchRequest, run_search
+from .sweep import SweepItem, run_sweep, summarize
 
 __all__ = ["HistoryPoint", "SearchLog", "Study", "history"]
 
@@ -60,9 +62,43 @@ class Study:
         the evaluations it finished (all in the cache) and raises ``Cancelled`` / ``KeyboardInterrupt``."""
         cost_key = self.cost_key(request)
         self._load_costs(request.model, cost_key)
+        link, cancelled = self._open_run(request.model, request.to_dict())
+        try:
+            report = run_search(self.evaluator, request, progress=progress, should_stop=should_stop,
+                                on_evaluation=link, on_point=on_point)
+        except (Cancelled, KeyboardInterrupt):
+            cancelled()
+            raise
+        if self.log is not None:
+            if self.target_costs is None:
+                self.log.put_costs(*cost_key, self.evaluator.costs[request.model].to_dict())
+            self._close_run(report.summary())
+        return report
+
+    def sweep(self, items: list[SweepItem], progress: Progress | None = None, replay: bool = True,
+              spec: str | None = None) -> list[dict[str, Any]]:
+        """A grid of evaluations (``sweep.load_spec``), logged as a run like a search: linked evaluations, and
+        closed with its summary or as cancelled. Rows in the spec's order; ``replay`` serves shared prefixes."""
+        from .replay import ReplayStore
+
+        evaluator = self.evaluator.with_options(ReplayStore() if replay else None, batch_size=1)
+        models = sorted({item.settings.model for item in items})
+        link, cancelled = self._open_run("+".join(models), {"kind": "sweep", "spec": spec, "items": len(items)})
+        try:
+            rows = run_sweep(evaluator, items, progress=progress, on_evaluation=link)
+        except (Cancelled, KeyboardInterrupt):
+            cancelled()
+            raise
+        self._close_run({"kind": "sweep", "evaluations": len(rows), "from_cache": sum(r["cached"] for r in rows),
+                         "schedules": summarize(rows)})
+        return rows
+
+    def _open_run(self, model: str, request: dict[str, Any]) -> tuple[Callable[[RunSettings, Schedule], None],
+                                                                      Callable[[], None]]:
+        """Starts a run in the log; returns how to link an evaluation to it and how to close it as cancelled."""
         log, run_id = self.log, None
         if log is not None:
-            run_id = self.run_id = log.start_search(request.model, request.to_dict())
+            run_id = self.run_id = log.start_search(model, request)
         linked: set[str] = set()
 
         def link(settings: RunSettings, schedule: Schedule) -> None:
@@ -71,19 +107,15 @@ class Study:
                 linked.add(key.digest)
                 log.link_search(run_id, key)
 
-        try:
-            report = run_search(self.evaluator, request, progress=progress, should_stop=should_stop,
-                                on_evaluation=link, on_point=on_point)
-        except (Cancelled, KeyboardInterrupt):
+        def cancelled() -> None:
             if log is not None and run_id is not None:
                 log.finish_search(run_id, {"cancelled": True, "evaluations_linked": len(linked)})
-            raise
-        if log is not None:
-            if self.target_costs is None:
-                log.put_costs(*cost_key, self.evaluator.costs[request.model].to_dict())
-            if run_id is not None:
-                log.finish_search(run_id, report.summary())
-        return report
+
+        return link, cancelled
+
+    def _close_run(self, result: dict[str, Any]) -> None:
+        if self.log is not None and self.run_id is not None:
+            self.log.finish_search(self.run_id, result)
 
     def cost_key(self, request: SearchRequest) -> tuple[str, str, str]:
         """(model, steps and size, device): what a stored cost table is filed under."""

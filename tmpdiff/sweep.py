@@ -205,8 +205,10 @@ def _item(where: str, settings: RunSettings, text: str) -> SweepItem:
     return SweepItem(settings, schedule)
 
 
-def run_sweep(evaluator: Evaluator, items: list[SweepItem], progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Evaluates every item (cached ones are read, not computed); rows in the spec's order.
+def run_sweep(evaluator: Evaluator, items: list[SweepItem], progress: Progress | None = None,
+              on_evaluation: Callable[[RunSettings, Schedule], None] | None = None) -> list[dict[str, Any]]:
+    """Evaluates every item (cached ones are read, not computed); rows in the spec's order. ``on_evaluation`` is
+    told of each one as it is stored (``Study`` links it to the sweep's run).
 
     Items run grouped by setting, so each setting's reference is computed once and prefix replay
     (when the evaluator has a replay store) serves the schedules that share its prefixes.
@@ -219,6 +221,8 @@ def run_sweep(evaluator: Evaluator, items: list[SweepItem], progress: Progress |
     for done, (index, evaluation) in enumerate(evaluator.evaluate_many(pairs), 1):
         item_index = order[index]
         rows[item_index] = sweep_row(evaluation)
+        if on_evaluation:
+            on_evaluation(items[item_index].settings, items[item_index].schedule)
         if progress:
             progress(done, len(items), str(items[item_index].schedule))
     return [row for row in rows if row is not None]
