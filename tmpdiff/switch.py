@@ -186,8 +186,10 @@ def apply_schedule(
     try:
         if replay is not None and not replay_key:
             raise ValueError("replay needs a replay_key naming the setting the outputs belong to")
-        router = _StepRouter(handle, synchronize and device.type == "cuda", cache, on_build,
-                             None if replay is None else (replay, replay_key), pipeline=type(pipe).__name__)
+        config = _SwitchConfig(schedule=schedule, mode=mode, pipeline=type(pipe).__name__,
+                               denoisers=tuple(handle.denoisers), synchronize=synchronize and device.type == "cuda",
+                               cache=cache, on_build=on_build, replay=replay, replay_key=replay_key)
+        router = _StepRouter(config, handle)
         with contextlib.ExitStack() as hooks:
             for _, module in modules:
                 hooks.enter_context(_hooked(module, _DenoiserHook(router, bank_for(module))))
@@ -197,6 +199,21 @@ def apply_schedule(
         router.resolve_times()
     finally:
         lock.release()
+
+
+@dataclass(frozen=True)
+class _SwitchConfig:
+    """What one ``apply_schedule`` block was asked for (fixed for the block)."""
+
+    schedule: Schedule
+    mode: Mode
+    pipeline: str  # the pipeline class, for messages
+    denoisers: tuple[str, ...]
+    synchronize: bool  # time on the device's clock (CUDA events)
+    cache: CompileCache | None = None
+    on_build: Callable[[str, Mode, float | None], None] | None = None
+    replay: ReplayStore | None = None
+    replay_key: str | None = None
 
 
 class _DenoiserHook(ModelHook):
@@ -211,77 +228,152 @@ class _DenoiserHook(ModelHook):
         return self.router.forward(self, module, args, kwargs)
 
 
-class _StepRouter:
-    """Routes each denoiser call to the variant of the current step, whichever denoiser makes it."""
+class _StepClock:
+    """Which step the pipeline is in and which denoiser call of it this is; the outputs ``skip`` reuses."""
 
-    def __init__(self, handle: ScheduleHandle, synchronize: bool, cache: CompileCache | None = None,
-                 on_build: Callable[[str, Mode, float | None], None] | None = None,
-                 replay: tuple[ReplayStore, str] | None = None, pipeline: str = "pipeline") -> None:
-        self.pipeline = pipeline
-        self.handle = handle
-        self.cache = cache
-        self.on_build = on_build
-        self.replay = replay
-        self.keys: list[ReplayKey] = []  # the replay keys of this step's calls
-        self.hits = 0  # calls of this step answered from the replay store
-        self.replayed_seconds = 0.0  # their step time, measured when they were computed
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """A pipeline call starts."""
+        self.step, self.calls = 0, 0
+        self.outputs: list[Any] = []  # this step's call outputs
+        self.last_outputs: list[Any] = []  # the last computed step's, for skip
+
+    def next_call(self) -> int:
+        self.calls += 1
+        return self.calls - 1
+
+    def end_step(self, computed: bool) -> None:
+        if computed:
+            self.last_outputs = self.outputs
+        self.outputs, self.calls = [], 0
+        self.step += 1
+
+
+class _ReplayedCalls:
+    """This step's calls answered from, or recorded into, the replay store."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.keys: list[ReplayKey] = []  # the keys this step recorded
+        self.hits = 0
+        self.seconds = 0.0  # the step time the hits were measured at when computed
+
+    def end_step(self) -> tuple[list[ReplayKey], int, float]:
+        done = self.keys, self.hits, self.seconds
+        self.reset()
+        return done
+
+
+class _StepTimer:
+    """Marks at step boundaries (CUDA events, read once when the block ends, or wall time), build time
+    left out, replayed steps counted at the time they took when computed."""
+
+    def __init__(self, synchronize: bool) -> None:
         self.synchronize = synchronize
-        self.step = 0
-        self.calls = 0
-        self.step_start: Any = None
         # (start mark, end mark, seconds to exclude, replay keys recorded, seconds measured when replayed)
         self.pending: list[tuple[Any, Any, float, list[ReplayKey], float | None]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.step_start: Any = None
         self.excluded = 0.0
-        self.last_outputs: list[Any] = []
-        self.outputs: list[Any] = []
+
+    def start(self) -> None:
+        if self.step_start is None:
+            self.step_start = self._mark()
+
+    def exclude(self, seconds: float) -> None:
+        self.excluded += seconds
+
+    def end_step(self, keys: list[ReplayKey], replayed_seconds: float | None) -> None:
+        now = self._mark()
+        start = self.step_start if self.step_start is not None else now
+        self.pending.append((start, now, self.excluded, keys, replayed_seconds))
+        self.step_start, self.excluded = now, 0.0
+
+    def resolve(self, handle: ScheduleHandle, replay: ReplayStore | None) -> None:
+        """Turns the marks into ``handle.step_seconds`` (waits for the device once, not every step)."""
+        for start, end, excluded, keys, replayed_seconds in self.pending:
+            if self.synchronize:
+                end.synchronize()
+                seconds = start.elapsed_time(end) / 1000
+            else:
+                seconds = end - start
+            seconds = max(seconds - excluded, 0.0)
+            if replayed_seconds is not None:  # never the replay's own time: the step's when computed
+                handle.replay_correction += replayed_seconds - seconds
+                seconds = replayed_seconds
+            elif keys and replay is not None:
+                replay.set_seconds(keys, seconds)
+            handle.step_seconds.append(seconds)
+        self.pending = []
+
+    def _mark(self) -> Any:
+        if self.synchronize:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+
+class _StepRouter:
+    """Routes each denoiser call to the variant of the current step, whichever denoiser makes it: the step
+    clock says which step, the replay store may answer, the variant bank runs (building a variant the first
+    time), the timer keeps the step's time."""
+
+    def __init__(self, config: _SwitchConfig, handle: ScheduleHandle) -> None:
+        self.config, self.handle = config, handle
+        self.clock, self.replayed, self.timer = _StepClock(), _ReplayedCalls(), _StepTimer(config.synchronize)
 
     # --- the denoiser call -------------------------------------------------------------
     def forward(self, hook: _DenoiserHook, module: nn.Module, args: tuple, kwargs: dict) -> Any:
-        if self.calls == 0:
+        if self.clock.calls == 0:
             raise_if_cancelled()  # a cancelled search stops here, at a step boundary, and frees the pipeline
-        schedule = self.handle.schedule
-        if self.step >= len(schedule):
+        schedule = self.config.schedule
+        if self.clock.step >= len(schedule):
             raise ValueError(
                 f"the pipeline ran more denoising steps than the schedule's {len(schedule)}: "
                 f"pass num_inference_steps={len(schedule)} or a schedule of the pipeline's length"
             )
-        if self.step_start is None:
-            self.step_start = self._mark()
-        name = schedule[self.step]
-        index = self.calls
-        self.calls += 1
+        self.timer.start()
+        name = schedule[self.clock.step]
+        index = self.clock.next_call()
         if name == "skip":
-            if index >= len(self.last_outputs):
-                raise ValueError(f"step {self.step} is 'skip' but no earlier step made call {index} to reuse")
-            output = self.last_outputs[index]
+            if index >= len(self.clock.last_outputs):
+                raise ValueError(f"step {self.clock.step} is 'skip' but no earlier step made call {index} to reuse")
+            output = self.clock.last_outputs[index]
             self.handle.skipped_calls += 1
         else:
             output = self._replayed_or_run(hook, name, index, module, args, kwargs)
-        self.outputs.append(output)
+        self.clock.outputs.append(output)
         return output
 
     def _replayed_or_run(self, hook: _DenoiserHook, name: str, index: int, module: nn.Module, args: tuple,
                          kwargs: dict) -> Any:
-        if self.replay is None:
+        store = self.config.replay
+        if store is None:
             self.handle.denoiser_calls += 1
             return self._run(hook, name, module, args, kwargs)
-        store, setting = self.replay
-        key = (setting, tuple(self.handle.schedule[: self.step + 1]), index)
+        key = (self.config.replay_key, tuple(self.config.schedule[: self.clock.step + 1]), index)
         hit = store.get(key)
         if hit is not None:
-            self.hits += 1
+            self.replayed.hits += 1
+            self.replayed.seconds += hit[1]
             self.handle.replayed_calls += 1
-            self.replayed_seconds += hit[1]
             return hit[0]
         self.handle.denoiser_calls += 1
         output = self._run(hook, name, module, args, kwargs)
         store.put(key, output)
-        self.keys.append(key)
+        self.replayed.keys.append(key)
         return output
 
     def _run(self, hook: _DenoiserHook, name: str, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         assert hook.fn_ref is not None
-        bank, mode = hook.bank, self.handle.mode
+        bank, mode = hook.bank, self.config.mode
         reference_dtype = bank.reference_dtype
         precision = get_precision(name)
         if precision.dtype == reference_dtype and mode is Mode.EAGER:
@@ -305,59 +397,54 @@ class _StepRouter:
 
     def _build(self, hook: _DenoiserHook, name: str, mode: Mode, args: tuple, kwargs: dict) -> nn.Module:
         assert hook.fn_ref is not None
-        bank = hook.bank
+        bank, cache, on_build = hook.bank, self.config.cache, self.config.on_build
         start = time.perf_counter()
         with bank.lock:
-            if self.on_build is not None and bank.get(name, mode) is None:
-                known = self.cache is not None and mode is not Mode.EAGER
-                expected = self.cache.previous_seconds(mode.value, name, bank.reference) if known else None
-                self.on_build(name, mode, expected)
+            if on_build is not None and bank.get(name, mode) is None:
+                known = cache is not None and mode is not Mode.EAGER
+                on_build(name, mode, cache.previous_seconds(mode.value, name, bank.reference) if known else None)
             if bank.needs_rows(name):  # torchao precisions: the call is in the reference dtype
                 with record_linear_rows(bank.reference) as rows, torch.no_grad():
                     hook.fn_ref.original_forward(*args, **kwargs)
                 bank.linear_rows = rows
-            variant = bank.build(name, mode, example=(args, kwargs), cache=self.cache)
+            variant = bank.build(name, mode, example=(args, kwargs), cache=cache)
             info = bank.builds.get((name, mode))
         elapsed = time.perf_counter() - start
         self.handle.build_seconds[name] = elapsed
         if info is not None:
             self.handle.builds.append(info)
-        self.excluded += elapsed
+        self.timer.exclude(elapsed)
         return variant
 
     # --- the step boundary --------------------------------------------------------------
     def end_step(self) -> None:
-        name = self.handle.schedule[self.step] if self.step < len(self.handle.schedule) else "?"
-        if name not in ("skip", "?") and self.calls == 0:
+        step, calls = self.clock.step, self.clock.calls
+        schedule = self.config.schedule
+        name = schedule[step] if step < len(schedule) else "?"
+        if name not in ("skip", "?") and calls == 0:
             # Never report a step as run in a precision when no hooked denoiser was called in it.
             raise ValueError(
-                f"step {self.step} of {self.pipeline} called none of the denoisers tmpdiff switched "
-                f"({', '.join(self.handle.denoisers)}), so its {name!r} never ran: the pipeline denoises with "
+                f"step {step} of {self.config.pipeline} called none of the denoisers tmpdiff switched "
+                f"({', '.join(self.config.denoisers)}), so its {name!r} never ran: the pipeline denoises with "
                 "another module; name it with apply_schedule(..., denoiser='attribute')")
-        now = self._mark()
-        start = self.step_start if self.step_start is not None else now
-        replayed = name != "skip" and self.calls > 0 and self.hits == self.calls
+        keys, hits, replayed_seconds = self.replayed.end_step()
+        replayed = name != "skip" and calls > 0 and hits == calls
         self.handle.steps_run.append(name)
-        self.handle.calls_per_step.append(0 if name == "skip" else self.calls - self.hits)
+        self.handle.calls_per_step.append(0 if name == "skip" else calls - hits)
         self.handle.replayed_steps.append(replayed)
-        self.pending.append((start, now, self.excluded, self.keys, self.replayed_seconds if replayed else None))
-        if name != "skip":
-            self.last_outputs = self.outputs
-        self.outputs, self.calls, self.excluded = [], 0, 0.0
-        self.keys, self.hits, self.replayed_seconds = [], 0, 0.0
-        self.step += 1
-        self.step_start = now
+        self.timer.end_step(keys, replayed_seconds if replayed else None)
+        self.clock.end_step(computed=name != "skip")
 
     def begin_run(self) -> None:
         """A pipeline call starts: the previous one, if any, must have run the whole schedule."""
         self.finish()
         self.resolve_times()
-        self.step, self.calls, self.step_start, self.excluded = 0, 0, None, 0.0
-        self.last_outputs, self.outputs = [], []
-        self.keys, self.hits, self.replayed_seconds = [], 0, 0.0
+        self.clock.reset()
+        self.replayed.reset()
+        self.timer.reset()
 
     def finish(self) -> None:
-        ran, planned = self.step, len(self.handle.schedule)
+        ran, planned = self.clock.step, len(self.config.schedule)
         if 0 < ran != planned:
             raise ValueError(
                 f"the pipeline ran {ran} denoising steps but the schedule has {planned}: "
@@ -365,28 +452,7 @@ class _StepRouter:
             )
 
     def resolve_times(self) -> None:
-        """Turns the step marks into ``step_seconds`` (waits for the device once, not every step)."""
-        for start, end, excluded, keys, replayed_seconds in self.pending:
-            if self.synchronize:
-                end.synchronize()
-                seconds = start.elapsed_time(end) / 1000
-            else:
-                seconds = end - start
-            seconds = max(seconds - excluded, 0.0)
-            if replayed_seconds is not None:  # never the replay's own time: the step's when computed
-                self.handle.replay_correction += replayed_seconds - seconds
-                seconds = replayed_seconds
-            elif keys and self.replay is not None:
-                self.replay[0].set_seconds(keys, seconds)
-            self.handle.step_seconds.append(seconds)
-        self.pending = []
-
-    def _mark(self) -> Any:
-        if self.synchronize:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
+        self.timer.resolve(self.handle, self.config.replay)
 
 
 @contextmanager
