@@ -262,8 +262,7 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     clock = time.perf_counter()
     reference = evaluator.reference(settings)  # what evaluate() does first: timed apart for --verbose
     reference_s, clock = time.perf_counter() - clock, time.perf_counter()
-    # The reference schedule is the reference itself: "cached" only when it was.
-    evaluation = reference if schedule == settings.reference_schedule() else evaluator.evaluate(settings, schedule)
+    evaluation = evaluator.beside(reference, settings, schedule)
     schedule_s, clock = time.perf_counter() - clock, time.perf_counter()
     evaluation.image.save(args.out)
     line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}

@@ -116,6 +116,11 @@ class Evaluator:
             self._references[digest] = self.evaluate(settings, settings.reference_schedule())
         return self._references[digest]
 
+    def beside(self, reference: Evaluation, settings: RunSettings, schedule: Schedule) -> Evaluation:
+        """The schedule's evaluation shown beside its setting's ``reference`` (just computed or read): the
+        reference schedule is that reference itself, "cached" only when it was."""
+        return reference if schedule == settings.reference_schedule() else self.evaluate(settings, schedule)
+
     def evaluate(self, settings: RunSettings, schedule: Schedule | str) -> Evaluation:
         schedule = self.engine.check_schedule(schedule, settings)
         cached = self._cached(settings, schedule)

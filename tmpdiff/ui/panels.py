@@ -147,9 +147,7 @@ def run_image(app: AppState, model: str, prompt: str, seed: float, steps: float,
             reference = app.evaluator.reference(settings)
         with telling_builds(progress, 0.5):
             progress(0.5, desc=f"schedule {schedule_obj}")
-            # The reference schedule is the reference itself: "cached" only when it was.
-            result = reference if schedule_obj == settings.reference_schedule() else \
-                app.evaluator.evaluate(settings, schedule_obj)
+            result = app.evaluator.beside(reference, settings, schedule_obj)
     except ValueError as exc:
         raise user_error(exc) from None
     progress(1.0, desc="done")
