@@ -162,9 +162,14 @@ def test_a_cancelled_search_frees_the_app_for_the_next_request(client):
     assert time.monotonic() - start < 10
 
 
-def test_an_image_asked_for_during_a_long_search_does_not_wait_for_the_search(client):
+def test_an_image_asked_for_during_a_long_search_does_not_wait_for_the_search(server):
     import time
 
+    from gradio_client import Client
+
+    # A session of its own: the cancelled search of the test before may hold its session's one search place
+    # until it has stopped (up to the 15 s after which an unread search counts as abandoned).
+    client = Client(server, verbose=False)
     _, idle = client.predict(schedule="fp32*8", seed=21, api_name="/generate")
     job = client.submit(steps=28, ladder="fp32,bf16,skip", num_prompts=4, seeds="0,1,2,3", target=0.99,
                         api_name="/search")
@@ -181,6 +186,23 @@ def test_an_image_asked_for_during_a_long_search_does_not_wait_for_the_search(cl
         job.cancel()
     assert metrics["steps_run"][4] == "skip"
     assert waited < 15, waited  # an image of the search at most, not the search
+
+
+def test_a_session_with_two_images_waiting_is_told_to_wait_for_one(server):
+    import time
+
+    from gradio_client import Client
+
+    eager = Client(server, verbose=False)  # its own session
+    jobs = [eager.submit(schedule="bf16*50", steps=50, seed=900 + i, api_name="/generate") for i in range(2)]
+    time.sleep(0.3)  # both reached the app (the two images take seconds here: a reference and a schedule each)
+    assert not any(j.done() for j in jobs), [j.exception() for j in jobs if j.done()]
+    with pytest.raises(Exception, match="you already have 2 images waiting or running: wait for one to finish"):
+        eager.predict(schedule="fp32*8", seed=903, api_name="/generate")
+    _, metrics = Client(server, verbose=False).predict(schedule="fp32*8", seed=904, api_name="/generate")
+    assert metrics["steps_run"] == ["fp32"] * 8  # another session is served meanwhile
+    for job in jobs:
+        job.result(timeout=120)
 
 
 def test_the_app_and_the_cli_log_a_search_the_same_way(client, server_db, tmp_path):

@@ -101,6 +101,40 @@ def test_the_engine_takes_pipeline_calls_in_turn():
         pass
 
 
+def test_single_images_go_before_a_search_call_that_waits_but_never_starve_it():
+    from tmpdiff.runner import TurnLock, in_background
+
+    lock, order = TurnLock(yield_turns=2), []
+    held = threading.Event()
+
+    def holder():
+        with lock:
+            held.set()
+            while len(lock._waiting) < 4:  # every caller below is waiting before the lock is let go
+                time.sleep(0.001)
+
+    def call(name, background):
+        def run():
+            if background:
+                with in_background(), lock:
+                    order.append(name)
+            else:
+                with lock:
+                    order.append(name)
+        return threading.Thread(target=run)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    held.wait()
+    callers = [call("search", True), call("image 1", False), call("image 2", False), call("image 3", False)]
+    for c in callers:  # asked in this order: the search first
+        c.start()
+        time.sleep(0.02)
+    for t in [first, *callers]:
+        t.join()
+    assert order == ["image 1", "image 2", "search", "image 3"]  # two turns given up, then its own
+
+
 def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_image(tmp_path):
     class Broken:
         def get(self, key):

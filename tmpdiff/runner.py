@@ -277,14 +277,30 @@ class Engine:
         return images, handle, seconds, vae["seconds"]
 
 
-class TurnLock:
-    """A lock taken in the order it was asked for (``threading.Lock`` lets a thread that releases and asks
-    again cut in line, so a search could starve everyone's images). Re-entrant for the thread that holds it."""
+_BACKGROUND: ContextVar[bool] = ContextVar("tmpdiff_background", default=False)
 
-    def __init__(self) -> None:
+
+@contextmanager
+def in_background() -> Iterator[None]:
+    """Pipeline calls made in the block (a search's) wait behind people's single images (see ``TurnLock``)."""
+    token = _BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
+
+
+class TurnLock:
+    """A lock taken in turn: in the order asked for (``threading.Lock`` lets a thread that releases and asks
+    again cut in line, so a search could starve everyone's images), except that a background call (a search's,
+    see ``in_background``) lets waiting single images go first, at most ``yield_turns`` times, so it is never
+    starved either. Re-entrant for the thread that holds it."""
+
+    def __init__(self, yield_turns: int = 2) -> None:
+        self.yield_turns = yield_turns
         self._changed = threading.Condition()
         self._next_ticket = 0
-        self._serving = 0
+        self._waiting: dict[int, list[int]] = {}  # ticket -> [background (0/1), turns given up so far]
         self._owner: int | None = None
         self._depth = 0
 
@@ -296,16 +312,30 @@ class TurnLock:
                 return self
             ticket = self._next_ticket
             self._next_ticket += 1
-            self._changed.wait_for(lambda: self._serving == ticket)
+            self._waiting[ticket] = [int(_BACKGROUND.get()), 0]
+            self._changed.wait_for(lambda: self._owner is None and self._next_up() == ticket)
+            del self._waiting[ticket]
+            for other, waiting in self._waiting.items():  # a background call asked earlier gave up its turn
+                if waiting[0] and other < ticket:
+                    waiting[1] += 1
             self._owner, self._depth = me, 1
         return self
+
+    def _next_up(self) -> int:
+        """The first ticket asked; a background one goes after waiting images until it has given up its turns."""
+        first = min(self._waiting)
+        background, given_up = self._waiting[first]
+        if background and given_up < self.yield_turns:
+            images = [t for t, (b, _) in self._waiting.items() if not b]
+            if images:
+                return min(images)
+        return first
 
     def __exit__(self, *_: object) -> None:
         with self._changed:
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
-                self._serving += 1
                 self._changed.notify_all()
 
 

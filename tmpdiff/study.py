@@ -18,7 +18,7 @@ from .evaluate import Evaluator
 from .latency import CostTable
 from .records import EvalKey, stable_hash
 from .report import SearchReport
-from .runner import RunSettings
+from .runner import RunSettings, in_background
 from .schedule import Schedule
 from .search import Point
 from .search_run import Progress, SearchRequest, run_search
@@ -64,8 +64,9 @@ class Study:
         self._load_costs(request.model, cost_key)
         link, cancelled = self._open_run(request.model, request.to_dict())
         try:
-            report = run_search(self.evaluator, request, progress=progress, should_stop=should_stop,
-                                on_evaluation=link, on_point=on_point)
+            with in_background():  # a search's images wait behind people's single images (a few at most)
+                report = run_search(self.evaluator, request, progress=progress, should_stop=should_stop,
+                                    on_evaluation=link, on_point=on_point)
         except (Cancelled, KeyboardInterrupt):
             cancelled()
             raise

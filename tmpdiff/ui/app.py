@@ -49,6 +49,11 @@ def _gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
     return spaces.GPU(fn)
 
 
+def _session(request: gr.Request | None) -> str | None:
+    """The browser (or API client) session asking, for per-session limits."""
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
 def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str | None = None) -> gr.Blocks:
     """The app, bound to one evaluator (engine + optional cache store)."""
     device = evaluator.engine.device
@@ -64,14 +69,16 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
     @_gpu
     def generate(model: str = default_model, prompt: str = "", seed: float = 0, steps: float = spec.steps,
                  size: float = spec.size, guidance: float = spec.guidance, schedule: str = "",
-                 progress: gr.Progress = gr.Progress()) -> tuple[Any, dict[str, Any]]:
-        return panels.run_image(app, model, prompt, seed, steps, size, guidance, schedule, progress)
+                 progress: gr.Progress = gr.Progress(), request: gr.Request = None) -> tuple[Any, dict[str, Any]]:
+        return panels.run_image(app, model, prompt, seed, steps, size, guidance, schedule, progress,
+                                _session(request))
 
     @_gpu
     def search(model: str = default_model, target_kind: str = "SSIM floor", target: float = 0.9,
                steps: float = spec.steps, ladder: str = "", num_prompts: float = 4, seeds: str = "0,1",
-               progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any, Any]]:
-        yield from panels.search_updates(app, model, target_kind, target, steps, ladder, num_prompts, seeds, progress)
+               progress: gr.Progress = gr.Progress(), request: gr.Request = None) -> Iterator[tuple[Any, Any, Any]]:
+        yield from panels.search_updates(app, model, target_kind, target, steps, ladder, num_prompts, seeds, progress,
+                                         _session(request))
 
     @_gpu
     def story(progress: gr.Progress = gr.Progress()):
@@ -201,10 +208,11 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
                      api_visibility="private")
         all_button.click(uniform, [steps, bulk], schedule, api_visibility="private")
         first_button.click(first_k, [schedule, steps, k, bulk], schedule, api_visibility="private")
-        # Images and searches queue apart: a long search never holds everyone's images for its whole length
-        # (the engine runs one pipeline call at a time, in turn, so an image waits one search image at most).
+        # No Gradio queue limit for images and searches: every request reaches the app at once, where a session
+        # may hold a few and the app a bounded number (a refusal says how long to wait: admission.py), and the
+        # engine runs one pipeline call at a time, in turn, a search's calls letting waiting images go first.
         run.click(check_inputs, [*inputs, schedule], [field_error, cards], queue=False, api_visibility="private")
-        run.click(generate, [*inputs, schedule], [slider, metrics], api_name="generate", concurrency_limit=1,
+        run.click(generate, [*inputs, schedule], [slider, metrics], api_name="generate", concurrency_limit=None,
                   concurrency_id="generate", trigger_mode="once").then(
             downloads, [slider, metrics], [image_file, schedule_file], api_visibility="private")
         metrics.change(show_result, [*inputs, latency_on, slider, metrics], [cards, timeline, diff],
@@ -217,11 +225,11 @@ def build_ui(evaluator: Evaluator, store: Any | None = None, default_model: str 
         search_button.click(check_search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
                             search_field_error, queue=False, api_visibility="private")
         search_button.click(search, [model, target_kind, target, steps, ladder, num_prompts, seeds],
-                            [schedule, report, search_figure], api_name="search", concurrency_limit=1,
+                            [schedule, report, search_figure], api_name="search", concurrency_limit=None,
                             concurrency_id="search", trigger_mode="once").success(  # the found schedule in every panel
             generate, [*inputs, schedule], [slider, metrics], api_visibility="private", concurrency_id="generate")
         demo.load(story, None, [story_html, story_plot, precisions], api_visibility="private",
-                  concurrency_id="search")
+                  concurrency_limit=1, concurrency_id="story")  # computed once: a second page waits for it
         report.change(show_search, report, [search_warning, compare, pareto_table], api_visibility="private")
         pareto_table.select(load_row, pareto_table, schedule, api_visibility="private")
         refresh.click(pareto, inputs, [plot, table], api_name="pareto")

@@ -33,6 +33,7 @@ from tmpdiff.search_run import SearchRequest, parse_seeds
 from tmpdiff.study import Study, history
 
 from . import views
+from .admission import Admission, Busy
 from .live import LiveSearch
 from .views import COLOURS
 
@@ -48,6 +49,7 @@ class AppState:
     store: Any | None
     spec: Any
     story: dict[str, Any] = field(default_factory=dict)  # the opening search's report, computed once
+    admission: Admission = field(default_factory=Admission)  # jobs per session and in all (admission.py)
 
     @property
     def device(self) -> str:
@@ -137,8 +139,18 @@ def _search_work(prompts: int, seeds: int, steps: int) -> None:
 
 
 def run_image(app: AppState, model: str, prompt: str, seed: float, steps: float, size: float, guidance: float,
-              schedule: str, progress: gr.Progress) -> tuple[Any, dict[str, Any]]:
-    """The run panel: the reference and the schedule's image, and the schedule's summary."""
+              schedule: str, progress: gr.Progress, session: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The run panel: the reference and the schedule's image, and the schedule's summary. ``session``: the
+    browser session asking (a few images each, a bounded number in all: ``admission.py``)."""
+    try:
+        with app.admission.job("image", session):
+            return _run_image(app, model, prompt, seed, steps, size, guidance, schedule, progress)
+    except Busy as exc:
+        raise user_error(exc) from None
+
+
+def _run_image(app: AppState, model: str, prompt: str, seed: float, steps: float, size: float, guidance: float,
+               schedule: str, progress: gr.Progress) -> tuple[Any, dict[str, Any]]:
     try:
         settings = _settings(model, prompt, seed, steps, size, guidance)
         schedule_obj = app.evaluator.engine.check_schedule(schedule or settings.reference_schedule(), settings)
@@ -160,12 +172,19 @@ def run_image(app: AppState, model: str, prompt: str, seed: float, steps: float,
     return (reference.image, result.image), summary
 
 def search_updates(app: AppState, model: str, target_kind: str, target: float, steps: float, ladder: str,
-                   num_prompts: float, seeds: str, progress: gr.Progress) -> Iterator[tuple[Any, Any, Any]]:
-    """The search panel: the points as they land, then the found schedule, the report and its front."""
+                   num_prompts: float, seeds: str, progress: gr.Progress,
+                   session: str | None = None) -> Iterator[tuple[Any, Any, Any]]:
+    """The search panel: the points as they land, then the found schedule, the report and its front. A session
+    runs one search at a time, the app a few (their images take turns with everyone's: ``runner.TurnLock``)."""
     try:
         request = search_request(model, target_kind, target, steps, ladder, num_prompts, seeds)
-    except ValueError as exc:
+        with app.admission.job("search", session):
+            yield from _search_updates(app, request, progress)
+    except ValueError as exc:  # a bad field, or Busy
         raise user_error(exc) from None
+
+
+def _search_updates(app: AppState, request: SearchRequest, progress: gr.Progress) -> Iterator[tuple[Any, Any, Any]]:
     search_run = LiveSearch(Study(app.evaluator, app.store), request)
     try:
         for update in search_run.updates():
