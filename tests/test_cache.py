@@ -203,3 +203,29 @@ def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_w
     assert main(["cache", "import", str(tmp_path / "changed.json"), "--db", str(tmp_path / "b.sqlite"),
                  "--replace"]) == 0
     assert target.get(record("fp32*4").key).ssim == 0.5
+
+
+def test_a_database_whose_wal_files_cannot_be_written_is_read_not_refused(tmp_path):
+    import os
+    import warnings
+
+    from tmpdiff.evaluate import Evaluator
+    from tmpdiff.runner import Engine, RunSettings
+
+    settings = RunSettings(model="shapes-dit", steps=4)
+    store = Cache(tmp_path / "c.sqlite")
+    Evaluator(Engine("cpu"), store).evaluate(settings, "fp32*4")
+    store.engine.dispose()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"c.sqlite{suffix}").unlink(missing_ok=True)
+    os.mkdir(tmp_path / "c.sqlite-shm")  # SQLite cannot make its shared-memory file (as in a read-only folder)
+    with pytest.warns(UserWarning, match="open read-only .*new ones are not kept"):
+        store = Cache(tmp_path / "c.sqlite")
+    assert store.read_only and len(store.evaluations()) == 1
+    evaluator = Evaluator(Engine("cpu"), store)
+    assert evaluator.evaluate(settings, "fp32*4").cached  # what was stored is served
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = evaluator.evaluate(settings, "fp32*2,skip*2")  # a new result is shown, not kept
+    assert not fresh.cached and fresh.image is not None and "readonly" in evaluator.store_error
+    assert len(store.evaluations()) == 1

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ class Cache:
         url = _server_url(str(location))
         self.path: Path | None = None
         self.images: Path | None = None
+        # Why this store reads but cannot write (an SQLite file whose -wal/-shm files cannot be made or
+        # written), or None: its writes then fail as a write to a full disk would, and the image is still shown.
+        self.read_only: str | None = None
         if url is None:
             path = str(location).removeprefix("sqlite:///") if str(location).startswith("sqlite:///") else location
             self.path = Path(path).expanduser()
@@ -85,7 +89,23 @@ class Cache:
                 raise CacheError(f"db={self.where!r} needs the {exc.name} driver: "
                                  "pip install 'psycopg[binary]'") from None
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        try:
+            self._ensure_schema()
+        except CacheError as exc:
+            if self.path is None or not _unwritable(exc):
+                raise
+            self._open_read_only(str(exc))
+
+    def _open_read_only(self, why: str) -> None:
+        """An SQLite file that cannot be written beside (no -wal/-shm, a read-only folder or disk): read what it
+        holds, through SQLite's own read-only mode, rather than refuse to start (or crash on a mapped -shm)."""
+        assert self.path is not None
+        self.engine.dispose()
+        self.engine = _make_engine(self.path, read_only=True)
         self._ensure_schema()
+        self.read_only = why[why.rfind("(") + 1:why.rfind(")")] if "(" in why else why  # SQLite's own words
+        warnings.warn(f"the cache {self.where} is open read-only (SQLite: {self.read_only}): stored results are "
+                      "shown, new ones are not kept; check the folder's permissions and free space", stacklevel=3)
 
     # --- evaluations ---------------------------------------------------------------------
     def get(self, key: EvalKey) -> EvalRecord | None:
@@ -267,14 +287,21 @@ class Cache:
             return None
 
 
-def _make_engine(path: Path) -> Engine:
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False})
+def _unwritable(exc: CacheError) -> bool:
+    text = str(exc)
+    return any(reason in text for reason in ("readonly database", "unable to open database file", "disk I/O error"))
+
+
+def _make_engine(path: Path, read_only: bool = False) -> Engine:
+    where = f"file:{path.resolve()}?mode=ro&uri=true" if read_only else str(path)
+    engine = create_engine(f"sqlite:///{where}", connect_args={"timeout": 60, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # let the BEGIN below open transactions
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -284,7 +311,7 @@ def _make_engine(path: Path) -> Engine:
     def _begin(connection: Any) -> None:
         # Take the write lock up front: a deferred transaction that upgrades later can fail
         # with "database is locked" without waiting for the busy timeout.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
