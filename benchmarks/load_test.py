@@ -67,7 +67,7 @@ def main() -> None:
             idle = [timed_generate(probe, 10_000 + i, "fp32*6,skip,fp32") for i in range(5)]
             stop = time.monotonic() + args.seconds
             measured: list[float] = []
-            counts = {"generate": 0, "search": 0, "errors": 0}
+            counts = {"generate": 0, "search": 0, "refused_busy": 0, "errors": 0}
             errors: list[str] = []
             lock = threading.Lock()
 
@@ -90,6 +90,12 @@ def main() -> None:
                             with lock:
                                 counts["generate"] += 1
                     except Exception as exc:  # reported, never hidden
+                        waited = _busy_wait(str(exc))
+                        if waited is not None:  # the app's "busy: ... try again in ~N s": a refusal, not an error
+                            with lock:
+                                counts["refused_busy"] += 1
+                            time.sleep(waited)
+                            continue
                         with lock:
                             counts["errors"] += 1
                             errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -120,6 +126,16 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _busy_wait(message: str) -> float | None:
+    """The seconds a refusal asks to wait (admission.py's messages), or None for any other error."""
+    import re
+
+    if message.startswith("you already have"):
+        return 1.0
+    found = re.search(r"^busy: .* try again in ~(\d+) s", message)
+    return float(found.group(1)) if found else None
 
 
 if __name__ == "__main__":

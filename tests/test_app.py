@@ -168,7 +168,7 @@ def test_an_image_asked_for_during_a_long_search_does_not_wait_for_the_search(se
     from gradio_client import Client
 
     # A session of its own: the cancelled search of the test before may hold its session's one search place
-    # until it has stopped (up to the 15 s after which an unread search counts as abandoned).
+    # until it has stopped (up to the 5 s after which an unread search counts as abandoned).
     client = Client(server, verbose=False)
     _, idle = client.predict(schedule="fp32*8", seed=21, api_name="/generate")
     job = client.submit(steps=28, ladder="fp32,bf16,skip", num_prompts=4, seeds="0,1,2,3", target=0.99,
@@ -205,11 +205,15 @@ def test_a_session_with_two_images_waiting_is_told_to_wait_for_one(server):
         job.result(timeout=120)
 
 
-def test_the_app_and_the_cli_log_a_search_the_same_way(client, server_db, tmp_path):
+def test_the_app_and_the_cli_log_a_search_the_same_way(server, server_db, tmp_path):
     import json
+
+    from gradio_client import Client
 
     from tmpdiff.cache import Cache
     from tmpdiff.cli import main
+
+    client = Client(server, verbose=False)  # a session of its own (one search per session)
 
     client.predict(steps=4, ladder="fp32,skip", num_prompts=1, seeds="5", target=0.8, api_name="/search")
     app_run = Cache(server_db).search_runs()[0]

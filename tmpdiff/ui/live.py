@@ -34,7 +34,7 @@ class LiveSearch:
     taken an update for ``abandon_after`` seconds (the page went away without closing the iterator)."""
 
     def __init__(self, study: Study, request: SearchRequest, interval: float = 1.0,
-                 abandon_after: float = 15.0) -> None:
+                 abandon_after: float = 5.0) -> None:
         self.study, self.request, self.interval, self.abandon_after = study, request, interval, abandon_after
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
