@@ -243,11 +243,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace, device: str) -> int:
     from .evaluate import Evaluator
+    from .models import get_model
     from .runner import RunSettings
     from .study import Study
 
-    if args.out.suffix.lower() != ".png":
-        raise ValueError(f"--out must name a .png file, got {str(args.out)!r}")
+    video = get_model(args.model).frames if args.model in MODELS else 0
+    if args.out.suffix.lower() not in ((".png", ".webp") if video else (".png",)):
+        raise ValueError(f"--out must name a .png file{' (an animated PNG) or a .webp file' if video else ''}, "
+                         f"got {str(args.out)!r}")
     if not args.out.parent.exists():
         raise ValueError(f"--out folder {str(args.out.parent)!r} does not exist")
     settings = RunSettings(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
@@ -264,7 +267,7 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     reference_s, clock = time.perf_counter() - clock, time.perf_counter()
     evaluation = evaluator.beside(reference, settings, schedule)
     schedule_s, clock = time.perf_counter() - clock, time.perf_counter()
-    evaluation.image.save(args.out)
+    save_result(evaluation.image, args.out, video)
     line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
     if args.verbose:
         weights = engine.load_seconds.get(settings.model, 0.0)
@@ -278,6 +281,19 @@ def _generate(args: argparse.Namespace, device: str) -> int:
         line["predicted_on"] = target_prediction(target, settings.reference_schedule(), schedule)
     print(json.dumps(line))
     return 0
+
+
+def save_result(image: Any, path: Path, frames: int = 0, fps: int = 16) -> None:
+    """An image as PNG; a video (a frame sheet of ``frames`` frames) as a lossless animated PNG or WebP that
+    plays in any browser (no video encoder is needed, and no frame loses a bit)."""
+    if not frames:
+        image.save(path)
+        return
+    from .metrics import sheet_frames
+
+    first, *rest = sheet_frames(image, frames)
+    options = {"lossless": True} if path.suffix.lower() == ".webp" else {}
+    first.save(path, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0, **options)
 
 
 def _target_costs(args: argparse.Namespace) -> CostTable | None:

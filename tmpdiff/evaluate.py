@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .latency import CostTable, measure_costs, timed_run
-from .metrics import compare, difference_map
+from .metrics import Quality, compare, compare_video, difference_map
 from .models import config_hash
 from .records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint, stable_hash
 from .replay import ReplayStore
@@ -41,6 +41,7 @@ class Evaluation:
     reference_seconds: float
     cached: bool
     vae_seconds: float | None = None  # measured apart when the image was computed here
+    frames: Quality | None = None  # a video's per-frame scores (its image is a frame sheet)
 
     @property
     def schedule(self) -> Schedule:
@@ -66,7 +67,14 @@ class Evaluation:
             "vae_decode_seconds": None if self.vae_seconds is None else round(self.vae_seconds, 4),
             "speedup": round(self.speedup, 3) if self.has_speed_claim else None,
             "simulated": r.simulated, "device": r.key.device["device"], "cached": self.cached,
+            **(self._frame_scores() if self.frames else {}),
         }
+
+    def _frame_scores(self) -> dict[str, Any]:
+        assert self.frames is not None
+        return {"frames": len(self.frames.frame_ssim), "worst_frame_ssim": round(min(self.frames.frame_ssim), 5),
+                "worst_frame_psnr": _finite(min(self.frames.frame_psnr)),
+                "frame_ssim": [round(v, 5) for v in self.frames.frame_ssim]}
 
 
 class Evaluator:
@@ -215,12 +223,28 @@ class Evaluator:
         if record is None:
             return None
         reference_seconds = self._reference_seconds(settings, schedule, record)
-        return Evaluation(record, Image.open(io.BytesIO(record.png)).convert("RGB"), reference_seconds, True)
+        image = Image.open(io.BytesIO(record.png)).convert("RGB")
+        return Evaluation(record, image, reference_seconds, True, frames=self._stored_frame_scores(settings, image))
+
+    def _stored_frame_scores(self, settings: RunSettings, image: Image.Image) -> Quality | None:
+        """A stored video's per-frame scores, from its frames and its reference's (when that is at hand: in this
+        process or the store, never computed for this)."""
+        frames = settings.spec.frames
+        if not frames:
+            return None
+        key = self.key(settings, settings.reference_schedule())
+        reference = self._references.get(key.digest)
+        stored = reference.record if reference else (self.store.get(key) if self.store else None)
+        if stored is None:
+            return None
+        return compare_video(image, Image.open(io.BytesIO(stored.png)).convert("RGB"), frames)
 
     def _finish(self, key: EvalKey, result: Result, reference: Evaluation | None,
                 table: CostTable | None) -> Evaluation:
         """The record of a computed image, stored; the reference remembered as such."""
-        quality = compare(result.image, reference.image if reference else result.image)
+        against = reference.image if reference else result.image
+        frames = result.settings.spec.frames
+        quality = compare_video(result.image, against, frames) if frames else compare(result.image, against)
         record = EvalRecord(
             key=key, png=_png(result.image), ssim=quality.ssim, psnr=quality.psnr, lpips=quality.lpips,
             lpips_note=quality.lpips_note, measured_seconds=result.seconds,
@@ -230,7 +254,8 @@ class Evaluator:
         if self.store:
             self._store(record)
         reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
-        evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds)
+        evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds,
+                                frames=quality if frames else None)
         if reference is None:
             self._references[key.digest] = evaluation
         return evaluation
@@ -308,3 +333,8 @@ def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _finite(value: float) -> float | None:
+    """A score for JSON: infinite PSNR (identical frames) is None."""
+    return None if value == float("inf") else round(value, 3)

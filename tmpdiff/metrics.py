@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,13 +44,23 @@ class LpipsUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Quality:
+    """Scores of an image against its reference; for a video, the means over frames, each frame's SSIM and
+    PSNR kept (``frame_ssim``, ``frame_psnr``) so the worst frame is known."""
+
     ssim: float
     psnr: float
     lpips: float | None
     lpips_note: str = ""
+    frame_ssim: tuple[float, ...] = ()
+    frame_psnr: tuple[float, ...] = ()
 
-    def to_dict(self) -> dict[str, float | str | None]:
-        return {"ssim": self.ssim, "psnr": self.psnr, "lpips": self.lpips, "lpips_note": self.lpips_note}
+    def to_dict(self) -> dict[str, Any]:
+        scores: dict[str, Any] = {"ssim": self.ssim, "psnr": self.psnr, "lpips": self.lpips,
+                                  "lpips_note": self.lpips_note}
+        if self.frame_ssim:
+            scores.update(worst_frame_ssim=min(self.frame_ssim), worst_frame_psnr=min(self.frame_psnr),
+                          frame_ssim=list(self.frame_ssim))
+        return scores
 
 
 def as_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -197,6 +208,36 @@ def compare(image: Image.Image | np.ndarray, reference: Image.Image | np.ndarray
     except LpipsUnavailable as exc:
         value, note = None, str(exc)
     return Quality(ssim=ssim(image, reference), psnr=psnr(image, reference), lpips=value, lpips_note=note)
+
+
+def frame_sheet(frames: Sequence[Image.Image]) -> Image.Image:
+    """A video's frames side by side in one image: how a video is stored (one lossless PNG) and compared."""
+    width, height = frames[0].size
+    sheet = Image.new("RGB", (width * len(frames), height))
+    for index, frame in enumerate(frames):
+        sheet.paste(frame.convert("RGB"), (index * width, 0))
+    return sheet
+
+
+def sheet_frames(sheet: Image.Image, frames: int) -> list[Image.Image]:
+    """The frames of a frame sheet of ``frames`` frames."""
+    width, height = sheet.size
+    if frames <= 0 or width % frames:
+        raise ValueError(f"a frame sheet {width} pixels wide does not hold {frames} frames")
+    step = width // frames
+    return [sheet.crop((i * step, 0, (i + 1) * step, height)) for i in range(frames)]
+
+
+def compare_video(sheet: Image.Image, reference: Image.Image, frames: int) -> Quality:
+    """Frame by frame: SSIM of every frame (their mean, and each kept), PSNR of every frame and of the whole clip
+    (its pooled error: finite unless every frame is identical), LPIPS averaged over frames."""
+    scored = [compare(a, b) for a, b in zip(sheet_frames(sheet, frames), sheet_frames(reference, frames),
+                                            strict=True)]
+    lpips_values = [q.lpips for q in scored if q.lpips is not None]
+    return Quality(ssim=statistics.fmean(q.ssim for q in scored), psnr=psnr(sheet, reference),
+                   lpips=statistics.fmean(lpips_values) if len(lpips_values) == len(scored) else None,
+                   lpips_note=scored[0].lpips_note, frame_ssim=tuple(q.ssim for q in scored),
+                   frame_psnr=tuple(q.psnr for q in scored))
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float]:

@@ -38,6 +38,8 @@ class ModelSpec:
         steps, size, guidance: recommended settings.
         example_prompt: what the CLI and app use when no prompt is given.
         labels: class names, for class-conditional models whose prompt is a label.
+        frames: frames of a video model (0 for an image model); its result is stored and compared as a frame
+            sheet (``metrics.frame_sheet``), scored frame by frame.
     """
 
     name: str
@@ -50,6 +52,7 @@ class ModelSpec:
     example_prompt: str
     description: str = ""
     labels: tuple[str, ...] = field(default=())
+    frames: int = 0
 
     @property
     def architecture(self) -> str:
@@ -115,6 +118,10 @@ class ModelSpec:
             kwargs["use_resolution_binning"] = False
         if self.family == "flux" and self.is_tiny:
             kwargs["max_sequence_length"] = 32
+        if self.frames:
+            kwargs.update(num_frames=self.frames, output_type="pil")
+            if self.is_tiny:
+                kwargs["max_sequence_length"] = 16
         return kwargs
 
 
@@ -147,9 +154,15 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("flux-dev-random", "flux", "random:flux-dev", "bf16", 28, 1024, 3.5,
                   "A cat holding a sign that says hello world",
                   "FLUX.1-dev architecture with random weights: GPU latency and memory only, images are noise"),
+        ModelSpec("wan2.1-t2v-1.3b", "wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "bf16", 50, 480, 5.0,
+                  "A cat walks on the grass, realistic", "Wan 2.1 text-to-video, 1.3B: 81 frames", frames=81),
+        ModelSpec("wan2.2-t2v-a14b", "wan", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "bf16", 40, 480, 4.0,
+                  "A cat walks on the grass, realistic",
+                  "Wan 2.2 text-to-video, two 14B denoisers (high noise, then low noise): 81 frames", frames=81),
         *(
-            ModelSpec(name, name.removeprefix("tiny-"), f"tiny:{name}", "fp32", 4, 32, 3.0,
-                      "a photo of a red cat", "random weights, for tests: images are noise")
+            ModelSpec(name, tiny.FAMILIES.get(name, name.removeprefix("tiny-")), f"tiny:{name}", "fp32", 4,
+                      tiny.SIZES.get(name, 32), 3.0, "a photo of a red cat",
+                      "random weights, for tests: images are noise", frames=tiny.FRAMES.get(name, 0))
             for name in tiny.BUILDERS
         ),
     )
@@ -158,6 +171,7 @@ MODELS: dict[str, ModelSpec] = {
 _PIPELINE_CLASSES = {
     "flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline", "sdxl": "StableDiffusionXLPipeline",
     "sd15": "StableDiffusionPipeline", "pixart": "PixArtSigmaPipeline", "sana": "SanaPipeline", "dit": "DiTPipeline",
+    "wan": "WanPipeline",
 }
 _LOAD_LOCK = threading.Lock()
 

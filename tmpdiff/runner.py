@@ -108,9 +108,12 @@ class RunSettings:
         return Schedule.uniform(self.spec.dtype, self.resolved_steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "prompt": self.resolved_prompt, "negative_prompt": self.negative_prompt,
-                "seed": self.seed, "steps": self.resolved_steps, "size": self.resolved_size,
-                "guidance": self.resolved_guidance}
+        settings = {"model": self.model, "prompt": self.resolved_prompt, "negative_prompt": self.negative_prompt,
+                    "seed": self.seed, "steps": self.resolved_steps, "size": self.resolved_size,
+                    "guidance": self.resolved_guidance}
+        if self.spec.frames:  # a video's frame count is part of its setting (images keep their stored keys)
+            settings["frames"] = self.spec.frames
+        return settings
 
 
 @dataclass
@@ -269,7 +272,7 @@ class Engine:
                                              on_build=_LISTENER.get() or self.on_build, replay=replay,
                                              replay_key=replay_key) as handle, \
                 _timing_vae_decode(pipe, self.device) as vae:
-            images = list(pipe(**kwargs).images)
+            images = _pictures(pipe(**kwargs))
         seconds = time.perf_counter() - start + handle.replay_correction
         for name, count in (("denoiser", handle.denoiser_calls), ("replayed", handle.replayed_calls),
                             ("skipped", handle.skipped_calls)):
@@ -337,6 +340,15 @@ class TurnLock:
             if self._depth == 0:
                 self._owner = None
                 self._changed.notify_all()
+
+
+def _pictures(output: Any) -> list[Image.Image]:
+    """Each image of a pipeline's output; each video (``frames``) as one frame sheet, its frames side by side."""
+    from .metrics import frame_sheet
+
+    if getattr(output, "frames", None) is not None:
+        return [frame_sheet(video) for video in output.frames]
+    return list(output.images)
 
 
 def batch_call_kwargs(settings: list[RunSettings], device: str | torch.device) -> dict[str, Any]:

@@ -219,6 +219,16 @@ def tiny_cascade_prior() -> Any:
                                       scheduler=DDPMWuerstchenScheduler(), image_encoder=None, feature_extractor=None)
 
 
+def tiny_wan21() -> Any:
+    """Wan 2.1's layout: one denoiser."""
+    return tiny_wan(two_denoisers=False)
+
+
+def tiny_wan22() -> Any:
+    """Wan 2.2's layout: a high-noise and a low-noise denoiser."""
+    return tiny_wan(two_denoisers=True)
+
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "tiny-flux": tiny_flux,
     "tiny-sd3": tiny_sd3,
@@ -226,4 +236,10 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "tiny-sd15": tiny_sd15,
     "tiny-pixart": tiny_pixart,
     "tiny-sana": tiny_sana,
+    "tiny-wan": tiny_wan21,
+    "tiny-wan2.2": tiny_wan22,
 }
+# Registry facts of tiny builds that differ from the defaults (family from the name, 32 px, an image).
+FAMILIES = {"tiny-wan": "wan", "tiny-wan2.2": "wan"}
+SIZES = {"tiny-wan": 16, "tiny-wan2.2": 16}
+FRAMES = {"tiny-wan": 5, "tiny-wan2.2": 5}
