@@ -16,14 +16,18 @@ from pathlib import Path
 
 from tmpdiff.latency import CostTable
 
-ARCHITECTURES = {"flux": ("flux-dev", 28), "sd3": ("sd3.5-large", 28), "sdxl": ("sdxl", 30)}
+ARCHITECTURES = {"flux": ("flux-dev", 28), "sd3": ("sd3.5-large", 28), "sdxl": ("sdxl", 30),
+                 "wan14b": ("wan2.1-t2v-14b", 50)}
 OUT = Path(__file__).resolve().parent.parent / "tmpdiff" / "costs"
 
 
 def convert(steps_report: dict, fixed: float | None) -> CostTable:
     architecture, steps = ARCHITECTURES[steps_report["arch"]]
     compiled = {row["precision"]: row for row in steps_report["costs"] if row["compiled"] and "median_ms" in row}
-    note = ("compiled denoiser steps measured with benchmarks/step_costs.py at 1024², random weights; " +
+    shape = steps_report.get("shape")
+    where = (f"{shape['width']}x{shape['height']}, {shape['frames']} frames, {shape['calls_per_step']} calls a step"
+             if shape else "1024²")
+    note = (f"compiled denoiser steps measured with benchmarks/step_costs.py at {where}, random weights; " +
             ("fixed seconds from benchmarks/end_to_end.py" if fixed is not None
              else "no fixed seconds: predictions cover the denoiser steps only"))
     return CostTable(

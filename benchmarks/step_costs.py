@@ -29,7 +29,7 @@ class DenoiseOnly:
             denoiser, scheduler, call, latents, reference)
 
 
-def build(arch: str) -> DenoiseOnly:
+def build(arch: str, frames: int = 81) -> DenoiseOnly:
     from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
     g = torch.Generator("cuda").manual_seed(0)
@@ -71,7 +71,19 @@ def build(arch: str) -> DenoiseOnly:
             return model(x, t, **extra)[0].chunk(2)[0]
 
         return DenoiseOnly(model, scheduler, call, randn(1, 4, 128, 128, dtype=half), "fp16")
-    raise ValueError(f"unknown --arch {arch!r}: flux, sd3 or sdxl")
+    if arch == "wan14b":  # Wan 2.1 T2V 14B at 832x480, `frames` frames; classifier-free guidance: 2 calls a step
+        model = realsize.wan_14b_transformer()
+        conditions = [randn(1, 512, 4096), randn(1, 512, 4096)]  # the prompt's and the negative prompt's
+        latent_frames = (frames - 1) // 4 + 1
+
+        def call(latents, t):
+            cond, uncond = (model(hidden_states=latents, timestep=t.expand(1), encoder_hidden_states=c,
+                                  return_dict=False)[0] for c in conditions)
+            return uncond + 5.0 * (cond - uncond)
+
+        return DenoiseOnly(model, FlowMatchEulerDiscreteScheduler(shift=5.0), call,
+                           randn(1, 16, latent_frames, 60, 104), "bf16")
+    raise ValueError(f"unknown --arch {arch!r}: flux, sd3, sdxl or wan14b")
 
 
 @torch.no_grad()
@@ -135,14 +147,17 @@ def switching_overhead(pipe: DenoiseOnly, ref: str, low: str, steps: int, repeat
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--arch", default="flux", choices=["flux", "sd3", "sdxl"])
+    parser.add_argument("--arch", default="flux", choices=["flux", "sd3", "sdxl", "wan14b"])
+    parser.add_argument("--frames", type=int, default=81, help="video frames (wan14b)")
+    parser.add_argument("--no-mixed", action="store_true",
+                        help="uniform step costs only: no mixed-schedule loops or switching overhead")
     parser.add_argument("--compiled", default="bf16,fp8", help="precisions timed with torch.compile")
     parser.add_argument("--eager", default="bf16,fp8", help="precisions timed without compilation")
     parser.add_argument("--steps", type=int, default=28, help="steps of the mixed-schedule loops")
     parser.add_argument("--cost-steps", type=int, default=8, help="steps of each uniform cost loop")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    pipe = build(args.arch)
+    pipe = build(args.arch, args.frames)
     ref = pipe.reference
     report: dict = {"arch": args.arch, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "reference": ref, "parameters_b": sum(p.numel() for p in pipe.transformer.parameters()) / 1e9,
@@ -152,6 +167,13 @@ def main() -> None:
         row = uniform_cost(pipe, name, args.cost_steps, compiled)
         report["costs"].append(row)
         print(json.dumps(row), flush=True)
+    out = args.out or Path(f"benchmarks/results/{args.arch}_steps.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.arch == "wan14b":
+        report["shape"] = {"frames": args.frames, "height": 480, "width": 832, "calls_per_step": 2}
+    out.write_text(json.dumps(report, indent=2) + "\n")  # the costs kept even if a later part is cut off
+    if args.no_mixed:
+        return
     compiled_ms = {r["precision"]: r["median_ms"] / 1000 for r in report["costs"]
                    if r["compiled"] and "median_ms" in r}
     low = args.compiled.split(",")[1] if "," in args.compiled else ref
@@ -175,8 +197,6 @@ def main() -> None:
     eager_extra = {k: v for k, v in extra.items() if not k.endswith("+compiled")}
     report["resident_set_gib"] = report["weights_gib"] + sum(eager_extra.values()) / 2**30
     report["max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    out = args.out or Path(f"benchmarks/results/{args.arch}_steps.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("device", "weights_gib", "variant_extra_gib", "max_allocated_gib")}))
 

@@ -156,6 +156,12 @@ MODELS: dict[str, ModelSpec] = {
                   "FLUX.1-dev architecture with random weights: GPU latency and memory only, images are noise"),
         ModelSpec("wan2.1-t2v-1.3b", "wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "bf16", 50, 480, 5.0,
                   "A cat walks on the grass, realistic", "Wan 2.1 text-to-video, 1.3B: 81 frames", frames=81),
+        ModelSpec("wan2.1-t2v-14b", "wan", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "bf16", 50, 480, 5.0,
+                  "A cat walks on the grass, realistic", "Wan 2.1 text-to-video, 14B: 81 frames", frames=81),
+        ModelSpec("wan2.1-14b-random", "wan", "random:wan2.1-t2v-14b", "bf16", 50, 480, 5.0,
+                  "A cat walks on the grass, realistic",
+                  "Wan 2.1 14B's architecture with random weights: GPU latency and memory only, videos are noise",
+                  frames=81),
         ModelSpec("wan2.2-t2v-a14b", "wan", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "bf16", 40, 480, 4.0,
                   "A cat walks on the grass, realistic",
                   "Wan 2.2 text-to-video, two 14B denoisers (high noise, then low noise): 81 frames", frames=81),
@@ -232,7 +238,7 @@ def load_pipeline(name: str, device: str | torch.device = "cpu") -> Any:
                 raise ValueError(f"model {spec.name!r} is real-size with random weights: it needs a CUDA GPU")
             from . import realsize
 
-            pipe = realsize.flux_dev_pipeline(device, spec.torch_dtype)
+            pipe = realsize.RANDOM_PIPELINES[spec.architecture](device, spec.torch_dtype)
         else:
             pipe = _from_pretrained(spec)
     pipe.set_progress_bar_config(disable=True)

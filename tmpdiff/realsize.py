@@ -33,6 +33,13 @@ SDXL_UNET = {
     "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
 }
 
+# Wan 2.1 T2V 14B's transformer (each of Wan 2.2 A14B's two denoisers has the same shape).
+WAN_14B_TRANSFORMER = {
+    "patch_size": (1, 2, 2), "num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 16,
+    "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "num_layers": 40,
+    "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
+}
+
 
 @contextmanager
 def building_on(device: str | torch.device, dtype: torch.dtype):
@@ -66,6 +73,30 @@ def sdxl_unet(device: str | torch.device = "cuda", dtype: torch.dtype = torch.fl
         return UNet2DConditionModel(**SDXL_UNET).eval()
 
 
+def wan_14b_transformer(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> Any:
+    from diffusers import WanTransformer3DModel
+
+    with building_on(device, dtype):
+        return WanTransformer3DModel(**WAN_14B_TRANSFORMER).eval()
+
+
+def wan_14b_pipeline(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> Any:
+    """Wan 2.1 T2V 14B's whole pipeline (umT5-XXL, 14 B transformer, Wan VAE), random weights."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    with building_on(device, dtype):
+        umt5 = UMT5EncoderModel(UMT5Config(
+            vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+            feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
+            decoder_start_token_id=0)).eval()
+        vae = AutoencoderKLWan().eval()  # its defaults are Wan 2.1's VAE
+    return WanPipeline(tokenizer=tiny.tokenizer(512), text_encoder=umt5, vae=vae, transformer=wan_14b_transformer(
+        device, dtype), scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                          flow_shift=5.0))
+
+
 def flux_dev_pipeline(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> Any:
     """FLUX.1-dev's whole pipeline (CLIP-L, T5-XXL, 12 B transformer, VAE), random weights."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -89,3 +120,7 @@ def flux_dev_pipeline(device: str | torch.device = "cuda", dtype: torch.dtype = 
     return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, text_encoder=clip,
                         tokenizer=tiny.tokenizer(77), text_encoder_2=t5, tokenizer_2=tiny.tokenizer(512),
                         transformer=transformer)
+
+
+# The random-weight pipelines of the registry (``random:<architecture>``).
+RANDOM_PIPELINES = {"flux-dev": flux_dev_pipeline, "wan2.1-t2v-14b": wan_14b_pipeline}
