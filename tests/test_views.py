@@ -116,3 +116,14 @@ def test_when_every_baseline_is_slower_the_fastest_is_shown_and_said_so():
     text = views.compare_cards(slower)
     assert "Fastest baseline (slower than the found schedule)" in text and "fp32*4,int8wo*4" in text
     assert text.index("Found") < text.index("Fastest baseline") < text.index("Reference")
+
+
+def test_a_videos_cards_say_its_worst_frame_and_show_a_strip_per_frame():
+    from tmpdiff.ui import views
+
+    summary = {"speedup": 1.2, "ssim": 0.95, "psnr": 30.0, "lpips": None, "lpips_note": "", "seconds": 1.0,
+               "reference_seconds": 1.2, "frames": 3, "worst_frame_ssim": 0.9, "frame_ssim": [1.0, 0.9, 0.95]}
+    html = views.cards(summary)
+    assert "mean of 3 frames; worst 0.900" in html
+    assert html.count("class='frame") == 3 + 1 and html.count("worst'") == 1  # the strip, then its 3 bars
+    assert "frame 1: SSIM 0.9000" in html and views.cards({**summary, "frame_ssim": None}).count("frame-strip") == 0

@@ -291,7 +291,7 @@ def save_result(image: Any, path: Path, frames: int = 0, fps: int = 16) -> None:
         return
     from .metrics import sheet_frames
 
-    first, *rest = sheet_frames(image, frames)
+    first, *rest = sheet_frames(image)
     options = {"lossless": True} if path.suffix.lower() == ".webp" else {}
     first.save(path, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0, **options)
 

@@ -229,22 +229,21 @@ class Evaluator:
     def _stored_frame_scores(self, settings: RunSettings, image: Image.Image) -> Quality | None:
         """A stored video's per-frame scores, from its frames and its reference's (when that is at hand: in this
         process or the store, never computed for this)."""
-        frames = settings.spec.frames
-        if not frames:
+        if not settings.spec.frames:
             return None
         key = self.key(settings, settings.reference_schedule())
         reference = self._references.get(key.digest)
         stored = reference.record if reference else (self.store.get(key) if self.store else None)
         if stored is None:
             return None
-        return compare_video(image, Image.open(io.BytesIO(stored.png)).convert("RGB"), frames)
+        return compare_video(image, Image.open(io.BytesIO(stored.png)).convert("RGB"))
 
     def _finish(self, key: EvalKey, result: Result, reference: Evaluation | None,
                 table: CostTable | None) -> Evaluation:
         """The record of a computed image, stored; the reference remembered as such."""
         against = reference.image if reference else result.image
-        frames = result.settings.spec.frames
-        quality = compare_video(result.image, against, frames) if frames else compare(result.image, against)
+        video = bool(result.settings.spec.frames)  # frames as produced: a sheet of square frames
+        quality = compare_video(result.image, against) if video else compare(result.image, against)
         record = EvalRecord(
             key=key, png=_png(result.image), ssim=quality.ssim, psnr=quality.psnr, lpips=quality.lpips,
             lpips_note=quality.lpips_note, measured_seconds=result.seconds,
@@ -255,7 +254,7 @@ class Evaluator:
             self._store(record)
         reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
         evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds,
-                                frames=quality if frames else None)
+                                frames=quality if video else None)
         if reference is None:
             self._references[key.digest] = evaluation
         return evaluation

@@ -219,16 +219,17 @@ def frame_sheet(frames: Sequence[Image.Image]) -> Image.Image:
     return sheet
 
 
-def sheet_frames(sheet: Image.Image, frames: int) -> list[Image.Image]:
-    """The frames of a frame sheet of ``frames`` frames."""
+def sheet_frames(sheet: Image.Image, frames: int | None = None) -> list[Image.Image]:
+    """The frames of a frame sheet of ``frames`` frames (default: square frames, as every setting draws)."""
     width, height = sheet.size
+    frames = width // height if frames is None else frames
     if frames <= 0 or width % frames:
         raise ValueError(f"a frame sheet {width} pixels wide does not hold {frames} frames")
     step = width // frames
     return [sheet.crop((i * step, 0, (i + 1) * step, height)) for i in range(frames)]
 
 
-def compare_video(sheet: Image.Image, reference: Image.Image, frames: int) -> Quality:
+def compare_video(sheet: Image.Image, reference: Image.Image, frames: int | None = None) -> Quality:
     """Frame by frame: SSIM of every frame (their mean, and each kept), PSNR of every frame and of the whole clip
     (its pooled error: finite unless every frame is identical), LPIPS averaged over frames."""
     scored = [compare(a, b) for a, b in zip(sheet_frames(sheet, frames), sheet_frames(reference, frames),

@@ -162,6 +162,11 @@ MODELS: dict[str, ModelSpec] = {
                   "A cat walks on the grass, realistic",
                   "Wan 2.1 14B's architecture with random weights: GPU latency and memory only, videos are noise",
                   frames=81),
+        ModelSpec("ltx-video", "ltx", "Lightricks/LTX-Video", "bf16", 50, 512, 3.0,
+                  "A woman with long brown hair walks through a sunlit forest", "LTX-Video text-to-video: 121 frames",
+                  frames=121),
+        ModelSpec("cogvideox-2b", "cogvideox", "THUDM/CogVideoX-2b", "fp16", 50, 480, 6.0,
+                  "A panda playing a guitar in a bamboo forest", "CogVideoX 2B text-to-video: 49 frames", frames=49),
         ModelSpec("wan2.2-t2v-a14b", "wan", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "bf16", 40, 480, 4.0,
                   "A cat walks on the grass, realistic",
                   "Wan 2.2 text-to-video, two 14B denoisers (high noise, then low noise): 81 frames", frames=81),
@@ -177,7 +182,7 @@ MODELS: dict[str, ModelSpec] = {
 _PIPELINE_CLASSES = {
     "flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline", "sdxl": "StableDiffusionXLPipeline",
     "sd15": "StableDiffusionPipeline", "pixart": "PixArtSigmaPipeline", "sana": "SanaPipeline", "dit": "DiTPipeline",
-    "wan": "WanPipeline",
+    "wan": "WanPipeline", "ltx": "LTXPipeline", "cogvideox": "CogVideoXPipeline",
 }
 _LOAD_LOCK = threading.Lock()
 

@@ -219,6 +219,49 @@ def tiny_cascade_prior() -> Any:
                                       scheduler=DDPMWuerstchenScheduler(), image_encoder=None, feature_extractor=None)
 
 
+def tiny_ltx() -> Any:
+    """LTX-Video (9 frames, 32x32)."""
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                             num_attention_heads=4, attention_head_dim=8, cross_attention_dim=WIDTH,
+                                             num_layers=1, caption_channels=WIDTH).eval()
+    vae = AutoencoderKLLTXVideo(latent_channels=8, block_out_channels=(8, 8, 8, 8),
+                                spatio_temporal_scaling=(True, True, False, False), layers_per_block=(1, 1, 1, 1, 1),
+                                patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False).eval()
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_t5(),
+                       tokenizer=tokenizer(16), transformer=transformer)
+
+
+def tiny_cogvideox() -> Any:
+    """CogVideoX (9 frames, 16x16)."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4,
+                                              out_channels=4, time_embed_dim=2, text_embed_dim=WIDTH, num_layers=1,
+                                              sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
+                                              temporal_compression_ratio=4, max_text_seq_length=16).eval()
+    vae = AutoencoderKLCogVideoX(down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                 up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                 latent_channels=4, layers_per_block=1, norm_num_groups=2,
+                                 temporal_compression_ratio=4).eval()
+    return CogVideoXPipeline(tokenizer=tokenizer(16), text_encoder=_t5(), vae=vae, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler())
+
+
 def tiny_wan21() -> Any:
     """Wan 2.1's layout: one denoiser."""
     return tiny_wan(two_denoisers=False)
@@ -238,8 +281,10 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "tiny-sana": tiny_sana,
     "tiny-wan": tiny_wan21,
     "tiny-wan2.2": tiny_wan22,
+    "tiny-ltx": tiny_ltx,
+    "tiny-cogvideox": tiny_cogvideox,
 }
 # Registry facts of tiny builds that differ from the defaults (family from the name, 32 px, an image).
 FAMILIES = {"tiny-wan": "wan", "tiny-wan2.2": "wan"}
-SIZES = {"tiny-wan": 16, "tiny-wan2.2": 16}
-FRAMES = {"tiny-wan": 5, "tiny-wan2.2": 5}
+SIZES = {"tiny-wan": 16, "tiny-wan2.2": 16, "tiny-cogvideox": 16}
+FRAMES = {"tiny-wan": 5, "tiny-wan2.2": 5, "tiny-ltx": 9, "tiny-cogvideox": 9}

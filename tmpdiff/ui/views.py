@@ -40,6 +40,9 @@ PAGE_JS = """() => {
 }"""
 
 CSS = """
+.frame-strip {display: flex; align-items: flex-end; gap: 1px; height: 48px; margin: 6px 0;}
+.frame-strip .strip-label {font-size: 12px; margin-right: 8px; align-self: center;}
+.frame-strip .frame {width: 6px; background: #0969da;} .frame-strip .frame.worst {background: #cf222e;}
 .field-error {border: 1px solid #cf222e; background: #ffebe9; color: #82071e; border-radius: 6px; padding: 6px 10px;
   margin: 4px 0;}
 .stale {border: 1px dashed #9a6700; background: #fff8c5; color: #7d4e00; border-radius: 6px; padding: 6px 10px;}
@@ -81,7 +84,9 @@ def cards(summary: dict[str, Any], target: dict[str, Any] | None = None) -> str:
     if target is not None:
         row.append(_card(f"speed-up on {target['device']}", f"{target['speedup']:.2f}x",
                          "predicted from measured step costs"))
-    row.append(_card("SSIM", f"{summary['ssim']:.3f}", "vs the full-precision image (1 = same)"))
+    row.append(_card("SSIM", f"{summary['ssim']:.3f}", "vs the full-precision image (1 = same)"
+                     if "frame_ssim" not in summary else f"mean of {summary['frames']} frames; worst "
+                     f"{summary['worst_frame_ssim']:.3f}"))
     psnr = summary.get("psnr")
     row.append(_card("PSNR", "identical" if psnr is None else f"{psnr:.1f} dB", "higher is closer"))
     if summary.get("lpips") is not None:
@@ -91,7 +96,19 @@ def cards(summary: dict[str, Any], target: dict[str, Any] | None = None) -> str:
     cached = " (cached)" if summary.get("cached") else ""
     row.append(_card("seconds", f"{summary['seconds']:.2f} s",
                      f"reference {summary['reference_seconds']:.2f} s{cached}"))
-    return f"<div class='cards'>{''.join(row)}</div>"
+    return f"<div class='cards'>{''.join(row)}</div>" + frame_strip(summary.get("frame_ssim") or [])
+
+
+def frame_strip(frame_ssim: list[float]) -> str:
+    """A video's per-frame SSIM as a strip of bars (taller: closer to the reference), the worst frame marked."""
+    if not frame_ssim:
+        return ""
+    worst = min(frame_ssim)
+    bars = "".join(
+        f"<span class='frame{' worst' if v == worst else ''}' title='frame {i}: SSIM {v:.4f}' "
+        f"style='height:{max(4, round(40 * max(v, 0.0)))}px'></span>" for i, v in enumerate(frame_ssim))
+    return (f"<div class='frame-strip' id='frame-strip'><span class='strip-label'>SSIM per frame (worst "
+            f"{worst:.3f})</span>{bars}</div>")
 
 
 def baseline_rival(report: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
