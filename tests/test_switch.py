@@ -125,3 +125,53 @@ def test_nested_blocks_are_refused(pipes):
     with apply_schedule(pipe, "fp32*4"), pytest.raises(ValueError, match="already active"), \
             apply_schedule(pipe, "fp32*4"):
         pass
+
+
+class _Velocity(torch.nn.Module):
+    """A denoiser whose output is linear in the timestep: 2 + t / 500 (whatever the latents)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, t):
+        return torch.zeros_like(x) + self.scale * (2.0 + t / 500)
+
+
+class _Loop:
+    """The smallest diffusers-shaped pipeline: a denoiser, a scheduler and the loop every pipeline runs."""
+
+    def __init__(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self.transformer, self.scheduler = _Velocity(), FlowMatchEulerDiscreteScheduler(shift=3.0)
+
+    def __call__(self, steps):
+        self.scheduler.set_timesteps(steps)
+        x, outputs = torch.zeros(1, 4), []
+        for t in self.scheduler.timesteps:
+            outputs.append(self.transformer(x, t))
+            x = self.scheduler.step(outputs[-1], t, x, return_dict=False)[0]
+        return outputs
+
+
+def test_an_extrapolated_step_is_exact_for_a_denoiser_linear_in_the_timestep():
+    pipe = _Loop()
+    with torch.no_grad(), apply_schedule(pipe, "fp32*2,extrap*2,fp32,extrap") as handle:
+        outputs = pipe(6)
+    expected = [2.0 + float(t) / 500 for t in pipe.scheduler.timesteps]  # shifted timesteps: not evenly spaced
+    assert [round(float(o[0, 0]), 5) for o in outputs] == pytest.approx(expected, abs=1e-5)
+    assert handle.steps_run == ["fp32", "fp32", "extrap", "extrap", "fp32", "extrap"]
+    assert handle.calls_per_step == [1, 1, 0, 0, 1, 0] and handle.skipped_calls == 3
+    with torch.no_grad(), apply_schedule(pipe, "fp32*2,skip*2,fp32,skip"):
+        reused = pipe(6)
+    assert float(reused[3][0, 0]) == pytest.approx(expected[1]) != pytest.approx(expected[3])  # skip reuses
+
+
+def test_extrap_after_one_computed_step_reuses_it_and_cannot_lead():
+    pipe = _Loop()
+    with torch.no_grad(), apply_schedule(pipe, "fp32,extrap*3"):
+        outputs = pipe(4)
+    assert all(torch.equal(o, outputs[0]) for o in outputs)  # no slope yet: plain reuse
+    with pytest.raises(ValueError, match="cannot be the first step"):
+        apply_schedule(pipe, "extrap,fp32*3").__enter__()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .precisions import Status, precision_status
+from .precisions import Status, get_precision, precision_status
 from .schedule import Schedule
 
 __all__ = ["CostTable", "measure_costs", "timed_run"]
@@ -123,12 +123,13 @@ def measure_costs(
         status = precision_status(name, device).status
         if status is Status.UNAVAILABLE:
             continue
-        schedule = (Schedule((reference,) + ("skip",) * (steps - 1)) if name == "skip"
+        computes = get_precision(name).computes
+        schedule = (Schedule((reference,) + (name,) * (steps - 1)) if not computes  # after one computed step
                     else Schedule.uniform(name, steps))
         for _ in range(warmup_runs if name == reference or not warm_reference_only else 0):
             run(schedule)
         total, step_seconds = run(schedule)
-        measured = step_seconds[1:] if name == "skip" else step_seconds
+        measured = step_seconds if computes else step_seconds[1:]
         table.step_seconds[name] = statistics.median(measured)
         table.step_spread[name] = statistics.pstdev(measured)
         if name == reference:

@@ -79,11 +79,22 @@ class Precision:
     cpu_real: bool = False
     dynamic_activation: bool = False
     group_size: int | None = None
+    extrapolates: bool = False  # a non-computing step that predicts its output instead of reusing it
+
+    @property
+    def computes(self) -> bool:
+        """Whether the step calls the denoiser (``skip`` and ``extrap`` do not)."""
+        return self.kind is not Kind.SKIP
 
     @property
     def may_lead(self) -> bool:
         """Whether a schedule may start with it: ``skip`` reuses an earlier output, and step 0 has none."""
         return self.kind is not Kind.SKIP
+
+
+def computes(name: str) -> bool:
+    """Whether a step in precision ``name`` calls the denoiser."""
+    return get_precision(name).computes
 
 
 def may_lead(name: str) -> bool:
@@ -217,6 +228,8 @@ _ENTRIES = (
         config=_nvfp4, min_capability=(10, 0), dynamic_activation=True, group_size=16,
     ),
     Precision("skip", Kind.SKIP, 0, "no denoiser call: reuse the previous step's model output"),
+    Precision("extrap", Kind.SKIP, 0, "no denoiser call: the model output extrapolated to this step's timestep "
+              "from the last two computed steps (first order; plain reuse after only one)", extrapolates=True),
 )
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in _ENTRIES}

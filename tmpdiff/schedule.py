@@ -48,7 +48,7 @@ class Schedule:
             get_precision(name)
         if not get_precision(self.steps[0]).may_lead:
             raise ValueError(
-                "'skip' cannot be the first step: there is no earlier model output to reuse; "
+                f"{self.steps[0]!r} cannot be the first step: there is no earlier model output to reuse; "
                 "start the schedule with a computing precision"
             )
 

@@ -17,7 +17,7 @@ from .cancel import cancellable
 from .evaluate import Evaluator
 from .latency import CostTable
 from .limits import MAX_SEED, MAX_SEEDS
-from .precisions import PRECISIONS, Status, precision_status
+from .precisions import PRECISIONS, Status, computes, precision_status
 from .replay import ReplayStore
 from .report import Additivity, Exhaustive, Margin, Objective, SearchReport, Strategy, Validation
 from .runner import Engine, RunSettings
@@ -343,12 +343,13 @@ def _candidates(request: SearchRequest, device: str) -> list[str]:
 def checked_ladder(ladder: list[str], table: CostTable, reference: str) -> tuple[list[str], list[str]]:
     """A user's ladder against the measured step costs: the reference first; every real rung measured
     no cheaper than the reference dropped (it could only give dominated schedules), the others most
-    expensive first; simulated rungs (no speed claim) after them in the user's order; ``skip`` last.
+    expensive first; simulated rungs (no speed claim) after them in the user's order; rungs that call no denoiser
+    (``skip``, ``extrap``) last, in the user's order.
     Returns the ladder and one note per change, for the report and the app."""
     base = table.step_seconds[reference]
     notes, real, simulated = [], [], []
     for name in dict.fromkeys(ladder):
-        if name in (reference, "skip"):
+        if name == reference or not computes(name):
             continue
         if name not in table.step_seconds:
             notes.append(f"{name} dropped from the ladder: " + (f"the cost table for {table.device_name} has no "
@@ -362,7 +363,8 @@ def checked_ladder(ladder: list[str], table: CostTable, reference: str) -> tuple
         else:
             real.append(name)
     real.sort(key=lambda n: -table.step_seconds[n])
-    checked = [reference, *real, *simulated, *(["skip"] if "skip" in ladder else [])]
+    reusing = [name for name in dict.fromkeys(ladder) if name != reference and not computes(name)]
+    checked = [reference, *real, *simulated, *reusing]
     given = [n for n in ladder if n == reference or n in checked]
     if given != checked and not notes:
         notes.append(f"ladder re-ordered by measured step cost: {', '.join(checked)}")

@@ -188,7 +188,8 @@ def apply_schedule(
             raise ValueError("replay needs a replay_key naming the setting the outputs belong to")
         config = _SwitchConfig(schedule=schedule, mode=mode, pipeline=type(pipe).__name__,
                                denoisers=tuple(handle.denoisers), synchronize=synchronize and device.type == "cuda",
-                               cache=cache, on_build=on_build, replay=replay, replay_key=replay_key)
+                               cache=cache, on_build=on_build, replay=replay, replay_key=replay_key,
+                               scheduler=pipe.scheduler)
         router = _StepRouter(config, handle)
         with contextlib.ExitStack() as hooks:
             for _, module in modules:
@@ -214,6 +215,7 @@ class _SwitchConfig:
     on_build: Callable[[str, Mode, float | None], None] | None = None
     replay: ReplayStore | None = None
     replay_key: str | None = None
+    scheduler: Any = None  # its timesteps place an extrapolated step
 
 
 class _DenoiserHook(ModelHook):
@@ -239,6 +241,8 @@ class _StepClock:
         self.step, self.calls = 0, 0
         self.outputs: list[Any] = []  # this step's call outputs
         self.last_outputs: list[Any] = []  # the last computed step's, for skip
+        self.earlier_outputs: list[Any] = []  # the computed step's before it, for extrap
+        self.computed: list[int] = []  # the steps that called the denoiser
 
     def next_call(self) -> int:
         self.calls += 1
@@ -246,7 +250,8 @@ class _StepClock:
 
     def end_step(self, computed: bool) -> None:
         if computed:
-            self.last_outputs = self.outputs
+            self.earlier_outputs, self.last_outputs = self.last_outputs, self.outputs
+            self.computed.append(self.step)
         self.outputs, self.calls = [], 0
         self.step += 1
 
@@ -342,15 +347,31 @@ class _StepRouter:
         self.timer.start()
         name = schedule[self.clock.step]
         index = self.clock.next_call()
-        if name == "skip":
+        precision = get_precision(name)
+        if not precision.computes:
             if index >= len(self.clock.last_outputs):
-                raise ValueError(f"step {self.clock.step} is 'skip' but no earlier step made call {index} to reuse")
-            output = self.clock.last_outputs[index]
+                raise ValueError(f"step {self.clock.step} is {name!r} but no earlier step made call {index} to reuse")
+            output = self._predicted(index) if precision.extrapolates else self.clock.last_outputs[index]
             self.handle.skipped_calls += 1
         else:
             output = self._replayed_or_run(hook, name, index, module, args, kwargs)
         self.clock.outputs.append(output)
         return output
+
+    def _predicted(self, index: int) -> Any:
+        """Call ``index``'s output at this step, extrapolated in the timestep from the last two computed steps
+        (their outputs a and b at timesteps t_a and t_b: a + (a - b) (t - t_a) / (t_a - t_b)); with one computed
+        step so far, its output as it was."""
+        clock = self.clock
+        if len(clock.computed) < 2 or index >= len(clock.earlier_outputs):
+            return clock.last_outputs[index]
+        b, a, now = clock.computed[-2], clock.computed[-1], clock.step
+        times = getattr(self.config.scheduler, "timesteps", None)
+        if times is not None and len(times) > now and float(times[a] - times[b]) != 0.0:
+            weight = float(times[now] - times[a]) / float(times[a] - times[b])
+        else:  # no timesteps to read: evenly spaced steps
+            weight = (now - a) / (a - b)
+        return _extrapolated(clock.last_outputs[index], clock.earlier_outputs[index], weight)
 
     def _replayed_or_run(self, hook: _DenoiserHook, name: str, index: int, module: nn.Module, args: tuple,
                          kwargs: dict) -> Any:
@@ -421,19 +442,20 @@ class _StepRouter:
         step, calls = self.clock.step, self.clock.calls
         schedule = self.config.schedule
         name = schedule[step] if step < len(schedule) else "?"
-        if name not in ("skip", "?") and calls == 0:
+        computed = name != "?" and get_precision(name).computes
+        if computed and calls == 0:
             # Never report a step as run in a precision when no hooked denoiser was called in it.
             raise ValueError(
                 f"step {step} of {self.config.pipeline} called none of the denoisers tmpdiff switched "
                 f"({', '.join(self.config.denoisers)}), so its {name!r} never ran: the pipeline denoises with "
                 "another module; name it with apply_schedule(..., denoiser='attribute')")
         keys, hits, replayed_seconds = self.replayed.end_step()
-        replayed = name != "skip" and calls > 0 and hits == calls
+        replayed = computed and calls > 0 and hits == calls
         self.handle.steps_run.append(name)
-        self.handle.calls_per_step.append(0 if name == "skip" else calls - hits)
+        self.handle.calls_per_step.append(calls - hits if computed else 0)
         self.handle.replayed_steps.append(replayed)
         self.timer.end_step(keys, replayed_seconds if replayed else None)
-        self.clock.end_step(computed=name != "skip")
+        self.clock.end_step(computed=computed)
 
     def begin_run(self) -> None:
         """A pipeline call starts: the previous one, if any, must have run the whole schedule."""
@@ -523,6 +545,19 @@ def _lock_for(pipe: Any) -> threading.Lock:
         if pipe not in _PIPE_LOCKS:
             _PIPE_LOCKS[pipe] = threading.Lock()
         return _PIPE_LOCKS[pipe]
+
+
+def _extrapolated(last: Any, earlier: Any, weight: float) -> Any:
+    """``last + (last - earlier) * weight`` for every floating tensor inside nested outputs (others as ``last``)."""
+    if isinstance(last, torch.Tensor):
+        return last + (last - earlier) * weight if last.is_floating_point() else last
+    if isinstance(last, BaseOutput):
+        return type(last)(**{k: _extrapolated(v, earlier[k], weight) for k, v in last.items()})
+    if isinstance(last, tuple | list):
+        return type(last)(_extrapolated(a, b, weight) for a, b in zip(last, earlier, strict=True))
+    if isinstance(last, dict):
+        return {k: _extrapolated(v, earlier[k], weight) for k, v in last.items()}
+    return last
 
 
 def _cast(value: Any, source: torch.dtype, target: torch.dtype) -> Any:
