@@ -69,3 +69,26 @@ def test_generate_writes_a_playable_lossless_video(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tmpdiff", "generate", "--model", "tiny-wan2.2", "--out",
                           str(tmp_path / "v.gif")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "a .png file (an animated PNG) or a .webp file" in bad.stderr
+
+
+def test_the_apps_result_view_plays_both_clips_losslessly():
+    import base64
+    import io
+    import re
+
+    from tmpdiff.ui import panels
+
+    app = panels.AppState(Evaluator(Engine("cpu")), None, get_model("tiny-wan2.2"))
+    settings = RunSettings(model="tiny-wan2.2", steps=4)
+    evaluation = app.evaluator.evaluate(settings, "fp32*2,int8wo,skip")
+    html, _, _ = panels.result_views(app, "tiny-wan2.2", "a photo of a red cat", 0, 4, 16, 3.0,
+                                     panels.THIS_DEVICE, ("x", "y"), evaluation.summary())
+    clips = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert "video-pair" in html and len(clips) == 2 and "SSIM per frame" in html
+    with Image.open(io.BytesIO(base64.b64decode(clips[1]))) as played:
+        frames = []
+        for index in range(played.n_frames):
+            played.seek(index)
+            frames.append(np.asarray(played.convert("RGB")))
+    kept = {f.tobytes() for f in frames}  # identical neighbouring frames may be stored once
+    assert kept == {np.asarray(f).tobytes() for f in sheet_frames(evaluation.image)}

@@ -289,11 +289,9 @@ def save_result(image: Any, path: Path, frames: int = 0, fps: int = 16) -> None:
     if not frames:
         image.save(path)
         return
-    from .metrics import sheet_frames
+    from .metrics import write_animation
 
-    first, *rest = sheet_frames(image)
-    options = {"lossless": True} if path.suffix.lower() == ".webp" else {}
-    first.save(path, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0, **options)
+    write_animation(image, path, "WEBP" if path.suffix.lower() == ".webp" else "PNG", fps)
 
 
 def _target_costs(args: argparse.Namespace) -> CostTable | None:

@@ -229,6 +229,15 @@ def sheet_frames(sheet: Image.Image, frames: int | None = None) -> list[Image.Im
     return [sheet.crop((i * step, 0, (i + 1) * step, height)) for i in range(frames)]
 
 
+def write_animation(sheet: Image.Image, target: Any, image_format: str = "PNG", fps: int = 16) -> None:
+    """A frame sheet as a lossless animated PNG (APNG) or WebP, which any browser plays without a video encoder;
+    ``target`` a path or a binary file. Identical consecutive frames may be stored once, for longer."""
+    first, *rest = sheet_frames(sheet)
+    options = {"lossless": True} if image_format.upper() == "WEBP" else {}
+    first.save(target, format=image_format.upper(), save_all=True, append_images=rest, duration=round(1000 / fps),
+               loop=0, **options)
+
+
 def compare_video(sheet: Image.Image, reference: Image.Image, frames: int | None = None) -> Quality:
     """Frame by frame: SSIM of every frame (their mean, and each kept), PSNR of every frame and of the whole clip
     (its pooled error: finite unless every frame is identical), LPIPS averaged over frames."""

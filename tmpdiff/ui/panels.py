@@ -272,7 +272,11 @@ def result_views(app: AppState, model: str, prompt: str, seed: float, steps: flo
     diff, largest = app.evaluator.difference(settings, schedule_obj)
     timeline = views.timeline(str(schedule_obj), table, target["label"] if target else "")
     label = f"|reference - schedule|: black 0, white {largest}/255 (the largest difference)"
-    return views.cards(summary, target), timeline, gr.update(value=diff, label=label)
+    html = views.cards(summary, target)
+    if settings.spec.frames:  # a video plays: both clips, from the engine's frames, as lossless animated PNGs
+        html += views.video_pair(_animation_uri(app.evaluator.reference(settings).image),
+                                 _animation_uri(app.evaluator.evaluate(settings, schedule_obj).image))
+    return html, timeline, gr.update(value=diff, label=label)
 
 def comparison_images(app: AppState, report: dict[str, Any]) -> dict[str, str]:
     """The found, rival and reference schedules' images on the search's first calibration setting (all
@@ -379,6 +383,17 @@ def _story_request(spec: Any, device: str) -> SearchRequest:
     prompts = tuple(calibration_prompts(spec.labels, 2))
     return SearchRequest(model=spec.name, prompts=prompts, seeds=(0, 1), steps=spec.steps, target_ssim=0.9,
                          ladder=(spec.dtype, *rungs), validation_seeds=(1000,), additivity_samples=0)
+
+
+def _animation_uri(sheet: Any) -> str:
+    import base64
+    import io
+
+    from tmpdiff.metrics import write_animation
+
+    buffer = io.BytesIO()
+    write_animation(sheet, buffer)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _data_uri(image: Any) -> str:

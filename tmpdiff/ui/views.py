@@ -40,6 +40,7 @@ PAGE_JS = """() => {
 }"""
 
 CSS = """
+.video-pair {display: flex; gap: 12px;} .video-pair img {max-width: 100%; image-rendering: pixelated;}
 .frame-strip {display: flex; align-items: flex-end; gap: 1px; height: 48px; margin: 6px 0;}
 .frame-strip .strip-label {font-size: 12px; margin-right: 8px; align-self: center;}
 .frame-strip .frame {width: 6px; background: #0969da;} .frame-strip .frame.worst {background: #cf222e;}
@@ -97,6 +98,13 @@ def cards(summary: dict[str, Any], target: dict[str, Any] | None = None) -> str:
     row.append(_card("seconds", f"{summary['seconds']:.2f} s",
                      f"reference {summary['reference_seconds']:.2f} s{cached}"))
     return f"<div class='cards'>{''.join(row)}</div>" + frame_strip(summary.get("frame_ssim") or [])
+
+
+def video_pair(reference_uri: str, schedule_uri: str) -> str:
+    """The reference and the schedule's clips side by side, playing (lossless animated PNGs)."""
+    clips = "".join(f"<figure><img src='{uri}' alt='{name} clip'><figcaption>{name}</figcaption></figure>"
+                    for name, uri in (("reference", reference_uri), ("schedule", schedule_uri)))
+    return f"<div class='video-pair' id='video-pair'>{clips}</div>"
 
 
 def frame_strip(frame_ssim: list[float]) -> str:
