@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 # Per kind of job: (how many one session may have waiting or running, how many the app holds at once).
 # Searches share the pipeline call by call with everyone's images, so a few may run together.
-LIMITS = {"image": (2, 8), "search": (1, 2)}
+LIMITS = {"image": (2, 8), "search": (1, 3)}
 UNKNOWN_SECONDS = 5.0  # the wait told before two jobs of a kind have finished
 
 
@@ -58,11 +58,12 @@ class Admission:
         per_session, capacity = self.limits[kind]
         mine = self._jobs[(kind, session)] if session is not None else 0
         if mine >= per_session:
-            raise Busy(f"you already have {mine} {kind}{'s' * (mine > 1)} waiting or running: wait for "
+            raise Busy(f"you already have {mine} {_plural(kind) if mine > 1 else kind} waiting or running: wait for "
                        f"{'one' if mine > 1 else 'it'} to finish (at most {per_session} per browser session)")
         ahead = self._total[kind]
         if ahead >= capacity:
-            raise Busy(f"busy: {ahead} {kind}s are ahead of yours; try again in ~{self.wait_seconds(kind):.0f} s")
+            raise Busy(f"busy: {ahead} {_plural(kind) if ahead > 1 else kind} {'are' if ahead > 1 else 'is'} ahead "
+                       f"of yours; try again in ~{self.wait_seconds(kind):.0f} s")
 
     def wait_seconds(self, kind: str) -> float:
         """Until a place for ``kind`` is likely free: the recent interval between two jobs finishing."""
@@ -70,3 +71,7 @@ class Admission:
         if not finished or len(finished) < 2:
             return UNKNOWN_SECONDS
         return max(1.0, statistics.median(b - a for a, b in zip(finished, list(finished)[1:], strict=False)))
+
+
+def _plural(kind: str) -> str:
+    return kind + ("es" if kind.endswith(("s", "sh", "ch")) else "s")
