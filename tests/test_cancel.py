@@ -148,3 +148,30 @@ def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_image(tmp_path):
         evaluation = evaluator.evaluate(RunSettings(model="shapes-dit", steps=2), "fp32,skip")
     assert evaluation.record.steps_run == ["fp32", "skip"] and evaluation.image.size == (64, 64)
     assert "Read-only file system" in evaluator.store_error
+
+
+def test_a_search_waiting_its_turn_says_so_and_stopped_there_never_runs(tmp_path):
+    from tmpdiff.runner import TurnLock
+    from tmpdiff.ui.live import LiveSearch
+
+    store = Cache(tmp_path / "c.sqlite")
+    turns, held, release = TurnLock(), threading.Event(), threading.Event()
+
+    def first_search():  # holds the turn, as a running search does
+        with turns:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=first_search)
+    holder.start()
+    held.wait()
+    waiting = LiveSearch(Study(Evaluator(Engine("cpu"), store), store), REQUEST, interval=0.05, turns=turns)
+    updates = waiting.updates()
+    assert next(updates).message == "waiting for the search ahead of this one to finish"
+    waiting.stop()
+    release.set()
+    holder.join()
+    list(updates)
+    with pytest.raises(Cancelled):
+        waiting.result()
+    assert store.search_runs() == []  # it never started: nothing ran, nothing logged

@@ -299,7 +299,7 @@ class TurnLock:
     see ``in_background``) lets waiting single images go first, at most ``yield_turns`` times, so it is never
     starved either. Re-entrant for the thread that holds it."""
 
-    def __init__(self, yield_turns: int = 2) -> None:
+    def __init__(self, yield_turns: int = 4) -> None:
         self.yield_turns = yield_turns
         self._changed = threading.Condition()
         self._next_ticket = 0

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 # Per kind of job: (how many one session may have waiting or running, how many the app holds at once).
-# Searches share the pipeline call by call with everyone's images, so a few may run together.
+# One search runs at a time (the others admitted wait their turn); its pipeline calls let waiting images go first.
 LIMITS = {"image": (2, 8), "search": (1, 3)}
 UNKNOWN_SECONDS = 5.0  # the wait told before two jobs of a kind have finished
 

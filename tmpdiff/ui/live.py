@@ -6,11 +6,13 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from tmpdiff.cancel import Cancelled
 from tmpdiff.report import SearchReport
-from tmpdiff.runner import describe_build, telling_builds_to
+from tmpdiff.runner import TurnLock, describe_build, telling_builds_to
 from tmpdiff.search import Point
 from tmpdiff.search_run import SearchRequest
 from tmpdiff.study import Study
@@ -34,8 +36,9 @@ class LiveSearch:
     taken an update for ``abandon_after`` seconds (the page went away without closing the iterator)."""
 
     def __init__(self, study: Study, request: SearchRequest, interval: float = 1.0,
-                 abandon_after: float = 5.0) -> None:
+                 abandon_after: float = 5.0, turns: TurnLock | None = None) -> None:
         self.study, self.request, self.interval, self.abandon_after = study, request, interval, abandon_after
+        self.turns = turns  # searches that run one at a time wait here, in the order asked
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._handed_at: float | None = None  # when the last update went out (None: a consumer is waiting)
@@ -84,11 +87,22 @@ class LiveSearch:
             raise self._outcome["error"]
         return self._outcome["report"]
 
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        if self.turns is None:
+            yield
+            return
+        self._events.put(("build", "waiting for the search ahead of this one to finish"))
+        with self.turns:
+            yield
+
     def _work(self) -> None:
         told = telling_builds_to(lambda precision, mode, expected: self._events.put(
             ("build", describe_build(precision, mode, expected))))
         try:
-            with told:  # this worker thread's builds only, not another user's
+            with told, self._turn():  # this worker thread's builds only, not another user's
+                if self.should_stop():  # stopped or left while it waited for its turn
+                    raise Cancelled("the search was stopped before it started")
                 self._outcome["report"] = self.study.search(
                     self.request, should_stop=self.should_stop,
                     progress=lambda done, planned, what: self._events.put(("progress", (done, planned, what))),

@@ -28,7 +28,7 @@ from tmpdiff.limits import APP_SEARCH_WORK, finite
 from tmpdiff.precisions import may_lead
 from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
-from tmpdiff.runner import RunSettings, describe_build, telling_builds_to
+from tmpdiff.runner import RunSettings, TurnLock, describe_build, telling_builds_to
 from tmpdiff.search_run import SearchRequest, parse_seeds
 from tmpdiff.study import Study, history
 
@@ -50,6 +50,10 @@ class AppState:
     spec: Any
     story: dict[str, Any] = field(default_factory=dict)  # the opening search's report, computed once
     admission: Admission = field(default_factory=Admission)  # jobs per session and in all (admission.py)
+    # Images run whole, one after another in the order asked: interleaving two images' pipeline calls would make
+    # each wait for both (searches still take turns call by call, and let a waiting image go first).
+    image_turns: TurnLock = field(default_factory=TurnLock)
+    search_turns: TurnLock = field(default_factory=TurnLock)  # one search runs; the others admitted wait in turn
 
     @property
     def device(self) -> str:
@@ -143,7 +147,7 @@ def run_image(app: AppState, model: str, prompt: str, seed: float, steps: float,
     """The run panel: the reference and the schedule's image, and the schedule's summary. ``session``: the
     browser session asking (a few images each, a bounded number in all: ``admission.py``)."""
     try:
-        with app.admission.job("image", session):
+        with app.admission.job("image", session), app.image_turns:
             return _run_image(app, model, prompt, seed, steps, size, guidance, schedule, progress)
     except Busy as exc:
         raise user_error(exc) from None
@@ -185,7 +189,7 @@ def search_updates(app: AppState, model: str, target_kind: str, target: float, s
 
 
 def _search_updates(app: AppState, request: SearchRequest, progress: gr.Progress) -> Iterator[tuple[Any, Any, Any]]:
-    search_run = LiveSearch(Study(app.evaluator, app.store), request)
+    search_run = LiveSearch(Study(app.evaluator, app.store), request, turns=app.search_turns)
     try:
         for update in search_run.updates():
             if update.message:
