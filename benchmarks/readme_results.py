@@ -37,7 +37,9 @@ def cpu_search(report: dict) -> str:
 def load_test(report: dict) -> str:
     return (f"{report['clients']} clients for {report['seconds']:.0f} s on the 2-core CPU (`python "
             f"benchmarks/load_test.py`): {report['counts']['generate']} images and {report['counts']['search']} "
-            f"searches, {report['counts']['errors']} errors; a client asking for one image at a time waited "
+            f"searches, {report['counts'].get('refused_busy', 0)} requests told the app was busy (they waited as "
+            f"told and asked again), {report['counts']['errors']} errors; a client asking for one image at a time "
+            f"waited "
             f"{report['polite_generate_p50_s']:.2f} s (median) and {report['polite_generate_p95_s']:.2f} s (p95) "
             f"against {report['idle_generate_s']:.2f} s on an idle app ({report['p95_over_idle']:.1f}x); "
             f"{report['evaluations_stored']} evaluations stored, each once "
