@@ -88,8 +88,9 @@ class Precision:
 
     @property
     def may_lead(self) -> bool:
-        """Whether a schedule may start with it: ``skip`` reuses an earlier output, and step 0 has none."""
-        return self.kind is not Kind.SKIP
+        """Whether a schedule may start with it: a step that calls no denoiser reuses (or extrapolates) earlier
+        outputs, and step 0 has none."""
+        return self.computes
 
 
 def computes(name: str) -> bool:

@@ -18,7 +18,7 @@ from PIL import Image
 from .compile_cache import CompileCache
 from .limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE, finite
 from .models import DEFAULT_MODEL, ModelSpec, get_model, load_pipeline
-from .precisions import PRECISIONS, Status, available_precisions, may_lead, precision_status
+from .precisions import PRECISIONS, Status, available_precisions, computes, precision_status
 from .replay import ReplayStore
 from .schedule import Schedule
 from .switch import apply_schedule
@@ -246,27 +246,27 @@ class Engine:
         """Runs the schedule's precisions that are cold at these shapes for one step each (untimed)."""
         shapes = tuple(sorted((k, v if isinstance(v, int | float | str | None) else len(v))
                               for k, v in kwargs.items() if k in ("height", "width", "prompt", "class_labels")))
-        cold = [name for name in dict.fromkeys(schedule.precisions) if may_lead(name)  # skip runs nothing
+        cold = [name for name in dict.fromkeys(schedule.precisions) if computes(name)
                 and (id(pipe), shapes, name) not in self._warmed]
         if not cold:
             return
         warm_up = Schedule(tuple(cold) if len(cold) > 1 else (cold[0], cold[0]))
-        before = self.calls["denoiser"]
-        self._timed_call(pipe, {**kwargs, "num_inference_steps": len(warm_up)}, warm_up)
-        self.calls["warm_up"] += self.calls["denoiser"] - before
-        self.calls["denoiser"] = before
+        self._timed_call(pipe, {**kwargs, "num_inference_steps": len(warm_up)}, warm_up, counted_as="warm_up")
         self._warmed.update((id(pipe), shapes, name) for name in cold)
 
     def _simulated(self, schedule: Schedule) -> list[str]:
         return [n for n in schedule.precisions if precision_status(n, self.device).status is Status.SIMULATED]
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
-                    replay_key: str | None = None) -> tuple[list[Image.Image], Any, float, float]:
+                    replay_key: str | None = None, counted_as: str = "denoiser") -> tuple[list[Image.Image], Any,
+                                                                                         float, float]:
         with self._running:
-            return self._timed_call_now(pipe, kwargs, schedule, replay, replay_key)
+            return self._timed_call_now(pipe, kwargs, schedule, replay, replay_key, counted_as)
 
     def _timed_call_now(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None,
-                        replay_key: str | None) -> tuple[list[Image.Image], Any, float, float]:
+                        replay_key: str | None, counted_as: str = "denoiser") -> tuple[list[Image.Image], Any,
+                                                                                      float, float]:
+        """One pipeline call; its denoiser calls are counted in ``calls[counted_as]`` (warm-ups apart)."""
         start = time.perf_counter()
         with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
                                              on_build=_LISTENER.get() or self.on_build, replay=replay,
@@ -274,7 +274,7 @@ class Engine:
                 _timing_vae_decode(pipe, self.device) as vae:
             images = _pictures(pipe(**kwargs))
         seconds = time.perf_counter() - start + handle.replay_correction
-        for name, count in (("denoiser", handle.denoiser_calls), ("replayed", handle.replayed_calls),
+        for name, count in ((counted_as, handle.denoiser_calls), ("replayed", handle.replayed_calls),
                             ("skipped", handle.skipped_calls)):
             self.calls[name] += count
         return images, handle, seconds, vae["seconds"]
@@ -323,6 +323,12 @@ class TurnLock:
                     waiting[1] += 1
             self._owner, self._depth = me, 1
         return self
+
+    @property
+    def taken(self) -> bool:
+        """Whether someone holds the lock or waits for it (a newcomer would wait)."""
+        with self._changed:
+            return self._owner is not None or bool(self._waiting)
 
     def _next_up(self) -> int:
         """The first ticket asked; a background one goes after waiting images until it has given up its turns."""

@@ -549,30 +549,28 @@ def _lock_for(pipe: Any) -> threading.Lock:
 
 def _extrapolated(last: Any, earlier: Any, weight: float) -> Any:
     """``last + (last - earlier) * weight`` for every floating tensor inside nested outputs (others as ``last``)."""
-    if isinstance(last, torch.Tensor):
-        return last + (last - earlier) * weight if last.is_floating_point() else last
-    if isinstance(last, BaseOutput):
-        return type(last)(**{k: _extrapolated(v, earlier[k], weight) for k, v in last.items()})
-    if isinstance(last, tuple | list):
-        return type(last)(_extrapolated(a, b, weight) for a, b in zip(last, earlier, strict=True))
-    if isinstance(last, dict):
-        return {k: _extrapolated(v, earlier[k], weight) for k, v in last.items()}
-    return last
+    return _map_tensors(lambda a, b: a + (a - b) * weight if a.is_floating_point() else a, last, earlier)
 
 
 def _cast(value: Any, source: torch.dtype, target: torch.dtype) -> Any:
     """Casts the ``source``-dtype tensors inside nested args/outputs to ``target``."""
+    return _map_tensors(lambda tensor: tensor.to(target) if tensor.dtype == source else tensor, value)
+
+
+def _map_tensors(fn: Callable[..., Any], value: Any, *others: Any) -> Any:
+    """``value`` with ``fn`` applied to every tensor inside it (nested outputs, dataclasses, tuples, lists, dicts),
+    given the tensors at the same place in ``others`` too; everything else is kept."""
     if isinstance(value, torch.Tensor):
-        return value.to(target) if value.dtype == source else value
+        return fn(value, *others)
     if isinstance(value, BaseOutput):
-        return type(value)(**{k: _cast(v, source, target) for k, v in value.items()})
+        return type(value)(**{k: _map_tensors(fn, v, *(o[k] for o in others)) for k, v in value.items()})
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: _cast(getattr(value, f.name), source, target)
+        return dataclasses.replace(value, **{f.name: _map_tensors(fn, getattr(value, f.name),
+                                                                  *(getattr(o, f.name) for o in others))
                                              for f in dataclasses.fields(value)})
-    if isinstance(value, tuple):
-        return tuple(_cast(v, source, target) for v in value)
-    if isinstance(value, list):
-        return [_cast(v, source, target) for v in value]
+    if isinstance(value, tuple | list):
+        mapped = [_map_tensors(fn, v, *parts) for v, *parts in zip(value, *others, strict=True)]
+        return tuple(mapped) if isinstance(value, tuple) else mapped
     if isinstance(value, dict):
-        return {k: _cast(v, source, target) for k, v in value.items()}
+        return {k: _map_tensors(fn, v, *(o[k] for o in others)) for k, v in value.items()}
     return value
