@@ -175,3 +175,13 @@ def test_a_search_waiting_its_turn_says_so_and_stopped_there_never_runs(tmp_path
     with pytest.raises(Cancelled):
         waiting.result()
     assert store.search_runs() == []  # it never started: nothing ran, nothing logged
+
+
+def test_a_turn_lock_says_whether_a_newcomer_would_wait():
+    from tmpdiff.runner import TurnLock
+
+    lock = TurnLock()
+    assert not lock.taken
+    with lock:
+        assert lock.taken
+    assert not lock.taken

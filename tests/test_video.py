@@ -92,3 +92,19 @@ def test_the_apps_result_view_plays_both_clips_losslessly():
             frames.append(np.asarray(played.convert("RGB")))
     kept = {f.tobytes() for f in frames}  # identical neighbouring frames may be stored once
     assert kept == {np.asarray(f).tobytes() for f in sheet_frames(evaluation.image)}
+
+
+def test_a_cache_hit_scores_its_frames_only_when_they_are_asked_for(tmp_path, monkeypatch):
+    import tmpdiff.evaluate as evaluate
+    from tmpdiff.cache import Cache
+
+    settings = RunSettings(model="tiny-wan", steps=4)
+    store = Cache(tmp_path / "c.sqlite")
+    Evaluator(Engine("cpu"), store).evaluate(settings, "fp32*2,skip*2")
+    scored = []
+    monkeypatch.setattr(evaluate, "compare_video", lambda *a: scored.append(a) or compare_video(*a))
+    hit = Evaluator(Engine("cpu"), store).evaluate(settings, "fp32*2,skip*2")
+    assert hit.cached and hit.record.ssim is not None and scored == []  # a search reads this much: no re-scoring
+    assert len(hit.summary()["frame_ssim"]) == 5 and len(scored) == 1
+    hit.summary()
+    assert len(scored) == 1  # scored once

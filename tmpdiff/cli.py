@@ -247,7 +247,7 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     from .runner import RunSettings
     from .study import Study
 
-    video = get_model(args.model).frames if args.model in MODELS else 0
+    video = args.model in MODELS and get_model(args.model).frames > 0
     if args.out.suffix.lower() not in ((".png", ".webp") if video else (".png",)):
         raise ValueError(f"--out must name a .png file{' (an animated PNG) or a .webp file' if video else ''}, "
                          f"got {str(args.out)!r}")
@@ -283,10 +283,10 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     return 0
 
 
-def save_result(image: Any, path: Path, frames: int = 0, fps: int = 16) -> None:
-    """An image as PNG; a video (a frame sheet of ``frames`` frames) as a lossless animated PNG or WebP that
-    plays in any browser (no video encoder is needed, and no frame loses a bit)."""
-    if not frames:
+def save_result(image: Any, path: Path, video: bool = False, fps: int = 16) -> None:
+    """An image as PNG; a video (a frame sheet) as a lossless animated PNG or WebP that plays in any browser (no
+    video encoder is needed, and no frame loses a bit)."""
+    if not video:
         image.save(path)
         return
     from .metrics import write_animation

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import io
 import threading
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,14 @@ class Evaluation:
     reference_seconds: float
     cached: bool
     vae_seconds: float | None = None  # measured apart when the image was computed here
-    frames: Quality | None = None  # a video's per-frame scores (its image is a frame sheet)
+    # How to score a video's frames (its image is a frame sheet); see ``frames``.
+    score_frames: Callable[[], Quality | None] | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def frames(self) -> Quality | None:
+        """A video's per-frame scores, worked out when first asked: a cache hit read only for its SSIM (as a
+        search reads them) never re-scores its frames."""
+        return self.score_frames() if self.score_frames is not None else None
 
     @property
     def schedule(self) -> Schedule:
@@ -224,13 +232,12 @@ class Evaluator:
             return None
         reference_seconds = self._reference_seconds(settings, schedule, record)
         image = Image.open(io.BytesIO(record.png)).convert("RGB")
-        return Evaluation(record, image, reference_seconds, True, frames=self._stored_frame_scores(settings, image))
+        scorer = functools.partial(self._stored_frame_scores, settings, image) if settings.spec.frames else None
+        return Evaluation(record, image, reference_seconds, True, score_frames=scorer)
 
     def _stored_frame_scores(self, settings: RunSettings, image: Image.Image) -> Quality | None:
         """A stored video's per-frame scores, from its frames and its reference's (when that is at hand: in this
         process or the store, never computed for this)."""
-        if not settings.spec.frames:
-            return None
         key = self.key(settings, settings.reference_schedule())
         reference = self._references.get(key.digest)
         stored = reference.record if reference else (self.store.get(key) if self.store else None)
@@ -254,7 +261,7 @@ class Evaluator:
             self._store(record)
         reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
         evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds,
-                                frames=quality if video else None)
+                                score_frames=(lambda: quality) if video else None)
         if reference is None:
             self._references[key.digest] = evaluation
         return evaluation

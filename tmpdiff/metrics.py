@@ -54,13 +54,8 @@ class Quality:
     frame_ssim: tuple[float, ...] = ()
     frame_psnr: tuple[float, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        scores: dict[str, Any] = {"ssim": self.ssim, "psnr": self.psnr, "lpips": self.lpips,
-                                  "lpips_note": self.lpips_note}
-        if self.frame_ssim:
-            scores.update(worst_frame_ssim=min(self.frame_ssim), worst_frame_psnr=min(self.frame_psnr),
-                          frame_ssim=list(self.frame_ssim))
-        return scores
+    def to_dict(self) -> dict[str, float | str | None]:
+        return {"ssim": self.ssim, "psnr": self.psnr, "lpips": self.lpips, "lpips_note": self.lpips_note}
 
 
 def as_array(image: Image.Image | np.ndarray) -> np.ndarray:

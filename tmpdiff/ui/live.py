@@ -92,7 +92,8 @@ class LiveSearch:
         if self.turns is None:
             yield
             return
-        self._events.put(("build", "waiting for the search ahead of this one to finish"))
+        if self.turns.taken:  # said only when there is a search ahead
+            self._events.put(("build", "waiting for the search ahead of this one to finish"))
         with self.turns:
             yield
 
