@@ -62,18 +62,17 @@ class Study:
         the evaluations it finished (all in the cache) and raises ``Cancelled`` / ``KeyboardInterrupt``."""
         cost_key = self.cost_key(request)
         self._load_costs(request.model, cost_key)
-        link, cancelled = self._open_run(request.model, request.to_dict())
+        link, finish = self._open_run(request.model, request.to_dict())
         try:
             with in_background():  # a search's images wait behind people's single images (a few at most)
                 report = run_search(self.evaluator, request, progress=progress, should_stop=should_stop,
                                     on_evaluation=link, on_point=on_point)
         except (Cancelled, KeyboardInterrupt):
-            cancelled()
+            finish(None)
             raise
-        if self.log is not None:
-            if self.target_costs is None:
-                self.log.put_costs(*cost_key, self.evaluator.costs[request.model].to_dict())
-            self._close_run(report.summary())
+        if self.log is not None and self.target_costs is None:
+            self.log.put_costs(*cost_key, self.evaluator.costs[request.model].to_dict())
+        finish(report.summary())
         return report
 
     def sweep(self, items: list[SweepItem], progress: Progress | None = None, replay: bool = True,
@@ -84,19 +83,20 @@ class Study:
 
         evaluator = self.evaluator.with_options(ReplayStore() if replay else None, batch_size=1)
         models = sorted({item.settings.model for item in items})
-        link, cancelled = self._open_run("+".join(models), {"kind": "sweep", "spec": spec, "items": len(items)})
+        link, finish = self._open_run("+".join(models), {"kind": "sweep", "spec": spec, "items": len(items)})
         try:
             rows = run_sweep(evaluator, items, progress=progress, on_evaluation=link)
         except (Cancelled, KeyboardInterrupt):
-            cancelled()
+            finish(None)
             raise
-        self._close_run({"kind": "sweep", "evaluations": len(rows), "from_cache": sum(r["cached"] for r in rows),
+        finish({"kind": "sweep", "evaluations": len(rows), "from_cache": sum(r["cached"] for r in rows),
                          "schedules": summarize(rows)})
         return rows
 
     def _open_run(self, model: str, request: dict[str, Any]) -> tuple[Callable[[RunSettings, Schedule], None],
-                                                                      Callable[[], None]]:
-        """Starts a run in the log; returns how to link an evaluation to it and how to close it as cancelled."""
+                                                                      Callable[[dict[str, Any] | None], None]]:
+        """Starts a run in the log; returns how to link an evaluation to it and how to close it with its result
+        (None: cancelled, logged with how many evaluations it had linked)."""
         log, run_id = self.log, None
         if log is not None:
             run_id = self.run_id = log.start_search(model, request)
@@ -108,15 +108,12 @@ class Study:
                 linked.add(key.digest)
                 log.link_search(run_id, key)
 
-        def cancelled() -> None:
+        def finish(result: dict[str, Any] | None) -> None:
             if log is not None and run_id is not None:
-                log.finish_search(run_id, {"cancelled": True, "evaluations_linked": len(linked)})
+                log.finish_search(run_id, result if result is not None else
+                                  {"cancelled": True, "evaluations_linked": len(linked)})
 
-        return link, cancelled
-
-    def _close_run(self, result: dict[str, Any]) -> None:
-        if self.log is not None and self.run_id is not None:
-            self.log.finish_search(self.run_id, result)
+        return link, finish
 
     def cost_key(self, request: SearchRequest) -> tuple[str, str, str]:
         """(model, steps and size, device): what a stored cost table is filed under."""
