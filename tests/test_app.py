@@ -479,3 +479,28 @@ def test_a_user_mistake_is_one_line_in_the_server_log_without_a_traceback(client
     assert "Traceback" not in capfd.readouterr().err
     assert [r.getMessage() for r in caplog.records if r.name == "tmpdiff.app"] == [
         "refused: schedule fp32*3 has 3 steps but 8 were asked for"]
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(("width", "name"), [(1280, "video"), (390, "video_phone")])
+def test_a_video_plays_both_clips_from_the_engines_frames_at_desktop_and_phone_width(server, browser, width, name):
+    import base64
+    import io
+
+    from PIL import Image
+
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    open_page(page, f"{server}?model=tiny-wan2.2&schedule=fp32*2,int8wo,skip")
+    page.wait_for_function("document.querySelector('#schedule textarea').value.includes('int8wo')", timeout=60_000)
+    page.locator("#run").click()
+    page.wait_for_selector("#video-pair img", timeout=120_000)
+    sources = [img.get_attribute("src") for img in page.locator("#video-pair img").all()]
+    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    with Image.open(io.BytesIO(base64.b64decode(sources[1].split(",", 1)[1]))) as clip:
+        assert clip.format == "PNG" and clip.is_animated and clip.size == (16, 16)
+    strip = page.locator("#frame-strip").bounding_box()
+    assert strip is not None and strip["x"] + strip["width"] <= width  # the per-frame strip fits the page
+    clips = [page.locator("#video-pair img").nth(i).bounding_box() for i in range(2)]
+    assert all(c["width"] >= 120 and c["x"] + c["width"] <= width for c in clips)  # seen large, on the page
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.close()

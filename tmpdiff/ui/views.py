@@ -40,7 +40,8 @@ PAGE_JS = """() => {
 }"""
 
 CSS = """
-.video-pair {display: flex; gap: 12px;} .video-pair img {max-width: 100%; image-rendering: pixelated;}
+.video-pair {display: flex; gap: 12px;} .video-pair figure {flex: 1; margin: 0; max-width: 360px;}
+.video-pair img {width: 100%; height: auto; image-rendering: pixelated;}  /* small clips shown large, unblurred */
 .frame-strip {display: flex; align-items: flex-end; gap: 1px; height: 48px; margin: 6px 0;}
 .frame-strip .strip-label {font-size: 12px; margin-right: 8px; align-self: center;}
 .frame-strip .frame {width: 6px; background: #0969da;} .frame-strip .frame.worst {background: #cf222e;}
