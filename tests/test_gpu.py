@@ -111,3 +111,26 @@ def test_batched_calibration_images_on_gpu_make_half_the_calls_and_match_one_by_
     for a, b in zip(one, two, strict=True):
         assert b.record.steps_run == a.record.steps_run == ["bf16"] + ["fp8"] * (STEPS - 2) + ["bf16"]
         assert abs(a.record.ssim - b.record.ssim) < 0.02
+
+
+def test_fp8a8_runs_flashattention3_fp8_close_to_fp8_linears_alone(flux):
+    from tmpdiff import attention
+
+    works, why = attention.fp8_attention_available()
+    if not works:
+        pytest.skip(why)
+    assert precision_status("fp8a8", "cuda").status is Status.REAL
+    q, k, v = (torch.randn(1, 1024, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(*(x.float().transpose(1, 2) for x in (q, k, v)))
+    error = attention.fp8_attention(q, k, v).float().transpose(1, 2) - ref
+    assert 0 < float(error.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()) < 0.08
+    images = {}
+    for compile in (False, True):
+        for low in ("fp8", "fp8a8"):
+            with apply_schedule(flux, f"bf16,{low}*{STEPS - 2},bf16", compile=compile) as handle:
+                images[low, compile] = run(flux)
+            assert handle.steps_run[1] == low
+    for compile in (False, True):
+        difference = np.abs(images["fp8a8", compile] - images["fp8", compile]).mean()
+        assert 0 < difference < 0.1, (compile, difference)  # attention did change, and only a little
+    assert np.abs(images["fp8a8", True] - images["fp8a8", False]).mean() < 0.02

@@ -66,6 +66,7 @@ class Precision:
         dynamic_activation: activations are quantized per call, so layers whose input has
             fewer than ``MIN_ROWS`` rows (timestep and modulation embeddings) are left alone.
         group_size: the weight group size; layers whose ``in_features`` it does not divide are left alone.
+        attention: ``"fp8"`` when the step's attention also runs in fp8 (see ``tmpdiff.attention``).
     """
 
     name: str
@@ -80,6 +81,7 @@ class Precision:
     dynamic_activation: bool = False
     group_size: int | None = None
     extrapolates: bool = False  # a non-computing step that predicts its output instead of reusing it
+    attention: str | None = None  # "fp8": attention runs in fp8 too (tmpdiff.attention), not only the linears
 
     @property
     def computes(self) -> bool:
@@ -228,6 +230,11 @@ _ENTRIES = (
         "nvfp4", Kind.TORCHAO, 4, "torchao NVFP4 (block-16 scales), Blackwell tensor cores",
         config=_nvfp4, min_capability=(10, 0), dynamic_activation=True, group_size=16,
     ),
+    Precision(
+        "fp8a8", Kind.TORCHAO, 8, "fp8 linears (as fp8) and fp8 attention (FlashAttention-3, per-head scales)",
+        config=_fp8_dynamic, simulate=_fp8_dynamic_sim, min_capability=(9, 0), dynamic_activation=True,
+        attention="fp8",
+    ),
     Precision("skip", Kind.SKIP, 0, "no denoiser call: reuse the previous step's model output"),
     Precision("extrap", Kind.SKIP, 0, "no denoiser call: the model output extrapolated to this step's timestep "
               "from the last two computed steps (first order; plain reuse after only one)", extrapolates=True),
@@ -267,11 +274,27 @@ def _status(name: str, device: str) -> Availability:
     if hardware_reason is None:
         error = _probe(precision.config, device)
         if error is None:
-            return Availability(name, Status.REAL, f"torchao kernels on {device}")
+            return _with_attention(precision, Availability(name, Status.REAL, f"torchao kernels on {device}"), device)
         hardware_reason = f"torchao could not run it here ({error})"
     if precision.simulate is not None and _probe(precision.simulate, device) is None:
-        return Availability(name, Status.SIMULATED, f"{hardware_reason}; simulated by fake quantization")
+        simulated = Availability(name, Status.SIMULATED, f"{hardware_reason}; simulated by fake quantization")
+        return _with_attention(precision, simulated, device)
     return Availability(name, Status.UNAVAILABLE, hardware_reason)
+
+
+def _with_attention(precision: Precision, linears: Availability, device: str) -> Availability:
+    """A precision with fp8 attention is real only where its linears and the attention kernel both are."""
+    if precision.attention is None:
+        return linears
+    if linears.status is Status.SIMULATED:
+        return Availability(linears.name, Status.SIMULATED,
+                            f"{linears.reason}; attention simulated by rounding q, k and v to fp8")
+    from .attention import fp8_attention_available
+
+    works, why = fp8_attention_available(torch.device(device).index or 0)
+    if not works:
+        return Availability(linears.name, Status.UNAVAILABLE, f"fp8 linears run here, fp8 attention does not: {why}")
+    return Availability(linears.name, Status.REAL, f"{linears.reason}; attention: {why}")
 
 
 def _missing_hardware(precision: Precision, device: torch.device) -> str | None:

@@ -29,6 +29,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .attention import attention_context
 from .cancel import raise_if_cancelled
 from .compile_cache import CompileCache
 from .precisions import get_precision
@@ -413,7 +414,8 @@ class _StepRouter:
         if variant is None:
             variant = self._build(hook, name, mode, args, kwargs)
         self.handle.variants.setdefault(name, variant)
-        output = variant(*args, **kwargs)
+        with attention_context(variant):
+            output = variant(*args, **kwargs)
         return _cast(output, precision.dtype, reference_dtype) if cast else output
 
     def _build(self, hook: _DenoiserHook, name: str, mode: Mode, args: tuple, kwargs: dict) -> nn.Module:

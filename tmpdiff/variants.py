@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import aot
+from .attention import attention_context, mark
 from .compile_cache import CompileCache, CompileKey
 from .precisions import Kind, Precision, Status, get_precision, precision_status
 
@@ -140,7 +141,7 @@ class VariantBank:
         key = CompileKey.make(Mode.COMPILED.value, name, variant, args, kwargs, self._device())
         loaded = cache.load_artifacts(key) if cache else False
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), attention_context(variant):
             variant(*args, **kwargs)
         _synchronize(self._device())
         if cache and not loaded:
@@ -154,6 +155,8 @@ class VariantBank:
         if example is None:
             raise ValueError("an ahead-of-time variant is built from one example call: pass `example`")
         works, why = aot.loading_works(self._device(), cache.root if cache is not None else None)
+        if works and get_precision(name).attention:
+            works, why = False, "its fp8 attention is chosen around the call, which a package does not carry"
         if works and not aot.repeated_blocks(eager):
             why = f"{type(eager).__name__} declares no repeated blocks"
         elif works:
@@ -227,6 +230,8 @@ class VariantBank:
         assert make_config is not None  # a usable TORCHAO precision has one of the two
         variant = _copy(self.reference, share=True)
         quantize_(variant, make_config(self.reference_dtype), filter_fn=self._layer_filter(precision))
+        if precision.attention:
+            mark(variant, simulated=status.status is Status.SIMULATED)
         return variant.eval()
 
     def _layer_filter(self, precision: Precision) -> Callable[[nn.Module, str], bool]:
@@ -238,8 +243,6 @@ class VariantBank:
                 return False
             if recorded and name not in rows:  # its weight is used outside its forward: a quantized tensor
                 return False  # there would meet ops torchao does not implement
-            if module.in_features % MIN_FEATURES or module.out_features % MIN_FEATURES:
-                return False
             if module.in_features % MIN_FEATURES or module.out_features % MIN_FEATURES:
                 return False
             if precision.group_size and module.in_features % precision.group_size:
