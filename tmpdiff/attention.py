@@ -121,6 +121,9 @@ def _kernel_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dic
     return k.shape == v.shape and k.shape[:2] == q.shape[:2] and k.shape[-1] == q.shape[-1]
 
 
+# Python wrappers whose ``super()`` call torch.compile cannot trace under a mode before torch 2.12
+# (pytorch/pytorch#183850): the torch functions that do the same.
+_UNTRACEABLE_WRAPPERS = {torch.Tensor.unflatten: torch.unflatten}
 _SDPA_ARGUMENTS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
@@ -134,7 +137,7 @@ class _Fp8Attention(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
-            return func(*args, **kwargs)
+            return _UNTRACEABLE_WRAPPERS.get(func, func)(*args, **kwargs)
         call = dict(zip(_SDPA_ARGUMENTS, args, strict=False)) | kwargs  # diffusers passes them by name
         q, k, v = call.pop("query"), call.pop("key"), call.pop("value")
         if not _kernel_takes(q, k, v, call, self.simulated):
