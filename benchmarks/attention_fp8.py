@@ -57,6 +57,31 @@ def inputs(outliers: bool) -> tuple[torch.Tensor, ...]:
     return tuple(t.to(torch.bfloat16) for t in (q, k, v))
 
 
+def kernel_alone_rows() -> dict[str, Callable[..., torch.Tensor]]:
+    """FlashAttention-3's fp8 kernel on inputs quantized beforehand: what the kernel itself costs, with and
+    without descale factors, and with V laid out as the kernel reads it (transposed), if that is the slow part."""
+    from fa3_fwd_interface import flash_attn_func
+
+    def prepared(with_descale: bool) -> Callable[..., torch.Tensor]:
+        cache: dict[int, tuple] = {}
+
+        def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            if id(q) not in cache:
+                quantized = [attention._to_fp8(x.transpose(1, 2)) for x in (q, k, v)]
+                tensors = [x8.transpose(1, 2).contiguous() for x8, _ in quantized]
+                descales = [s.flatten(1).contiguous() for _, s in quantized] if with_descale else [None] * 3
+                cache.clear()
+                cache[id(q)] = (tensors, descales)
+            tensors, descales = cache[id(q)]
+            out = flash_attn_func(*tensors, q_descale=descales[0], k_descale=descales[1], v_descale=descales[2])
+            return out[0] if isinstance(out, tuple) else out
+
+        return run
+
+    return {"fa3 fp8 kernel alone, pre-quantized, with descales": prepared(True),
+            "fa3 fp8 kernel alone, pre-quantized, no descales (wrong scale: time only)": prepared(False)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention_fp8.json"))
@@ -69,6 +94,8 @@ def main() -> None:
         kernels["fa3 bf16"] = lambda q, k, v: flash_attn_func(q, k, v)
         kernels["fa3 fp8, per-head scales, eager (quantization unfused)"] = attention.fp8_attention
         kernels["fa3 fp8, per-head scales, compiled (quantization fused)"] = torch.compile(attention.fp8_attention)
+    if available:
+        kernels.update(kernel_alone_rows())
     rows = []
     for outliers in (False, True):
         q, k, v = inputs(outliers)
