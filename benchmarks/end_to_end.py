@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--model", default="flux-dev-random")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/end_to_end.json"))
+    parser.add_argument("--schedules", default=";".join(SCHEDULES), help="schedules to time, ';'-separated")
     args = parser.parse_args()
     quiet_libraries()
     evaluator = Evaluator(Engine("cuda", compile=True))
@@ -36,7 +37,7 @@ def main() -> None:
     evaluator.engine.pipeline(args.model)
     report = {"model": args.model, "device": torch.cuda.get_device_name(), "steps": args.steps,
               "load_s": time.perf_counter() - start, "runs": []}
-    for text in SCHEDULES:
+    for text in args.schedules.split(";"):
         evaluation = evaluator.evaluate(settings, text)
         record = evaluation.record
         row = {"schedule": text, "measured_s": record.measured_seconds, "predicted_s": record.predicted_seconds,
