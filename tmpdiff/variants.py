@@ -8,6 +8,7 @@ A torchao variant is a copy of the denoiser that *shares* every parameter with t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import tempfile
 import threading
@@ -228,10 +229,12 @@ class VariantBank:
 
         make_config = precision.config if status.status is Status.REAL else precision.simulate
         assert make_config is not None  # a usable TORCHAO precision has one of the two
-        variant = _copy(self.reference, share=True)
+        variant = _copy(self.reference, share=True, parallelize=False)
         quantize_(variant, make_config(self.reference_dtype), filter_fn=self._layer_filter(precision))
         if precision.attention:
             mark(variant, simulated=status.status is Status.SIMULATED)
+        if (parallel := getattr(self.reference, "_parallel_config", None)) is not None:
+            _parallel_like(variant, parallel)  # after quantize_, which may replace the modules hooks sit on
         return variant.eval()
 
     def _layer_filter(self, precision: Precision) -> Callable[[nn.Module, str], bool]:
@@ -308,20 +311,44 @@ def _tensor_bytes(tensor: torch.Tensor) -> int:
 
 
 @contextmanager
-def _without_instance_forward(module: nn.Module) -> Iterator[None]:
-    """Hides a hook-installed ``forward`` and hook registry while the module is copied."""
-    saved = {k: module.__dict__.pop(k) for k in ("forward", "_diffusers_hook") if k in module.__dict__}
+def _without_instance_forward(module: nn.Module) -> Iterator[Any]:
+    """Hides hook-installed forwards and hook registries while the module is copied, and yields the module's
+    parallel config (None for most). Only the root's hooks are hidden (they are tmpdiff's own), unless the module
+    is context-parallel: then every module's hooks (the input split, the output gather) and the attention
+    processors' config (which holds process groups) stay behind, and :func:`_copy` makes them again on the copy."""
+    parallel = getattr(module, "_parallel_config", None)
+    modules = list(module.modules()) if parallel is not None else [module]
+    saved = [(m, {k: m.__dict__.pop(k) for k in ("forward", "_diffusers_hook") if k in m.__dict__}) for m in modules]
+    processors = [p for m in modules if getattr(p := getattr(m, "processor", None), "_parallel_config", None)]
+    for holder in (module, *processors) if parallel is not None else ():
+        holder._parallel_config = None
     try:
-        yield
+        yield parallel
     finally:
-        module.__dict__.update(saved)
+        for m, attributes in saved:
+            m.__dict__.update(attributes)
+        for holder in (module, *processors) if parallel is not None else ():
+            holder._parallel_config = parallel
 
 
-def _copy(module: nn.Module, share: bool) -> nn.Module:
-    """A copy of the module tree; with ``share`` its parameters and buffers are the original objects."""
+def _copy(module: nn.Module, share: bool, parallelize: bool = True) -> nn.Module:
+    """A copy of the module tree; with ``share`` its parameters and buffers are the original objects. A
+    context-parallel module's copy is made context-parallel the same way, on the same process groups (unless
+    ``parallelize`` is False: the caller does it once the copy is finished)."""
     memo = {id(t): t for t in _tensors(module)} if share else {}
-    with _without_instance_forward(module):
-        return copy.deepcopy(module, memo)
+    with _without_instance_forward(module) as parallel:
+        copied = copy.deepcopy(module, memo)
+    if parallel is not None and parallelize:
+        _parallel_like(copied, parallel)
+    return copied
+
+
+def _parallel_like(module: nn.Module, parallel: Any) -> None:
+    if parallel.tensor_parallel_config is not None or parallel.context_parallel_config is None:
+        raise ValueError("tmpdiff runs per-step precisions under context parallelism only, not tensor parallelism: "
+                         "enable_parallelism(config=ContextParallelConfig(...)) on the denoiser")
+    cp = parallel.context_parallel_config
+    module.enable_parallelism(config=dataclasses.replace(cp, mesh=cp._mesh))  # the reference's groups, none new
 
 
 def _compile_regionally(module: nn.Module) -> None:

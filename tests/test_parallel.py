@@ -1,0 +1,68 @@
+"""One image over two processes (diffusers' context parallelism, Gloo on the CPU): per-step schedules give the
+one-process image, and every variant is split like the reference."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+SCHEDULES = ["fp32*4", "fp32,bf16*2,fp32", "fp32,int8*2,skip", "fp32,fp8a8*2,extrap"]
+
+
+def _images(pipe):
+    from tmpdiff import Schedule, apply_schedule, get_model
+
+    images = []
+    for text in SCHEDULES:
+        kwargs = get_model("tiny-flux").call_kwargs("a photo of a red cat", steps=4, seed=0)
+        with apply_schedule(pipe, text) as handle, torch.no_grad():
+            images.append(pipe(**kwargs, output_type="np").images[0])
+        assert handle.steps_run == list(Schedule.parse(text).steps)
+    return np.stack(images)
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    # diffusers places the model on the process's accelerator; a CPU run has none to count
+    torch.accelerator.device_count = lambda: 1
+    torch._C._get_accelerator = lambda: torch.device("cpu")
+    import torch.distributed as dist
+
+    from tmpdiff import load_pipeline, parallel
+
+    assert parallel.init_process_group() == (rank, world)
+    pipe = load_pipeline("tiny-flux", "cpu")
+    parallel.enable_context_parallel(pipe, world)
+    images = _images(pipe)
+    if rank == 0:
+        np.save(out, images)
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_images_for_every_schedule(pipes, tmp_path):
+    out = str(tmp_path / "split.npy")
+    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="spawn")
+    split, single = np.load(out), _images(pipes("tiny-flux"))
+    for text, a, b in zip(SCHEDULES, split, single, strict=True):
+        assert np.abs(a - b).max() < 2e-3, text  # int8's per-token scales see the same tokens: only rounding
+
+
+def test_context_parallel_needs_a_launcher_and_a_head_count_it_divides(pipes, monkeypatch):
+    from tmpdiff import parallel
+
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ValueError, match="torchrun --nproc-per-node"):
+        parallel.init_process_group()
+    with pytest.raises(ValueError, match="2 attention heads, which 3 processes cannot share"):
+        parallel.enable_context_parallel(pipes("tiny-flux"), 3)
