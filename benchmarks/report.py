@@ -178,12 +178,38 @@ def _ms(row: dict) -> str:
     return f"{row['median_ms']:.1f}" if "median_ms" in row else "—"
 
 
+def attention_kernels(report: dict) -> list[str]:
+    lines = [f"### Attention kernels at FLUX's shape {tuple(report['shape_bshd'])} (batch, tokens, heads, size) — "
+             f"{report['device']}, torch {report['torch']}", "",
+             "| kernel | q/k outliers | ms | vs SDPA bf16 | relative RMS vs fp32 |", "|---|---|---|---|---|"]
+    for r in report["rows"]:
+        ms = f"{r['ms']:.3f}" if "ms" in r else "—"
+        speed = f"{r['vs_sdpa_bf16']:.2f}x" if "vs_sdpa_bf16" in r else "—"
+        lines.append(f"| {r['kernel']} | {'yes' if r['outliers'] else 'no'} | {ms} | {speed} | "
+                     f"{100 * r['relative_rms']:.2f} % |")
+    return [*lines, ""]
+
+
+def step_profile(report: dict) -> list[str]:
+    lines = [f"### Where a compiled FLUX-sized step's GPU time goes (profiler) — {report['device']}, "
+             f"torch {report['torch']}", "", "| precision | wall ms/step (profiled) | GPU ms by kind |",
+             "|---|---|---|"]
+    for r in report["rows"]:
+        kinds = ", ".join(f"{k} {v:.1f}" for k, v in r["gpu_ms_per_step"].items())
+        lines.append(f"| {r['precision']} | {r['wall_ms_per_step']:.1f} | {kinds} |")
+    return [*lines, ""]
+
+
 def main() -> None:
     print("# tmpdiff step-cost benchmarks\n\nRandom weights (latency and memory only). "
           "Reproduce on a GPU with `bash benchmarks/run_all.sh`.\n")
     for path in sys.argv[1:]:
         report = json.loads(Path(path).read_text())
-        if "arch" in report:  # other result files (search reports, logs) are not step tables
+        if "shape_bshd" in report:
+            print("\n".join(attention_kernels(report)))
+        elif "arch" in report and "rows" in report:
+            print("\n".join(step_profile(report)))
+        elif "arch" in report and "reference" in report:  # other files (search reports, logs) are not step tables
             print("\n".join(table(report)))
         elif "whole_command_calls" in report:
             print("\n".join(search_calls(report)))
