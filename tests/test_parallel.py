@@ -12,11 +12,11 @@ import torch.multiprocessing as mp
 SCHEDULES = ["fp32*4", "fp32,bf16*2,fp32", "fp32,int8*2,skip", "fp32,fp8a8*2,extrap"]
 
 
-def _images(pipe):
+def _images(pipe, schedules=SCHEDULES):
     from tmpdiff import Schedule, apply_schedule, get_model
 
     images = []
-    for text in SCHEDULES:
+    for text in schedules:
         kwargs = get_model("tiny-flux").call_kwargs("a photo of a red cat", steps=4, seed=0)
         with apply_schedule(pipe, text) as handle, torch.no_grad():
             images.append(pipe(**kwargs, output_type="np").images[0])
@@ -24,20 +24,22 @@ def _images(pipe):
     return np.stack(images)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, device: str = "cpu", schedules=SCHEDULES) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    # diffusers places the model on the process's accelerator; a CPU run has none to count
-    torch.accelerator.device_count = lambda: 1
-    torch._C._get_accelerator = lambda: torch.device("cpu")
+    if device == "cpu":  # diffusers places the model on the process's accelerator; a CPU run has none to count
+        torch.accelerator.device_count = lambda: 1
+        torch._C._get_accelerator = lambda: torch.device("cpu")
     import torch.distributed as dist
 
     from tmpdiff import load_pipeline, parallel
 
     assert parallel.init_process_group() == (rank, world)
-    pipe = load_pipeline("tiny-flux", "cpu")
+    pipe = load_pipeline("tiny-flux", device)
+    if device == "cuda":
+        pipe = pipe.to(torch.bfloat16)
     parallel.enable_context_parallel(pipe, world)
-    images = _images(pipe)
+    images = _images(pipe, schedules)
     if rank == 0:
         np.save(out, images)
     dist.destroy_process_group()
@@ -56,6 +58,25 @@ def test_two_processes_give_the_one_process_images_for_every_schedule(pipes, tmp
     split, single = np.load(out), _images(pipes("tiny-flux"))
     for text, a, b in zip(SCHEDULES, split, single, strict=True):
         assert np.abs(a - b).max() < 2e-3, text  # int8's per-token scales see the same tokens: only rounding
+
+
+GPU_SCHEDULES = ["bf16*4", "bf16,fp8*2,bf16", "bf16,fp8a8*2,extrap"]
+
+
+@pytest.mark.gpu
+def test_two_gpus_give_the_one_gpu_images(tmp_path):
+    from tmpdiff import Status, load_pipeline, precision_status
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    fp8_attention = precision_status("fp8a8", "cuda").status is Status.REAL
+    schedules = [s for s in GPU_SCHEDULES if fp8_attention or "fp8a8" not in s]
+    out = str(tmp_path / "split.npy")
+    mp.start_processes(_worker, args=(2, _free_port(), out, "cuda", schedules), nprocs=2, join=True,
+                       start_method="spawn")
+    single = _images(load_pipeline("tiny-flux", "cuda").to(torch.bfloat16), schedules)
+    for text, a, b in zip(schedules, np.load(out), single, strict=True):
+        assert np.abs(a - b).mean() < 0.01, text  # bf16 sums in another order on two GPUs: a small difference
 
 
 def test_context_parallel_needs_a_launcher_and_a_head_count_it_divides(pipes, monkeypatch):
