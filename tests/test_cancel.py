@@ -135,6 +135,35 @@ def test_single_images_go_before_a_search_call_that_waits_but_never_starve_it():
     assert order == ["image 1", "image 2", "search", "image 3"]  # two turns given up, then its own
 
 
+def test_one_users_queued_images_do_not_hold_up_another_users_one_image():
+    from tmpdiff.runner import TurnLock, as_party
+
+    lock, order, held = TurnLock(), [], threading.Event()
+
+    def holder():
+        with lock:
+            held.set()
+            while len(lock._waiting) < 4:
+                time.sleep(0.001)
+
+    def image(party, name):
+        def run():
+            with as_party(party), lock:
+                order.append(name)
+        return threading.Thread(target=run)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    held.wait()
+    callers = [image("a", "a1"), image("a", "a2"), image("a", "a3"), image("b", "b1")]
+    for c in callers:  # asked in this order: b's one image last
+        c.start()
+        time.sleep(0.02)
+    for t in [first, *callers]:
+        t.join()
+    assert order == ["a1", "b1", "a2", "a3"]  # b was never served, a just was: b goes next; a's own stay in order
+
+
 def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_image(tmp_path):
     class Broken:
         def get(self, key):

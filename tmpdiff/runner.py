@@ -293,17 +293,39 @@ def in_background() -> Iterator[None]:
         _BACKGROUND.reset(token)
 
 
+_PARTY: ContextVar[str | None] = ContextVar("tmpdiff_party", default=None)
+
+
+@contextmanager
+def as_party(party: str | None) -> Iterator[None]:
+    """Turns asked in the block are one party's (a browser session's): see ``TurnLock``."""
+    token = _PARTY.set(party)
+    try:
+        yield
+    finally:
+        _PARTY.reset(token)
+
+
 class TurnLock:
     """A lock taken in turn: in the order asked for (``threading.Lock`` lets a thread that releases and asks
-    again cut in line, so a search could starve everyone's images), except that a background call (a search's,
-    see ``in_background``) lets waiting single images go first, at most ``yield_turns`` times, so it is never
-    starved either. Re-entrant for the thread that holds it."""
+    again cut in line, so a search could starve everyone's images), except that
+
+    - a background call (a search's, see ``in_background``) lets waiting single images go first, at most
+      ``yield_turns`` times, so it is never starved either;
+    - among waiting images of several parties (``as_party``: browser sessions), the party served longest ago
+      goes first, so one user's queued images do not hold up another's one image; a party's own turns, and
+      calls of no party, keep the order asked.
+
+    Re-entrant for the thread that holds it."""
 
     def __init__(self, yield_turns: int = 4) -> None:
         self.yield_turns = yield_turns
         self._changed = threading.Condition()
         self._next_ticket = 0
-        self._waiting: dict[int, list[int]] = {}  # ticket -> [background (0/1), turns given up so far]
+        self._waiting: dict[int, tuple[bool, str | None]] = {}  # ticket -> (background, party)
+        self._given_up: dict[int, int] = {}  # background ticket -> turns it let images take
+        self._served: dict[str, int] = {}  # party -> the grant that last served it
+        self._grants = 0
         self._owner: int | None = None
         self._depth = 0
 
@@ -315,12 +337,16 @@ class TurnLock:
                 return self
             ticket = self._next_ticket
             self._next_ticket += 1
-            self._waiting[ticket] = [int(_BACKGROUND.get()), 0]
+            self._waiting[ticket] = (_BACKGROUND.get(), _PARTY.get())
             self._changed.wait_for(lambda: self._owner is None and self._next_up() == ticket)
-            del self._waiting[ticket]
-            for other, waiting in self._waiting.items():  # a background call asked earlier gave up its turn
-                if waiting[0] and other < ticket:
-                    waiting[1] += 1
+            _, party = self._waiting.pop(ticket)
+            self._given_up.pop(ticket, None)
+            for other, (background, _) in self._waiting.items():  # a background call asked earlier gave up its turn
+                if background and other < ticket:
+                    self._given_up[other] = self._given_up.get(other, 0) + 1
+            self._grants += 1
+            if party is not None:
+                self._served[party] = self._grants
             self._owner, self._depth = me, 1
         return self
 
@@ -331,14 +357,18 @@ class TurnLock:
             return self._owner is not None or bool(self._waiting)
 
     def _next_up(self) -> int:
-        """The first ticket asked; a background one goes after waiting images until it has given up its turns."""
+        """The first ticket asked, unless images wait: then the image of the party served longest ago (a
+        background call first asked goes after them until it has given up its turns)."""
         first = min(self._waiting)
-        background, given_up = self._waiting[first]
-        if background and given_up < self.yield_turns:
-            images = [t for t, (b, _) in self._waiting.items() if not b]
-            if images:
-                return min(images)
-        return first
+        images = [t for t, (background, _) in self._waiting.items() if not background]
+        first_is_background = self._waiting[first][0]
+        if not images or (first_is_background and self._given_up.get(first, 0) >= self.yield_turns):
+            return first
+        return min(images, key=self._fair_order)
+
+    def _fair_order(self, ticket: int) -> tuple[int, int]:
+        party = self._waiting[ticket][1]
+        return (self._served.get(party, 0) if party is not None else 0, ticket)
 
     def __exit__(self, *_: object) -> None:
         with self._changed:

@@ -28,7 +28,7 @@ from tmpdiff.limits import APP_SEARCH_WORK, finite
 from tmpdiff.precisions import may_lead
 from tmpdiff.prompts import calibration_prompts
 from tmpdiff.records import stable_hash
-from tmpdiff.runner import RunSettings, TurnLock, describe_build, telling_builds_to
+from tmpdiff.runner import RunSettings, TurnLock, as_party, describe_build, telling_builds_to
 from tmpdiff.search_run import SearchRequest, parse_seeds
 from tmpdiff.study import Study, history
 
@@ -147,7 +147,7 @@ def run_image(app: AppState, model: str, prompt: str, seed: float, steps: float,
     """The run panel: the reference and the schedule's image, and the schedule's summary. ``session``: the
     browser session asking (a few images each, a bounded number in all: ``admission.py``)."""
     try:
-        with app.admission.job("image", session), app.image_turns:
+        with app.admission.job("image", session), as_party(session), app.image_turns:
             return _run_image(app, model, prompt, seed, steps, size, guidance, schedule, progress)
     except Busy as exc:
         raise user_error(exc) from None
