@@ -1,6 +1,7 @@
 """One image over two processes (diffusers' context parallelism, Gloo on the CPU): per-step schedules give the
 one-process image, and every variant is split like the reference."""
 
+import json
 import os
 import socket
 
@@ -87,3 +88,53 @@ def test_context_parallel_needs_a_launcher_and_a_head_count_it_divides(pipes, mo
         parallel.init_process_group()
     with pytest.raises(ValueError, match="2 attention heads, which 3 processes cannot share"):
         parallel.enable_context_parallel(pipes("tiny-flux"), 3)
+
+
+SITE_PATCH = """import torch
+torch.accelerator.device_count = lambda: 1  # diffusers places the model on the process's accelerator
+torch._C._get_accelerator = lambda: torch.device("cpu")
+"""
+
+
+@pytest.mark.slow
+def test_generate_split_over_two_processes_writes_the_one_process_image_once(tmp_path):
+    """The ranks of ``generate --parallel 2`` (started here with torchrun on the CPU, as the flag starts them on
+    GPUs): the first writes the image and stores both evaluations; the image is the one-process image."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from PIL import Image
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITE_PATCH)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)]),
+           "TMPDIFF_CACHE_DIR": str(tmp_path / "cache"), "TMPDIFF_LPIPS_URL": "off"}
+    common = ["generate", "--model", "tiny-flux", "--steps", "4", "--schedule", "fp32,int8*2,skip"]
+    split = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                            "-m", "tmpdiff", "--device", "cpu", *common, "--parallel", "2",
+                            "--db", str(tmp_path / "split.db"), "--out", str(tmp_path / "split.png")],
+                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert split.returncode == 0, split.stderr[-2000:]
+    assert split.stdout.count('"steps_run"') == 1  # one line, from the first process
+    assert json.loads(split.stdout.strip().splitlines()[-1])["split_over_processes"] == 2
+    single = subprocess.run([sys.executable, "-m", "tmpdiff", "--device", "cpu", *common, "--db",
+                             str(tmp_path / "single.db"), "--out", str(tmp_path / "single.png")],
+                            capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert single.returncode == 0, single.stderr[-2000:]
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=np.int16) for n in ("split", "single"))
+    assert np.abs(a - b).max() <= 2  # 8-bit pixels; int8's rounding at most
+    with sqlite3.connect(tmp_path / "split.db") as db:
+        assert db.execute("select count(*) from evaluations").fetchone()[0] == 2  # reference and schedule
+
+
+def test_generate_parallel_on_a_machine_without_gpus_says_so():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "tmpdiff", "--device", "cpu", "generate", "--parallel", "2",
+                             "--out", "x.png"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: --parallel 2 splits one image over 2 CUDA GPUs; this machine has 0 "
+                                     "(on the CPU, leave --parallel out)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from .models import DEFAULT_MODEL, MODELS
 
 if TYPE_CHECKING:
     from .latency import CostTable
-    from .runner import Engine
+    from .runner import Engine, RunSettings
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--verbose", action="store_true",
                      help="add where the seconds went to the output line: imports, weights, reference image, "
                           "schedule image (variant builds included), VAE decoding, writing")
+    gen.add_argument("--parallel", type=int, default=1, metavar="N",
+                     help="one image split over N CUDA GPUs of this machine (context parallelism; the schedule "
+                          "still switches per step): starts N processes through torchrun")
     _add_costs_flag(gen)
     _add_cache_flags(gen)
 
@@ -187,16 +191,41 @@ def main(argv: list[str] | None = None) -> int:
             return _cache(args)
         elif args.command == "warmup":
             return _warmup(args, device)
+        elif args.parallel < 1:
+            raise ValueError(f"--parallel takes a number of GPUs, 1 or more; got {args.parallel}")
+        elif args.parallel > 1 and "RANK" not in os.environ:
+            return _launch_parallel(args, device, argv)
         else:
             return _generate(args, device)
     except ValueError as exc:
-        print(f"error: {in_cli_words(str(exc))}", file=sys.stderr)
+        _say(f"error: {in_cli_words(str(exc))}")
         return EXIT_USAGE
     except OSError as exc:  # a file or folder the command reads or writes: its path and why, in one line
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        _say(f"error: {exc.strerror or exc}{where}")
         return EXIT_USAGE
     return 0
+
+
+def _say(line: str) -> None:
+    """One line on stderr, from one process: the first of a ``--parallel`` launch speaks for all of them."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+
+
+def _launch_parallel(args: argparse.Namespace, device: str, argv: list[str] | None) -> int:
+    """``generate --parallel N``: the same command in N processes, one a GPU, started by torchrun."""
+    import subprocess
+
+    import torch
+
+    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+    if args.parallel > gpus:
+        raise ValueError(f"--parallel {args.parallel} splits one image over {args.parallel} CUDA GPUs; this machine "
+                         f"has {gpus}{'' if gpus else ' (on the CPU, leave --parallel out)'}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.parallel}",
+               "-m", "tmpdiff", *(sys.argv[1:] if argv is None else argv)]
+    return subprocess.run(command, check=False).returncode
 
 
 # The engine's field names (``name`` or ``name=value``), as this command line spells them.
@@ -259,16 +288,29 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     schedule = engine.check_schedule(args.schedule or settings.reference_schedule(), settings)
     target = _target_costs(args)
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
+    split = _split_over_processes(engine, settings, args.parallel) if args.parallel > 1 else 0
     # One image: predicted seconds only from a cost table a search stored (or --costs), never measured here.
-    evaluator = Evaluator(engine, store, measures_costs=False)
+    # Split over processes, each computes both images (no cache hits: one process answering from the cache while
+    # another computes would stall the exchanges between them); the first stores them.
+    evaluator = Evaluator(engine, None if split else store, measures_costs=False)
     Study(evaluator, store).load_stored_costs(settings)
     clock = time.perf_counter()
     reference = evaluator.reference(settings)  # what evaluate() does first: timed apart for --verbose
     reference_s, clock = time.perf_counter() - clock, time.perf_counter()
     evaluation = evaluator.beside(reference, settings, schedule)
     schedule_s, clock = time.perf_counter() - clock, time.perf_counter()
+    if split:
+        from .parallel import is_main_process
+
+        if not is_main_process():
+            return 0
+        keeper = Evaluator(engine, store)
+        keeper.keep(reference)
+        keeper.keep(evaluation)
     save_result(evaluation.image, args.out, video)
     line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
+    if split:
+        line["split_over_processes"] = split
     if args.verbose:
         weights = engine.load_seconds.get(settings.model, 0.0)
         PHASES.update({"weights": weights, "reference_image": max(reference_s - weights, 0.0),
@@ -281,6 +323,20 @@ def _generate(args: argparse.Namespace, device: str) -> int:
         line["predicted_on"] = target_prediction(target, settings.reference_schedule(), schedule)
     print(json.dumps(line))
     return 0
+
+
+def _split_over_processes(engine: Engine, settings: RunSettings, degree: int) -> int:
+    """In a process of a ``--parallel`` launch: joins the others and splits the model's denoisers over them;
+    returns how many processes the denoisers are split over, as their context-parallel config says."""
+    from .parallel import enable_context_parallel, init_process_group, split_degree
+
+    _, world = init_process_group()
+    if world != degree:
+        raise ValueError(f"--parallel {degree} was started with {world} processes: run it as `tmpdiff generate "
+                         f"--parallel {degree} ...`, which starts them itself")
+    pipe = engine.pipeline(settings.model)
+    enable_context_parallel(pipe, world)
+    return split_degree(pipe)
 
 
 def save_result(image: Any, path: Path, video: bool = False, fps: int = 16) -> None:

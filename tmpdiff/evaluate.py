@@ -266,6 +266,11 @@ class Evaluator:
             self._references[key.digest] = evaluation
         return evaluation
 
+    def keep(self, evaluation: Evaluation) -> None:
+        """Stores an evaluation made without this evaluator's store, as ``evaluate`` stores its own."""
+        if self.store is not None:
+            self._store(evaluation.record)
+
     def _store(self, record: EvalRecord) -> None:
         """Keeps the record; a store that cannot be written (a read-only or full disk, a database gone away)
         costs the cache, not the result: it is returned uncached and the failure is told once."""

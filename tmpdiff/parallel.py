@@ -16,7 +16,7 @@ import torch
 
 from .switch import denoisers_of
 
-__all__ = ["enable_context_parallel", "init_process_group", "is_main_process"]
+__all__ = ["enable_context_parallel", "init_process_group", "is_main_process", "split_degree"]
 
 
 def init_process_group() -> tuple[int, int]:
@@ -55,3 +55,10 @@ def enable_context_parallel(pipe: Any, degree: int) -> None:
             raise ValueError(f"{name} has {heads} attention heads, which {degree} processes cannot share "
                              f"(Ulysses splits heads): use a number of GPUs that divides {heads}")
         denoiser.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree))
+
+
+def split_degree(pipe: Any) -> int:
+    """Over how many processes the pipeline's denoisers are split (1: not split), read from their configs."""
+    configs = [getattr(getattr(d, "_parallel_config", None), "context_parallel_config", None)
+               for _, d in denoisers_of(pipe)]
+    return max((c.ulysses_degree or 1) * (c.ring_degree or 1) if c is not None else 1 for c in configs)
