@@ -127,3 +127,10 @@ def test_a_videos_cards_say_its_worst_frame_and_show_a_strip_per_frame():
     assert "mean of 3 frames; worst 0.900" in html
     assert html.count("class='frame") == 3 + 1 and html.count("worst'") == 1  # the strip, then its 3 bars
     assert "frame 1: SSIM 0.9000" in html and views.cards({**summary, "frame_ssim": None}).count("frame-strip") == 0
+
+
+def test_every_precision_of_the_registry_has_its_own_colour():
+    from tmpdiff import PRECISIONS
+
+    assert set(PRECISIONS) <= set(views.COLOURS)
+    assert len(set(views.COLOURS.values())) == len(views.COLOURS)
