@@ -90,7 +90,7 @@ class Study:
             finish(None)
             raise
         finish({"kind": "sweep", "evaluations": len(rows), "from_cache": sum(r["cached"] for r in rows),
-                         "schedules": summarize(rows)})
+                "schedules": summarize(rows)})
         return rows
 
     def _open_run(self, model: str, request: dict[str, Any]) -> tuple[Callable[[RunSettings, Schedule], None],

@@ -278,8 +278,8 @@ def result_views(app: AppState, model: str, prompt: str, seed: float, steps: flo
     label = f"|reference - schedule|: black 0, white {largest}/255 (the largest difference)"
     html = views.cards(summary, target)
     if settings.spec.frames:  # a video plays: both clips, from the engine's frames, as lossless animated PNGs
-        html += views.video_pair(_animation_uri(app.evaluator.reference(settings).image),
-                                 _animation_uri(app.evaluator.evaluate(settings, schedule_obj).image))
+        html += views.video_pair(_data_uri(app.evaluator.reference(settings).image, animated=True),
+                                 _data_uri(app.evaluator.evaluate(settings, schedule_obj).image, animated=True))
     return html, timeline, gr.update(value=diff, label=label)
 
 def comparison_images(app: AppState, report: dict[str, Any]) -> dict[str, str]:
@@ -389,23 +389,18 @@ def _story_request(spec: Any, device: str) -> SearchRequest:
                          ladder=(spec.dtype, *rungs), validation_seeds=(1000,), additivity_samples=0)
 
 
-def _animation_uri(sheet: Any) -> str:
+def _data_uri(image: Any, animated: bool = False) -> str:
+    """A PNG data URI of the engine's pixels (lossless); ``animated``: a video's frame sheet as an animated PNG."""
     import base64
     import io
 
     from tmpdiff.metrics import write_animation
 
     buffer = io.BytesIO()
-    write_animation(sheet, buffer)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _data_uri(image: Any) -> str:
-    import base64
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")  # lossless: the engine's pixels
+    if animated:
+        write_animation(image, buffer)
+    else:
+        image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
