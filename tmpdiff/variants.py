@@ -319,15 +319,16 @@ def _without_instance_forward(module: nn.Module) -> Iterator[Any]:
     parallel = getattr(module, "_parallel_config", None)
     modules = list(module.modules()) if parallel is not None else [module]
     saved = [(m, {k: m.__dict__.pop(k) for k in ("forward", "_diffusers_hook") if k in m.__dict__}) for m in modules]
-    processors = [p for m in modules if getattr(p := getattr(m, "processor", None), "_parallel_config", None)]
-    for holder in (module, *processors) if parallel is not None else ():
+    holders = [] if parallel is None else [module, *(p for m in modules if getattr(
+        p := getattr(m, "processor", None), "_parallel_config", None) is not None)]
+    for holder in holders:
         holder._parallel_config = None
     try:
         yield parallel
     finally:
         for m, attributes in saved:
             m.__dict__.update(attributes)
-        for holder in (module, *processors) if parallel is not None else ():
+        for holder in holders:
             holder._parallel_config = parallel
 
 
