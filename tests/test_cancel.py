@@ -164,6 +164,17 @@ def test_one_users_queued_images_do_not_hold_up_another_users_one_image():
     assert order == ["a1", "b1", "a2", "a3"]  # b was never served, a just was: b goes next; a's own stay in order
 
 
+def test_a_turn_lock_remembers_a_bounded_number_of_sessions():
+    from tmpdiff.runner import FORGET_AFTER_GRANTS, TurnLock, as_party
+
+    lock = TurnLock()
+    for session in range(3 * FORGET_AFTER_GRANTS):  # every visitor of a long-lived app, once each
+        with as_party(f"session {session}"), lock:
+            pass
+    assert len(lock._served) <= 2 * FORGET_AFTER_GRANTS
+    assert f"session {3 * FORGET_AFTER_GRANTS - 1}" in lock._served  # the recent ones are kept
+
+
 def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_image(tmp_path):
     class Broken:
         def get(self, key):

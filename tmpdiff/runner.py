@@ -294,6 +294,7 @@ def in_background() -> Iterator[None]:
 
 
 _PARTY: ContextVar[str | None] = ContextVar("tmpdiff_party", default=None)
+FORGET_AFTER_GRANTS = 1024  # a party's last turn is kept this many turns (see TurnLock._forget_long_served)
 
 
 @contextmanager
@@ -347,6 +348,8 @@ class TurnLock:
             self._grants += 1
             if party is not None:
                 self._served[party] = self._grants
+            if len(self._served) > 2 * FORGET_AFTER_GRANTS:  # a long-lived app meets endless sessions
+                self._forget_long_served()
             self._owner, self._depth = me, 1
         return self
 
@@ -365,6 +368,12 @@ class TurnLock:
         if not images or (first_is_background and self._given_up.get(first, 0) >= self.yield_turns):
             return first
         return min(images, key=self._fair_order)
+
+    def _forget_long_served(self) -> None:
+        """Drops parties not served in the last ``FORGET_AFTER_GRANTS`` grants: all such would go before every
+        party still remembered anyway, as one never served does."""
+        horizon = self._grants - FORGET_AFTER_GRANTS
+        self._served = {party: grant for party, grant in self._served.items() if grant > horizon}
 
     def _fair_order(self, ticket: int) -> tuple[int, int]:
         party = self._waiting[ticket][1]
