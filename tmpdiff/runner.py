@@ -130,6 +130,7 @@ class Result:
 
 
 BuildListener = Callable[[str, Mode, float | None], None]
+TimedCall = tuple[list[Image.Image], Any, float, float]  # images, the schedule's handle, seconds, VAE seconds
 _LISTENER: ContextVar[BuildListener | None] = ContextVar("tmpdiff_build_listener", default=None)
 
 
@@ -258,14 +259,12 @@ class Engine:
         return [n for n in schedule.precisions if precision_status(n, self.device).status is Status.SIMULATED]
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
-                    replay_key: str | None = None, counted_as: str = "denoiser") -> tuple[list[Image.Image], Any,
-                                                                                         float, float]:
+                    replay_key: str | None = None, counted_as: str = "denoiser") -> TimedCall:
         with self._running:
             return self._timed_call_now(pipe, kwargs, schedule, replay, replay_key, counted_as)
 
     def _timed_call_now(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None,
-                        replay_key: str | None, counted_as: str = "denoiser") -> tuple[list[Image.Image], Any,
-                                                                                      float, float]:
+                        replay_key: str | None, counted_as: str = "denoiser") -> TimedCall:
         """One pipeline call; its denoiser calls are counted in ``calls[counted_as]`` (warm-ups apart)."""
         start = time.perf_counter()
         with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
