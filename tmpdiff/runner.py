@@ -228,8 +228,7 @@ class Engine:
         return handle.builds
 
     def _warm_timed_call(self, pipe: Any, make_kwargs: Callable[[], dict[str, Any]], schedule: Schedule,
-                         replay: ReplayStore | None, replay_key: str | None) -> tuple[list[Image.Image], Any, float,
-                                                                                      float]:
+                         replay: ReplayStore | None, replay_key: str | None) -> TimedCall:
         """One timed call. Time spent building variants during it (a cast or a quantization, or compiled
         graphs loaded from the compile cache) is left out of its seconds, as it is of its step times. On CUDA,
         precisions not yet run in this process at these shapes first run in a two-step call (its variants built
