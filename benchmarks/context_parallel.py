@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from step_costs import build, loop  # benchmarks/ is the script's folder, so on sys.path
+from step_costs import build, denoise, loop  # benchmarks/ is the script's folder, so on sys.path
 
 from tmpdiff import Schedule, Status, apply_schedule, parallel, precision_status
 from tmpdiff.variants import bank_for
@@ -28,13 +28,9 @@ from tmpdiff.variants import bank_for
 SCHEDULES = ["bf16*28", "bf16*4,fp8*20,bf16*4", "bf16*4,fp8a8*20,bf16*4"]
 
 
-@torch.no_grad()
 def final_latents(pipe, steps: int) -> torch.Tensor:
     pipe.scheduler.set_timesteps(steps, device="cuda")
-    latents = pipe.latents0.clone()
-    for t in pipe.scheduler.timesteps:
-        latents = pipe.scheduler.step(pipe.call(latents, t), t, latents, return_dict=False)[0]
-    return latents.float().cpu()
+    return denoise(pipe, pipe.latents0.clone()).float().cpu()
 
 
 def main() -> None:

@@ -87,14 +87,21 @@ def build(arch: str, frames: int = 81) -> DenoiseOnly:
 
 
 @torch.no_grad()
+def denoise(pipe: DenoiseOnly, latents: torch.Tensor) -> torch.Tensor:
+    """The denoising loop over the scheduler's timesteps (set beforehand); the final latents."""
+    for t in pipe.scheduler.timesteps:
+        out = pipe.call(latents, t)
+        latents = pipe.scheduler.step(out, t, latents, return_dict=False)[0]
+    return latents
+
+
 def loop(pipe: DenoiseOnly, steps: int) -> float:
+    """Seconds of one denoising loop of ``steps`` steps."""
     pipe.scheduler.set_timesteps(steps, device="cuda")
     latents = pipe.latents0.clone()
     torch.cuda.synchronize()
     start = time.perf_counter()
-    for t in pipe.scheduler.timesteps:
-        out = pipe.call(latents, t)
-        latents = pipe.scheduler.step(out, t, latents, return_dict=False)[0]
+    denoise(pipe, latents)
     torch.cuda.synchronize()
     return time.perf_counter() - start
 
