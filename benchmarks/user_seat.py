@@ -11,6 +11,7 @@ Rows, in order:
 * ``generate`` cold (empty cache folder), then warm with a fresh evaluation database (compile cache warm:
   weights, reference image and schedule image are all paid), then warm with the reference stored by the
   previous row (a second schedule of the same setting, as in an exploring session);
+* with ``--warm-env NAME=VALUE`` (repeatable): the warm row again with that environment variable set;
 * with ``--search``: the FLUX-sized search of issue 23, twice (the second reuses compiled graphs and costs).
 
     python benchmarks/user_seat.py --out benchmarks/results/user_seat_h100.json [--search]
@@ -64,6 +65,10 @@ def plan(args: argparse.Namespace, work: Path) -> list[tuple[str, list[str]]]:
          [*generate, "--schedule", args.second_schedule, "--db", str(work / "warm.db"),
           "--out", str(work / "second.png")]),
     ]
+    for i, setting in enumerate(args.warm_env):  # the warm row again, under another environment setting
+        rows.append((f"generate, warm compile cache, fresh evaluation database, {setting}",
+                     [*generate, "--schedule", args.schedule, "--db", str(work / f"env{i}.db"),
+                      "--out", str(work / f"env{i}.png")]))
     if args.search_only:
         rows = []
     if args.search or args.search_only:
@@ -86,6 +91,8 @@ def main() -> None:
     parser.add_argument("--search", action="store_true", help="also time the FLUX-sized search twice")
     parser.add_argument("--search-only", action="store_true",
                         help="only the search rows (after a run with the same --work folder warmed its caches)")
+    parser.add_argument("--warm-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="time the warm generate again with this environment variable set (repeatable)")
     parser.add_argument("--work", type=Path, default=None, help="folder for caches and outputs (default: a new one)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/user_seat.json"))
@@ -98,7 +105,9 @@ def main() -> None:
         env.pop(variable, None)
     report: dict = {"model": args.model, "size": args.size, "device": args.device, "rows": []}
     for label, command in plan(args, work):
-        row = timed(label, command, env, args.timeout)
+        settings = [item for item in args.warm_env if label.endswith(item)]
+        extra = dict(item.split("=", 1) for item in settings)
+        row = timed(label, command, {**env, **extra}, args.timeout)
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

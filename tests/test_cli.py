@@ -146,10 +146,23 @@ def test_generate_verbose_says_where_the_seconds_went(tmp_path):
     wall = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     phases = json.loads(result.stdout.strip().splitlines()[-1])["phase_seconds"]
-    assert set(phases) == {"imports", "weights", "reference_image", "schedule_image",
+    assert set(phases) == {"start", "imports", "cache_database", "weights", "reference_image", "schedule_image",
                            "vae_decode_in_images", "write"}
     assert all(v >= 0 for v in phases.values()) and phases["imports"] > 0 and phases["weights"] > 0
-    assert sum(phases.values()) - phases["vae_decode_in_images"] < wall
+    accounted = sum(phases.values()) - phases["vae_decode_in_images"]  # VAE decoding is inside the images
+    assert 0.75 * wall < accounted < wall  # the phases, the interpreter's start included, are nearly the whole
+
+
+def test_the_command_exits_quickly_yet_runs_exit_handlers_and_flushes(tmp_path):
+    code = ("import atexit, sys, threading, time\n"
+            "from tmpdiff.cli import leave\n"
+            "atexit.register(lambda: print('handler ran', flush=False))\n"
+            "threading.Thread(target=lambda: (time.sleep(0.5), print('thread finished'))).start()\n"
+            "sys.stdout.write('unflushed ')\n"
+            "leave(3)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert result.stdout.split() == ["unflushed", "thread", "finished", "handler", "ran"]
 
 
 def test_generate_computes_two_images_and_predicts_only_from_a_stored_cost_table(tmp_path, monkeypatch, capsys):

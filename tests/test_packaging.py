@@ -31,7 +31,7 @@ def test_the_wheel_claims_one_top_level_name_and_carries_the_weights(wheel):
                    "tmpdiff/costs/flux-dev-h100.json"):
         assert needed in names, needed
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "tmpdiff = tmpdiff.cli:main" in entry_points and "tmpdiff-app = tmpdiff.ui.serve:main" in entry_points
+    assert "tmpdiff = tmpdiff.cli:run" in entry_points and "tmpdiff-app = tmpdiff.ui.serve:main" in entry_points
 
 
 def test_the_installed_package_runs_from_another_folder(wheel, tmp_path):
