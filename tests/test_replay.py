@@ -115,3 +115,22 @@ def test_a_search_reports_the_same_with_and_without_replay(tmp_path):
     images = [{(r["schedule"], r["settings"]["seed"]): r["image_sha256"] for r in s.evaluations(model="shapes-dit")}
               for s in stores]
     assert images[0] == images[1]  # the cache holds the same images either way
+
+
+def test_an_apps_images_replay_what_they_share_with_their_reference():
+    # The evaluator an app (or `generate`) builds: one replay store for every image. A schedule computes only
+    # from where it leaves its setting's reference, and its image is the one computed without replay.
+    from tmpdiff.evaluate import Evaluator
+    from tmpdiff.runner import Engine, RunSettings
+
+    engine = Engine(device="cpu")
+    settings = RunSettings(model="shapes-dit", seed=3, steps=8)
+    shared = Evaluator(engine, None, predict=False, replay=ReplayStore())  # no cost-table runs in the counts
+    shared.reference(settings)
+    before = dict(engine.calls)
+    replayed = shared.evaluate(settings, "fp32*6,skip,fp32")
+    assert engine.calls["replayed"] - before["replayed"] == 6
+    assert engine.calls["denoiser"] - before["denoiser"] == 1
+    fresh = Evaluator(engine, None, predict=False).evaluate(settings, "fp32*6,skip,fp32")
+    assert np.array_equal(np.asarray(replayed.image), np.asarray(fresh.image))
+    assert replayed.summary()["ssim"] == fresh.summary()["ssim"] and replayed.summary()["seconds"] > 0

@@ -309,6 +309,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace, device: str) -> int:
     from .evaluate import Evaluator
     from .models import get_model
+    from .replay import ReplayStore
     from .runner import RunSettings
     from .study import Study
 
@@ -329,7 +330,8 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     # One image: predicted seconds only from a cost table a search stored (or --costs), never measured here.
     # Split over processes, each computes both images (no cache hits: one process answering from the cache while
     # another computes would stall the exchanges between them); the first stores them.
-    evaluator = Evaluator(engine, None if split else store, measures_costs=False)
+    # The schedule replays what it shares with the reference just computed (its first steps, say).
+    evaluator = Evaluator(engine, None if split else store, measures_costs=False, replay=ReplayStore())
     Study(evaluator, store).load_stored_costs(settings)
     store_s, clock = time.perf_counter() - clock, time.perf_counter()
     reference = evaluator.reference(settings)  # what evaluate() does first: timed apart for --verbose
@@ -350,9 +352,9 @@ def _generate(args: argparse.Namespace, device: str) -> int:
         line["split_over_processes"] = split
     if args.verbose:
         weights = engine.load_seconds.get(settings.model, 0.0)
-        PHASES.update({"cache_database": store_s, "weights": weights, "reference_image": max(reference_s - weights, 0.0),
-                       "schedule_image": schedule_s, "vae_decode_in_images": evaluation.vae_seconds or 0.0,
-                       "write": time.perf_counter() - clock})
+        PHASES.update({"cache_database": store_s, "weights": weights,
+                       "reference_image": max(reference_s - weights, 0.0), "schedule_image": schedule_s,
+                       "vae_decode_in_images": evaluation.vae_seconds or 0.0, "write": time.perf_counter() - clock})
         line["phase_seconds"] = {k: round(v, 3) for k, v in PHASES.items()}
     if target is not None:
         from .cost_tables import target_prediction

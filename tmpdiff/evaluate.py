@@ -89,7 +89,7 @@ class Evaluator:
     """Runs and scores schedules on one engine, through an optional store."""
 
     def __init__(self, engine: Engine, store: EvaluationStore | None = None, predict: bool = True,
-                 measures_costs: bool = True) -> None:
+                 measures_costs: bool = True, replay: ReplayStore | None = None) -> None:
         self.engine = engine
         self.store = store
         self.predict = predict
@@ -100,7 +100,9 @@ class Evaluator:
         self._lock = threading.Lock()
         self._fingerprints: dict[str, str] = {}
         self._references: dict[str, Evaluation] = {}  # by key digest: one reference per setting
-        self.replay: ReplayStore | None = None  # prefixes already run are replayed (a search's own view)
+        # Prefixes already run are replayed: a search's own store (its view's), or one for every image of an
+        # app or a command (a schedule then computes only where it leaves its setting's reference).
+        self.replay: ReplayStore | None = replay
         self.batch_size = 1  # settings per pipeline call in evaluate_all (a search's own view)
         self._tables: dict[tuple[str, int, int], CostTable] = {}  # by (model, steps, size): measured once
         self.store_error: str | None = None  # the last failed cache write, for a front end to show

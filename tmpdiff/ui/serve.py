@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+APP_REPLAY_BYTES = 256 << 20  # denoiser outputs kept for replay across visitors' images (in the model's memory)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -37,6 +39,7 @@ def build(args: argparse.Namespace):
     from tmpdiff.compile_cache import cache_root, check_cache_dir
     from tmpdiff.evaluate import Evaluator
     from tmpdiff.models import quiet_libraries
+    from tmpdiff.replay import ReplayStore
     from tmpdiff.runner import Engine, choose_compile
     from tmpdiff.ui import build_ui
 
@@ -45,7 +48,10 @@ def build(args: argparse.Namespace):
     cache_dir = check_cache_dir(cache_root(args.cache_dir))
     store = None if args.no_cache else Cache(args.db or default_db_path(cache_dir))
     engine = Engine(device=args.device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
-    return build_ui(Evaluator(engine, store), store, model)
+    # One replay store for every visitor's images: a schedule computes only from where it leaves its setting's
+    # reference (bit-identical images; replayed steps keep the seconds they took).
+    images = Evaluator(engine, store, replay=ReplayStore(APP_REPLAY_BYTES))
+    return build_ui(images, store, model)
 
 
 def port_in_use(host: str, port: int) -> bool:
