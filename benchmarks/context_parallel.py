@@ -33,11 +33,33 @@ def final_latents(pipe, steps: int) -> torch.Tensor:
     return denoise(pipe, pipe.latents0.clone()).float().cpu()
 
 
+def profile_loop(pipe, schedule: Schedule, out: Path) -> None:
+    """One timed loop under the profiler: this rank's GPU milliseconds by kernel, collectives (NCCL) summed
+    apart, and the loop's wall time, as JSON."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with apply_schedule(pipe, schedule, compile=True), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        wall = loop(pipe, 28)
+    kernels: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_type.name == "CUDA" and event.self_device_time_total > 0:
+            kernels[event.key[:120]] = kernels.get(event.key[:120], 0.0) + event.self_device_time_total / 1e3
+    nccl = sum(ms for name, ms in kernels.items() if "nccl" in name.lower())
+    top = dict(sorted(((k, round(v, 2)) for k, v in kernels.items()), key=lambda kv: -kv[1])[:20])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"schedule": str(schedule), "loop_wall_s": wall, "gpu_ms": round(sum(kernels.values()), 1),
+              "collectives_ms": round(nccl, 1), "largest_kernels_ms": top}
+    out.write_text(json.dumps(report, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--schedules", default=";".join(SCHEDULES))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--compare-to", type=Path, default=None, help="a 1-GPU run's --out, for the difference")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="folder: one more loop per schedule under the profiler, each rank's largest GPU "
+                             "kernels (collectives apart) written there")
     args = parser.parse_args()
     start = time.perf_counter()
     rank, world = parallel.init_process_group()
@@ -58,6 +80,8 @@ def main() -> None:
                 times.append(loop(pipe, 28))
         rows.append({"schedule": text, "loop_s": statistics.median(times), "runs_s": times,
                      "steps_run": sorted(set(handle.steps_run)), "latents": latents})
+        if args.profile is not None:
+            profile_loop(pipe, schedule, args.profile / f"rank{rank}_schedule{len(rows)}.json")
     if rank == 0:
         report = {"device": torch.cuda.get_device_name(), "gpus": world, "torch": torch.__version__,
                   "whole_script_s": time.perf_counter() - start,

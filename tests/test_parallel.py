@@ -137,3 +137,142 @@ def test_generate_parallel_on_a_machine_without_gpus_says_so():
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: --parallel 2 splits one image over 2 CUDA GPUs; this machine has 0 "
                                      "(on the CPU, leave --parallel out)")
+
+
+MIRRORED = ["fp32,int8*2,skip", "fp32*2,bf16*2"]
+
+
+def _mirror_worker(rank: int, world: int, port: int, out: str, device: str = "cpu",
+                   schedules=MIRRORED) -> None:
+    """An app split over two processes, without the page: the first generates, is cancelled mid-image, then
+    generates again; the second only follows."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    if device == "cpu":
+        torch.accelerator.device_count = lambda: 1
+        torch._C._get_accelerator = lambda: torch.device("cpu")
+    from tmpdiff.cancel import Cancelled, cancellable
+    from tmpdiff.runner import Engine, RunSettings
+
+    engine = Engine(device, compile=device == "cuda")
+    engine.split_over(world, mirror=True)
+    if rank != 0:
+        engine.follow()
+        np.save(out + f".{rank}.npy", np.array([engine.calls["denoiser"]]))
+        return
+    settings = RunSettings(model="tiny-flux", steps=4)
+    first = np.asarray(engine.generate(settings, schedules[0]).image)
+    checks = iter(range(100))
+    try:
+        with cancellable(lambda: next(checks) >= 2):  # the third step boundary: stop
+            engine.generate(settings, schedules[1])
+        raise AssertionError("not cancelled")
+    except Cancelled:
+        pass
+    second = np.asarray(engine.generate(settings, schedules[1]).image)  # the others are ready again
+    engine.release_followers()
+    np.save(out, np.stack([first, second]))
+    np.save(out + ".0.npy", np.array([engine.calls["denoiser"]]))
+
+
+def _run_mirrored(tmp_path, device: str, schedules=MIRRORED):
+    out = str(tmp_path / "mirrored.npy")
+    mp.start_processes(_mirror_worker, args=(2, _free_port(), out, device, schedules), nprocs=2, join=True,
+                       start_method="spawn")
+    leader, follower = (int(np.load(out + f".{rank}.npy")[0]) for rank in (0, 1))
+    return np.load(out), leader, follower
+
+
+@pytest.mark.slow
+def test_a_split_app_keeps_its_processes_in_step_through_a_cancelled_image(tmp_path):
+    images, leader, follower = _run_mirrored(tmp_path, "cpu")
+    assert leader == follower  # the same denoiser calls: the cancelled image stopped at the same step in both
+    from tmpdiff.runner import Engine, RunSettings
+
+    engine = Engine("cpu")
+    for schedule, split in zip(MIRRORED, images, strict=True):
+        single = np.asarray(engine.generate(RunSettings(model="tiny-flux", steps=4), schedule).image)
+        assert np.abs(split.astype(np.int16) - single).max() <= 2, schedule  # 8-bit pixels; rounding at most
+
+
+@pytest.mark.gpu
+def test_a_split_app_on_two_gpus_keeps_its_processes_in_step(tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    schedules = ["fp32,fp8*2,fp32", "fp32*2,bf16*2"]  # compiled variants, NCCL exchanges, a cancelled image
+    images, leader, follower = _run_mirrored(tmp_path, "cuda", schedules)
+    assert leader == follower
+    from tmpdiff.runner import Engine, RunSettings
+
+    engine = Engine("cuda", compile=True)
+    for schedule, split in zip(schedules, images, strict=True):
+        single = np.asarray(engine.generate(RunSettings(model="tiny-flux", steps=4), schedule).image)
+        assert np.abs(split.astype(np.int16) - single).mean() < 1.0, schedule  # 8-bit pixels, sums reordered
+
+
+def test_call_arguments_cross_processes_as_json_with_the_generators_state():
+    from tmpdiff.parallel import decode_call_kwargs, encode_call_kwargs
+
+    generator = torch.Generator().manual_seed(7)
+    torch.randn(3, generator=generator)  # an advanced state, not just a seed
+    encoded = json.loads(json.dumps(encode_call_kwargs({"prompt": ["a", "b"], "height": 64, "generator": generator,
+                                                         "guidance_scale": 3.5, "latents": None})))
+    decoded = decode_call_kwargs(encoded)
+    assert decoded["prompt"] == ["a", "b"] and decoded["height"] == 64 and decoded["latents"] is None
+    assert torch.equal(torch.randn(4, generator=decoded["generator"]), torch.randn(4, generator=generator))
+    with pytest.raises(ValueError, match="cannot pass latents=Tensor"):
+        encode_call_kwargs({"latents": torch.zeros(1)})
+
+
+@pytest.mark.slow
+def test_the_app_split_over_two_processes_serves_the_one_process_image(tmp_path):
+    """``tmpdiff-app --parallel 2`` as torchrun starts it (on the CPU here, Gloo): the first process serves the
+    page, the second makes the same pipeline calls; the served image is the one-process image, and its stored
+    evaluation says it was split (its seconds never answer for one GPU's)."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import ROOT, free_port
+    from gradio_client import Client
+    from PIL import Image
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITE_PATCH)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)]),
+           "TMPDIFF_LPIPS_URL": "off"}
+    port, db = free_port(), tmp_path / "app.db"
+    app = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                            "-m", "tmpdiff.ui.serve", "--device", "cpu", "--parallel", "2", "--model", "tiny-flux",
+                            "--port", str(port), "--db", str(db), "--cache-dir", str(tmp_path / "cache")],
+                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log", "w"),  # noqa: SIM115
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert app.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[-3000:]
+                time.sleep(1)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        from tmpdiff.runner import Engine, RunSettings
+
+        engine = Engine("cpu")
+        for schedule in MIRRORED:
+            (_, served), metrics = client.predict(model="tiny-flux", steps=4, schedule=schedule,
+                                                  api_name="/generate")
+            assert metrics["split_over_processes"] == 2 and metrics["steps_run"] == schedule.replace(
+                "int8*2", "int8,int8").replace("fp32*2", "fp32,fp32").replace("bf16*2", "bf16,bf16").split(",")
+            single = np.asarray(engine.generate(RunSettings(model="tiny-flux", steps=4), schedule).image)
+            assert np.abs(np.asarray(Image.open(served), dtype=np.int16) - single).max() <= 2, schedule
+    finally:
+        os.killpg(app.pid, signal.SIGTERM)
+        app.wait(60)
+    with sqlite3.connect(db) as stored:
+        devices = [json.loads(row[0]) for row in stored.execute("select device from evaluations")]
+    assert len(devices) == 3 and all(d["split_over"] == 2 for d in devices)  # a reference, two schedules

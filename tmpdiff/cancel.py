@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["Cancelled", "cancellable", "raise_if_cancelled"]
+__all__ = ["Cancelled", "agreeing", "cancellable", "raise_if_cancelled"]
 
 _SHOULD_STOP: ContextVar[Callable[[], bool] | None] = ContextVar("tmpdiff_should_stop", default=None)
+# Processes that share each step (one image split over GPUs) decide together: any one's stop is everyone's.
+_AGREE: ContextVar[Callable[[bool], bool] | None] = ContextVar("tmpdiff_agree", default=None)
 
 
 class Cancelled(Exception):  # noqa: N818 (what happened, as the front ends say it)
@@ -31,7 +33,22 @@ def cancellable(should_stop: Callable[[], bool] | None) -> Iterator[None]:
         _SHOULD_STOP.reset(token)
 
 
+@contextmanager
+def agreeing(agree: Callable[[bool], bool] | None) -> Iterator[None]:
+    """Within the block, every step boundary's decision goes through ``agree`` (this process's wish in, the
+    group's decision out), so processes that exchange data every step all stop at the same boundary."""
+    token = _AGREE.set(agree)
+    try:
+        yield
+    finally:
+        _AGREE.reset(token)
+
+
 def raise_if_cancelled() -> None:
     should_stop = _SHOULD_STOP.get()
-    if should_stop is not None and should_stop():
+    stop = should_stop is not None and should_stop()
+    agree = _AGREE.get()
+    if agree is not None:
+        stop = agree(stop)
+    if stop:
         raise Cancelled("cancelled")

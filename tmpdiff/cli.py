@@ -251,17 +251,9 @@ def _say(line: str) -> None:
 
 def _launch_parallel(args: argparse.Namespace, device: str, argv: list[str] | None) -> int:
     """``generate --parallel N``: the same command in N processes, one a GPU, started by torchrun."""
-    import subprocess
+    from .parallel import run_over_gpus
 
-    import torch
-
-    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
-    if args.parallel > gpus:
-        raise ValueError(f"--parallel {args.parallel} splits one image over {args.parallel} CUDA GPUs; this machine "
-                         f"has {gpus}{'' if gpus else ' (on the CPU, leave --parallel out)'}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.parallel}",
-               "-m", "tmpdiff", *(sys.argv[1:] if argv is None else argv)]
-    return subprocess.run(command, check=False).returncode
+    return run_over_gpus(args.parallel, device, ["-m", "tmpdiff", *(sys.argv[1:] if argv is None else argv)])
 
 
 # The engine's field names (``name`` or ``name=value``), as this command line spells them.
@@ -364,18 +356,13 @@ def _generate(args: argparse.Namespace, device: str) -> int:
     return 0
 
 
-def _split_over_processes(engine: Engine, settings: RunSettings, degree: int) -> int:
+def _split_over_processes(engine: Engine, settings: RunSettings, processes: int) -> int:
     """In a process of a ``--parallel`` launch: joins the others and splits the model's denoisers over them;
     returns how many processes the denoisers are split over, as their context-parallel config says."""
-    from .parallel import enable_context_parallel, init_process_group, split_degree
+    from .parallel import split_degree
 
-    _, world = init_process_group()
-    if world != degree:
-        raise ValueError(f"--parallel {degree} was started with {world} processes: run it as `tmpdiff generate "
-                         f"--parallel {degree} ...`, which starts them itself")
-    pipe = engine.pipeline(settings.model)
-    enable_context_parallel(pipe, world)
-    return split_degree(pipe)
+    engine.split_over(processes)
+    return split_degree(engine.pipeline(settings.model))
 
 
 def save_result(image: Any, path: Path, video: bool = False, fps: int = 16) -> None:

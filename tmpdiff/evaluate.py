@@ -119,7 +119,7 @@ class Evaluator:
         return EvalKey(
             model=settings.model, model_hash=self.model_hash(settings.model), settings=settings.to_dict(),
             schedule=str(schedule), schedule_hash=schedule.hash,
-            device=device_fingerprint(self.engine.device, self.engine.mode),
+            device=device_fingerprint(self.engine.device, self.engine.mode, self.engine.split),
         )
 
     def model_hash(self, model: str) -> str:

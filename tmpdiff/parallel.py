@@ -9,14 +9,31 @@ GPU, each step on all of them.
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from typing import Any
 
 import torch
 
 from .switch import denoisers_of
 
-__all__ = ["enable_context_parallel", "init_process_group", "is_main_process", "split_degree"]
+__all__ = ["CallMirror", "decode_call_kwargs", "enable_context_parallel", "encode_call_kwargs",
+           "init_process_group", "is_main_process", "run_over_gpus", "split_degree"]
+
+
+def run_over_gpus(processes: int, device: str, command: list[str]) -> int:
+    """Runs ``python <command>`` in ``processes`` processes, one a CUDA GPU, through torchrun; its exit code.
+    Refused (``ValueError``) when this machine has fewer GPUs."""
+    import subprocess
+    import sys
+
+    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+    if processes > gpus:
+        raise ValueError(f"--parallel {processes} splits one image over {processes} CUDA GPUs; this machine "
+                         f"has {gpus}{'' if gpus else ' (on the CPU, leave --parallel out)'}")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return subprocess.run([*launch, *command], check=False).returncode
 
 
 def init_process_group() -> tuple[int, int]:
@@ -62,3 +79,86 @@ def split_degree(pipe: Any) -> int:
     configs = [getattr(getattr(d, "_parallel_config", None), "context_parallel_config", None)
                for _, d in denoisers_of(pipe)]
     return max((c.ulysses_degree or 1) * (c.ring_degree or 1) if c is not None else 1 for c in configs)
+
+
+class CallMirror:
+    """An app split over the processes of a ``--parallel`` launch: the first process serves people and tells the
+    others each pipeline call it makes, in its order, and they make the same call (the denoiser exchanges data
+    between all of them every step, so every call must be made by all, in one order).
+
+    Messages are JSON on a Gloo group of their own (on the CPU, beside NCCL's exchanges); nothing is pickled.
+    A stop asked in the first process is agreed at the next step boundary (see ``cancel.agreeing``), so every
+    process leaves the call at the same step."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.rank = dist.get_rank()
+        self._group = dist.new_group(backend="gloo")  # every process makes this call, in this order
+        self._lock = threading.RLock()  # one message and the work it announces at a time (see Engine)
+
+    @property
+    def leads(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    def announce(self, message: dict[str, Any]) -> None:
+        """In the first process: the message every other process acts on next."""
+        _broadcast_json(message, self._group)
+
+    def next_message(self) -> dict[str, Any]:
+        """In the other processes: the first process's next message (waits for it)."""
+        return _broadcast_json(None, self._group)
+
+    def any_stops(self, stop: bool) -> bool:
+        """True on every process when any one of them asks to stop (a collective: all call it together)."""
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(stop)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(flag.item())
+
+
+def _broadcast_json(message: dict[str, Any] | None, group: Any) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    payload = json.dumps(message).encode() if message is not None else b""
+    size = torch.tensor([len(payload)], dtype=torch.int64)
+    dist.broadcast(size, src=0, group=group)
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else \
+        torch.empty(int(size.item()), dtype=torch.uint8)
+    dist.broadcast(data, src=0, group=group)
+    return message if message is not None else json.loads(bytes(data.tolist()).decode())
+
+
+def encode_call_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline call's arguments as JSON: text, numbers and lists of them as they are; a generator as its
+    device and state, so another process draws the same noise."""
+    return {key: _encoded(value, key) for key, value in kwargs.items()}
+
+
+def decode_call_kwargs(encoded: dict[str, Any]) -> dict[str, Any]:
+    return {key: _decoded(value) for key, value in encoded.items()}
+
+
+def _encoded(value: Any, key: str) -> Any:
+    if isinstance(value, torch.Generator):
+        return {"generator": str(value.device), "state": value.get_state().numpy().tobytes().hex()}
+    if isinstance(value, list | tuple):
+        return [_encoded(item, key) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise ValueError(f"a split pipeline call cannot pass {key}={type(value).__name__} to its other processes")
+
+
+def _decoded(value: Any) -> Any:
+    if isinstance(value, dict):  # a generator: on this process's own GPU where the first's was on its
+        generator = torch.Generator("cuda" if value["generator"].startswith("cuda") else value["generator"])
+        generator.set_state(torch.frombuffer(bytearray.fromhex(value["state"]), dtype=torch.uint8))
+        return generator
+    if isinstance(value, list):
+        return [_decoded(item) for item in value]
+    return value

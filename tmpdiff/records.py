@@ -22,8 +22,9 @@ def stable_hash(data: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def device_fingerprint(device: str, mode: str) -> dict[str, Any]:
-    """What decides numerics and speed on this machine (``mode``: eager, compiled or aot)."""
+def device_fingerprint(device: str, mode: str, split: int = 1) -> dict[str, Any]:
+    """What decides numerics and speed on this machine (``mode``: eager, compiled or aot; ``split``: over how
+    many GPUs each image is split, so that a split image's seconds never answer for one GPU's)."""
     import diffusers
     import torchao
 
@@ -31,7 +32,7 @@ def device_fingerprint(device: str, mode: str) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if kind == "cuda" else f"cpu-{platform.machine()}"
     return {"device": name, "torch": torch.__version__, "torchao": torchao.__version__,
             "diffusers": diffusers.__version__, "compiled": mode != "eager",
-            **({"mode": str(mode)} if mode == "aot" else {})}
+            **({"mode": str(mode)} if mode == "aot" else {}), **({"split_over": split} if split > 1 else {})}
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -23,6 +24,9 @@ from .replay import ReplayStore
 from .schedule import Schedule
 from .switch import apply_schedule
 from .variants import BuildInfo, Mode
+
+if TYPE_CHECKING:
+    from .parallel import CallMirror
 
 __all__ = ["Engine", "Result", "RunSettings", "choose_compile", "default_device", "describe_build", "device_name",
            "telling_builds_to"]
@@ -174,14 +178,72 @@ class Engine:
         self._running = TurnLock()
         # (pipeline, call shapes, precision) already run in this process: their kernels are loaded and warm.
         self._warmed: set[tuple[int, tuple[Any, ...], str]] = set()
+        self.split = 1  # processes each denoiser is split over (see split_over)
+        self.mirror: CallMirror | None = None  # an app split over processes: the first tells the others
+
+    def split_over(self, processes: int, mirror: bool = False) -> None:
+        """Joins a ``torchrun`` launch of ``processes`` (one a GPU); every pipeline this engine loads is then
+        split over them (context parallelism). With ``mirror`` (an app) the first process leads: the others
+        run :meth:`follow`; without (a command) every process runs the same program."""
+        from .parallel import CallMirror, init_process_group
+
+        _, world = init_process_group()
+        if world != processes:
+            raise ValueError(f"--parallel {processes} was started with {world} processes: pass --parallel "
+                             f"{processes} and let tmpdiff start them")
+        self.split = processes
+        self.mirror = CallMirror() if mirror else None
 
     def pipeline(self, model: str) -> Any:
         with self._lock:
             if model not in self._pipes:
-                start = time.perf_counter()
-                self._pipes[model] = load_pipeline(model, self.device)
-                self.load_seconds[model] = time.perf_counter() - start
+                with self._told_to_followers({"load": model}):
+                    start = time.perf_counter()
+                    pipe = load_pipeline(model, self.device)
+                    if self.split > 1:
+                        from .parallel import enable_context_parallel
+
+                        enable_context_parallel(pipe, self.split)
+                    self._pipes[model] = pipe
+                    self.load_seconds[model] = time.perf_counter() - start
             return self._pipes[model]
+
+    def follow(self) -> None:
+        """In the other processes of a split app: loads and calls as the first process says, until it says
+        stop. A call that fails or is cancelled here failed or was cancelled there too (same inputs, same
+        agreed stop): the next one is awaited."""
+        from .cancel import Cancelled
+        from .parallel import decode_call_kwargs
+
+        assert self.mirror is not None and not self.mirror.leads, "only the other processes of a split app follow"
+        while "stop" not in (message := self.mirror.next_message()):
+            if "load" in message:
+                self.pipeline(message["load"])
+                continue
+            try:
+                self._timed_call_now(self._pipes[message["call"]], decode_call_kwargs(message["kwargs"]),
+                                     Schedule.parse(message["schedule"]), None, None, message["counted_as"])
+            except Cancelled:
+                pass
+            except Exception as exc:  # noqa: BLE001 (the first process reports it to its user)
+                print(f"warning: process {self.mirror.rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def release_followers(self) -> None:
+        """In the first process of a split app, as it ends: the others return from :meth:`follow`."""
+        if self.mirror is not None and self.mirror.leads:
+            with self.mirror.lock:
+                self.mirror.announce({"stop": True})
+
+    @contextmanager
+    def _told_to_followers(self, message: dict[str, Any]) -> Iterator[None]:
+        """In the first process of a split app: the other processes are told ``message`` and the block runs
+        before anything else is told (they act on messages in order)."""
+        if self.mirror is None or not self.mirror.leads:
+            yield
+            return
+        with self.mirror.lock:
+            self.mirror.announce(message)
+            yield
 
     def check_schedule(self, schedule: Schedule | str, settings: RunSettings) -> Schedule:
         """The schedule, validated against the settings' steps and this device."""
@@ -265,6 +327,20 @@ class Engine:
     def _timed_call_now(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None,
                         replay_key: str | None, counted_as: str = "denoiser") -> TimedCall:
         """One pipeline call; its denoiser calls are counted in ``calls[counted_as]`` (warm-ups apart)."""
+        if self.mirror is not None:  # a split app: every process makes this call, and stops at the same step
+            from .cancel import agreeing
+            from .parallel import encode_call_kwargs
+
+            model = next(name for name, loaded in self._pipes.items() if loaded is pipe)
+            message = {"call": model, "kwargs": encode_call_kwargs(kwargs), "schedule": str(schedule),
+                       "counted_as": counted_as}
+            # No replay: a hit in one process would skip the exchanges the others make.
+            with self._told_to_followers(message), agreeing(self.mirror.any_stops):
+                return self._call_pipeline(pipe, kwargs, schedule, None, None, counted_as)
+        return self._call_pipeline(pipe, kwargs, schedule, replay, replay_key, counted_as)
+
+    def _call_pipeline(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None,
+                       replay_key: str | None, counted_as: str) -> TimedCall:
         start = time.perf_counter()
         with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
                                              on_build=_LISTENER.get() or self.on_build, replay=replay,

@@ -171,6 +171,8 @@ def _run_image(app: AppState, model: str, prompt: str, seed: float, steps: float
         gr.Warning(f"{app.evaluator.store_error}: this result is shown but not kept; check the database and its "
                    "folder (free space, permissions)")
     summary = result.summary()
+    if app.evaluator.engine.split > 1:
+        summary["split_over_processes"] = app.evaluator.engine.split
     if result.record.simulated:
         summary["note"] = f"simulated precisions ({', '.join(result.record.simulated)}): no speed claim"
     return (reference.image, result.image), summary

@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tmpdiff.runner import Engine
 
 APP_REPLAY_BYTES = 256 << 20  # denoiser outputs kept for replay across visitors' images (in the model's memory)
 
@@ -27,31 +31,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--analytics", action="store_true",
                         help="let Gradio send its usage analytics (off unless asked for, here or with "
                              "GRADIO_ANALYTICS_ENABLED=True)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="split each image over N CUDA GPUs of this machine (context parallelism; schedules "
+                             "still switch per step): starts N processes through torchrun, the first serves the page")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="tmpdiff cache folder: compiled variants and the default database "
                              "(default: $TMPDIFF_CACHE_DIR or the user cache folder)")
     return parser.parse_args(argv)
 
 
-def build(args: argparse.Namespace):
+def build(args: argparse.Namespace, engine: Engine | None = None):
+    """The app's Blocks on ``engine`` (default: one made from ``args``)."""
     from tmpdiff import DEFAULT_MODEL, get_model
     from tmpdiff.cache import Cache, default_db_path
-    from tmpdiff.compile_cache import cache_root, check_cache_dir
     from tmpdiff.evaluate import Evaluator
-    from tmpdiff.models import quiet_libraries
     from tmpdiff.replay import ReplayStore
-    from tmpdiff.runner import Engine, choose_compile
     from tmpdiff.ui import build_ui
 
-    quiet_libraries()
+    engine = engine or make_engine(args)
     model = get_model(args.model or DEFAULT_MODEL).name
-    cache_dir = check_cache_dir(cache_root(args.cache_dir))
-    store = None if args.no_cache else Cache(args.db or default_db_path(cache_dir))
-    engine = Engine(device=args.device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
+    store = None if args.no_cache else Cache(args.db or default_db_path(engine.compile_cache.root.parent))
     # One replay store for every visitor's images: a schedule computes only from where it leaves its setting's
     # reference (bit-identical images; replayed steps keep the seconds they took).
     images = Evaluator(engine, store, replay=ReplayStore(APP_REPLAY_BYTES))
     return build_ui(images, store, model)
+
+
+def make_engine(args: argparse.Namespace) -> Engine:
+    """The engine for the app's flags; with ``--parallel N`` inside a launch, split over its processes (every
+    process makes this call, the first to serve, the others to follow it)."""
+    from tmpdiff.compile_cache import cache_root, check_cache_dir
+    from tmpdiff.models import quiet_libraries
+    from tmpdiff.runner import Engine, choose_compile
+
+    quiet_libraries()
+    cache_dir = check_cache_dir(cache_root(args.cache_dir))
+    engine = Engine(device=args.device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
+    if args.parallel > 1:
+        engine.split_over(args.parallel, mirror=True)
+    return engine
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -68,6 +86,11 @@ def port_in_use(host: str, port: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.parallel < 1:
+        print(f"error: --parallel takes a number of GPUs, 1 or more; got {args.parallel}", file=sys.stderr)
+        return 2
+    if args.parallel > 1 and os.environ.get("RANK", "0") != "0":  # a following process: no page, no port
+        return _follow(args)
     # Set before Gradio is imported: it reads the switch once.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "True" if args.analytics else \
         os.environ.get("GRADIO_ANALYTICS_ENABLED", "False")
@@ -76,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        demo = build(args)
+        if args.parallel > 1 and "RANK" not in os.environ:
+            return _launch(args, argv)
+        engine = make_engine(args)
+        demo = build(args, engine)
     except ValueError as exc:
         from tmpdiff.cli import in_cli_words
 
@@ -84,8 +110,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tmpdiff.ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
 
-    demo.queue(**QUEUE_OPTIONS).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                   **LAUNCH_OPTIONS)
+    try:
+        demo.queue(**QUEUE_OPTIONS).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                           **LAUNCH_OPTIONS)
+    finally:
+        engine.release_followers()
+    return 0
+
+
+def _launch(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--parallel N``: this app in N processes, one a GPU, started by torchrun."""
+    from tmpdiff.parallel import run_over_gpus
+    from tmpdiff.runner import default_device
+
+    command = ["-m", "tmpdiff.ui.serve", *(sys.argv[1:] if argv is None else argv)]
+    return run_over_gpus(args.parallel, args.device or default_device(), command)
+
+
+def _follow(args: argparse.Namespace) -> int:
+    """A process of a ``--parallel`` app other than the first: makes the first one's pipeline calls."""
+    engine = make_engine(args)
+    engine.follow()
     return 0
 
 
