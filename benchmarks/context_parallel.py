@@ -33,12 +33,12 @@ def final_latents(pipe, steps: int) -> torch.Tensor:
     return denoise(pipe, pipe.latents0.clone()).float().cpu()
 
 
-def profile_loop(pipe, schedule: Schedule, mode: str, out: Path) -> None:
+def profile_loop(pipe, schedule: Schedule, out: Path) -> None:
     """One timed loop under the profiler: this rank's GPU milliseconds by kernel, collectives (NCCL) summed
     apart, and the loop's wall time, as JSON."""
     from torch.profiler import ProfilerActivity, profile
 
-    with apply_schedule(pipe, schedule, compile=mode), profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with apply_schedule(pipe, schedule, compile=True), profile(activities=[ProfilerActivity.CUDA]) as prof:
         wall = loop(pipe, 28)
     kernels: dict[str, float] = {}
     for event in prof.key_averages():
@@ -52,31 +52,11 @@ def profile_loop(pipe, schedule: Schedule, mode: str, out: Path) -> None:
     out.write_text(json.dumps(report, indent=1) + "\n")
 
 
-def _key(row: dict) -> str:
-    return f"{row.get('mode', 'compiled')} {row['schedule']}"
-
-
-def time_schedule(pipe, schedule: Schedule, mode: str) -> dict:
-    """One untimed loop (builds, compiles, records graphs; its final latents are the compared result), then
-    the median of three timed loops."""
-    with apply_schedule(pipe, schedule, compile=mode):
-        latents = final_latents(pipe, 28)
-    times = []
-    for _ in range(3):
-        with apply_schedule(pipe, schedule, compile=mode) as handle:
-            times.append(loop(pipe, 28))
-    return {"schedule": str(schedule), "loop_s": statistics.median(times), "runs_s": times,
-            "steps_run": sorted(set(handle.steps_run)), "latents": latents}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--schedules", default=";".join(SCHEDULES))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--compare-to", type=Path, default=None, help="a 1-GPU run's --out, for the difference")
-    parser.add_argument("--modes", default="compiled",
-                        help="comma-separated: compiled (torch.compile per block) and/or graphed (the same with "
-                             "CUDA graphs); each schedule is timed in each")
     parser.add_argument("--profile", type=Path, default=None,
                         help="folder: one more loop per schedule under the profiler, each rank's largest GPU "
                              "kernels (collectives apart) written there")
@@ -88,41 +68,36 @@ def main() -> None:
     if world > 1:
         parallel.enable_context_parallel(pipe, world)
     rows = []
-    for mode in args.modes.split(","):
-        for text in args.schedules.split(";"):
-            schedule = Schedule.parse(text, 28)
-            if not all(precision_status(name, "cuda").status is Status.REAL for name in set(schedule)):
-                continue  # e.g. fp8a8 without the fa3-fwd wheel
-            try:
-                rows.append({"mode": mode, **time_schedule(pipe, schedule, mode)})
-            except Exception as exc:  # noqa: BLE001 (a mode that fails is a result too; the others still run)
-                rows.append({"mode": mode, "schedule": text, "error": f"{type(exc).__name__}: {str(exc)[:400]}"})
-                continue
-            if args.profile is not None:
-                profile_loop(pipe, schedule, mode, args.profile / f"rank{rank}_{mode}_schedule{len(rows)}.json")
+    for text in args.schedules.split(";"):
+        schedule = Schedule.parse(text, 28)
+        if not all(precision_status(name, "cuda").status is Status.REAL for name in set(schedule)):
+            continue  # e.g. fp8a8 without the fa3-fwd wheel
+        with apply_schedule(pipe, schedule, compile=True):
+            latents = final_latents(pipe, 28)  # builds and compiles; its latents are the compared result
+        times = []
+        for _ in range(3):
+            with apply_schedule(pipe, schedule, compile=True) as handle:
+                times.append(loop(pipe, 28))
+        rows.append({"schedule": text, "loop_s": statistics.median(times), "runs_s": times,
+                     "steps_run": sorted(set(handle.steps_run)), "latents": latents})
+        if args.profile is not None:
+            profile_loop(pipe, schedule, args.profile / f"rank{rank}_schedule{len(rows)}.json")
     if rank == 0:
         report = {"device": torch.cuda.get_device_name(), "gpus": world, "torch": torch.__version__,
                   "whole_script_s": time.perf_counter() - start,
                   "memory": {k: v / 2**30 for k, v in bank_for(pipe.transformer).memory_bytes().items()},
                   "rows": [{k: v for k, v in r.items() if k != "latents"} for r in rows]}
-        timed = [(row, r) for row, r in zip(report["rows"], rows, strict=True) if "latents" in r]
-        torch.save({_key(r): r["latents"] for _, r in timed}, args.out.with_suffix(".pt"))
-        baseline = next((r["loop_s"] for _, r in timed if _key(r) == "compiled bf16*28"), None)
-        for row, r in timed:
-            if baseline is not None:
-                row["vs_compiled_bf16"] = baseline / r["loop_s"]  # the same GPUs, this run
+        torch.save({r["schedule"]: r["latents"] for r in rows}, args.out.with_suffix(".pt"))
         if args.compare_to is not None:
             base = json.loads(args.compare_to.read_text())
             single = torch.load(args.compare_to.with_suffix(".pt"))
-            by_key = {_key(r): r for r in base["rows"] if "loop_s" in r}
-            for row, r in timed:
-                if _key(r) not in single:
-                    continue
-                ref = single[_key(r)]
+            by_schedule = {r["schedule"]: r for r in base["rows"]}
+            for row, r in zip(report["rows"], rows, strict=True):
+                ref = single[row["schedule"]]
                 row["max_abs_difference_vs_1_gpu"] = float((r["latents"] - ref).abs().max())
                 error = (r["latents"] - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()
                 row["relative_rms_vs_1_gpu"] = float(error)
-                row["speedup_vs_1_gpu"] = by_key[_key(r)]["loop_s"] / row["loop_s"]
+                row["speedup_vs_1_gpu"] = by_schedule[row["schedule"]]["loop_s"] / row["loop_s"]
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report), flush=True)
     dist.destroy_process_group()

@@ -531,8 +531,7 @@ def describe_build(precision: str, mode: Mode, expected: float | None) -> str:
     """What a front end says while a variant is being built."""
     if mode is Mode.EAGER:
         return f"preparing {precision} weights"
-    what = {Mode.COMPILED: "compiling", Mode.GRAPHED: "compiling (with CUDA graphs)"}.get(mode,
-                                                                                      "compiling ahead of time")
+    what = "compiling" if mode is Mode.COMPILED else "compiling ahead of time"
     if expected is None:
         return f"{what} {precision} for this model (first time only; later runs load it from the cache)"
     return f"{what} {precision} for this model (first time only, ~{expected:.0f} s)"

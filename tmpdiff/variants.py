@@ -37,7 +37,6 @@ class Mode(enum.StrEnum):
 
     EAGER = "eager"
     COMPILED = "compiled"  # torch.compile, per repeated block
-    GRAPHED = "graphed"  # torch.compile with CUDA graphs ("reduce-overhead"), per repeated block
     AOT = "aot"  # AOTInductor packages, per repeated block: no torch.compile in the process
 
     @classmethod
@@ -123,10 +122,8 @@ class VariantBank:
             else:
                 # A copy that shares the eager variant's (quantized) weights: no second copy.
                 eager = self.variants.get((name, Mode.EAGER)) or self._make(get_precision(name))
-                if mode is Mode.AOT:
-                    variant, from_cache, note = self._compile_ahead(name, eager, example, cache)
-                else:
-                    variant, from_cache, note = self._compile(name, eager, example, cache, mode)
+                build = self._compile if mode is Mode.COMPILED else self._compile_ahead
+                variant, from_cache, note = build(name, eager, example, cache)
             self.variants[key] = variant
             left = self.unswitched_layers() if get_precision(name).kind is Kind.TORCHAO else []
             if left:
@@ -135,14 +132,14 @@ class VariantBank:
             self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note)
         return self.variants[key]
 
-    def _compile(self, name: str, eager: nn.Module, example: Call | None, cache: CompileCache | None,
-                 mode: Mode = Mode.COMPILED) -> tuple[nn.Module, bool, str]:
+    def _compile(self, name: str, eager: nn.Module, example: Call | None,
+                 cache: CompileCache | None) -> tuple[nn.Module, bool, str]:
         variant = _copy(eager, share=True)
-        _compile_regionally(variant, graphed=mode is Mode.GRAPHED)
+        _compile_regionally(variant)
         if example is None:
             return variant, False, "compiles at its first call"
         args, kwargs = example
-        key = CompileKey.make(mode.value, name, variant, args, kwargs, self._device())
+        key = CompileKey.make(Mode.COMPILED.value, name, variant, args, kwargs, self._device())
         loaded = cache.load_artifacts(key) if cache else False
         start = time.perf_counter()
         with torch.no_grad(), attention_context(variant):
@@ -355,19 +352,17 @@ def _parallel_like(module: nn.Module, parallel: Any) -> None:
     module.enable_parallelism(config=dataclasses.replace(cp, mesh=cp._mesh))  # the reference's groups, none new
 
 
-def _compile_regionally(module: nn.Module, graphed: bool = False) -> None:
-    """Compile the repeated blocks where the model declares them, else the whole module; ``graphed``: each
-    compiled block replays a CUDA graph (one per block and variant), so launching a step costs the CPU little.
+def _compile_regionally(module: nn.Module) -> None:
+    """Compile the repeated blocks where the model declares them, else the whole module.
 
     ``dynamic=False``: the first block of a run can see a differently strided input than the
     others (a view of the previous block's output); with automatic dynamic shapes that second
     graph of the block class would be recompiled with symbolic strides, slower to build and to run.
     """
-    options = {"mode": "reduce-overhead"} if graphed else {}
     if getattr(module, "_repeated_blocks", None):
-        module.compile_repeated_blocks(fullgraph=True, dynamic=False, **options)
+        module.compile_repeated_blocks(fullgraph=True, dynamic=False)
     else:
-        module.compile(dynamic=False, **options)
+        module.compile(dynamic=False)
 
 
 def _synchronize(device: torch.device) -> None:
