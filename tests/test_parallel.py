@@ -276,3 +276,18 @@ def test_the_app_split_over_two_processes_serves_the_one_process_image(tmp_path)
     with sqlite3.connect(db) as stored:
         devices = [json.loads(row[0]) for row in stored.execute("select device from evaluations")]
     assert len(devices) == 3 and all(d["split_over"] == 2 for d in devices)  # a reference, two schedules
+
+
+def test_app_parallel_mistakes_are_one_line_and_exit_2():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for flags, message in ((["--parallel", "2", "--device", "cpu"],
+                            "error: --parallel 2 splits one image over 2 CUDA GPUs; this machine has 0 (on the CPU, "
+                            "leave --parallel out)"),
+                           (["--parallel", "0"], "error: --parallel takes a number of GPUs, 1 or more; got 0")):
+        result = subprocess.run([sys.executable, "app.py", *flags, "--port", "0"], capture_output=True, text=True,
+                                timeout=300, cwd=ROOT)
+        assert result.returncode == 2 and result.stderr.strip() == message, result.stderr
