@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .latency import CostTable
 from .models import get_model
-from .schedule import Schedule
+
+if TYPE_CHECKING:  # imported where used: listing the shipped tables (the CLI's help) needs no torch
+    from .latency import CostTable
+    from .schedule import Schedule
 
 __all__ = ["SHIPPED", "load_cost_table", "matching_tables", "prediction_label", "shipped_tables", "target_prediction"]
 
@@ -34,6 +36,8 @@ def load_cost_table(name_or_path: str | Path, model: str) -> CostTable:
     if not path.is_file():
         raise ValueError(f"costs={str(name_or_path)!r} is neither a shipped table ({', '.join(shipped_tables())}) "
                          "nor a JSON file")
+    from .latency import CostTable
+
     try:
         table = CostTable.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -12,11 +12,12 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import tiny
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_MODEL", "MODELS", "ModelSpec", "config_hash", "get_model", "load_pipeline", "quiet_libraries",
@@ -73,6 +74,8 @@ class ModelSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype]
 
     def label_id(self, prompt: str) -> int:
@@ -102,6 +105,8 @@ class ModelSpec:
         if size <= 0 or size % 16:
             raise ValueError(f"size must be a positive multiple of 16, got {size}")
         guidance = self.guidance if guidance is None else guidance
+        import torch
+
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         if self.family == "dit":
             if size != self.size:
@@ -234,6 +239,8 @@ def config_hash(name: str) -> str:
 
 def load_pipeline(name: str, device: str | torch.device = "cpu") -> Any:
     """A stock diffusers pipeline for the registry entry ``name`` on ``device``, in its reference dtype."""
+    import torch
+
     spec = get_model(name)
     with _LOAD_LOCK:
         if spec.is_tiny:

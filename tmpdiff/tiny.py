@@ -10,13 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 WIDTH = 32  # text-encoder hidden size and denoiser inner width
 _WORDS = (
     "a an the of and with on in at to photo painting of red green blue yellow black white cat dog "
     "house tree car city sky sea mountain portrait person flower bird river night day sun moon"
 ).split()
+
+
+def _seed() -> None:
+    """Every tiny model starts from the same random weights (torch is imported here, not with the registry)."""
+    import torch
+
+    torch.manual_seed(0)
 
 
 def tokenizer(max_length: int = 77) -> Any:
@@ -69,7 +74,7 @@ def _vae(latent_channels: int, blocks: tuple[int, ...] = (WIDTH,), **extra: Any)
 def tiny_flux() -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-    torch.manual_seed(0)
+    _seed()
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=WIDTH, pooled_projection_dim=WIDTH, axes_dims_rope=[4, 4, 8],
@@ -86,7 +91,7 @@ def tiny_flux() -> Any:
 def tiny_sd3() -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    torch.manual_seed(0)
+    _seed()
     transformer = SD3Transformer2DModel(
         sample_size=32, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
         caption_projection_dim=WIDTH, joint_attention_dim=2 * WIDTH, pooled_projection_dim=2 * WIDTH, out_channels=4,
@@ -112,7 +117,7 @@ def _unet(cross_attention_dim: int, **extra: Any) -> Any:
 def tiny_sdxl() -> Any:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    torch.manual_seed(0)
+    _seed()
     unet = _unet(
         2 * WIDTH, attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=16, transformer_layers_per_block=(1, 2),
@@ -130,7 +135,7 @@ def tiny_sdxl() -> Any:
 def tiny_sd15() -> Any:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    torch.manual_seed(0)
+    _seed()
     return StableDiffusionPipeline(
         vae=_vae(4, (WIDTH, WIDTH)), text_encoder=_clip(), tokenizer=tokenizer(), unet=_unet(WIDTH),
         scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -142,7 +147,7 @@ def tiny_sd15() -> Any:
 def tiny_pixart() -> Any:
     from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 
-    torch.manual_seed(0)
+    _seed()
     transformer = PixArtTransformer2DModel(
         sample_size=16, num_layers=2, patch_size=2, attention_head_dim=16, num_attention_heads=2,
         caption_channels=WIDTH, in_channels=4, cross_attention_dim=WIDTH, out_channels=8, attention_bias=True,
@@ -159,7 +164,7 @@ def tiny_sana() -> Any:
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
-    torch.manual_seed(0)
+    _seed()
     transformer = SanaTransformer2DModel(
         patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2, attention_head_dim=16,
         num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=WIDTH, caption_channels=WIDTH,
@@ -189,7 +194,7 @@ def tiny_wan(two_denoisers: bool = True) -> Any:
     a high-noise ``transformer`` and a low-noise ``transformer_2`` that takes over at ``boundary_ratio``."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
-    torch.manual_seed(0)
+    _seed()
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True]).eval()
 
@@ -210,7 +215,7 @@ def tiny_cascade_prior() -> Any:
     """Stable Cascade's prior pipeline, whose denoiser is called ``prior`` (not ``transformer`` or ``unet``)."""
     from diffusers import DDPMWuerstchenScheduler, StableCascadePriorPipeline, StableCascadeUNet
 
-    torch.manual_seed(0)
+    _seed()
     prior = StableCascadeUNet(conditioning_dim=128, block_out_channels=(128, 128), num_attention_heads=(2, 2),
                               down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1),
                               clip_image_in_channels=768, switch_level=(False,), clip_text_in_channels=WIDTH,
@@ -228,7 +233,7 @@ def tiny_ltx() -> Any:
         LTXVideoTransformer3DModel,
     )
 
-    torch.manual_seed(0)
+    _seed()
     transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
                                              num_attention_heads=4, attention_head_dim=8, cross_attention_dim=WIDTH,
                                              num_layers=1, caption_channels=WIDTH).eval()
@@ -249,7 +254,7 @@ def tiny_cogvideox() -> Any:
         CogVideoXTransformer3DModel,
     )
 
-    torch.manual_seed(0)
+    _seed()
     transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4,
                                               out_channels=4, time_embed_dim=2, text_embed_dim=WIDTH, num_layers=1,
                                               sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
