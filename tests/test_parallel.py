@@ -160,6 +160,11 @@ def _mirror_worker(rank: int, world: int, port: int, out: str, device: str = "cp
         engine.follow()
         np.save(out + f".{rank}.npy", np.array([engine.calls["denoiser"]]))
         return
+    try:  # a model diffusers cannot split: refused in both processes, and the second keeps following
+        engine.generate(RunSettings(model="shapes-dit"))
+        raise AssertionError("shapes-dit was split")
+    except ValueError as exc:
+        assert "cannot be split over GPUs" in str(exc) and "'shapes-dit'" in str(exc), exc
     settings = RunSettings(model="tiny-flux", steps=4)
     first = np.asarray(engine.generate(settings, schedules[0]).image)
     checks = iter(range(100))
@@ -291,3 +296,36 @@ def test_app_parallel_mistakes_are_one_line_and_exit_2():
         result = subprocess.run([sys.executable, "app.py", *flags, "--port", "0"], capture_output=True, text=True,
                                 timeout=300, cwd=ROOT)
         assert result.returncode == 2 and result.stderr.strip() == message, result.stderr
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_be_split_is_one_line_and_exit_2_from_the_command(tmp_path):
+    """Inside a launch (torchrun, as ``--parallel`` starts it; the CPU here), the app and ``generate`` refuse
+    ``shapes-dit`` (no context-parallel plan) in one line; the launching command gets exit code 2 and torchrun
+    reports no failed worker (no traceback)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, free_port
+
+    from tmpdiff.launch import EXIT_CODE_FILE_ENV
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITE_PATCH)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    for name, command in (("app", ["-m", "tmpdiff.ui.serve", "--device", "cpu", "--parallel", "2",
+                                   "--port", str(free_port()), "--db", str(tmp_path / "a.db")]),
+                          ("generate", ["-m", "tmpdiff", "--device", "cpu", "generate", "--parallel", "2",
+                                        "--db", str(tmp_path / "g.db"), "--out", str(tmp_path / "g.png")])):
+        code_file = tmp_path / f"{name}.code"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)]),
+               "TMPDIFF_CACHE_DIR": str(tmp_path / "cache"), EXIT_CODE_FILE_ENV: str(code_file)}
+        result = subprocess.run([*torchrun, *command], capture_output=True, text=True, env=env, timeout=300,
+                                cwd=ROOT)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 0 and code_file.read_text() == "2", (name, result.stderr[-2000:])
+        assert errors == ["error: model 'shapes-dit': its transformer (DiTTransformer2DModel) cannot be split over "
+                          "GPUs: diffusers declares no context-parallel plan for it; run this model without "
+                          "--parallel"], (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and "warning: process" not in result.stderr, name
+    assert not (tmp_path / "g.png").exists()

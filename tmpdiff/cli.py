@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .launch import refusal_exit
 from .models import DEFAULT_MODEL, MODELS
 
 if TYPE_CHECKING:
@@ -225,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args, device)
     except ValueError as exc:
         _say(f"error: {in_cli_words(str(exc))}")
-        return EXIT_USAGE
+        return refusal_exit(EXIT_USAGE)
     except OSError as exc:  # a file or folder the command reads or writes: its path and why, in one line
         where = f": {exc.filename}" if exc.filename else ""
         _say(f"error: {exc.strerror or exc}{where}")
-        return EXIT_USAGE
+        return refusal_exit(EXIT_USAGE)
     return 0
 
 
@@ -251,7 +252,7 @@ def _say(line: str) -> None:
 
 def _launch_parallel(args: argparse.Namespace, device: str, argv: list[str] | None) -> int:
     """``generate --parallel N``: the same command in N processes, one a GPU, started by torchrun."""
-    from .parallel import run_over_gpus
+    from .launch import run_over_gpus
 
     return run_over_gpus(args.parallel, device, ["-m", "tmpdiff", *(sys.argv[1:] if argv is None else argv)])
 

@@ -19,21 +19,7 @@ import torch
 from .switch import denoisers_of
 
 __all__ = ["CallMirror", "decode_call_kwargs", "enable_context_parallel", "encode_call_kwargs",
-           "init_process_group", "is_main_process", "run_over_gpus", "split_degree"]
-
-
-def run_over_gpus(processes: int, device: str, command: list[str]) -> int:
-    """Runs ``python <command>`` in ``processes`` processes, one a CUDA GPU, through torchrun; its exit code.
-    Refused (``ValueError``) when this machine has fewer GPUs."""
-    import subprocess
-    import sys
-
-    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
-    if processes > gpus:
-        raise ValueError(f"--parallel {processes} splits one image over {processes} CUDA GPUs; this machine "
-                         f"has {gpus}{'' if gpus else ' (on the CPU, leave --parallel out)'}")
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    return subprocess.run([*launch, *command], check=False).returncode
+           "init_process_group", "is_main_process", "leave_process_group", "split_degree"]
 
 
 def init_process_group() -> tuple[int, int]:
@@ -52,6 +38,15 @@ def init_process_group() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_process_group() -> None:
+    """Leaves the launch's process group, if joined (a process that exits with its groups alive can abort
+    in their teardown)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def is_main_process() -> bool:
     import torch.distributed as dist
 
@@ -67,6 +62,9 @@ def enable_context_parallel(pipe: Any, degree: int) -> None:
     from diffusers import ContextParallelConfig
 
     for name, denoiser in denoisers_of(pipe):
+        if getattr(denoiser, "_cp_plan", None) is None:
+            raise ValueError(f"its {name} ({type(denoiser).__name__}) cannot be split over GPUs: diffusers declares "
+                             "no context-parallel plan for it; run this model without --parallel")
         heads = getattr(denoiser.config, "num_attention_heads", None)
         if heads is not None and heads % degree:
             raise ValueError(f"{name} has {heads} attention heads, which {degree} processes cannot share "

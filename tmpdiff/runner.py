@@ -203,36 +203,48 @@ class Engine:
                     if self.split > 1:
                         from .parallel import enable_context_parallel
 
-                        enable_context_parallel(pipe, self.split)
+                        try:
+                            enable_context_parallel(pipe, self.split)
+                        except ValueError as exc:
+                            raise ValueError(f"model {model!r}: {exc}") from None
                     self._pipes[model] = pipe
                     self.load_seconds[model] = time.perf_counter() - start
             return self._pipes[model]
 
     def follow(self) -> None:
         """In the other processes of a split app: loads and calls as the first process says, until it says
-        stop. A call that fails or is cancelled here failed or was cancelled there too (same inputs, same
-        agreed stop): the next one is awaited."""
+        stop. A load or call that fails or is cancelled here failed or was cancelled there too (same inputs,
+        same agreed stop), and the first process tells its user: the next message is awaited."""
         from .cancel import Cancelled
         from .parallel import decode_call_kwargs
 
         assert self.mirror is not None and not self.mirror.leads, "only the other processes of a split app follow"
         while "stop" not in (message := self.mirror.next_message()):
-            if "load" in message:
-                self.pipeline(message["load"])
-                continue
             try:
-                self._timed_call_now(self._pipes[message["call"]], decode_call_kwargs(message["kwargs"]),
-                                     Schedule.parse(message["schedule"]), None, None, message["counted_as"])
+                if "load" in message:
+                    self.pipeline(message["load"])
+                else:
+                    self._timed_call_now(self._pipes[message["call"]], decode_call_kwargs(message["kwargs"]),
+                                         Schedule.parse(message["schedule"]), None, None, message["counted_as"])
             except Cancelled:
                 pass
-            except Exception as exc:  # noqa: BLE001 (the first process reports it to its user)
+            except ValueError:
+                pass  # a user's mistake: the first process tells the user
+            except Exception as exc:  # noqa: BLE001 (kept serving: the first process reports its own failure)
                 print(f"warning: process {self.mirror.rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        from .parallel import leave_process_group
+
+        leave_process_group()
 
     def release_followers(self) -> None:
-        """In the first process of a split app, as it ends: the others return from :meth:`follow`."""
+        """In the first process of a split app, as it ends: the others return from :meth:`follow`; then this
+        process leaves the group (as each follower does when it returns)."""
         if self.mirror is not None and self.mirror.leads:
+            from .parallel import leave_process_group
+
             with self.mirror.lock:
                 self.mirror.announce({"stop": True})
+            leave_process_group()
 
     @contextmanager
     def _told_to_followers(self, message: dict[str, Any]) -> Iterator[None]:

@@ -102,12 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.parallel > 1 and "RANK" not in os.environ:
             return _launch(args, argv)
         engine = make_engine(args)
+    except ValueError as exc:
+        return _refuse(exc)
+    try:
+        if engine.split > 1:  # a model that cannot be split says so now, not at the first image
+            from tmpdiff import DEFAULT_MODEL, get_model
+
+            engine.pipeline(get_model(args.model or DEFAULT_MODEL).name)
         demo = build(args, engine)
     except ValueError as exc:
-        from tmpdiff.cli import in_cli_words
-
-        print(f"error: {in_cli_words(str(exc))}", file=sys.stderr)
-        return 2
+        engine.release_followers()
+        return _refuse(exc)
     from tmpdiff.ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
 
     try:
@@ -118,9 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _refuse(exc: ValueError) -> int:
+    from tmpdiff.cli import in_cli_words
+    from tmpdiff.launch import refusal_exit
+
+    print(f"error: {in_cli_words(str(exc))}", file=sys.stderr)
+    return refusal_exit(2)
+
+
 def _launch(args: argparse.Namespace, argv: list[str] | None) -> int:
     """``--parallel N``: this app in N processes, one a GPU, started by torchrun."""
-    from tmpdiff.parallel import run_over_gpus
+    from tmpdiff.launch import run_over_gpus
     from tmpdiff.runner import default_device
 
     command = ["-m", "tmpdiff.ui.serve", *(sys.argv[1:] if argv is None else argv)]
