@@ -44,13 +44,14 @@ def build(args: argparse.Namespace, engine: Engine | None = None):
     """The app's Blocks on ``engine`` (default: one made from ``args``)."""
     from tmpdiff import DEFAULT_MODEL, get_model
     from tmpdiff.cache import Cache, default_db_path
+    from tmpdiff.compile_cache import cache_root
     from tmpdiff.evaluate import Evaluator
     from tmpdiff.replay import ReplayStore
     from tmpdiff.ui import build_ui
 
     engine = engine or make_engine(args)
     model = get_model(args.model or DEFAULT_MODEL).name
-    store = None if args.no_cache else Cache(args.db or default_db_path(engine.compile_cache.root.parent))
+    store = None if args.no_cache else Cache(args.db or default_db_path(cache_root(args.cache_dir)))
     # One replay store for every visitor's images: a schedule computes only from where it leaves its setting's
     # reference (bit-identical images; replayed steps keep the seconds they took).
     images = Evaluator(engine, store, replay=ReplayStore(APP_REPLAY_BYTES))
