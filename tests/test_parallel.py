@@ -25,12 +25,17 @@ def _images(pipe, schedules=SCHEDULES):
     return np.stack(images)
 
 
-def _worker(rank: int, world: int, port: int, out: str, device: str = "cpu", schedules=SCHEDULES) -> None:
+def _as_launched(rank: int, world: int, port: int, device: str) -> None:
+    """This spawned process as torchrun would have started it."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     if device == "cpu":  # diffusers places the model on the process's accelerator; a CPU run has none to count
         torch.accelerator.device_count = lambda: 1
         torch._C._get_accelerator = lambda: torch.device("cpu")
+
+
+def _worker(rank: int, world: int, port: int, out: str, device: str = "cpu", schedules=SCHEDULES) -> None:
+    _as_launched(rank, world, port, device)
     import torch.distributed as dist
 
     from tmpdiff import load_pipeline, parallel
@@ -94,6 +99,18 @@ SITE_PATCH = """import torch
 torch.accelerator.device_count = lambda: 1  # diffusers places the model on the process's accelerator
 torch._C._get_accelerator = lambda: torch.device("cpu")
 """
+TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+
+
+def _cpu_launch_env(tmp_path, **extra: str) -> dict[str, str]:
+    """The environment of a torchrun launch on the CPU (its processes see one accelerator: the CPU), tmpdiff
+    importable from the checkout."""
+    from conftest import ROOT
+
+    (tmp_path / "site").mkdir(exist_ok=True)
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITE_PATCH)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)]),
+            "TMPDIFF_LPIPS_URL": "off", **extra}
 
 
 @pytest.mark.slow
@@ -107,14 +124,11 @@ def test_generate_split_over_two_processes_writes_the_one_process_image_once(tmp
     from conftest import ROOT
     from PIL import Image
 
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(SITE_PATCH)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)]),
-           "TMPDIFF_CACHE_DIR": str(tmp_path / "cache"), "TMPDIFF_LPIPS_URL": "off"}
+    env = _cpu_launch_env(tmp_path, TMPDIFF_CACHE_DIR=str(tmp_path / "cache"))
     common = ["generate", "--model", "tiny-flux", "--steps", "4", "--schedule", "fp32,int8*2,skip"]
-    split = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                            "-m", "tmpdiff", "--device", "cpu", *common, "--parallel", "2",
-                            "--db", str(tmp_path / "split.db"), "--out", str(tmp_path / "split.png")],
+    split = subprocess.run([sys.executable, *TORCHRUN_2, "-m", "tmpdiff", "--device", "cpu", *common,
+                            "--parallel", "2", "--db", str(tmp_path / "split.db"),
+                            "--out", str(tmp_path / "split.png")],
                            capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert split.returncode == 0, split.stderr[-2000:]
     assert split.stdout.count('"steps_run"') == 1  # one line, from the first process
@@ -146,11 +160,7 @@ def _mirror_worker(rank: int, world: int, port: int, out: str, device: str = "cp
                    schedules=MIRRORED) -> None:
     """An app split over two processes, without the page: the first generates, is cancelled mid-image, then
     generates again; the second only follows."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    if device == "cpu":
-        torch.accelerator.device_count = lambda: 1
-        torch._C._get_accelerator = lambda: torch.device("cpu")
+    _as_launched(rank, world, port, device)
     from tmpdiff.cancel import Cancelled, cancellable
     from tmpdiff.runner import Engine, RunSettings
 
@@ -245,14 +255,11 @@ def test_the_app_split_over_two_processes_serves_the_one_process_image(tmp_path)
     from gradio_client import Client
     from PIL import Image
 
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(SITE_PATCH)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)]),
-           "TMPDIFF_LPIPS_URL": "off"}
+    env = _cpu_launch_env(tmp_path)
     port, db = free_port(), tmp_path / "app.db"
-    app = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                            "-m", "tmpdiff.ui.serve", "--device", "cpu", "--parallel", "2", "--model", "tiny-flux",
-                            "--port", str(port), "--db", str(db), "--cache-dir", str(tmp_path / "cache")],
+    app = subprocess.Popen([sys.executable, *TORCHRUN_2, "-m", "tmpdiff.ui.serve", "--device", "cpu", "--parallel",
+                            "2", "--model", "tiny-flux", "--port", str(port), "--db", str(db),
+                            "--cache-dir", str(tmp_path / "cache")],
                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log", "w"),  # noqa: SIM115
                            start_new_session=True)
     try:
@@ -310,18 +317,15 @@ def test_a_model_that_cannot_be_split_is_one_line_and_exit_2_from_the_command(tm
 
     from tmpdiff.launch import EXIT_CODE_FILE_ENV
 
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(SITE_PATCH)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     for name, command in (("app", ["-m", "tmpdiff.ui.serve", "--device", "cpu", "--parallel", "2",
                                    "--port", str(free_port()), "--db", str(tmp_path / "a.db")]),
                           ("generate", ["-m", "tmpdiff", "--device", "cpu", "generate", "--parallel", "2",
                                         "--db", str(tmp_path / "g.db"), "--out", str(tmp_path / "g.png")])):
         code_file = tmp_path / f"{name}.code"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)]),
-               "TMPDIFF_CACHE_DIR": str(tmp_path / "cache"), EXIT_CODE_FILE_ENV: str(code_file)}
-        result = subprocess.run([*torchrun, *command], capture_output=True, text=True, env=env, timeout=300,
-                                cwd=ROOT)
+        env = _cpu_launch_env(tmp_path, TMPDIFF_CACHE_DIR=str(tmp_path / "cache"),
+                              **{EXIT_CODE_FILE_ENV: str(code_file)})
+        result = subprocess.run([sys.executable, *TORCHRUN_2, *command], capture_output=True, text=True, env=env,
+                                timeout=300, cwd=ROOT)
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert result.returncode == 0 and code_file.read_text() == "2", (name, result.stderr[-2000:])
         assert errors == ["error: model 'shapes-dit': its transformer (DiTTransformer2DModel) cannot be split over "

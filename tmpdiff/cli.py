@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .launch import refusal_exit
+from .launch import check_processes, refusal_exit, run_over_gpus
 from .models import DEFAULT_MODEL, MODELS
 
 if TYPE_CHECKING:
@@ -218,11 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cache(args)
         elif args.command == "warmup":
             return _warmup(args, device)
-        elif args.parallel < 1:
-            raise ValueError(f"--parallel takes a number of GPUs, 1 or more; got {args.parallel}")
-        elif args.parallel > 1 and "RANK" not in os.environ:
-            return _launch_parallel(args, device, argv)
         else:
+            check_processes(args.parallel)
+            if args.parallel > 1 and "RANK" not in os.environ:  # the same command in N processes, one a GPU
+                return run_over_gpus(args.parallel, device, "tmpdiff", argv)
             return _generate(args, device)
     except ValueError as exc:
         _say(f"error: {in_cli_words(str(exc))}")
@@ -248,13 +247,6 @@ def _say(line: str) -> None:
     """One line on stderr, from one process: the first of a ``--parallel`` launch speaks for all of them."""
     if os.environ.get("RANK", "0") == "0":
         print(line, file=sys.stderr)
-
-
-def _launch_parallel(args: argparse.Namespace, device: str, argv: list[str] | None) -> int:
-    """``generate --parallel N``: the same command in N processes, one a GPU, started by torchrun."""
-    from .launch import run_over_gpus
-
-    return run_over_gpus(args.parallel, device, ["-m", "tmpdiff", *(sys.argv[1:] if argv is None else argv)])
 
 
 # The engine's field names (``name`` or ``name=value``), as this command line spells them.

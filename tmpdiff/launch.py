@@ -14,25 +14,32 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["refusal_exit", "run_over_gpus"]
+__all__ = ["check_processes", "refusal_exit", "run_over_gpus"]
 
 EXIT_CODE_FILE_ENV = "TMPDIFF_EXIT_CODE_FILE"
 
 
-def run_over_gpus(processes: int, device: str, command: list[str]) -> int:
-    """Runs ``python <command>`` in ``processes`` processes, one a CUDA GPU, through torchrun; the exit code its
-    first process chose (see :func:`refusal_exit`), else torchrun's. Refused (``ValueError``) when this machine
-    has fewer GPUs."""
+def check_processes(processes: int) -> None:
+    """A ``--parallel`` value: a number of GPUs, 1 or more (``ValueError`` otherwise)."""
+    if processes < 1:
+        raise ValueError(f"--parallel takes a number of GPUs, 1 or more; got {processes}")
+
+
+def run_over_gpus(processes: int, device: str, module: str, argv: list[str] | None) -> int:
+    """Runs ``python -m <module> <argv>`` (default: this command's arguments) in ``processes`` processes, one a
+    CUDA GPU, through torchrun; the exit code its first process chose (see :func:`refusal_exit`), else
+    torchrun's. Refused (``ValueError``) when this machine has fewer GPUs."""
     import torch
 
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
     if processes > gpus:
         raise ValueError(f"--parallel {processes} splits one image over {processes} CUDA GPUs; this machine "
                          f"has {gpus}{'' if gpus else ' (on the CPU, leave --parallel out)'}")
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+              "-m", module, *(sys.argv[1:] if argv is None else argv)]
     with tempfile.TemporaryDirectory(prefix="tmpdiff-launch-") as folder:
         chosen = Path(folder) / "exit_code"
-        done = subprocess.run([*launch, *command], check=False, env={**os.environ, EXIT_CODE_FILE_ENV: str(chosen)})
+        done = subprocess.run(launch, check=False, env={**os.environ, EXIT_CODE_FILE_ENV: str(chosen)})
         return int(chosen.read_text()) if chosen.exists() else done.returncode
 
 

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tmpdiff.launch import check_processes, refusal_exit, run_over_gpus
+
 if TYPE_CHECKING:
     from tmpdiff.runner import Engine
 
@@ -87,9 +89,10 @@ def port_in_use(host: str, port: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.parallel < 1:
-        print(f"error: --parallel takes a number of GPUs, 1 or more; got {args.parallel}", file=sys.stderr)
-        return 2
+    try:
+        check_processes(args.parallel)
+    except ValueError as exc:
+        return _refuse(exc)
     if args.parallel > 1 and os.environ.get("RANK", "0") != "0":  # a following process: no page, no port
         return _follow(args)
     # Set before Gradio is imported: it reads the switch once.
@@ -100,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        if args.parallel > 1 and "RANK" not in os.environ:
-            return _launch(args, argv)
+        if args.parallel > 1 and "RANK" not in os.environ:  # this app in N processes, one a GPU
+            from tmpdiff.runner import default_device
+
+            return run_over_gpus(args.parallel, args.device or default_device(), "tmpdiff.ui.serve", argv)
         engine = make_engine(args)
     except ValueError as exc:
         return _refuse(exc)
@@ -126,24 +131,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _refuse(exc: ValueError) -> int:
     from tmpdiff.cli import in_cli_words
-    from tmpdiff.launch import refusal_exit
 
     print(f"error: {in_cli_words(str(exc))}", file=sys.stderr)
     return refusal_exit(2)
 
 
-def _launch(args: argparse.Namespace, argv: list[str] | None) -> int:
-    """``--parallel N``: this app in N processes, one a GPU, started by torchrun."""
-    from tmpdiff.launch import run_over_gpus
-    from tmpdiff.runner import default_device
-
-    command = ["-m", "tmpdiff.ui.serve", *(sys.argv[1:] if argv is None else argv)]
-    return run_over_gpus(args.parallel, args.device or default_device(), command)
-
-
 def _follow(args: argparse.Namespace) -> int:
-    """A process of a ``--parallel`` app other than the first: makes the first one's pipeline calls."""
-    engine = make_engine(args)
+    """A process of a ``--parallel`` app other than the first: makes the first one's pipeline calls. A mistake
+    in the app's flags is the first process's to tell."""
+    try:
+        engine = make_engine(args)
+    except ValueError:
+        return refusal_exit(2)
     engine.follow()
     return 0
 
