@@ -121,6 +121,44 @@ def test_eight_concurrent_writer_processes_lose_and_duplicate_nothing(location):
     assert all(Cache(location).get(record(seed=s).key) is not None for s in range(6))
 
 
+OPENER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tmpdiff.cache import Cache
+folder = Path({folder!r})
+for round_, location in enumerate({locations!r}):
+    while not (folder / f"go-{{round_}}").exists():  # every opener starts the round at the same moment
+        time.sleep(0.001)
+    Cache(location)
+    (folder / f"opened-{{round_}}-{worker}").touch()
+"""
+
+
+OPENERS = 4
+
+
+def test_processes_opening_a_new_database_at_once_all_open_it(location, tmp_path):
+    """The processes of a ``--parallel`` launch or Ray actors may create a new cache together: each sees either
+    no table or the whole schema with its version (once, a process saw tables without the version row)."""
+    import time
+
+    rounds = [location] if location.startswith("postgresql") else [
+        f"sqlite:///{tmp_path / f'new-{i}.sqlite'}" for i in range(12)]
+    openers = [subprocess.Popen([sys.executable, "-c", OPENER.format(root=str(ROOT), folder=str(tmp_path),
+                                                                     locations=rounds, worker=w)],
+                                stderr=subprocess.PIPE, text=True) for w in range(OPENERS)]
+    for round_ in range(len(rounds)):
+        (tmp_path / f"go-{round_}").touch()
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob(f"opened-{round_}-*"))) < OPENERS and all(p.poll() is None for p in openers):
+            assert time.monotonic() < deadline, f"round {round_}: the openers are stuck"
+            time.sleep(0.01)
+    errors = [p.communicate(timeout=60)[1] for p in openers]
+    assert all(p.returncode == 0 for p in openers), [e[-600:] for e in errors if e]
+    assert all(Cache(where).evaluations() == [] for where in rounds)
+
+
 def test_a_bad_url_or_an_unreachable_server_is_a_one_line_cache_error(tmp_path):
     with pytest.raises(CacheError, match="SQLite .* or PostgreSQL"):
         Cache("mysql://u@localhost/db")

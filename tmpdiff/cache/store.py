@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy import create_engine, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
@@ -41,6 +41,7 @@ __all__ = ["Cache", "CacheError", "default_db_path"]
 SQLITE_HEADER = b"SQLite format 3\x00"
 EXPORT_FORMAT = "tmpdiff-cache-export"
 EXPORT_VERSION = 1
+SCHEMA_LOCK_KEY = 0x746D7064  # "tmpd": the PostgreSQL advisory lock taken while the schema is created
 
 
 class CacheError(ValueError):
@@ -259,11 +260,15 @@ class Cache:
             )
 
     def _create_schema(self) -> None:
-        """Tables and the version row; safe when several processes create a new server database at once."""
-        Base.metadata.create_all(self.engine, checkfirst=True)
+        """Tables and the version row in one transaction: another process opening the new database at the same
+        time (the processes of a ``--parallel`` launch, Ray actors) sees either no table or the whole schema,
+        never tables without their version row."""
         statement = self._insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION))
-        with Session(self.engine) as session, session.begin():
-            session.execute(statement.on_conflict_do_nothing())
+        with self.engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE, so one creator at a time
+            if self.engine.dialect.name == "postgresql":  # the same there: a lock held to the transaction's end
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            Base.metadata.create_all(connection, checkfirst=True)
+            connection.execute(statement.on_conflict_do_nothing())
 
     def _write_image(self, png: bytes) -> str:
         sha = hashlib.sha256(png).hexdigest()
@@ -300,9 +305,9 @@ def _make_engine(path: Path, read_only: bool = False) -> Engine:
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # let the BEGIN below open transactions
         cursor = dbapi_connection.cursor()
-        if not read_only:
-            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=60000")
+        if not read_only:
+            _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -314,6 +319,23 @@ def _make_engine(path: Path, read_only: bool = False) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _switch_to_wal(cursor: Any, patience_s: float = 60.0) -> None:
+    """WAL mode, which a new file takes from its first opener. While another process switches the same new file,
+    SQLite answers "database is locked" at once, without waiting for the busy timeout: so wait here."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _server_url(location: str) -> Any:
