@@ -8,29 +8,11 @@ import sys
 import threading
 
 import pytest
-from PIL import Image
+from cache_records import png_bytes, record
 
-from tmpdiff import Schedule
 from tmpdiff.cache import Cache, CacheError
 from tmpdiff.evaluate import Evaluator
-from tmpdiff.records import EvalKey, EvalRecord
 from tmpdiff.runner import Engine, RunSettings
-
-
-def png_bytes(colour=(10, 20, 30)):
-    import io
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def record(schedule="fp32*4", seed=0, ssim=0.9):
-    s = Schedule.parse(schedule)
-    key = EvalKey(model="tiny-sd15", model_hash="abc", settings={"seed": seed}, schedule=str(s),
-                  schedule_hash=s.hash, device={"device": "cpu"})
-    return EvalRecord(key=key, png=png_bytes(), ssim=ssim, psnr=30.0, lpips=None, lpips_note="n/a",
-                      measured_seconds=1.0, predicted_seconds=None, steps_run=list(s.steps))
 
 
 def test_put_get_and_upsert(tmp_path):
@@ -85,7 +67,7 @@ WRITER = """
 import sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 from tmpdiff.cache import Cache
-from test_cache import record
+from cache_records import record
 cache = Cache({db!r})
 for i in range(100000):
     cache.put(record(seed=i))

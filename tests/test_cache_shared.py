@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cache_records import png_bytes, record
 from conftest import free_port, require_system_package
-from test_cache import png_bytes, record
 
 from tmpdiff.cache import Cache, CacheError
 
@@ -100,7 +100,7 @@ WRITER = """
 import sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 from tmpdiff.cache import Cache
-from test_cache import record
+from cache_records import record
 cache = Cache({url!r})
 for seed in range(6):
     cache.put(record(seed=seed, ssim=0.5))            # every writer writes these six

@@ -1,0 +1,23 @@
+"""Evaluation records for the cache tests, importable by the writer processes those tests start without the
+engine (diffusers and the pipelines take seconds to import in each process)."""
+
+import io
+
+from PIL import Image
+
+from tmpdiff import Schedule
+from tmpdiff.records import EvalKey, EvalRecord
+
+
+def png_bytes(colour=(10, 20, 30)):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def record(schedule="fp32*4", seed=0, ssim=0.9):
+    s = Schedule.parse(schedule)
+    key = EvalKey(model="tiny-sd15", model_hash="abc", settings={"seed": seed}, schedule=str(s),
+                  schedule_hash=s.hash, device={"device": "cpu"})
+    return EvalRecord(key=key, png=png_bytes(), ssim=ssim, psnr=30.0, lpips=None, lpips_note="n/a",
+                      measured_seconds=1.0, predicted_seconds=None, steps_run=list(s.steps))
