@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -191,38 +192,25 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     age = _process_age()
     if age is not None:
-        PHASES["start"] = age  # the interpreter, this module and torch (which the model registry imports)
+        PHASES["start"] = age  # the interpreter and this module
+    if args.command == "cache":  # moving evaluations between machines: SQL and JSON, no torch, no pipeline
+        return _in_one_line(lambda: _cache(args))
     from .models import quiet_libraries
-    from .runner import default_device, precision_table
+    from .runner import default_device
 
     if args.command in ("generate", "search", "sweep"):
         from . import evaluate, study  # noqa: F401  (the engine's other heavy imports, counted here)
     PHASES["imports"] = time.perf_counter() - started  # torch, diffusers and the engine: paid once a process
 
     quiet_libraries()
+    return _in_one_line(lambda: _command(args, _checked_device(args.device) or default_device(), argv))
+
+
+def _in_one_line(command: Callable[[], int]) -> int:
+    """Runs a command; a user's mistake (a ``ValueError``) or a file it cannot read or write (an ``OSError``)
+    is one line on stderr and the usage exit code."""
     try:
-        device = _checked_device(args.device) or default_device()
-        _check_outputs(args)
-        if args.command == "precisions":
-            for row in precision_table(device):
-                print(f"{row['name']:<7} {row['status']:<12} {row['description']}  [{row['reason']}]")
-        elif args.command == "models":
-            for spec in MODELS.values():
-                print(f"{spec.name:<13} {spec.family:<7} {spec.dtype:<5} {spec.steps:>3} steps {spec.size:>5}px  "
-                      f"{spec.source}")
-        elif args.command == "search":
-            return _search(args, device)
-        elif args.command == "sweep":
-            return _sweep(args, device)
-        elif args.command == "cache":
-            return _cache(args)
-        elif args.command == "warmup":
-            return _warmup(args, device)
-        else:
-            check_processes(args.parallel)
-            if args.parallel > 1 and "RANK" not in os.environ:  # the same command in N processes, one a GPU
-                return run_over_gpus(args.parallel, device, "tmpdiff", argv)
-            return _generate(args, device)
+        return command()
     except ValueError as exc:
         _say(f"error: {in_cli_words(str(exc))}")
         return refusal_exit(EXIT_USAGE)
@@ -230,6 +218,30 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         _say(f"error: {exc.strerror or exc}{where}")
         return refusal_exit(EXIT_USAGE)
+
+
+def _command(args: argparse.Namespace, device: str, argv: list[str] | None) -> int:
+    from .runner import precision_table
+
+    _check_outputs(args)
+    if args.command == "precisions":
+        for row in precision_table(device):
+            print(f"{row['name']:<7} {row['status']:<12} {row['description']}  [{row['reason']}]")
+    elif args.command == "models":
+        for spec in MODELS.values():
+            print(f"{spec.name:<13} {spec.family:<7} {spec.dtype:<5} {spec.steps:>3} steps {spec.size:>5}px  "
+                  f"{spec.source}")
+    elif args.command == "search":
+        return _search(args, device)
+    elif args.command == "sweep":
+        return _sweep(args, device)
+    elif args.command == "warmup":
+        return _warmup(args, device)
+    else:
+        check_processes(args.parallel)
+        if args.parallel > 1 and "RANK" not in os.environ:  # the same command in N processes, one a GPU
+            return run_over_gpus(args.parallel, device, "tmpdiff", argv)
+        return _generate(args, device)
     return 0
 
 
@@ -562,6 +574,7 @@ def _write_plots(report: dict, json_path: Path) -> list[str]:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     store = open_cache(args.db, cache_dir=args.cache_dir)
     if args.cache_command == "export":
         count = store.export(args.file)

@@ -12,8 +12,10 @@ import enum
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Availability",
@@ -58,7 +60,8 @@ class Precision:
         kind: how the variant is built.
         bits: weight bits, for display and ordering when no measured cost exists.
         description: one line for people.
-        dtype: the dtype of a ``DTYPE`` precision.
+        dtype_name: the dtype of a ``DTYPE`` precision, by its name in ``torch`` (torch itself is imported
+            when a variant is built, not with the registry: ``tmpdiff cache`` and ``--help`` never need it).
         config: builds the torchao config that runs real kernels, given the model's dtype.
         simulate: builds a torchao fake-quantization config with the same numerics.
         min_capability: the CUDA compute capability the real kernels need.
@@ -73,7 +76,7 @@ class Precision:
     kind: Kind
     bits: int
     description: str
-    dtype: torch.dtype | None = None
+    dtype_name: str | None = None
     config: Callable[[torch.dtype], object] | None = None
     simulate: Callable[[torch.dtype], object] | None = None
     min_capability: tuple[int, int] | None = None
@@ -82,6 +85,13 @@ class Precision:
     group_size: int | None = None
     extrapolates: bool = False  # a non-computing step that predicts its output instead of reusing it
     attention: str | None = None  # "fp8": attention runs in fp8 too (tmpdiff.attention), not only the linears
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype of a ``DTYPE`` precision, else None."""
+        import torch
+
+        return getattr(torch, self.dtype_name) if self.dtype_name is not None else None
 
     @property
     def computes(self) -> bool:
@@ -111,7 +121,8 @@ def may_lead(name: str) -> bool:
 # (H100), and it slowed every later compile in the process, bf16's included.
 
 
-def _fp8_dynamic(dtype: torch.dtype = torch.bfloat16) -> object:
+def _fp8_dynamic(dtype: torch.dtype) -> object:
+    import torch
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor
 
     # torchao's per-row scales take bf16 weights only; fp16 models (SDXL, SD1.5) get per-tensor scales.
@@ -119,7 +130,8 @@ def _fp8_dynamic(dtype: torch.dtype = torch.bfloat16) -> object:
                                                      set_inductor_config=False)
 
 
-def _fp8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
+def _fp8_dynamic_sim(dtype: torch.dtype) -> object:
+    import torch
     from torchao.quantization import PerRow
     from torchao.quantization.qat import Float8FakeQuantizeConfig, QATConfig
 
@@ -127,13 +139,14 @@ def _fp8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
     return QATConfig(activation_config=fq, weight_config=fq, step="prepare")
 
 
-def _int8_dynamic(dtype: torch.dtype = torch.bfloat16) -> object:
+def _int8_dynamic(dtype: torch.dtype) -> object:
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
     return Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
 
 
-def _int8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
+def _int8_dynamic_sim(dtype: torch.dtype) -> object:
+    import torch
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
     act = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
@@ -141,13 +154,14 @@ def _int8_dynamic_sim(dtype: torch.dtype = torch.bfloat16) -> object:
     return QATConfig(activation_config=act, weight_config=weight, step="prepare")
 
 
-def _fp8_weight_only(dtype: torch.dtype = torch.bfloat16) -> object:
+def _fp8_weight_only(dtype: torch.dtype) -> object:
     from torchao.quantization import Float8WeightOnlyConfig
 
     return Float8WeightOnlyConfig(set_inductor_config=False)
 
 
-def _fp8_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
+def _fp8_weight_only_sim(dtype: torch.dtype) -> object:
+    import torch
     from torchao.quantization import PerRow
     from torchao.quantization.qat import Float8FakeQuantizeConfig, QATConfig
 
@@ -155,13 +169,14 @@ def _fp8_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
     return QATConfig(weight_config=fq, step="prepare")
 
 
-def _int8_weight_only(dtype: torch.dtype = torch.bfloat16) -> object:
+def _int8_weight_only(dtype: torch.dtype) -> object:
     from torchao.quantization import Int8WeightOnlyConfig
 
     return Int8WeightOnlyConfig(set_inductor_config=False)
 
 
-def _int8_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
+def _int8_weight_only_sim(dtype: torch.dtype) -> object:
+    import torch
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
     weight = IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True)
@@ -171,35 +186,36 @@ def _int8_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
 INT4_GROUP_SIZE = 32
 
 
-def _int4_weight_only(dtype: torch.dtype = torch.bfloat16) -> object:
+def _int4_weight_only(dtype: torch.dtype) -> object:
     from torchao.quantization import Int4WeightOnlyConfig
 
     return Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, set_inductor_config=False)
 
 
-def _int4_weight_only_sim(dtype: torch.dtype = torch.bfloat16) -> object:
+def _int4_weight_only_sim(dtype: torch.dtype) -> object:
+    import torch
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
     weight = IntxFakeQuantizeConfig(torch.int4, group_size=INT4_GROUP_SIZE, is_symmetric=False)
     return QATConfig(weight_config=weight, step="prepare")
 
 
-def _mxfp8(dtype: torch.dtype = torch.bfloat16) -> object:
+def _mxfp8(dtype: torch.dtype) -> object:
     from torchao.prototype.mx_formats import MXDynamicActivationMXWeightConfig
 
     return MXDynamicActivationMXWeightConfig()
 
 
-def _nvfp4(dtype: torch.dtype = torch.bfloat16) -> object:
+def _nvfp4(dtype: torch.dtype) -> object:
     from torchao.prototype.mx_formats import NVFP4DynamicActivationNVFP4WeightConfig
 
     return NVFP4DynamicActivationNVFP4WeightConfig()
 
 
 _ENTRIES = (
-    Precision("fp32", Kind.DTYPE, 32, "float32 weights and activations", dtype=torch.float32),
-    Precision("bf16", Kind.DTYPE, 16, "bfloat16 weights and activations", dtype=torch.bfloat16),
-    Precision("fp16", Kind.DTYPE, 16, "float16 weights and activations", dtype=torch.float16),
+    Precision("fp32", Kind.DTYPE, 32, "float32 weights and activations", dtype_name="float32"),
+    Precision("bf16", Kind.DTYPE, 16, "bfloat16 weights and activations", dtype_name="bfloat16"),
+    Precision("fp16", Kind.DTYPE, 16, "float16 weights and activations", dtype_name="float16"),
     Precision(
         "fp8", Kind.TORCHAO, 8, "torchao fp8 dynamic activations + fp8 weights, per-row scales",
         config=_fp8_dynamic, simulate=_fp8_dynamic_sim, min_capability=(8, 9), dynamic_activation=True,
@@ -255,6 +271,8 @@ def get_precision(name: str) -> Precision:
 
 def precision_status(name: str, device: str | torch.device = "cpu") -> Availability:
     """Whether ``name`` runs real kernels, only simulated numerics, or not at all on ``device``."""
+    import torch
+
     return _status(get_precision(name).name, str(torch.device(device)))
 
 
@@ -265,6 +283,8 @@ def available_precisions(device: str | torch.device = "cpu") -> list[Availabilit
 
 @functools.cache
 def _status(name: str, device: str) -> Availability:
+    import torch
+
     precision = PRECISIONS[name]
     if precision.kind is Kind.SKIP:
         return Availability(name, Status.REAL, "no computation at all")
@@ -289,6 +309,8 @@ def _with_attention(precision: Precision, linears: Availability, device: str) ->
     if linears.status is Status.SIMULATED:
         return Availability(linears.name, Status.SIMULATED,
                             f"{linears.reason}; attention simulated by rounding q, k and v to fp8")
+    import torch
+
     from .attention import fp8_attention_available
 
     works, why = fp8_attention_available(torch.device(device).index or 0)
@@ -298,6 +320,8 @@ def _with_attention(precision: Precision, linears: Availability, device: str) ->
 
 
 def _missing_hardware(precision: Precision, device: torch.device) -> str | None:
+    import torch
+
     if device.type == "cpu":
         return None if precision.cpu_real else "needs a CUDA GPU"
     if device.type != "cuda":
@@ -314,6 +338,7 @@ def _probe(make_config: Callable[[torch.dtype], object] | None, device: str) -> 
     """Quantize and run a small layer; None when it works, else a one-line reason."""
     if make_config is None:
         return "no implementation"
+    import torch
     from torchao.quantization import quantize_
 
     try:

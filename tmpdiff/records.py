@@ -12,8 +12,6 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-import torch
-
 __all__ = ["EvalKey", "EvalRecord", "EvaluationStore", "device_fingerprint", "stable_hash"]
 
 
@@ -26,6 +24,7 @@ def device_fingerprint(device: str, mode: str, split: int = 1) -> dict[str, Any]
     """What decides numerics and speed on this machine (``mode``: eager, compiled or aot; ``split``: over how
     many GPUs each image is split, so that a split image's seconds never answer for one GPU's)."""
     import diffusers
+    import torch
     import torchao
 
     kind = torch.device(device).type
