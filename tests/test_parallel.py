@@ -3,12 +3,12 @@ one-process image, and every variant is split like the reference."""
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 
 SCHEDULES = ["fp32*4", "fp32,bf16*2,fp32", "fp32,int8*2,skip", "fp32,fp8a8*2,extrap"]
 
@@ -51,16 +51,10 @@ def _worker(rank: int, world: int, port: int, out: str, device: str = "cpu", sch
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_images_for_every_schedule(pipes, tmp_path):
     out = str(tmp_path / "split.npy")
-    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), out), nprocs=2, join=True, start_method="spawn")
     split, single = np.load(out), _images(pipes("tiny-flux"))
     for text, a, b in zip(SCHEDULES, split, single, strict=True):
         assert np.abs(a - b).max() < 2e-3, text  # int8's per-token scales see the same tokens: only rounding
@@ -78,7 +72,7 @@ def test_two_gpus_give_the_one_gpu_images(tmp_path):
     fp8_attention = precision_status("fp8a8", "cuda").status is Status.REAL
     schedules = [s for s in GPU_SCHEDULES if fp8_attention or "fp8a8" not in s]
     out = str(tmp_path / "split.npy")
-    mp.start_processes(_worker, args=(2, _free_port(), out, "cuda", schedules), nprocs=2, join=True,
+    mp.start_processes(_worker, args=(2, free_port(), out, "cuda", schedules), nprocs=2, join=True,
                        start_method="spawn")
     single = _images(load_pipeline("tiny-flux", "cuda").to(torch.bfloat16), schedules)
     for text, a, b in zip(schedules, np.load(out), single, strict=True):
@@ -197,7 +191,7 @@ def _mirror_worker(rank: int, world: int, port: int, out: str, device: str = "cp
 
 def _run_mirrored(tmp_path, device: str, schedules=MIRRORED):
     out = str(tmp_path / "mirrored.npy")
-    mp.start_processes(_mirror_worker, args=(2, _free_port(), out, device, schedules), nprocs=2, join=True,
+    mp.start_processes(_mirror_worker, args=(2, free_port(), out, device, schedules), nprocs=2, join=True,
                        start_method="spawn")
     leader, follower = (int(np.load(out + f".{rank}.npy")[0]) for rank in (0, 1))
     return np.load(out), leader, follower
