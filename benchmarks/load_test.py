@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,23 +71,39 @@ def main() -> None:
             counts = {"generate": 0, "search": 0, "refused_busy": 0, "errors": 0}
             errors: list[str] = []
             lock = threading.Lock()
+            in_flight = {"image": 0, "search": 0}  # the other clients' requests sent and not yet answered
+            seen_in_flight: list[tuple[int, int]] = []  # what the polite user found in flight as it sent each image
+
+            @contextmanager
+            def sent(kind: str):
+                with lock:
+                    in_flight[kind] += 1
+                try:
+                    yield
+                finally:
+                    with lock:
+                        in_flight[kind] -= 1
 
             def user(index: int) -> None:
                 client, rng = Client(url, verbose=False), random.Random(index)
                 while time.monotonic() < stop:
                     try:
                         if index == 0:  # the polite user: one image at a time, its latency reported
+                            with lock:
+                                seen_in_flight.append((in_flight["image"], in_flight["search"]))
                             seconds = timed_generate(client, 20_000 + len(measured), "fp32*6,skip,fp32")
                             with lock:
                                 measured.append(seconds)
                                 counts["generate"] += 1
                         elif rng.random() < 0.25:
-                            client.predict(steps=8, ladder="fp32,skip", num_prompts=1, seeds=str(rng.randrange(50)),
-                                           target=0.85, api_name="/search")
+                            with sent("search"):
+                                client.predict(steps=8, ladder="fp32,skip", num_prompts=1,
+                                               seeds=str(rng.randrange(50)), target=0.85, api_name="/search")
                             with lock:
                                 counts["search"] += 1
                         else:
-                            timed_generate(client, rng.randrange(200), rng.choice(SCHEDULES))
+                            with sent("image"):
+                                timed_generate(client, rng.randrange(200), rng.choice(SCHEDULES))
                             with lock:
                                 counts["generate"] += 1
                     except Exception as exc:  # reported, never hidden
@@ -113,15 +130,21 @@ def main() -> None:
             keys = db.execute("SELECT COUNT(*) FROM (SELECT DISTINCT model, model_hash, settings_hash, "
                               "schedule_hash, device_hash FROM evaluations)").fetchone()[0]
             integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-        traceback_lines = (folder / "app.log").read_text().count("Traceback")
+        log = (folder / "app.log").read_text()
+        traceback_lines = log.count("Traceback")
+        first_traceback = log[log.find("Traceback"):][:3000] if traceback_lines else None
     idle_median = statistics.median(idle)
     p95 = statistics.quantiles(measured, n=20)[-1] if len(measured) >= 2 else (measured or [float("nan")])[0]
     report = {
         "clients": args.clients, "seconds": args.seconds, "counts": counts, "errors": errors[:10],
         "idle_generate_s": round(idle_median, 3), "polite_generate_p50_s": round(statistics.median(measured), 3),
         "polite_generate_p95_s": round(p95, 3), "p95_over_idle": round(p95 / idle_median, 2),
+        # One pipeline, each image computed alone so its seconds are its own: a fair queue puts the polite image
+        # behind about one image of each other client with one in flight, so its wait is that many images long.
+        "others_images_in_flight_mean": round(statistics.fmean(i for i, _ in seen_in_flight), 2),
+        "others_searches_in_flight_mean": round(statistics.fmean(s for _, s in seen_in_flight), 2),
         "evaluations_stored": rows, "distinct_keys": keys, "stored_once": rows == keys,
-        "integrity_check": integrity, "tracebacks_in_app_log": traceback_lines,
+        "integrity_check": integrity, "tracebacks_in_app_log": traceback_lines, "first_traceback": first_traceback,
     }
     print(json.dumps(report, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,34 @@ def test_the_api_serves_the_engines_pixels_losslessly(client, server_db):
     assert all(np.array_equal(a, b) for a, b in zip(served, expected, strict=True))
 
 
+def test_two_visitors_shown_the_same_image_share_one_whole_file_that_is_never_rewritten(client):
+    """Gradio's own path for a PIL image rewrote the served file for every visitor shown the same image, and a
+    download racing a rewrite read it truncated ("peer closed connection", in the load test)."""
+    import threading
+
+    from gradio.utils import get_upload_folder
+    from PIL import Image
+
+    from tmpdiff.ui.panels import served_png
+
+    image = Image.new("RGB", (16, 16), (200, 30, 40))
+    first = Path(served_png(image))
+    inode, written = first.stat().st_ino, first.read_bytes()
+    paths: list[str] = []
+    threads = [threading.Thread(target=lambda: paths.append(served_png(image.copy()))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(paths) == {str(first)} and first.stat().st_ino == inode and first.read_bytes() == written
+    assert first.is_relative_to(Path(get_upload_folder()))  # Gradio serves it from there as it is, no copy
+    with Image.open(first) as served:
+        assert served.format == "PNG" and served.tobytes() == image.tobytes()
+    pair, _ = client.predict(schedule="fp32*8", seed=0, prompt="red circle", api_name="/generate")
+    again, _ = client.predict(schedule="fp32*8", seed=0, prompt="red circle", api_name="/generate")
+    assert [Path(p).read_bytes() for p in pair] == [Path(p).read_bytes() for p in again]
+
+
 def test_generate_a_mixed_schedule(client):
     _, metrics = client.predict(schedule="fp32*2,int8wo*3,skip,fp32*2", seed=4, prompt="green triangle",
                                 api_name="/generate")

@@ -175,7 +175,7 @@ def _run_image(app: AppState, model: str, prompt: str, seed: float, steps: float
         summary["split_over_processes"] = app.evaluator.engine.split
     if result.record.simulated:
         summary["note"] = f"simulated precisions ({', '.join(result.record.simulated)}): no speed claim"
-    return (reference.image, result.image), summary
+    return (served_png(reference.image), served_png(result.image)), summary
 
 def search_updates(app: AppState, model: str, target_kind: str, target: float, steps: float, ladder: str,
                    num_prompts: float, seeds: str, progress: gr.Progress,
@@ -282,7 +282,7 @@ def result_views(app: AppState, model: str, prompt: str, seed: float, steps: flo
     if settings.spec.frames:  # a video plays: both clips, from the engine's frames, as lossless animated PNGs
         html += views.video_pair(_data_uri(app.evaluator.reference(settings).image, animated=True),
                                  _data_uri(app.evaluator.evaluate(settings, schedule_obj).image, animated=True))
-    return html, timeline, gr.update(value=diff, label=label)
+    return html, timeline, gr.update(value=served_png(diff), label=label)
 
 def comparison_images(app: AppState, report: dict[str, Any]) -> dict[str, str]:
     """The found, rival and reference schedules' images on the search's first calibration setting (all
@@ -391,9 +391,8 @@ def _story_request(spec: Any, device: str) -> SearchRequest:
                          ladder=(spec.dtype, *rungs), validation_seeds=(1000,), additivity_samples=0)
 
 
-def _data_uri(image: Any, animated: bool = False) -> str:
-    """A PNG data URI of the engine's pixels (lossless); ``animated``: a video's frame sheet as an animated PNG."""
-    import base64
+def _png(image: Any, animated: bool = False) -> bytes:
+    """The engine's pixels as PNG (lossless); ``animated``: a video's frame sheet as an animated PNG."""
     import io
 
     from tmpdiff.metrics import write_animation
@@ -403,7 +402,38 @@ def _data_uri(image: Any, animated: bool = False) -> str:
         write_animation(image, buffer)
     else:
         image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def _data_uri(image: Any, animated: bool = False) -> str:
+    """A PNG data URI of the engine's pixels; ``animated``: a video's frame sheet as an animated PNG."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(_png(image, animated)).decode()
+
+
+def served_png(image: Any) -> str:
+    """The image as a PNG file in Gradio's cache folder, which a component serves as it is (no copy, no
+    re-encoding). Named by the SHA-256 of its bytes and renamed into place once complete, so two visitors shown
+    the same image (a cache hit) share one whole file. Gradio's own path for a PIL image rewrites that file for
+    each of them, and a download racing the rewrite read a truncated file (seen in the load test)."""
+    import hashlib
+    import os
+
+    from gradio.utils import get_upload_folder
+
+    data = _png(image)
+    folder = Path(get_upload_folder()) / "tmpdiff"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()}.png"
+    if path.exists():
+        os.utime(path)  # handed out again: Gradio deletes served files by their age (ctime)
+        return str(path)
+    handle, staging = tempfile.mkstemp(dir=folder, prefix=".staging-")
+    with os.fdopen(handle, "wb") as file:
+        file.write(data)
+    os.replace(staging, path)
+    return str(path)
 
 
 def _describe(spec: Any) -> str:
