@@ -41,10 +41,18 @@ def load_test(report: dict) -> str:
             f"told and asked again), {report['counts']['errors']} errors; a client asking for one image at a time "
             f"waited "
             f"{report['polite_generate_p50_s']:.2f} s (median) and {report['polite_generate_p95_s']:.2f} s (p95) "
-            f"against {report['idle_generate_s']:.2f} s on an idle app ({report['p95_over_idle']:.1f}x); "
+            f"against {report['idle_generate_s']:.2f} s on an idle app ({report['p95_over_idle']:.1f}x)"
+            f"{_in_flight(report)}; "
             f"{report['evaluations_stored']} evaluations stored, each once "
             f"({'yes' if report['stored_once'] else 'NO'}), integrity check {report['integrity_check']}, "
             f"{report['tracebacks_in_app_log']} tracebacks in the app's log.")
+
+
+def _in_flight(report: dict) -> str:
+    if "others_images_in_flight_mean" not in report:
+        return ""
+    return (f", finding on average {report['others_images_in_flight_mean']:.1f} of the other clients' images and "
+            f"{report['others_searches_in_flight_mean']:.1f} of their searches in flight as it asked")
 
 
 BLOCKS = {"cpu-search": ("search_cpu.json", cpu_search), "load-test": ("load_test_cpu.json", load_test)}
