@@ -114,6 +114,25 @@ def test_two_visitors_shown_the_same_image_share_one_whole_file_that_is_never_re
     assert [Path(p).read_bytes() for p in pair] == [Path(p).read_bytes() for p in again]
 
 
+def test_downloads_are_served_files_that_gradio_deletes_not_a_folder_per_image(tmp_path, monkeypatch):
+    """The image and metrics to download went to a new temporary folder for every image, which nothing deleted."""
+    import json
+    import tempfile
+
+    from gradio.utils import get_upload_folder
+    from PIL import Image
+
+    from tmpdiff.ui.panels import downloads
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a folder of our own would have gone
+    image, metrics = Image.new("RGB", (8, 8), (1, 2, 3)), {"schedule": "fp32*8", "ssim": 1.0}
+    first = downloads((image, image), metrics)
+    assert downloads((image, image.copy()), dict(metrics)) == first  # the same files, not new copies
+    assert all(Path(p).is_relative_to(Path(get_upload_folder())) for p in first)
+    assert Path(first[0]).name.startswith("schedule-") and json.loads(Path(first[1]).read_text()) == metrics
+    assert list(tmp_path.glob("tmpdiff-*")) == []  # the folders the old code made there, one an image
+
+
 def test_generate_a_mixed_schedule(client):
     _, metrics = client.predict(schedule="fp32*2,int8wo*3,skip,fp32*2", seed=4, prompt="green triangle",
                                 api_name="/generate")

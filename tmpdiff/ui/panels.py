@@ -246,18 +246,12 @@ def load_row(table: Any, event: gr.SelectData) -> str:
     return str(table.iloc[row, 0]) if hasattr(table, "iloc") else str(table[row][0])
 
 def downloads(pair: Any, metrics: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The shown schedule's image and its metrics as files to download (served, and deleted, like the images)."""
     if not metrics or not pair:
         return None, None
-    folder = Path(tempfile.mkdtemp(prefix="tmpdiff-"))
-    image = pair[1]
-    image_path = folder / f"schedule-{stable_hash(metrics.get('schedule', ''))}.png"
-    if hasattr(image, "save"):
-        image.save(image_path)
-    elif isinstance(image, str | Path):
-        image_path.write_bytes(Path(image).read_bytes())
-    schedule_path = folder / "schedule.json"
-    schedule_path.write_text(json.dumps(metrics, indent=2))
-    return str(image_path), str(schedule_path)
+    image, name = pair[1], f"schedule-{stable_hash(metrics.get('schedule', ''))}.png"
+    image_path = served_png(image, name) if hasattr(image, "save") else served_file(Path(image).read_bytes(), name)
+    return image_path, served_file(json.dumps(metrics, indent=2).encode(), "schedule.json")
 
 def result_views(app: AppState, model: str, prompt: str, seed: float, steps: float, size: float, guidance: float,
                 latency_on: str, pair: Any, summary: dict[str, Any]):
@@ -412,20 +406,25 @@ def _data_uri(image: Any, animated: bool = False) -> str:
     return "data:image/png;base64," + base64.b64encode(_png(image, animated)).decode()
 
 
-def served_png(image: Any) -> str:
-    """The image as a PNG file in Gradio's cache folder, which a component serves as it is (no copy, no
-    re-encoding). Named by the SHA-256 of its bytes and renamed into place once complete, so two visitors shown
-    the same image (a cache hit) share one whole file. Gradio's own path for a PIL image rewrites that file for
-    each of them, and a download racing the rewrite read a truncated file (seen in the load test)."""
+def served_png(image: Any, name: str = "image.png") -> str:
+    """The image as a PNG file that a component serves as it is (lossless, no copy): see :func:`served_file`."""
+    return served_file(_png(image), name)
+
+
+def served_file(data: bytes, name: str) -> str:
+    """``data`` as a file called ``name`` in Gradio's cache folder, where Gradio serves it as it is and deletes it
+    an hour later. Its folder is named by the SHA-256 of the bytes, and the file is renamed into place once
+    complete, so two visitors shown the same image (a cache hit) share one whole file. Gradio's own path for a
+    PIL image rewrites the file for each of them, and a download racing the rewrite read a truncated file (seen
+    in the load test); a folder of our own per image was never deleted."""
     import hashlib
     import os
 
     from gradio.utils import get_upload_folder
 
-    data = _png(image)
-    folder = Path(get_upload_folder()) / "tmpdiff"
+    folder = Path(get_upload_folder()) / "tmpdiff" / hashlib.sha256(data).hexdigest()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(data).hexdigest()}.png"
+    path = folder / name
     if path.exists():
         os.utime(path)  # handed out again: Gradio deletes served files by their age (ctime)
         return str(path)
