@@ -41,6 +41,10 @@ def test_cli_help_and_argument_mistakes_load_no_heavy_library_not_even_torch():
         assert loaded_by(code) == set(), argv
 
 
+def test_listing_the_models_loads_no_heavy_library():
+    assert loaded_by("import tmpdiff.cli\nassert tmpdiff.cli.main(['models']) == 0") == set()
+
+
 def test_moving_evaluations_between_machines_loads_sql_and_no_torch(tmp_path):
     """``tmpdiff cache export`` and ``import`` (the store, schedules, PNG checks) take no torch and no pipeline:
     on a GPU machine importing torch alone took 6 s."""

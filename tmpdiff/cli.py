@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     age = _process_age()
     if age is not None:
         PHASES["start"] = age  # the interpreter and this module
-    if args.command == "cache":  # moving evaluations between machines: SQL and JSON, no torch, no pipeline
-        return _in_one_line(lambda: _cache(args))
+    if args.command in ("cache", "models"):  # moving evaluations, listing the registry: no torch, no pipeline
+        return _in_one_line(lambda: _without_torch(args))
     from .models import quiet_libraries
     from .runner import default_device
 
@@ -204,6 +204,18 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     return _in_one_line(lambda: _command(args, _checked_device(args.device) or default_device(), argv))
+
+
+def _without_torch(args: argparse.Namespace) -> int:
+    _checked_device(args.device)  # a mistaken --device is one, whatever the command
+    return _cache(args) if args.command == "cache" else _list_models()
+
+
+def _list_models() -> int:
+    for spec in MODELS.values():
+        print(f"{spec.name:<13} {spec.family:<7} {spec.dtype:<5} {spec.steps:>3} steps {spec.size:>5}px  "
+              f"{spec.source}")
+    return 0
 
 
 def _in_one_line(command: Callable[[], int]) -> int:
@@ -227,10 +239,6 @@ def _command(args: argparse.Namespace, device: str, argv: list[str] | None) -> i
     if args.command == "precisions":
         for row in precision_table(device):
             print(f"{row['name']:<7} {row['status']:<12} {row['description']}  [{row['reason']}]")
-    elif args.command == "models":
-        for spec in MODELS.values():
-            print(f"{spec.name:<13} {spec.family:<7} {spec.dtype:<5} {spec.steps:>3} steps {spec.size:>5}px  "
-                  f"{spec.source}")
     elif args.command == "search":
         return _search(args, device)
     elif args.command == "sweep":
