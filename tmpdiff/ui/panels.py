@@ -175,7 +175,8 @@ def _run_image(app: AppState, model: str, prompt: str, seed: float, steps: float
         summary["split_over_processes"] = app.evaluator.engine.split
     if result.record.simulated:
         summary["note"] = f"simulated precisions ({', '.join(result.record.simulated)}): no speed claim"
-    return (served_png(reference.image), served_png(result.image)), summary
+    # The PNG bytes the engine kept (and scored), served as they are: no second encoding.
+    return (served_file(reference.record.png, "image.png"), served_file(result.record.png, "image.png")), summary
 
 def search_updates(app: AppState, model: str, target_kind: str, target: float, steps: float, ladder: str,
                    num_prompts: float, seeds: str, progress: gr.Progress,
