@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import write_atomically
+
 __all__ = [
     "CACHE_DIR_ENV", "CompileCache", "CompileCacheWarning", "CompileKey", "cache_root", "check_cache_dir",
     "input_signature", "module_identity",
@@ -260,28 +262,17 @@ class CompileCache:
     def _write(self, key: CompileKey, files: dict[str, bytes], seconds: float) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         for name, payload in files.items():
-            _atomic_write(self.root / name, payload)
+            write_atomically(self.root / name, payload)
         manifest = {"key": key.to_dict(), "seconds": round(seconds, 3), "created": time.time(),
                     "files": {name: hashlib.sha256(payload).hexdigest() for name, payload in files.items()}}
         # The manifest goes last: an entry without one does not exist, so a killed write leaves no half entry.
-        _atomic_write(self._manifest(key), json.dumps(manifest, indent=1, default=str).encode())
+        write_atomically(self._manifest(key), json.dumps(manifest, indent=1, default=str).encode())
 
     def _discard(self, key: CompileKey, why: str) -> None:
         warnings.warn(f"compile cache entry {key.digest} for {key.precision} ({key.mode}) is unusable: {why}; "
                       "it is removed and rebuilt", CompileCacheWarning, stacklevel=3)
         for path in self.root.glob(f"{key.digest}.*"):
             path.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _safe(name: str) -> str:

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
+from tmpdiff.atomic import write_atomically
 from tmpdiff.models import MODELS
 from tmpdiff.records import EvalKey, EvalRecord
 from tmpdiff.schedule import Schedule
@@ -212,7 +212,7 @@ class Cache:
                     data["png_base64"] = base64.b64encode(png).decode()
                     rows.append(data)
         payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "evaluations": rows}
-        _atomic_write(Path(path), json.dumps(payload).encode())
+        write_atomically(Path(path), json.dumps(payload).encode(), durable=True)
         return len(rows)
 
     def import_(self, path: str | os.PathLike[str], replace: bool = False) -> int:
@@ -279,7 +279,7 @@ class Cache:
             return sha
         target = self.image_path(sha)
         if not target.exists():
-            _atomic_write(target, png)
+            write_atomically(target, png, durable=True)
         return sha
 
     def _read_image(self, sha: str) -> bytes | None:
@@ -407,19 +407,6 @@ def _server_timeouts(url: Any) -> dict[str, Any]:
 def _finite(value: float | None) -> float | None:
     """SQLite stores no infinity: identical images (PSNR = inf) are stored as NULL."""
     return None if value is None or value == float("inf") else value
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _parse_export(path: Path) -> list[EvalRecord]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from tmpdiff import Schedule, available_precisions, get_model, plots
+from tmpdiff.atomic import write_atomically
 from tmpdiff.cancel import Cancelled
 from tmpdiff.cost_tables import load_cost_table, matching_tables, target_prediction
 from tmpdiff.evaluate import Evaluator
@@ -429,10 +429,7 @@ def served_file(data: bytes, name: str) -> str:
     if path.exists():
         os.utime(path)  # handed out again: Gradio deletes served files by their age (ctime)
         return str(path)
-    handle, staging = tempfile.mkstemp(dir=folder, prefix=".staging-")
-    with os.fdopen(handle, "wb") as file:
-        file.write(data)
-    os.replace(staging, path)
+    write_atomically(path, data)
     return str(path)
 
 
