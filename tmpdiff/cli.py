@@ -224,12 +224,18 @@ def _in_one_line(command: Callable[[], int]) -> int:
     try:
         return command()
     except ValueError as exc:
-        _say(f"error: {in_cli_words(str(exc))}")
-        return refusal_exit(EXIT_USAGE)
+        return refused(exc)
     except OSError as exc:  # a file or folder the command reads or writes: its path and why, in one line
         where = f": {exc.filename}" if exc.filename else ""
         _say(f"error: {exc.strerror or exc}{where}")
         return refusal_exit(EXIT_USAGE)
+
+
+def refused(exc: ValueError) -> int:
+    """A user's mistake, in this command line's words: one line on stderr and the usage exit code (the tmpdiff
+    command's and the app's)."""
+    _say(f"error: {in_cli_words(str(exc))}")
+    return refusal_exit(EXIT_USAGE)
 
 
 def _command(args: argparse.Namespace, device: str, argv: list[str] | None) -> int:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tmpdiff.cli import refused
 from tmpdiff.launch import check_processes, refusal_exit, run_over_gpus
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_processes(args.parallel)
     except ValueError as exc:
-        return _refuse(exc)
+        return refused(exc)
     if args.parallel > 1 and os.environ.get("RANK", "0") != "0":  # a following process: no page, no port
         return _follow(args)
     # Set before Gradio is imported: it reads the switch once.
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_over_gpus(args.parallel, args.device or default_device(), "tmpdiff.ui.serve", argv)
         engine = make_engine(args)
     except ValueError as exc:
-        return _refuse(exc)
+        return refused(exc)
     try:
         if engine.split > 1:  # a model that cannot be split says so now, not at the first image
             from tmpdiff import DEFAULT_MODEL, get_model
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         demo = build(args, engine)
     except ValueError as exc:
         engine.release_followers()
-        return _refuse(exc)
+        return refused(exc)
     from tmpdiff.ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
 
     try:
@@ -127,13 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         engine.release_followers()
     return 0
-
-
-def _refuse(exc: ValueError) -> int:
-    from tmpdiff.cli import in_cli_words
-
-    print(f"error: {in_cli_words(str(exc))}", file=sys.stderr)
-    return refusal_exit(2)
 
 
 def _follow(args: argparse.Namespace) -> int:
