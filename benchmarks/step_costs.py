@@ -106,17 +106,19 @@ def loop(pipe: DenoiseOnly, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def uniform_cost(pipe: DenoiseOnly, name: str, steps: int, compiled: bool) -> dict:
+def uniform_cost(pipe: DenoiseOnly, name: str, steps: int, compiled: bool, graphs: bool | None = None) -> dict:
     ref = pipe.reference
     schedule = Schedule((ref,) + ("skip",) * (steps - 1)) if name == "skip" else Schedule.uniform(name, steps)
     status = precision_status(name, "cuda")
     row = {"precision": name, "compiled": compiled, "status": status.status.value}
+    if compiled and graphs is not None:
+        row["cuda_graphs"] = graphs
     try:
         start = time.perf_counter()
-        with apply_schedule(pipe, schedule, compile=compiled):
-            loop(pipe, steps)  # builds, compiles, warms up
+        with apply_schedule(pipe, schedule, compile=compiled, cuda_graphs=graphs):
+            loop(pipe, steps)  # builds, compiles, captures, warms up
         row["first_run_s"] = time.perf_counter() - start
-        with apply_schedule(pipe, schedule, compile=compiled) as handle:
+        with apply_schedule(pipe, schedule, compile=compiled, cuda_graphs=graphs) as handle:
             row["loop_s"] = loop(pipe, steps)
     except Exception as exc:  # a failing precision is reported, not fatal to the report
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -160,6 +162,9 @@ def main() -> None:
                         help="uniform step costs only: no mixed-schedule loops or switching overhead")
     parser.add_argument("--compiled", default="bf16,fp8", help="precisions timed with torch.compile")
     parser.add_argument("--eager", default="bf16,fp8", help="precisions timed without compilation")
+    parser.add_argument("--graphs", choices=["on", "off", "both"], default="on",
+                        help="compiled rows with CUDA graphs of the whole call, without, or both (each precision "
+                             "timed both ways, one after the other); mixed schedules follow $TMPDIFF_CUDA_GRAPHS")
     parser.add_argument("--steps", type=int, default=28, help="steps of the mixed-schedule loops")
     parser.add_argument("--cost-steps", type=int, default=8, help="steps of each uniform cost loop")
     parser.add_argument("--out", type=Path, default=None)
@@ -169,9 +174,11 @@ def main() -> None:
     report: dict = {"arch": args.arch, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "reference": ref, "parameters_b": sum(p.numel() for p in pipe.transformer.parameters()) / 1e9,
                     "weights_gib": module_bytes(pipe.transformer) / 2**30, "costs": [], "schedules": []}
-    plan = [(n, False) for n in args.eager.split(",") if n] + [(n, True) for n in args.compiled.split(",") if n]
-    for name, compiled in [*plan, ("skip", True)]:
-        row = uniform_cost(pipe, name, args.cost_steps, compiled)
+    graphs = {"on": [True], "off": [False], "both": [False, True]}[args.graphs]
+    plan = [(n, False, None) for n in args.eager.split(",") if n]
+    plan += [(n, True, g) for n in args.compiled.split(",") if n for g in graphs]
+    for name, compiled, graphed in [*plan, ("skip", True, None)]:
+        row = uniform_cost(pipe, name, args.cost_steps, compiled, graphed)
         report["costs"].append(row)
         print(json.dumps(row), flush=True)
     out = args.out or Path(f"benchmarks/results/{args.arch}_steps.json")
@@ -182,7 +189,7 @@ def main() -> None:
     if args.no_mixed:
         return
     compiled_ms = {r["precision"]: r["median_ms"] / 1000 for r in report["costs"]
-                   if r["compiled"] and "median_ms" in r}
+                   if r["compiled"] and "median_ms" in r and r.get("cuda_graphs", True) == graphs[-1]}
     low = args.compiled.split(",")[1] if "," in args.compiled else ref
     for text in mixed_schedules(ref, low, args.steps):
         schedule = Schedule.parse(text, args.steps)

@@ -159,3 +159,25 @@ def test_every_real_rung_switches_per_step_in_one_run_without_recompiling(flux):
     assert counters["stats"]["unique_graphs"] == compiled  # the second run switched between compiled variants only
     assert np.isfinite(first).all() and np.array_equal(first, second)
     assert set(computing) <= set(handle.variants)
+
+
+def test_cuda_graphs_replay_each_compiled_variant_with_the_image_of_plain_compiled_calls(flux):
+    from tmpdiff.variants import Mode, bank_for
+
+    low = "fp8" if torch.cuda.get_device_capability() >= (8, 9) else "bf16"
+    schedule = f"bf16,{low}*{STEPS - 2},bf16"
+    with apply_schedule(flux, schedule, compile=True, cuda_graphs=False):
+        plain = run(flux)
+    graphs = bank_for(denoiser_of(flux)).graphs
+    with apply_schedule(flux, schedule, compile=True, cuda_graphs=True) as first:
+        graphed = run(flux)
+    with apply_schedule(flux, schedule, compile=True, cuda_graphs=True) as second:
+        again = run(flux)
+    assert not graphs.refused, graphs.refused
+    for name in {"bf16", low}:  # one capture a variant, reused by the second run
+        assert graphs.captures((name, Mode.COMPILED)) == 1
+    assert not second.build_seconds  # nothing built or captured the second time
+    assert first.steps_run == second.steps_run == schedule.replace(f"{low}*{STEPS - 2}", ",".join([low] * (STEPS - 2))
+                                                                   ).split(",")
+    assert np.abs(plain - graphed).max() < 2e-3  # the same kernels, replayed
+    assert np.array_equal(graphed, again)

@@ -29,9 +29,9 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .attention import attention_context
 from .cancel import raise_if_cancelled
 from .compile_cache import CompileCache
+from .graphs import graphs_enabled
 from .precisions import get_precision
 from .replay import ReplayKey, ReplayStore
 from .schedule import Schedule
@@ -143,6 +143,7 @@ def apply_schedule(
     replay: ReplayStore | None = None,
     replay_key: str | None = None,
     denoiser: str | nn.Module | None = None,
+    cuda_graphs: bool | None = None,
 ) -> Iterator[ScheduleHandle]:
     """Run every denoiser call of step ``i`` in ``schedule[i]`` during the block.
 
@@ -164,6 +165,9 @@ def apply_schedule(
         denoiser: the denoiser to switch, by attribute name or as the module; default: every denoiser the
             pipeline has (``transformer`` and ``transformer_2`` of Wan 2.2, ``prior`` of Stable Cascade, ...),
             each step's calls routed to its precision whichever of them makes them.
+        cuda_graphs: replay each compiled variant's whole call as a CUDA graph (captured on its first call, outside
+            the step's time; ``graphs.py``); default ``$TMPDIFF_CUDA_GRAPHS``, else on. Ignored off CUDA and for a
+            context-parallel denoiser.
 
     Example:
         >>> with apply_schedule(pipe, "bf16*2,int8wo*2") as handle:  # doctest: +SKIP
@@ -190,7 +194,7 @@ def apply_schedule(
         config = _SwitchConfig(schedule=schedule, mode=mode, pipeline=type(pipe).__name__,
                                denoisers=tuple(handle.denoisers), synchronize=synchronize and device.type == "cuda",
                                cache=cache, on_build=on_build, replay=replay, replay_key=replay_key,
-                               scheduler=pipe.scheduler)
+                               scheduler=pipe.scheduler, cuda_graphs=graphs_enabled(cuda_graphs))
         router = _StepRouter(config, handle)
         with contextlib.ExitStack() as hooks:
             for _, module in modules:
@@ -217,6 +221,7 @@ class _SwitchConfig:
     replay: ReplayStore | None = None
     replay_key: str | None = None
     scheduler: Any = None  # its timesteps place an extrapolated step
+    cuda_graphs: bool = True
 
 
 class _DenoiserHook(ModelHook):
@@ -414,8 +419,10 @@ class _StepRouter:
         if variant is None:
             variant = self._build(hook, name, mode, args, kwargs)
         self.handle.variants.setdefault(name, variant)
-        with attention_context(variant):
-            output = variant(*args, **kwargs)
+        output, capturing = bank.call(name, mode, variant, args, kwargs, self.config.cuda_graphs)
+        if capturing:  # a CUDA graph was captured in this call: set-up, like a build, not the step's time
+            self.handle.build_seconds[name] = self.handle.build_seconds.get(name, 0.0) + capturing
+            self.timer.exclude(capturing)
         return _cast(output, precision.dtype, reference_dtype) if cast else output
 
     def _build(self, hook: _DenoiserHook, name: str, mode: Mode, args: tuple, kwargs: dict) -> nn.Module:

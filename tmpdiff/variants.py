@@ -27,6 +27,7 @@ from torch import nn
 from . import aot
 from .attention import attention_context, mark
 from .compile_cache import CompileCache, CompileKey
+from .graphs import CallGraphs
 from .precisions import Kind, Precision, Status, get_precision, precision_status
 
 __all__ = ["MIN_ROWS", "BuildInfo", "Mode", "VariantBank", "bank_for", "module_bytes"]
@@ -82,6 +83,7 @@ class VariantBank:
     linear_rows: dict[str, int] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     device: torch.device | None = None
+    graphs: CallGraphs = field(default_factory=CallGraphs)
 
     @property
     def reference_dtype(self) -> torch.dtype:
@@ -104,6 +106,20 @@ class VariantBank:
     def get(self, name: str, mode: Mode) -> nn.Module | None:
         self._drop_if_moved()
         return self.variants.get((name, mode))
+
+    def call(self, name: str, mode: Mode, variant: nn.Module, args: tuple, kwargs: dict,
+             graphs: bool) -> tuple[Any, float]:
+        """One call of a built variant: the output, and seconds spent capturing its CUDA graph (0 unless this call
+        captured one). Compiled variants on one CUDA device replay a graph of the whole call when ``graphs``."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with attention_context(variant):
+                return variant(*args, **kwargs)
+
+        if (not graphs or mode is Mode.EAGER or self._device().type != "cuda"
+                or getattr(self.reference, "_parallel_config", None) is not None):  # a split call talks to peers
+            return run(*args, **kwargs), 0.0
+        return self.graphs.call((name, mode), run, args, kwargs)
 
     def build(self, name: str, mode: Mode, example: Call | None = None,
               cache: CompileCache | None = None) -> nn.Module:
@@ -258,6 +274,7 @@ class VariantBank:
         device = next(self.reference.parameters()).device
         if self.device != device:
             self.variants.clear()
+            self.graphs.clear()
             self.device = device
 
 
