@@ -10,8 +10,10 @@ block's output. So the whole call is captured, around the compiled variant:
   one warm-up call on a side stream, as PyTorch's guide to graphs advises;
 * into one memory pool per bank: calls are replayed one at a time on one stream and every output is cloned at
   once, so the graphs of a bank's variants can share their scratch memory;
-* at most :data:`MAX_SIGNATURES` signatures a variant (a pipeline passing a changing Python number would
-  otherwise capture a graph every step); past that, or where a capture fails, the variant runs as before.
+* only for precisions known to capture (``Precision.graphs``: a failed capture can leave the process's CUDA
+  state unusable, so failing is not a way to find out), and at most :data:`MAX_SIGNATURES` signatures a variant
+  (a pipeline passing a changing Python number would otherwise capture a graph every step); past that, the
+  variant runs as before.
 
 Switching stays free: choosing a precision for a step chooses which graph to replay.
 """

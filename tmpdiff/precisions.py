@@ -70,6 +70,8 @@ class Precision:
             fewer than ``MIN_ROWS`` rows (timestep and modulation embeddings) are left alone.
         group_size: the weight group size; layers whose ``in_features`` it does not divide are left alone.
         attention: ``"fp8"`` when the step's attention also runs in fp8 (see ``tmpdiff.attention``).
+        graphs: its compiled calls are known to replay as CUDA graphs (``tmpdiff.graphs``). Only rungs checked on
+            a GPU say so: a capture that fails (int8's did, on an H200) leaves the process's CUDA state unusable.
     """
 
     name: str
@@ -85,6 +87,7 @@ class Precision:
     group_size: int | None = None
     extrapolates: bool = False  # a non-computing step that predicts its output instead of reusing it
     attention: str | None = None  # "fp8": attention runs in fp8 too (tmpdiff.attention), not only the linears
+    graphs: bool = False
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -213,12 +216,13 @@ def _nvfp4(dtype: torch.dtype) -> object:
 
 
 _ENTRIES = (
-    Precision("fp32", Kind.DTYPE, 32, "float32 weights and activations", dtype_name="float32"),
-    Precision("bf16", Kind.DTYPE, 16, "bfloat16 weights and activations", dtype_name="bfloat16"),
-    Precision("fp16", Kind.DTYPE, 16, "float16 weights and activations", dtype_name="float16"),
+    Precision("fp32", Kind.DTYPE, 32, "float32 weights and activations", dtype_name="float32", graphs=True),
+    Precision("bf16", Kind.DTYPE, 16, "bfloat16 weights and activations", dtype_name="bfloat16", graphs=True),
+    Precision("fp16", Kind.DTYPE, 16, "float16 weights and activations", dtype_name="float16", graphs=True),
     Precision(
         "fp8", Kind.TORCHAO, 8, "torchao fp8 dynamic activations + fp8 weights, per-row scales",
         config=_fp8_dynamic, simulate=_fp8_dynamic_sim, min_capability=(8, 9), dynamic_activation=True,
+        graphs=True,
     ),
     Precision(
         "int8", Kind.TORCHAO, 8, "torchao int8 dynamic activations + int8 weights",
@@ -249,7 +253,7 @@ _ENTRIES = (
     Precision(
         "fp8a8", Kind.TORCHAO, 8, "fp8 linears (as fp8) and fp8 attention (FlashAttention-3, per-head scales)",
         config=_fp8_dynamic, simulate=_fp8_dynamic_sim, min_capability=(9, 0), dynamic_activation=True,
-        attention="fp8",
+        attention="fp8", graphs=True,
     ),
     Precision("skip", Kind.SKIP, 0, "no denoiser call: reuse the previous step's model output"),
     Precision("extrap", Kind.SKIP, 0, "no denoiser call: the model output extrapolated to this step's timestep "

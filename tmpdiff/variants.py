@@ -110,13 +110,14 @@ class VariantBank:
     def call(self, name: str, mode: Mode, variant: nn.Module, args: tuple, kwargs: dict,
              graphs: bool) -> tuple[Any, float]:
         """One call of a built variant: the output, and seconds spent capturing its CUDA graph (0 unless this call
-        captured one). Compiled variants on one CUDA device replay a graph of the whole call when ``graphs``."""
+        captured one). Compiled variants on one CUDA device replay a graph of the whole call when ``graphs`` and
+        their precision is known to be capturable."""
 
         def run(*args: Any, **kwargs: Any) -> Any:
             with attention_context(variant):
                 return variant(*args, **kwargs)
 
-        if (not graphs or mode is Mode.EAGER or self._device().type != "cuda"
+        if (not graphs or mode is Mode.EAGER or not get_precision(name).graphs or self._device().type != "cuda"
                 or getattr(self.reference, "_parallel_config", None) is not None):  # a split call talks to peers
             return run(*args, **kwargs), 0.0
         return self.graphs.call((name, mode), run, args, kwargs)
