@@ -47,3 +47,15 @@ def test_off_cuda_a_graphs_request_runs_the_plain_calls(pipes):
         asked = tiny_sd(**kwargs, output_type="np").images[0]
     assert np.array_equal(plain, asked)
     assert not bank_for(denoiser_of(tiny_sd)).graphs.captured
+
+
+@pytest.mark.parametrize(("setting", "split"), [(None, False), ("1", False), ("all", True), ("0", False)])
+def test_a_split_denoiser_is_graphed_only_when_asked(monkeypatch, setting, split):
+    from tmpdiff.graphs import split_graphs_enabled
+
+    if setting is None:
+        monkeypatch.delenv("TMPDIFF_CUDA_GRAPHS", raising=False)
+    else:
+        monkeypatch.setenv("TMPDIFF_CUDA_GRAPHS", setting)
+    assert split_graphs_enabled() is split
+    assert graphs_enabled(None) is (setting != "0")

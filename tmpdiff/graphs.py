@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-__all__ = ["MAX_SIGNATURES", "CallGraphs", "graphs_enabled", "signature"]
+__all__ = ["MAX_SIGNATURES", "CallGraphs", "graphs_enabled", "signature", "split_graphs_enabled"]
 
 MAX_SIGNATURES = 4
 ENV = "TMPDIFF_CUDA_GRAPHS"
@@ -41,6 +41,13 @@ def graphs_enabled(requested: bool | None) -> bool:
     if requested is not None:
         return requested
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def split_graphs_enabled() -> bool:
+    """Whether a context-parallel (split) denoiser's calls are graphed too, collectives and all:
+    ``$TMPDIFF_CUDA_GRAPHS=all``. Measured on 2x H200 (``benchmarks/results/context_parallel_graphs_h200x2.json``)
+    but not yet run through the split CLI and app on GPUs, so it is asked for, not the default."""
+    return os.environ.get(ENV, "").strip().lower() == "all"
 
 
 def signature(args: tuple, kwargs: dict) -> Hashable | None:

@@ -27,7 +27,7 @@ from torch import nn
 from . import aot
 from .attention import attention_context, mark
 from .compile_cache import CompileCache, CompileKey
-from .graphs import CallGraphs
+from .graphs import CallGraphs, split_graphs_enabled
 from .precisions import Kind, Precision, Status, get_precision, precision_status
 
 __all__ = ["MIN_ROWS", "BuildInfo", "Mode", "VariantBank", "bank_for", "module_bytes"]
@@ -117,8 +117,9 @@ class VariantBank:
             with attention_context(variant):
                 return variant(*args, **kwargs)
 
+        split = getattr(self.reference, "_parallel_config", None) is not None  # its calls talk to peers
         if (not graphs or mode is Mode.EAGER or not get_precision(name).graphs or self._device().type != "cuda"
-                or getattr(self.reference, "_parallel_config", None) is not None):  # a split call talks to peers
+                or (split and not split_graphs_enabled())):
             return run(*args, **kwargs), 0.0
         return self.graphs.call((name, mode), run, args, kwargs)
 
