@@ -4,6 +4,9 @@ per-step schedule switching precisions as on one GPU.
     torchrun --nproc-per-node 1 benchmarks/context_parallel.py --out cp1.json
     torchrun --nproc-per-node 2 benchmarks/context_parallel.py --out cp2.json --compare-to cp1.json
 
+Compiled variants replay CUDA graphs of their whole call on one GPU; a split denoiser's only with
+``TMPDIFF_CUDA_GRAPHS=all`` (``TMPDIFF_CUDA_GRAPHS=0``: none), so compare runs under the same setting.
+
 Random weights (seed 0 on every rank, so every rank holds the same model), 1024², 28 steps, compiled per block
 as tmpdiff compiles; one untimed loop per schedule (compilation, warm-up), then the median of three timed loops.
 Rank 0 writes the times and the final latents' statistics; ``--compare-to`` reads the 1-GPU run's latents

@@ -5,6 +5,7 @@ Random weights (latency and memory only), native resolution, one prompt. Every s
 "loop" is the denoising loop alone (see ``end_to_end.py`` for whole pipelines).
 
     python benchmarks/step_costs.py --arch flux --compiled bf16,fp8,int8 --eager bf16,fp8,int8,int8wo,fp8wo,int4wo
+    python benchmarks/step_costs.py --arch flux --eager "" --compiled bf16,fp8,fp8a8 --graphs both --no-mixed
 """
 
 from __future__ import annotations
