@@ -59,3 +59,15 @@ def test_a_split_denoiser_is_graphed_only_when_asked(monkeypatch, setting, split
         monkeypatch.setenv("TMPDIFF_CUDA_GRAPHS", setting)
     assert split_graphs_enabled() is split
     assert graphs_enabled(None) is (setting != "0")
+
+
+def test_only_rungs_checked_on_a_gpu_and_running_real_kernels_are_captured():
+    from tmpdiff import Status, precision_status
+    from tmpdiff.variants import _capturable
+
+    cpu = torch.device("cpu")
+    assert _capturable("bf16", cpu) and _capturable("fp32", cpu)
+    assert not _capturable("int8", cpu)  # its capture failed on an H200
+    assert not _capturable("skip", cpu)
+    assert precision_status("fp8a8", cpu).status is not Status.REAL
+    assert not _capturable("fp8a8", cpu)  # simulated here: its fake quantization was never captured

@@ -117,11 +117,13 @@ class VariantBank:
             with attention_context(variant):
                 return variant(*args, **kwargs)
 
+        device = self._device()
         split = getattr(self.reference, "_parallel_config", None) is not None  # its calls talk to peers
-        if (not graphs or mode is Mode.EAGER or not get_precision(name).graphs or self._device().type != "cuda"
+        if (not graphs or mode is Mode.EAGER or device.type != "cuda" or not _capturable(name, device)
                 or (split and not split_graphs_enabled())):
             return run(*args, **kwargs), 0.0
-        return self.graphs.call((name, mode), run, args, kwargs)
+        with torch.cuda.device(device):  # capture and replay on the variant's GPU, whichever is current
+            return self.graphs.call((name, mode), run, args, kwargs)
 
     def build(self, name: str, mode: Mode, example: Call | None = None,
               cache: CompileCache | None = None) -> nn.Module:
@@ -369,6 +371,14 @@ def _parallel_like(module: nn.Module, parallel: Any) -> None:
                          "enable_parallelism(config=ContextParallelConfig(...)) on the denoiser")
     cp = parallel.context_parallel_config
     module.enable_parallelism(config=dataclasses.replace(cp, mesh=cp._mesh))  # the reference's groups, none new
+
+
+def _capturable(name: str, device: torch.device) -> bool:
+    """Whether a precision's calls are known to replay as CUDA graphs here: the rungs checked on a GPU, with their
+    real kernels (a simulated rung's fake quantization was never captured)."""
+    precision = get_precision(name)
+    return precision.graphs and (precision.kind is not Kind.TORCHAO
+                                 or precision_status(name, device).status is Status.REAL)
 
 
 def _compile_regionally(module: nn.Module) -> None:
