@@ -28,10 +28,7 @@ def test_an_argument_that_is_not_a_tensor_or_plain_value_gets_no_graph():
 
 @pytest.mark.parametrize(("setting", "expected"), [(None, True), ("1", True), ("0", False), ("off", False)])
 def test_graphs_follow_the_environment_unless_the_caller_chooses(monkeypatch, setting, expected):
-    if setting is None:
-        monkeypatch.delenv("TMPDIFF_CUDA_GRAPHS", raising=False)
-    else:
-        monkeypatch.setenv("TMPDIFF_CUDA_GRAPHS", setting)
+    _graphs_setting(monkeypatch, setting)
     assert graphs_enabled(None) is expected
     assert graphs_enabled(True) is True and graphs_enabled(False) is False
 
@@ -53,10 +50,7 @@ def test_off_cuda_a_graphs_request_runs_the_plain_calls(pipes):
 def test_a_split_denoiser_is_graphed_only_when_asked(monkeypatch, setting, split):
     from tmpdiff.graphs import split_graphs_enabled
 
-    if setting is None:
-        monkeypatch.delenv("TMPDIFF_CUDA_GRAPHS", raising=False)
-    else:
-        monkeypatch.setenv("TMPDIFF_CUDA_GRAPHS", setting)
+    _graphs_setting(monkeypatch, setting)
     assert split_graphs_enabled() is split
     assert graphs_enabled(None) is (setting != "0")
 
@@ -71,3 +65,11 @@ def test_only_rungs_checked_on_a_gpu_and_running_real_kernels_are_captured():
     assert not _capturable("skip", cpu)
     assert precision_status("fp8a8", cpu).status is not Status.REAL
     assert not _capturable("fp8a8", cpu)  # simulated here: its fake quantization was never captured
+
+
+def _graphs_setting(monkeypatch: pytest.MonkeyPatch, setting: str | None) -> None:
+    """``$TMPDIFF_CUDA_GRAPHS`` set to ``setting`` for the test (unset for None)."""
+    if setting is None:
+        monkeypatch.delenv("TMPDIFF_CUDA_GRAPHS", raising=False)
+    else:
+        monkeypatch.setenv("TMPDIFF_CUDA_GRAPHS", setting)
