@@ -209,3 +209,17 @@ def test_engine_messages_name_fields_and_the_command_line_says_its_flags(tmp_pat
     # A field name inside a path or file name is left alone.
     assert in_cli_words("/srv/costs/a.db is not a SQLite database: pass another db") == \
         "/srv/costs/a.db is not a SQLite database: pass another --db"
+
+
+def test_a_reader_that_leaves_early_gets_no_error_line():
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # `tmpdiff models | head -0`: nobody reads what the command prints
+    try:
+        done = subprocess.run([sys.executable, "-m", "tmpdiff", "models"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.stderr == ""
+    assert done.returncode == 1  # as Python's own advice for a closed pipe

@@ -164,7 +164,13 @@ def open_cache(path: str | None, enabled: bool = True, cache_dir: Path | None = 
 
 def run() -> None:
     """The ``tmpdiff`` command: :func:`main`, then a quick exit."""
-    leave(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left early (`tmpdiff models | head -1`): nothing to tell, as Python's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # docs advise; exit 1 as Python does
+        code = 1
+    leave(code)
 
 
 def leave(code: int) -> None:
@@ -225,6 +231,8 @@ def _in_one_line(command: Callable[[], int]) -> int:
         return command()
     except ValueError as exc:
         return refused(exc)
+    except BrokenPipeError:  # not a file mistake: the reader of our output left (see run())
+        raise
     except OSError as exc:  # a file or folder the command reads or writes: its path and why, in one line
         where = f": {exc.filename}" if exc.filename else ""
         _say(f"error: {exc.strerror or exc}{where}")
