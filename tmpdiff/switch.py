@@ -166,8 +166,8 @@ def apply_schedule(
             pipeline has (``transformer`` and ``transformer_2`` of Wan 2.2, ``prior`` of Stable Cascade, ...),
             each step's calls routed to its precision whichever of them makes them.
         cuda_graphs: replay each compiled variant's whole call as a CUDA graph (captured on its first call, outside
-            the step's time; ``graphs.py``); default ``$TMPDIFF_CUDA_GRAPHS``, else on. Ignored off CUDA and for a
-            context-parallel denoiser.
+            the step's time; ``graphs.py``); default ``$TMPDIFF_CUDA_GRAPHS``, else on. Ignored off CUDA; a
+            context-parallel denoiser's calls only with ``$TMPDIFF_CUDA_GRAPHS=all``.
 
     Example:
         >>> with apply_schedule(pipe, "bf16*2,int8wo*2") as handle:  # doctest: +SKIP
