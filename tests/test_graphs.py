@@ -73,3 +73,14 @@ def _graphs_setting(monkeypatch: pytest.MonkeyPatch, setting: str | None) -> Non
         monkeypatch.delenv("TMPDIFF_CUDA_GRAPHS", raising=False)
     else:
         monkeypatch.setenv("TMPDIFF_CUDA_GRAPHS", setting)
+
+
+def test_a_call_with_autograd_on_runs_as_it_is_and_captures_nothing():
+    from tmpdiff.graphs import CallGraphs
+
+    graphs = CallGraphs()
+    x = torch.ones(3, requires_grad=True)
+    with torch.enable_grad():
+        output, capturing = graphs.call(("bf16", "compiled"), lambda t: t * 2, (x,), {})
+    assert output.grad_fn is not None and capturing == 0.0  # its history kept: nothing was replayed
+    assert not graphs.captured and not graphs.refused

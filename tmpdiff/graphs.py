@@ -53,8 +53,11 @@ def split_graphs_enabled() -> bool:
 def signature(args: tuple, kwargs: dict) -> Hashable | None:
     """What a captured call is valid for, or None when an argument cannot be told apart by value (then no graph):
     the argument tree, each tensor's shape, stride, dtype and device, every other argument's value."""
-    leaves, spec = pytree.tree_flatten((args, kwargs))
-    parts: list[Hashable] = [str(spec), torch.is_grad_enabled()]
+    return _signature(*pytree.tree_flatten((args, kwargs)))
+
+
+def _signature(leaves: list[Any], spec: pytree.TreeSpec) -> Hashable | None:
+    parts: list[Hashable] = [str(spec)]
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             parts.append((tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device, leaf.requires_grad))
@@ -90,22 +93,24 @@ class CallGraphs:
 
     def call(self, variant: Hashable, run: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Any, float]:
         """``run(*args, **kwargs)`` through a graph: the output, and the seconds spent capturing (to leave out of
-        a step's time; 0 once captured)."""
-        if variant in self.refused:
+        a step's time; 0 once captured). A call with autograd on runs as it is: a replayed output has no history
+        to train through."""
+        if variant in self.refused or torch.is_grad_enabled():
             return run(*args, **kwargs), 0.0
-        key = signature(args, kwargs)
+        leaves, spec = pytree.tree_flatten((args, kwargs))  # once a call: the key, then the inputs to copy in
+        key = _signature(leaves, spec)
         if key is None:
             return self._refuse(variant, "an argument that is neither a tensor nor a plain value", run, args, kwargs)
         captured = self.captured.get((variant, key))
         if captured is not None:
-            return self._replay(captured, args, kwargs), 0.0
+            return self._replay(captured, leaves), 0.0
         if self.captures(variant) >= MAX_SIGNATURES:
             return self._refuse(variant, f"called with more than {MAX_SIGNATURES} argument signatures", run, args,
                                 kwargs)
         torch.cuda.synchronize()  # the steps before are done: what follows is capturing alone
         start = time.perf_counter()
         try:
-            captured = self._capture(run, args, kwargs)
+            captured = self._capture(run, leaves, spec)
         except Exception as exc:  # anything the call does that a graph cannot hold (a host sync, a CPU tensor)
             torch.cuda.synchronize()
             spent = time.perf_counter() - start
@@ -114,10 +119,9 @@ class CallGraphs:
             return output, spent
         self.captured[(variant, key)] = captured
         torch.cuda.synchronize()
-        return self._replay(captured, args, kwargs), time.perf_counter() - start
+        return self._replay(captured, leaves), time.perf_counter() - start
 
-    def _capture(self, run: Callable[..., Any], args: tuple, kwargs: dict) -> _Captured:
-        leaves, spec = pytree.tree_flatten((args, kwargs))
+    def _capture(self, run: Callable[..., Any], leaves: list[Any], spec: pytree.TreeSpec) -> _Captured:
         static = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
         static_args, static_kwargs = pytree.tree_unflatten(static, spec)
         side = torch.cuda.Stream()
@@ -134,8 +138,8 @@ class CallGraphs:
         return _Captured(graph, [t for t in static if isinstance(t, torch.Tensor)], output)
 
     @staticmethod
-    def _replay(captured: _Captured, args: tuple, kwargs: dict) -> Any:
-        tensors = [leaf for leaf in pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
+    def _replay(captured: _Captured, leaves: list[Any]) -> Any:
+        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
         for static, given in zip(captured.inputs, tensors, strict=True):
             static.copy_(given)
         captured.graph.replay()

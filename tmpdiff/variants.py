@@ -120,8 +120,7 @@ class VariantBank:
         device = self._device()
         split = getattr(self.reference, "_parallel_config", None) is not None  # its calls talk to peers
         if (not graphs or mode is Mode.EAGER or device.type != "cuda" or not _capturable(name, device)
-                or (split and not split_graphs_enabled())
-                or torch.is_grad_enabled()):  # a graph's output carries no autograd history to train through
+                or (split and not split_graphs_enabled())):
             return run(*args, **kwargs), 0.0
         with torch.cuda.device(device):  # capture and replay on the variant's GPU, whichever is current
             return self.graphs.call((name, mode), run, args, kwargs)
