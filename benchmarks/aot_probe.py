@@ -3,7 +3,7 @@
     python benchmarks/aot_probe.py [--device cuda]
 
 Cases, from the smallest: a Linear layer; a Linear whose weight is an input; one FLUX double
-block (bf16, weights as inputs, as ``tmpdiff.aot`` does); the same loaded in a fresh process.
+block (bf16, weights as inputs, as ``tmpdiff.variants.aot`` does); the same loaded in a fresh process.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def case(name: str, folder: str, device: str) -> None:
         return
     from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
 
-    from tmpdiff.aot import _Functional, _weights
+    from tmpdiff.variants.aot import _Functional, _weights
     block = FluxTransformerBlock(dim=256, num_attention_heads=4, attention_head_dim=64).to(device, torch.bfloat16)
     hidden = torch.randn(1, 64, 256, device=device, dtype=torch.bfloat16)
     encoder = torch.randn(1, 16, 256, device=device, dtype=torch.bfloat16)

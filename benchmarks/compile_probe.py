@@ -19,9 +19,9 @@ import time
 import torch
 from torch._dynamo.utils import counters
 
-from tmpdiff import realsize
-from tmpdiff.compile_cache import CompileCache
-from tmpdiff.variants import Mode, _copy, bank_for
+from tmpdiff.pipelines import random_weights as realsize
+from tmpdiff.variants.bank import Mode, _copy, bank_for
+from tmpdiff.variants.compile_cache import CompileCache
 
 
 def flux_inputs() -> dict:
@@ -105,7 +105,7 @@ def main() -> None:
         row["load_artifacts_s"] = time.perf_counter() - start
     with torch.no_grad():
         if bank.needs_rows(args.precision):
-            from tmpdiff.variants import record_linear_rows
+            from tmpdiff.variants.bank import record_linear_rows
 
             with record_linear_rows(model) as rows:
                 model(**inputs)

@@ -25,8 +25,9 @@ import torch
 import torch.distributed as dist
 from step_costs import build, denoise, loop  # benchmarks/ is the script's folder, so on sys.path
 
-from tmpdiff import Schedule, Status, apply_schedule, parallel, precision_status
-from tmpdiff.variants import bank_for
+from tmpdiff import Schedule, Status, apply_schedule, precision_status
+from tmpdiff.pipelines import context_parallel as parallel
+from tmpdiff.variants.bank import bank_for
 
 SCHEDULES = ["bf16*28", "bf16*4,fp8*20,bf16*4", "bf16*4,fp8a8*20,bf16*4"]
 

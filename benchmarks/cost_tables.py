@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tmpdiff.latency import CostTable
+from tmpdiff.measure.latency import CostTable
 
 ARCHITECTURES = {"flux": ("flux-dev", 28), "sd3": ("sd3.5-large", 28), "sdxl": ("sdxl", 30),
                  "wan14b": ("wan2.1-t2v-14b", 50)}

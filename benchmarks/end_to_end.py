@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.models import quiet_libraries
-from tmpdiff.runner import Engine, RunSettings
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.pipelines.registry import quiet_libraries
 
 SCHEDULES = ["bf16*28", "fp8*28", "bf16*4,fp8*20,bf16*4", "bf16*2,fp8*26",
              "bf16*4," + ",".join(["fp8", "skip"] * 12)]

@@ -14,11 +14,12 @@ import json
 import statistics
 from pathlib import Path
 
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.models import get_model, quiet_libraries
-from tmpdiff.prompts import calibration_prompts
-from tmpdiff.runner import Engine, RunSettings
-from tmpdiff.search_run import SearchRequest, run_search
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.pipelines.registry import get_model, quiet_libraries
+from tmpdiff.studies.procedure import SearchRequest, run_search
+from tmpdiff.studies.prompts import calibration_prompts
 
 
 def patterns(steps: int, rung: str) -> dict[str, str]:
@@ -63,7 +64,7 @@ def main() -> None:
 
 
 def uncomputed(text: str, rung: str) -> int:
-    from tmpdiff.schedule import Schedule
+    from tmpdiff.steps.schedule import Schedule
 
     return sum(name == rung for name in Schedule.parse(text))
 

@@ -25,10 +25,10 @@ import torch
 from extrapolate_cpu import patterns
 
 from tmpdiff import Schedule, apply_schedule, load_pipeline
-from tmpdiff.metrics import ssim
-from tmpdiff.models import get_model, quiet_libraries
-from tmpdiff.prompts import calibration_prompts
-from tmpdiff.runner import RunSettings
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.metrics import ssim
+from tmpdiff.pipelines.registry import get_model, quiet_libraries
+from tmpdiff.studies.prompts import calibration_prompts
 
 
 class FirstBlockSteps:

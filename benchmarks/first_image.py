@@ -43,8 +43,9 @@ def child(mode: str, schedule: str, model: str, size: int, cache_dir: str, devic
     from torch._dynamo.utils import counters
 
     from tmpdiff import Schedule, apply_schedule
-    from tmpdiff.models import quiet_libraries
-    from tmpdiff.runner import Engine, RunSettings, device_name
+    from tmpdiff.engine.runner import Engine, device_name
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.pipelines.registry import quiet_libraries
 
     quiet_libraries()
     row: dict = {"mode": mode, "schedule": schedule, "import_s": time.perf_counter() - START}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from compile_probe import flux_inputs  # benchmarks/ is the script's folder, so on sys.path
 
-from tmpdiff import realsize
+from tmpdiff.pipelines import random_weights as realsize
 
 
 @torch.no_grad()

@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 from tmpdiff.cache import Cache
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.models import quiet_libraries
-from tmpdiff.runner import Engine, RunSettings, device_name
+
+from tmpdiff.engine.runner import Engine, device_name
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.pipelines.registry import quiet_libraries
 
 CPU_SCHEDULES = ["fp32*2,bf16*6", "fp32*2,skip,fp32*2,skip,fp32*2", "bf16*4,int8wo*4"]
 

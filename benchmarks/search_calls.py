@@ -18,11 +18,11 @@ import json
 import time
 from pathlib import Path
 
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.latency import measure_costs, timed_run
-from tmpdiff.models import quiet_libraries
-from tmpdiff.runner import Engine, device_name
-from tmpdiff.search_run import SearchRequest, run_search
+from tmpdiff.engine.runner import Engine, device_name
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.measure.latency import measure_costs, timed_run
+from tmpdiff.pipelines.registry import quiet_libraries
+from tmpdiff.studies.procedure import SearchRequest, run_search
 
 
 def main() -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from tmpdiff import Schedule, apply_schedule, precision_status, realsize
-from tmpdiff.variants import bank_for, module_bytes
+from tmpdiff import Schedule, apply_schedule, precision_status
+from tmpdiff.pipelines import random_weights as realsize
+from tmpdiff.variants.bank import bank_for, module_bytes
 
 
 class DenoiseOnly:

@@ -1,6 +1,5 @@
-"""The evaluation cache: its code is `tmpdiff/cache/` (the only package that imports SQLAlchemy), installed
-with tmpdiff as `tmpdiff.cache`; this name keeps the project's picture (engine, cache, ui) in the checkout."""
+"""The SQLite cache of evaluated schedules: the only package that imports SQLAlchemy."""
 
-from tmpdiff.cache import Cache, CacheError, default_db_path
+from .store import Cache, CacheError, default_db_path
 
 __all__ = ["Cache", "CacheError", "default_db_path"]

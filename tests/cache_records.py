@@ -6,7 +6,7 @@ import io
 from PIL import Image
 
 from tmpdiff import Schedule
-from tmpdiff.records import EvalKey, EvalRecord
+from tmpdiff.measure.records import EvalKey, EvalRecord
 
 
 def png_bytes(colour=(10, 20, 30)):

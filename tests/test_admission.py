@@ -1,7 +1,6 @@
 """Who may queue work on the app: a few jobs per session, a bounded number in all, and a wait estimate."""
 
 import pytest
-
 from tmpdiff.ui.admission import Admission, Busy
 
 

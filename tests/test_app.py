@@ -62,10 +62,11 @@ def engine_pngs(db, schedule, **settings):
 
     import numpy as np
     from PIL import Image
-
     from tmpdiff.cache import Cache
-    from tmpdiff.evaluate import Evaluator
-    from tmpdiff.runner import Engine, RunSettings
+
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.measure.evaluator import Evaluator
 
     evaluator, store = Evaluator(Engine("cpu")), Cache(db)
     setting = RunSettings(model="shapes-dit", **settings)
@@ -93,7 +94,6 @@ def test_two_visitors_shown_the_same_image_share_one_whole_file_that_is_never_re
 
     from gradio.utils import get_upload_folder
     from PIL import Image
-
     from tmpdiff.ui.panels import served_png
 
     image = Image.new("RGB", (16, 16), (200, 30, 40))
@@ -121,7 +121,6 @@ def test_downloads_are_served_files_that_gradio_deletes_not_a_folder_per_image(t
 
     from gradio.utils import get_upload_folder
     from PIL import Image
-
     from tmpdiff.ui.panels import downloads
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a folder of our own would have gone
@@ -258,9 +257,9 @@ def test_the_app_and_the_cli_log_a_search_the_same_way(server, server_db, tmp_pa
     import time
 
     from gradio_client import Client
-
     from tmpdiff.cache import Cache
-    from tmpdiff.cli import main
+
+    from tmpdiff.cli.entry import main
 
     client = Client(server, verbose=False)  # a session of its own (one search per session)
     # The searches cancelled by the tests before hold their places until Gradio closes their streams (about
@@ -381,7 +380,7 @@ def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, server
     assert page.locator("#slider img").count() >= 2 and page.locator("#diff img").count() == 1
     served = [decoded(page, f"#slider img >> nth={i}") for i in range(2)] + [decoded(page, "#diff img")]
     reference, image = engine_pngs(server_db, Schedule.parse("fp32*2,int8wo*6"))
-    from tmpdiff.metrics import difference_map
+    from tmpdiff.measure.metrics import difference_map
 
     assert np.array_equal(served[0], reference) and np.array_equal(served[1], image)  # lossless, bit for bit
     assert np.array_equal(served[2], np.asarray(difference_map(image, reference)))  # from the engine's pixels

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tmpdiff import Status, apply_schedule, attention, get_model, precision_status
+from tmpdiff import Status, apply_schedule, get_model, precision_status
+from tmpdiff.variants import attention
 
 STEPS = 4
 
@@ -81,7 +82,7 @@ def test_fp8a8_steps_and_only_they_attend_in_fp8(pipes, monkeypatch):
 
 
 def test_fp8a8_unavailable_on_a_hopper_without_the_kernel_says_how_to_install(monkeypatch):
-    from tmpdiff import precisions
+    from tmpdiff.steps import precisions
 
     monkeypatch.setattr(attention, "fp8_attention_available", lambda index=0: (False, attention.INSTALL_HINT))
     linears = precisions.Availability("fp8a8", Status.REAL, "torchao kernels on cuda")

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.runner import Engine, RunSettings, batch_call_kwargs
-from tmpdiff.search_run import SearchRequest, run_search
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings, batch_call_kwargs
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.studies.procedure import SearchRequest, run_search
 
 PROMPTS = {"shapes-dit": ("red circle", "blue square")}
 

@@ -9,10 +9,11 @@ import threading
 
 import pytest
 from cache_records import png_bytes, record
-
 from tmpdiff.cache import Cache, CacheError
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.runner import Engine, RunSettings
+
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.evaluator import Evaluator
 
 
 def test_put_get_and_upsert(tmp_path):
@@ -150,7 +151,7 @@ def test_cli_second_generate_is_a_hit_and_bad_db_is_one_line(tmp_path):
 
 
 def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_without_replace(tmp_path, capsys):
-    from tmpdiff.cli import main
+    from tmpdiff.cli.entry import main
 
     source = Cache(tmp_path / "a.sqlite")
     source.put(record("fp32*4", ssim=1.0))
@@ -191,8 +192,9 @@ def test_a_database_whose_wal_files_cannot_be_written_is_read_not_refused(tmp_pa
     import os
     import warnings
 
-    from tmpdiff.evaluate import Evaluator
-    from tmpdiff.runner import Engine, RunSettings
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.measure.evaluator import Evaluator
 
     settings = RunSettings(model="shapes-dit", steps=4)
     store = Cache(tmp_path / "c.sqlite")

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from cache_records import png_bytes, record
 from conftest import free_port, require_system_package
-
 from tmpdiff.cache import Cache, CacheError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +170,6 @@ def test_a_server_that_accepts_but_never_answers_times_out_instead_of_hanging():
     import time
 
     from sqlalchemy.engine import make_url
-
     from tmpdiff.cache.store import _server_timeouts
 
     assert _server_timeouts(make_url("postgresql+psycopg://u@h/d")) == {

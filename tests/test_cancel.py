@@ -4,13 +4,14 @@ import threading
 import time
 
 import pytest
-
 from tmpdiff.cache import Cache
-from tmpdiff.cancel import Cancelled, cancellable, raise_if_cancelled
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.runner import Engine, RunSettings
-from tmpdiff.search_run import SearchRequest
-from tmpdiff.study import Study
+
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.steps.cancel import Cancelled, cancellable, raise_if_cancelled
+from tmpdiff.studies.procedure import SearchRequest
+from tmpdiff.studies.study import Study
 
 REQUEST = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=8, ladder=("fp32", "skip"),
                         target_ssim=0.9, additivity_samples=0, validation_seeds=(1000,))
@@ -38,7 +39,7 @@ def test_a_cancelled_search_stops_at_a_step_frees_the_pipeline_and_is_logged(tmp
         if done == 3:
             stop.set()
 
-    original = evaluator.engine._timed_call_now
+    original = evaluator.engine.call_now
 
     def counting(*args, **kwargs):  # denoiser calls made once the stop was asked for
         before = evaluator.engine.calls["denoiser"]
@@ -48,7 +49,7 @@ def test_a_cancelled_search_stops_at_a_step_frees_the_pipeline_and_is_logged(tmp
             if stop.is_set():
                 steps_after_stop.append(evaluator.engine.calls["denoiser"] - before)
 
-    evaluator.engine._timed_call_now = counting
+    evaluator.engine.call_now = counting
     with pytest.raises(Cancelled):
         Study(evaluator, store).search(REQUEST, progress=progress, should_stop=stop.is_set)
     assert len(evaluations) == 3
@@ -75,7 +76,7 @@ def test_an_abandoned_live_search_stops_by_itself():
 
 
 def test_the_engine_takes_pipeline_calls_in_turn():
-    from tmpdiff.runner import TurnLock
+    from tmpdiff.engine.turns import TurnLock
 
     lock, order, started = TurnLock(), [], threading.Event()
 
@@ -102,7 +103,7 @@ def test_the_engine_takes_pipeline_calls_in_turn():
 
 
 def test_single_images_go_before_a_search_call_that_waits_but_never_starve_it():
-    from tmpdiff.runner import TurnLock, in_background
+    from tmpdiff.engine.turns import TurnLock, in_background
 
     lock, order = TurnLock(yield_turns=2), []
     held = threading.Event()
@@ -136,7 +137,7 @@ def test_single_images_go_before_a_search_call_that_waits_but_never_starve_it():
 
 
 def test_one_users_queued_images_do_not_hold_up_another_users_one_image():
-    from tmpdiff.runner import TurnLock, as_party
+    from tmpdiff.engine.turns import TurnLock, on_behalf_of
 
     lock, order, held = TurnLock(), [], threading.Event()
 
@@ -148,7 +149,7 @@ def test_one_users_queued_images_do_not_hold_up_another_users_one_image():
 
     def image(party, name):
         def run():
-            with as_party(party), lock:
+            with on_behalf_of(party), lock:
                 order.append(name)
         return threading.Thread(target=run)
 
@@ -165,11 +166,11 @@ def test_one_users_queued_images_do_not_hold_up_another_users_one_image():
 
 
 def test_a_turn_lock_remembers_a_bounded_number_of_sessions():
-    from tmpdiff.runner import FORGET_AFTER_GRANTS, TurnLock, as_party
+    from tmpdiff.engine.turns import FORGET_AFTER_GRANTS, TurnLock, on_behalf_of
 
     lock = TurnLock()
     for session in range(3 * FORGET_AFTER_GRANTS):  # every visitor of a long-lived app, once each
-        with as_party(f"session {session}"), lock:
+        with on_behalf_of(f"session {session}"), lock:
             pass
     assert len(lock._served) <= 2 * FORGET_AFTER_GRANTS
     assert f"session {3 * FORGET_AFTER_GRANTS - 1}" in lock._served  # the recent ones are kept
@@ -191,8 +192,9 @@ def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_image(tmp_path):
 
 
 def test_a_search_waiting_its_turn_says_so_and_stopped_there_never_runs(tmp_path):
-    from tmpdiff.runner import TurnLock
     from tmpdiff.ui.live import LiveSearch
+
+    from tmpdiff.engine.turns import TurnLock
 
     store = Cache(tmp_path / "c.sqlite")
     turns, held, release = TurnLock(), threading.Event(), threading.Event()
@@ -218,7 +220,7 @@ def test_a_search_waiting_its_turn_says_so_and_stopped_there_never_runs(tmp_path
 
 
 def test_a_turn_lock_says_whether_a_newcomer_would_wait():
-    from tmpdiff.runner import TurnLock
+    from tmpdiff.engine.turns import TurnLock
 
     lock = TurnLock()
     assert not lock.taken

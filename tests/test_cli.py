@@ -114,7 +114,7 @@ def test_search_plans_with_the_deployment_devices_costs(tmp_path):
 
 
 def test_storage_and_path_mistakes_are_one_line_exit_2_before_any_work(tmp_path):
-    from tmpdiff.cli import main
+    from tmpdiff.cli.entry import main
 
     nested = tmp_path / "nested.json"
     nested.write_text("[" * 100_000 + "]" * 100_000)
@@ -155,7 +155,7 @@ def test_generate_verbose_says_where_the_seconds_went(tmp_path):
 
 def test_the_command_exits_quickly_yet_runs_exit_handlers_and_flushes(tmp_path):
     code = ("import atexit, sys, threading, time\n"
-            "from tmpdiff.cli import leave\n"
+            "from tmpdiff.cli.entry import leave\n"
             "atexit.register(lambda: print('handler ran', flush=False))\n"
             "threading.Thread(target=lambda: (time.sleep(0.5), print('thread finished'))).start()\n"
             "sys.stdout.write('unflushed ')\n"
@@ -166,21 +166,24 @@ def test_the_command_exits_quickly_yet_runs_exit_handlers_and_flushes(tmp_path):
 
 
 def test_generate_computes_two_images_and_predicts_only_from_a_stored_cost_table(tmp_path, monkeypatch, capsys):
-    from tmpdiff import cli, runner
     from tmpdiff.cache import Cache
-    from tmpdiff.evaluate import Evaluator
-    from tmpdiff.latency import CostTable
-    from tmpdiff.schedule import Schedule
-    from tmpdiff.study import Study
+
+    from tmpdiff.cli import entry as cli
+    from tmpdiff.engine import runner
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.measure.evaluator import Evaluator
+    from tmpdiff.measure.latency import CostTable
+    from tmpdiff.steps.schedule import Schedule
+    from tmpdiff.studies.study import Study
 
     calls = []
-    original = runner.Engine._timed_call_now
+    original = runner.Engine.call_now
 
     def counting(self, pipe, kwargs, schedule, *rest):
         calls.append(str(schedule))
         return original(self, pipe, kwargs, schedule, *rest)
 
-    monkeypatch.setattr(runner.Engine, "_timed_call_now", counting)
+    monkeypatch.setattr(runner.Engine, "call_now", counting)
     db = str(tmp_path / "c.sqlite")
     common = ["--device", "cpu", "generate", "--steps", "4", "--db", db]
     assert cli.main([*common, "--schedule", "fp32*2,int8wo*2", "--out", str(tmp_path / "a.png")]) == 0
@@ -188,7 +191,7 @@ def test_generate_computes_two_images_and_predicts_only_from_a_stored_cost_table
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["predicted_seconds"] is None
 
     store = Cache(db)
-    settings = runner.RunSettings(model="shapes-dit", steps=4)
+    settings = RunSettings(model="shapes-dit", steps=4)
     study = Study(Evaluator(runner.Engine("cpu"), store), store)
     table = CostTable(device="cpu", compiled=False, steps=4, step_seconds={"fp32": 0.02, "int8wo": 0.01})
     store.put_costs(*study.settings_cost_key(settings), table.to_dict())  # as a search of this setting leaves it
@@ -200,7 +203,7 @@ def test_generate_computes_two_images_and_predicts_only_from_a_stored_cost_table
 
 
 def test_engine_messages_name_fields_and_the_command_line_says_its_flags(tmp_path):
-    from tmpdiff.cli import in_cli_words
+    from tmpdiff.frontends.refusals import in_cli_words
 
     folder = tmp_path / "x.db"
     folder.mkdir()

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT
 
 from tmpdiff import apply_schedule, get_model, load_pipeline
-from tmpdiff.compile_cache import CompileCache, CompileCacheWarning, CompileKey
+from tmpdiff.variants.compile_cache import CompileCache, CompileCacheWarning, CompileKey
 
 LINEAR = torch.nn.Linear(8, 8)
 ARGS = (torch.zeros(2, 8),)
@@ -37,7 +37,7 @@ def test_key_changes_with_precision_shape_device_and_versions():
 
 def test_key_is_the_same_in_every_process():
     """diffusers configs hold a set-ordered private list; the key must not depend on hash seeds."""
-    code = ("import torch; from tmpdiff import load_pipeline; from tmpdiff.compile_cache import CompileKey; "
+    code = ("import torch; from tmpdiff import load_pipeline; from tmpdiff.variants.compile_cache import CompileKey; "
             "m = load_pipeline('tiny-flux').transformer; "
             "print(CompileKey.make('aot', 'fp32', m, (torch.zeros(1, 4),), {}, torch.device('cpu')).digest)")
     digests = {
@@ -161,7 +161,7 @@ def test_aot_variants_match_eager_and_reload_without_torch_compile(tmp_path):
 @pytest.mark.slow
 @pytest.mark.compiles
 def test_aot_falls_back_to_torch_compile_with_a_warning_for_a_model_without_repeated_blocks(tmp_path):
-    from tmpdiff.aot import AotWarning
+    from tmpdiff.variants.aot import AotWarning
 
     pipe = load_pipeline("tiny-pixart")  # PixArt declares no repeated blocks
     kwargs = get_model("tiny-pixart").call_kwargs("a photo of a red cat", steps=2, seed=0)
@@ -172,7 +172,7 @@ def test_aot_falls_back_to_torch_compile_with_a_warning_for_a_model_without_repe
 
 
 def test_a_machine_where_aot_packages_crash_on_loading_is_found_out_in_a_child_process(tmp_path, monkeypatch):
-    from tmpdiff import aot
+    from tmpdiff.variants import aot
 
     monkeypatch.setattr(aot, "_VERDICTS", {})
     monkeypatch.setattr(aot, "_LOAD_CHECK", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
@@ -187,7 +187,7 @@ def test_a_machine_where_aot_packages_crash_on_loading_is_found_out_in_a_child_p
 @pytest.mark.slow
 @pytest.mark.compiles
 def test_aot_falls_back_to_torch_compile_where_packages_cannot_be_loaded(tmp_path, monkeypatch):
-    from tmpdiff import aot
+    from tmpdiff.variants import aot
 
     monkeypatch.setattr(aot, "loading_works", lambda device, folder: (False, "loading crashed (signal 11)"))
     pipe = load_pipeline("tiny-flux")

@@ -8,8 +8,9 @@ import pytest
 from shape_oracle import classify
 
 from tmpdiff import DEFAULT_MODEL, get_model
-from tmpdiff.metrics import ssim
-from tmpdiff.runner import Engine, RunSettings
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.metrics import ssim
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "tmpdiff" / "weights" / "shapes-dit"
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tmpdiff import apply_schedule
-from tmpdiff.switch import denoisers_of
-from tmpdiff.tiny import tiny_wan
+from tmpdiff.pipelines.tiny import tiny_wan
+from tmpdiff.steps.switch import denoisers_of
 
 CALL = {"prompt": "a red cat", "negative_prompt": "", "height": 16, "width": 16, "num_frames": 5,
         "num_inference_steps": 4, "guidance_scale": 3.0, "max_sequence_length": 16, "output_type": "np"}
@@ -83,8 +83,8 @@ def quantized(layer: torch.nn.Module) -> bool:
 
 def test_a_linear_used_outside_its_forward_stays_unquantized_for_every_torchao_precision():
     from tmpdiff import Status, available_precisions, load_pipeline
-    from tmpdiff.precisions import Kind, get_precision
-    from tmpdiff.variants import bank_for
+    from tmpdiff.steps.precisions import Kind, get_precision
+    from tmpdiff.variants.bank import bank_for
 
     pipe = load_pipeline("shapes-dit")
     pipe.transformer.proj_out_1 = WeightUser(pipe.transformer.proj_out_1)  # 256 -> 512: quantizable shapes
@@ -104,7 +104,7 @@ def test_a_linear_used_outside_its_forward_stays_unquantized_for_every_torchao_p
 
 @pytest.mark.parametrize("denoiser", [None, "prior"])
 def test_a_denoiser_under_another_name_is_found_or_named(denoiser):
-    from tmpdiff.tiny import tiny_cascade_prior
+    from tmpdiff.pipelines.tiny import tiny_cascade_prior
 
     pipe = tiny_cascade_prior()
 

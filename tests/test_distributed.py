@@ -8,11 +8,12 @@ import pytest
 pytest.importorskip("ray", reason="Ray: pip install ray (requirements-dev.txt has it)")
 
 from tmpdiff.cache import Cache  # noqa: E402
-from tmpdiff.evaluate import Evaluator  # noqa: E402
-from tmpdiff.latency import CostTable  # noqa: E402
-from tmpdiff.runner import Engine, RunSettings  # noqa: E402
-from tmpdiff.schedule import Schedule  # noqa: E402
-from tmpdiff.search_run import SearchRequest, run_search  # noqa: E402
+
+from tmpdiff.engine.runner import Engine, RunSettings  # noqa: E402
+from tmpdiff.measure.evaluator import Evaluator  # noqa: E402
+from tmpdiff.measure.latency import CostTable  # noqa: E402
+from tmpdiff.steps.schedule import Schedule  # noqa: E402
+from tmpdiff.studies.procedure import SearchRequest, run_search  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REQUEST = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0, 1), steps=6, ladder=("fp32", "skip"),
@@ -26,7 +27,7 @@ COSTS = CostTable(device="cpu", compiled=False, steps=6, step_seconds={"fp32": 0
 def ray_local():
     import ray
 
-    from tmpdiff.distributed import start_ray
+    from tmpdiff.studies.ray_workers import start_ray
 
     assert start_ray(None, 2, "cpu") == 2
     yield
@@ -42,7 +43,7 @@ def search(evaluator, **kwargs):
 def distributed(tmp_path, name):
     from functools import partial
 
-    from tmpdiff.distributed import DistributedEvaluator
+    from tmpdiff.studies.ray_workers import DistributedEvaluator
 
     db = tmp_path / f"{name}.sqlite"
     return DistributedEvaluator(Engine("cpu"), Cache(db), partial(Cache, db), workers=2), db
@@ -75,7 +76,7 @@ def test_killing_an_actor_mid_search_loses_no_finished_evaluation(ray_local, tmp
 
 
 def test_a_sweep_on_two_ray_actors_gives_the_rows_of_one_process(ray_local, tmp_path):
-    from tmpdiff.sweep import SweepItem, run_sweep
+    from tmpdiff.studies.sweep import SweepItem, run_sweep
 
     settings = [RunSettings(model="shapes-dit", prompt=p, seed=s, steps=4) for p in ("red circle", "blue square")
                 for s in (0, 1)]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tmpdiff import Status, apply_schedule, available_precisions, get_model, load_pipeline, precision_status
-from tmpdiff.switch import denoiser_of
+from tmpdiff.steps.switch import denoiser_of
 
 pytestmark = pytest.mark.gpu
 STEPS = 4
@@ -69,8 +69,8 @@ def test_a_second_process_loads_compiled_variants_without_recompiling(tmp_path):
 
 
 def test_aot_variants_match_compiled_ones(flux, tmp_path):
-    from tmpdiff.aot import AotWarning, loading_works
-    from tmpdiff.compile_cache import CompileCache
+    from tmpdiff.variants.aot import AotWarning, loading_works
+    from tmpdiff.variants.compile_cache import CompileCache
 
     low = "fp8" if torch.cuda.get_device_capability() >= (8, 9) else "int8"
     schedule = f"bf16,{low}*{STEPS - 1}"
@@ -91,8 +91,9 @@ def test_aot_variants_match_compiled_ones(flux, tmp_path):
 
 
 def test_batched_calibration_images_on_gpu_make_half_the_calls_and_match_one_by_one():
-    from tmpdiff.evaluate import Evaluator
-    from tmpdiff.runner import Engine, RunSettings
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.measure.evaluator import Evaluator
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs compute capability 8.9+")
@@ -114,7 +115,7 @@ def test_batched_calibration_images_on_gpu_make_half_the_calls_and_match_one_by_
 
 
 def test_fp8a8_runs_flashattention3_fp8_close_to_fp8_linears_alone(flux):
-    from tmpdiff import attention
+    from tmpdiff.variants import attention
 
     works, why = attention.fp8_attention_available()
     if not works:
@@ -162,7 +163,7 @@ def test_every_real_rung_switches_per_step_in_one_run_without_recompiling(flux):
 
 
 def test_cuda_graphs_replay_each_compiled_variant_with_the_image_of_plain_compiled_calls(flux):
-    from tmpdiff.variants import Mode, bank_for
+    from tmpdiff.variants.bank import Mode, bank_for
 
     low = "fp8" if torch.cuda.get_device_capability() >= (8, 9) else "bf16"
     schedule = f"bf16,{low}*{STEPS - 2},bf16"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tmpdiff import apply_schedule, get_model
-from tmpdiff.graphs import graphs_enabled, signature
-from tmpdiff.switch import denoiser_of
-from tmpdiff.variants import bank_for
+from tmpdiff.steps.switch import denoiser_of
+from tmpdiff.variants.bank import bank_for
+from tmpdiff.variants.graphs import graphs_enabled, signature
 
 
 def test_a_signature_tells_shapes_and_plain_values_apart_but_not_tensor_values():
@@ -48,7 +48,7 @@ def test_off_cuda_a_graphs_request_runs_the_plain_calls(pipes):
 
 @pytest.mark.parametrize(("setting", "split"), [(None, False), ("1", False), ("all", True), ("0", False)])
 def test_a_split_denoiser_is_graphed_only_when_asked(monkeypatch, setting, split):
-    from tmpdiff.graphs import split_graphs_enabled
+    from tmpdiff.variants.graphs import split_graphs_enabled
 
     _graphs_setting(monkeypatch, setting)
     assert split_graphs_enabled() is split
@@ -57,7 +57,7 @@ def test_a_split_denoiser_is_graphed_only_when_asked(monkeypatch, setting, split
 
 def test_only_rungs_checked_on_a_gpu_and_running_real_kernels_are_captured():
     from tmpdiff import Status, precision_status
-    from tmpdiff.variants import _capturable
+    from tmpdiff.variants.bank import _capturable
 
     cpu = torch.device("cpu")
     assert _capturable("bf16", cpu) and _capturable("fp32", cpu)
@@ -76,7 +76,7 @@ def _graphs_setting(monkeypatch: pytest.MonkeyPatch, setting: str | None) -> Non
 
 
 def test_a_call_with_autograd_on_runs_as_it_is_and_captures_nothing():
-    from tmpdiff.graphs import CallGraphs
+    from tmpdiff.variants.graphs import CallGraphs
 
     graphs = CallGraphs()
     x = torch.ones(3, requires_grad=True)

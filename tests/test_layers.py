@@ -5,7 +5,7 @@ import sys
 
 CHECK = """
 import sys, torch
-import tmpdiff, tmpdiff.runner, tmpdiff.metrics, tmpdiff.switch
+import tmpdiff, tmpdiff.engine.runner, tmpdiff.measure.metrics, tmpdiff.steps.switch
 bad = [m for m in ("gradio", "sqlalchemy") if m in sys.modules]
 assert not bad, bad
 assert not torch.cuda.is_initialized()
@@ -37,25 +37,24 @@ def test_importing_tmpdiff_loads_no_heavy_library():
 
 def test_cli_help_and_argument_mistakes_load_no_heavy_library_not_even_torch():
     for argv in (["--help"], ["generate", "--help"], ["sweep", "--help"], ["generate"], ["search", "--steps", "x"]):
-        code = f"import tmpdiff.cli\ntry:\n    tmpdiff.cli.main({argv!r})\nexcept SystemExit:\n    pass"
+        code = f"import tmpdiff.cli.entry\ntry:\n    tmpdiff.cli.entry.main({argv!r})\nexcept SystemExit:\n    pass"
         assert loaded_by(code) == set(), argv
 
 
 def test_listing_the_models_loads_no_heavy_library():
-    assert loaded_by("import tmpdiff.cli\nassert tmpdiff.cli.main(['models']) == 0") == set()
+    assert loaded_by("import tmpdiff.cli.entry\nassert tmpdiff.cli.entry.main(['models']) == 0") == set()
 
 
 def test_moving_evaluations_between_machines_loads_sql_and_no_torch(tmp_path):
     """``tmpdiff cache export`` and ``import`` (the store, schedules, PNG checks) take no torch and no pipeline:
     on a GPU machine importing torch alone took 6 s."""
     from cache_records import record
-
     from tmpdiff.cache import Cache
 
     Cache(tmp_path / "a.sqlite").put(record())
     exported, db = tmp_path / "moved.json", tmp_path / "b.sqlite"
     for argv in (["cache", "export", str(exported), "--db", str(tmp_path / "a.sqlite")],
                  ["cache", "import", str(exported), "--db", str(db)]):
-        code = f"import tmpdiff.cli\nassert tmpdiff.cli.main({argv!r}) == 0"
+        code = f"import tmpdiff.cli.entry\nassert tmpdiff.cli.entry.main({argv!r}) == 0"
         assert loaded_by(code) == {"sqlalchemy"}, argv
     assert Cache(db).get(record().key) is not None

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tmpdiff.engine.settings import RunSettings
 from tmpdiff.limits import MAX_SEED, MAX_STEPS
-from tmpdiff.runner import RunSettings
-from tmpdiff.schedule import Schedule
+from tmpdiff.steps.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +58,7 @@ def test_the_cli_refuses_them_in_one_line_before_any_work(tmp_path, args, messag
 
 
 def test_seed_lists_are_bounded():
-    from tmpdiff.search_run import parse_seeds
+    from tmpdiff.studies.procedure import parse_seeds
 
     with pytest.raises(ValueError, match="up to"):
         parse_seeds(str(2**64))

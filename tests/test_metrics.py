@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from tmpdiff import metrics
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.runner import Engine, RunSettings
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure import metrics
+from tmpdiff.measure.evaluator import Evaluator
 
 
 def noisy(base, sigma, seed=0):
@@ -139,8 +140,8 @@ class FakeDevice:
 
 
 def test_measured_costs_recover_the_device_and_predict_mixed_schedules():
-    from tmpdiff.latency import measure_costs
-    from tmpdiff.schedule import Schedule
+    from tmpdiff.measure.latency import measure_costs
+    from tmpdiff.steps.schedule import Schedule
 
     device = FakeDevice()
     table = measure_costs(device, "fp32", ["bf16", "int8wo", "fp8", "mxfp8", "skip"], steps=8,
@@ -159,7 +160,7 @@ def test_measured_costs_recover_the_device_and_predict_mixed_schedules():
 
 
 def test_measuring_again_only_adds_what_the_table_lacks():
-    from tmpdiff.latency import measure_costs
+    from tmpdiff.measure.latency import measure_costs
 
     device = FakeDevice()
     table = measure_costs(device, "fp32", ["bf16"], steps=4, device="cpu", compiled=False)
@@ -186,7 +187,7 @@ def test_the_real_pipeline_reports_step_times_that_the_model_adds_up():
 
 
 def test_a_runner_that_leaves_builds_out_warms_up_only_the_reference():
-    from tmpdiff.latency import measure_costs
+    from tmpdiff.measure.latency import measure_costs
 
     device = FakeDevice()
     table = measure_costs(device, "fp32", ["bf16", "skip"], steps=8, device="cpu", compiled=False,

@@ -38,7 +38,8 @@ def _worker(rank: int, world: int, port: int, out: str, device: str = "cpu", sch
     _as_launched(rank, world, port, device)
     import torch.distributed as dist
 
-    from tmpdiff import load_pipeline, parallel
+    from tmpdiff import load_pipeline
+    from tmpdiff.pipelines import context_parallel as parallel
 
     assert parallel.init_process_group() == (rank, world)
     pipe = load_pipeline("tiny-flux", device)
@@ -80,7 +81,7 @@ def test_two_gpus_give_the_one_gpu_images(tmp_path):
 
 
 def test_context_parallel_needs_a_launcher_and_a_head_count_it_divides(pipes, monkeypatch):
-    from tmpdiff import parallel
+    from tmpdiff.pipelines import context_parallel as parallel
 
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(ValueError, match="torchrun --nproc-per-node"):
@@ -132,7 +133,8 @@ def test_generate_split_over_two_processes_writes_the_one_process_image_once(tmp
     assert split.returncode == 0, _said(split.stderr)
     assert split.stdout.count('"steps_run"') == 1  # one line, from the first process
     assert json.loads(split.stdout.strip().splitlines()[-1])["split_over_processes"] == 2
-    from tmpdiff.runner import Engine, RunSettings
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
 
     single = Engine("cpu").generate(RunSettings(model="tiny-flux", steps=4), "fp32,int8*2,skip").image
     a, b = (np.asarray(image, dtype=np.int16) for image in (Image.open(tmp_path / "split.png"), single))
@@ -160,13 +162,15 @@ def _mirror_worker(rank: int, world: int, port: int, out: str, device: str = "cp
     """An app split over two processes, without the page: the first generates, is cancelled mid-image, then
     generates again; the second only follows."""
     _as_launched(rank, world, port, device)
-    from tmpdiff.cancel import Cancelled, cancellable
-    from tmpdiff.runner import Engine, RunSettings
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.engine.split_app import follow, release_followers
+    from tmpdiff.steps.cancel import Cancelled, cancellable
 
     engine = Engine(device, compile=device == "cuda")
     engine.split_over(world, mirror=True)
     if rank != 0:
-        engine.follow()
+        follow(engine)
         np.save(out + f".{rank}.npy", np.array([engine.calls["denoiser"]]))
         return
     try:  # a model diffusers cannot split: refused in both processes, and the second keeps following
@@ -184,7 +188,7 @@ def _mirror_worker(rank: int, world: int, port: int, out: str, device: str = "cp
     except Cancelled:
         pass
     second = np.asarray(engine.generate(settings, schedules[1]).image)  # the others are ready again
-    engine.release_followers()
+    release_followers(engine)
     np.save(out, np.stack([first, second]))
     np.save(out + ".0.npy", np.array([engine.calls["denoiser"]]))
 
@@ -201,7 +205,8 @@ def _run_mirrored(tmp_path, device: str, schedules=MIRRORED):
 def test_a_split_app_keeps_its_processes_in_step_through_a_cancelled_image(tmp_path):
     images, leader, follower = _run_mirrored(tmp_path, "cpu")
     assert leader == follower  # the same denoiser calls: the cancelled image stopped at the same step in both
-    from tmpdiff.runner import Engine, RunSettings
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
 
     engine = Engine("cpu")
     for schedule, split in zip(MIRRORED, images, strict=True):
@@ -216,7 +221,8 @@ def test_a_split_app_on_two_gpus_keeps_its_processes_in_step(tmp_path):
     schedules = ["fp32,fp8*2,fp32", "fp32*2,bf16*2"]  # compiled variants, NCCL exchanges, a cancelled image
     images, leader, follower = _run_mirrored(tmp_path, "cuda", schedules)
     assert leader == follower
-    from tmpdiff.runner import Engine, RunSettings
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
 
     engine = Engine("cuda", compile=True)
     for schedule, split in zip(schedules, images, strict=True):
@@ -225,7 +231,7 @@ def test_a_split_app_on_two_gpus_keeps_its_processes_in_step(tmp_path):
 
 
 def test_call_arguments_cross_processes_as_json_with_the_generators_state():
-    from tmpdiff.parallel import decode_call_kwargs, encode_call_kwargs
+    from tmpdiff.pipelines.context_parallel import decode_call_kwargs, encode_call_kwargs
 
     generator = torch.Generator().manual_seed(7)
     torch.randn(3, generator=generator)  # an advanced state, not just a seed
@@ -271,7 +277,8 @@ def test_the_app_split_over_two_processes_serves_the_one_process_image(tmp_path)
                 assert app.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[-3000:]
                 time.sleep(1)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        from tmpdiff.runner import Engine, RunSettings
+        from tmpdiff.engine.runner import Engine
+        from tmpdiff.engine.settings import RunSettings
 
         engine = Engine("cpu")
         for schedule in MIRRORED:
@@ -314,7 +321,7 @@ def test_a_model_that_cannot_be_split_is_one_line_and_exit_2_from_the_command(tm
 
     from conftest import ROOT, free_port
 
-    from tmpdiff.launch import EXIT_CODE_FILE_ENV
+    from tmpdiff.frontends.processes import EXIT_CODE_FILE_ENV
 
     for name, command in (("app", ["-m", "tmpdiff.ui.serve", "--device", "cpu", "--parallel", "2",
                                    "--port", str(free_port()), "--db", str(tmp_path / "a.db")]),

@@ -6,9 +6,9 @@ import torch
 from conftest import TINY
 
 from tmpdiff import apply_schedule, get_model, load_pipeline
-from tmpdiff.latency import CostTable
-from tmpdiff.replay import ReplayStore
-from tmpdiff.switch import denoiser_of
+from tmpdiff.measure.latency import CostTable
+from tmpdiff.steps.replay import ReplayStore
+from tmpdiff.steps.switch import denoiser_of
 
 STEPS = 4
 REFERENCE = "fp32*4"
@@ -89,9 +89,10 @@ def test_the_store_stays_within_its_budget():
 @pytest.mark.slow
 def test_a_search_reports_the_same_with_and_without_replay(tmp_path):
     from tmpdiff.cache import Cache
-    from tmpdiff.evaluate import Evaluator
-    from tmpdiff.runner import Engine
-    from tmpdiff.search_run import SearchRequest, run_search
+
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.measure.evaluator import Evaluator
+    from tmpdiff.studies.procedure import SearchRequest, run_search
 
     costs = CostTable(device="cpu", compiled=False, steps=6, step_seconds={"fp32": 0.03, "bf16": 0.02, "skip": 0.0},
                       fixed_seconds=0.05)
@@ -120,8 +121,9 @@ def test_a_search_reports_the_same_with_and_without_replay(tmp_path):
 def test_an_apps_images_replay_what_they_share_with_their_reference():
     # The evaluator an app (or `generate`) builds: one replay store for every image. A schedule computes only
     # from where it leaves its setting's reference, and its image is the one computed without replay.
-    from tmpdiff.evaluate import Evaluator
-    from tmpdiff.runner import Engine, RunSettings
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.measure.evaluator import Evaluator
 
     engine = Engine(device="cpu")
     settings = RunSettings(model="shapes-dit", seed=3, steps=8)

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.latency import CostTable
-from tmpdiff.report import REPORT_VERSION, SearchReport
-from tmpdiff.runner import Engine
-from tmpdiff.search_run import SearchRequest, run_search
+from tmpdiff.engine.runner import Engine
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.measure.latency import CostTable
+from tmpdiff.studies.procedure import SearchRequest, run_search
+from tmpdiff.studies.report import REPORT_VERSION, SearchReport
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 

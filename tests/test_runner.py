@@ -1,6 +1,7 @@
 """One image from one setting: one timed pipeline call, build time left out."""
 
-from tmpdiff.runner import Engine, RunSettings
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
 
 
 def test_an_image_that_builds_a_variant_is_computed_once_with_its_build_time_left_out():
@@ -17,7 +18,7 @@ def test_an_image_that_builds_a_variant_is_computed_once_with_its_build_time_lef
 def test_a_build_listener_is_a_per_call_option_of_its_own_thread():
     import threading
 
-    from tmpdiff.runner import telling_builds_to
+    from tmpdiff.engine.runner import telling_builds_to
 
     engine = Engine("cpu")
     settings = RunSettings(model="shapes-dit", steps=2)
@@ -40,14 +41,14 @@ def test_precisions_cold_at_these_shapes_warm_up_once_for_a_step_each():
     engine = Engine("cpu")
     settings = RunSettings(model="shapes-dit", steps=6)
     pipe = engine.pipeline("shapes-dit")
-    from tmpdiff.schedule import Schedule
+    from tmpdiff.steps.schedule import Schedule
 
     before = engine.calls["warm_up"]
     engine._warm_up(pipe, settings.call_kwargs(), Schedule.parse("fp32*2,int8wo*2,skip*2"))
     assert engine.calls["warm_up"] - before == 2  # one step of fp32, one of int8wo; skip runs nothing
     engine._warm_up(pipe, settings.call_kwargs(), Schedule.parse("fp32*3,int8wo,bf16*2"))
     assert engine.calls["warm_up"] - before == 4  # only bf16 was cold: padded to the two steps a run needs
-    from tmpdiff.runner import batch_call_kwargs
+    from tmpdiff.engine.settings import batch_call_kwargs
 
     batch = batch_call_kwargs([settings, RunSettings(model="shapes-dit", steps=6, seed=1)], "cpu")
     engine._warm_up(pipe, batch, Schedule.parse("fp32*6"))

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from tmpdiff import Schedule
-from tmpdiff.search import (
+from tmpdiff.studies.algorithms import (
     Point,
     additive_plan,
     additivity_check,
@@ -168,8 +168,8 @@ def test_planned_search_corrects_a_sub_additive_model():
 
 
 def test_a_users_ladder_is_checked_against_measured_costs():
-    from tmpdiff.latency import CostTable
-    from tmpdiff.search_run import checked_ladder
+    from tmpdiff.measure.latency import CostTable
+    from tmpdiff.studies.procedure import checked_ladder
 
     table = CostTable(device="cpu", compiled=False, steps=8, simulated=["int4wo"],
                       step_seconds={"fp32": 0.033, "bf16": 0.111, "int8wo": 0.03, "fp8wo": 0.02, "int4wo": 0.5,
@@ -183,8 +183,8 @@ def test_a_users_ladder_is_checked_against_measured_costs():
 
 
 def test_engine_messages_name_fields_and_each_front_end_says_them_in_its_own_words():
-    from tmpdiff.cli import in_cli_words
-    from tmpdiff.search_run import SearchRequest
+    from tmpdiff.frontends.refusals import in_cli_words
+    from tmpdiff.studies.procedure import SearchRequest
 
     with pytest.raises(ValueError, match=r"^target_ssim must be in \(0, 1\], got 1.5$") as info:
         SearchRequest(model="shapes-dit", prompts=("red circle",), target_ssim=1.5)

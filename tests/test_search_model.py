@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from tmpdiff import Schedule
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.runner import Engine
-from tmpdiff.search_run import SearchRequest, run_search
+from tmpdiff.engine.runner import Engine
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.studies.procedure import SearchRequest, run_search
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ def test_report_compares_the_planner_with_the_bisection(report):
 
 
 def test_a_non_monotone_ladder_gives_no_dominated_schedule():
-    from tmpdiff.latency import CostTable
+    from tmpdiff.measure.latency import CostTable
 
     evaluator = Evaluator(Engine("cpu"))
     # As measured on a 2-core CPU: bf16 costs more than the fp32 reference.

@@ -1,11 +1,12 @@
 """A setting's history as typed points, built once in the engine for every front end."""
 
 import pytest
-
 from tmpdiff.cache import Cache
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.runner import Engine, RunSettings
-from tmpdiff.study import history
+
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.studies.study import history
 
 
 def test_history_points_carry_measured_speedups_and_no_claim_for_simulated_precisions(tmp_path):
@@ -27,10 +28,11 @@ def test_history_points_carry_measured_speedups_and_no_claim_for_simulated_preci
 
 def test_a_sweep_is_a_logged_run_with_its_evaluations_linked(tmp_path):
     from tmpdiff.cache import Cache
-    from tmpdiff.evaluate import Evaluator
-    from tmpdiff.runner import Engine
-    from tmpdiff.study import Study
-    from tmpdiff.sweep import load_spec
+
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.measure.evaluator import Evaluator
+    from tmpdiff.studies.study import Study
+    from tmpdiff.studies.sweep import load_spec
 
     spec = tmp_path / "s.toml"
     spec.write_text('[[grid]]\nmodels = ["shapes-dit"]\nsteps = 4\nprompts = ["red circle"]\nseeds = [0]\n'

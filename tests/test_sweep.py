@@ -6,12 +6,13 @@ import subprocess
 import sys
 
 import pytest
-
 from tmpdiff.cache import Cache
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.replay import ReplayStore
-from tmpdiff.runner import Engine, RunSettings
-from tmpdiff.sweep import CSV_COLUMNS, load_spec, run_sweep
+
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.steps.replay import ReplayStore
+from tmpdiff.studies.sweep import CSV_COLUMNS, load_spec, run_sweep
 
 GRID = """
 [[grid]]
@@ -117,7 +118,7 @@ def test_settings_of_a_sweep_row_match_the_stock_run_settings(tmp_path):
 
 
 def test_prompts_file_is_read_beside_the_spec_and_never_echoed(tmp_path):
-    from tmpdiff.sweep import load_spec
+    from tmpdiff.studies.sweep import load_spec
 
     secret = tmp_path / "secret.txt"
     secret.write_text("the first line of a private file\n")

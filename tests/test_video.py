@@ -10,9 +10,11 @@ import torch
 from PIL import Image
 
 from tmpdiff import get_model, load_pipeline
-from tmpdiff.evaluate import Evaluator
-from tmpdiff.metrics import compare_video, frame_sheet, sheet_frames
-from tmpdiff.runner import Engine, RunSettings
+from tmpdiff.engine.frames import frame_sheet, sheet_frames
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.measure.metrics import compare_video
 
 
 def flat(value: int, size: int = 16) -> Image.Image:
@@ -95,8 +97,9 @@ def test_the_apps_result_view_plays_both_clips_losslessly():
 
 
 def test_a_cache_hit_scores_its_frames_only_when_they_are_asked_for(tmp_path, monkeypatch):
-    import tmpdiff.evaluate as evaluate
     from tmpdiff.cache import Cache
+
+    import tmpdiff.measure.evaluator as evaluate
 
     settings = RunSettings(model="tiny-wan", steps=4)
     store = Cache(tmp_path / "c.sqlite")

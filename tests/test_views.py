@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 from PIL import Image
-
-from tmpdiff.latency import CostTable
-from tmpdiff.metrics import difference_map
 from tmpdiff.ui import views
+
+from tmpdiff.measure.latency import CostTable
+from tmpdiff.measure.metrics import difference_map
 
 SUMMARY = {"schedule": "fp32*2,int8wo*4,skip*2", "ssim": 0.93, "psnr": 31.2, "lpips": None,
            "lpips_note": "LPIPS unavailable: AlexNet weights not found", "seconds": 0.5, "reference_seconds": 0.8,
@@ -81,11 +81,12 @@ def test_difference_map_is_black_where_images_agree_and_bright_where_they_differ
 
 
 def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users_mistake(monkeypatch):
-    from tmpdiff.evaluate import Evaluator
-    from tmpdiff.runner import Engine
-    from tmpdiff.search_run import SearchRequest
-    from tmpdiff.study import Study
     from tmpdiff.ui.live import LiveSearch
+
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.measure.evaluator import Evaluator
+    from tmpdiff.studies.procedure import SearchRequest
+    from tmpdiff.studies.study import Study
 
     evaluator = Evaluator(Engine("cpu"))
     request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=4, ladder=("fp32", "skip"),
@@ -101,7 +102,7 @@ def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users
     def mistaken(*args, **kwargs):
         raise ValueError("no rung of the ladder is cheaper than the reference")
 
-    monkeypatch.setattr("tmpdiff.study.run_search", mistaken)
+    monkeypatch.setattr("tmpdiff.studies.study.run_search", mistaken)
     bad = LiveSearch(Study(evaluator), request)
     list(bad.updates())
     with pytest.raises(ValueError, match="cheaper than the reference"):  # raised in the page's thread

@@ -14,16 +14,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .models import DEFAULT_MODEL, MODELS, ModelSpec, get_model, load_pipeline
-    from .precisions import PRECISIONS, Availability, Status, available_precisions, precision_status
-    from .schedule import Schedule
-    from .switch import ScheduleHandle, apply_schedule
+    from tmpdiff.pipelines.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_model, load_pipeline
+    from tmpdiff.steps.precisions import PRECISIONS, Availability, Status, available_precisions, precision_status
+    from tmpdiff.steps.schedule import Schedule
+    from tmpdiff.steps.switch import ScheduleHandle, apply_schedule
 
 _WHERE = {
-    "DEFAULT_MODEL": "models", "MODELS": "models", "ModelSpec": "models", "get_model": "models",
-    "load_pipeline": "models", "PRECISIONS": "precisions", "Availability": "precisions", "Status": "precisions",
-    "available_precisions": "precisions", "precision_status": "precisions", "Schedule": "schedule",
-    "ScheduleHandle": "switch", "apply_schedule": "switch",
+    "DEFAULT_MODEL": "pipelines.registry", "MODELS": "pipelines.registry", "ModelSpec": "pipelines.registry",
+    "get_model": "pipelines.registry", "load_pipeline": "pipelines.registry", "PRECISIONS": "steps.precisions",
+    "Availability": "steps.precisions", "Status": "steps.precisions", "available_precisions": "steps.precisions",
+    "precision_status": "steps.precisions", "Schedule": "steps.schedule", "ScheduleHandle": "steps.switch",
+    "apply_schedule": "steps.switch",
 }
 
 __all__ = [

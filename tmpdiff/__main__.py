@@ -1,3 +1,3 @@
-from .cli import run
+from tmpdiff.cli.entry import run
 
 run()

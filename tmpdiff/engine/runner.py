@@ -1,0 +1,245 @@
+"""The engine: loads each model's pipeline once and runs schedules on it, one timed pipeline call at a time."""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+
+from tmpdiff.engine.settings import Result, RunSettings, batch_call_kwargs
+from tmpdiff.engine.split_app import told_to_followers
+from tmpdiff.engine.timing import timing_vae_decode
+from tmpdiff.engine.turns import TurnLock
+from tmpdiff.pipelines.registry import load_pipeline
+from tmpdiff.steps.precisions import Status, computes, precision_status
+from tmpdiff.steps.replay import ReplayStore
+from tmpdiff.steps.schedule import Schedule
+from tmpdiff.steps.switch import apply_schedule
+from tmpdiff.variants.bank import BuildInfo, Mode
+from tmpdiff.variants.compile_cache import CompileCache
+
+if TYPE_CHECKING:
+    from tmpdiff.pipelines.context_parallel import CallMirror
+
+__all__ = ["Engine", "default_device", "device_name", "telling_builds_to"]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+BuildListener = Callable[[str, Mode, float | None], None]
+TimedCall = tuple[list[Image.Image], Any, float, float]  # images, the schedule's handle, seconds, VAE seconds
+_LISTENER: ContextVar[BuildListener | None] = ContextVar("tmpdiff_build_listener", default=None)
+
+
+@contextmanager
+def telling_builds_to(listener: BuildListener) -> Iterator[None]:
+    """Within the block, in this thread only, ``listener`` hears of every variant being built (a per-call
+    option: two users' requests never swap each other's progress bars on the shared engine)."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+class Engine:
+    """Loads pipelines once per (model, device) and runs schedules on them.
+
+    Args:
+        device: ``cpu`` or ``cuda`` (default: cuda when available).
+        compile: ``True`` (torch.compile), ``"aot"`` (ahead-of-time packages), ``False`` (eager), or
+            None: compiled on CUDA, eager elsewhere.
+        cache_dir: the tmpdiff cache folder that keeps compiled variants across processes
+            (default: ``$TMPDIFF_CACHE_DIR`` or the user cache folder).
+    """
+
+    def __init__(self, device: str | None = None, compile: bool | str | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.device = device or default_device()
+        self.mode = Mode.coerce(compile, torch.device(self.device))
+        self.compile_cache = CompileCache(cache_dir)
+        self.on_build: BuildListener | None = None  # the process's default listener (the CLI's); see telling_builds_to
+        # Denoiser calls over every run of this engine: made, answered by replay, saved by `skip`.
+        # Warm-up calls (see _warm_up) are counted apart, in "warm_up".
+        self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0, "warm_up": 0}
+        self._pipes: dict[str, Any] = {}
+        self.load_seconds: dict[str, float] = {}  # how long each model's weights took to load (or build)
+        self._lock = threading.Lock()
+        # One pipeline call at a time, in the order they were asked for: a quick image asked for during a long
+        # search waits for the search's current image only, and a request that comes while a cancelled
+        # search's last step still runs waits for it instead of failing.
+        self._running = TurnLock()
+        # (pipeline, call shapes, precision) already run in this process: their kernels are loaded and warm.
+        self._warmed: set[tuple[int, tuple[Any, ...], str]] = set()
+        self.split = 1  # processes each denoiser is split over (see split_over)
+        self.mirror: CallMirror | None = None  # an app split over processes: the first tells the others
+
+    def split_over(self, processes: int, mirror: bool = False) -> None:
+        """Joins a ``torchrun`` launch of ``processes`` (one a GPU); every pipeline this engine loads is then
+        split over them (context parallelism). With ``mirror`` (an app) the first process leads: the others
+        run ``split_app.follow``; without (a command) every process runs the same program."""
+        from tmpdiff.pipelines.context_parallel import CallMirror, init_process_group
+
+        _, world = init_process_group()
+        if world != processes:
+            raise ValueError(f"--parallel {processes} was started with {world} processes: pass --parallel "
+                             f"{processes} and let tmpdiff start them")
+        self.split = processes
+        self.mirror = CallMirror() if mirror else None
+
+    def pipeline(self, model: str) -> Any:
+        with self._lock:
+            if model not in self._pipes:
+                with told_to_followers(self.mirror, {"load": model}):
+                    start = time.perf_counter()
+                    pipe = load_pipeline(model, self.device)
+                    if self.split > 1:
+                        from tmpdiff.pipelines.context_parallel import enable_context_parallel
+
+                        try:
+                            enable_context_parallel(pipe, self.split)
+                        except ValueError as exc:
+                            raise ValueError(f"model {model!r}: {exc}") from None
+                    self._pipes[model] = pipe
+                    self.load_seconds[model] = time.perf_counter() - start
+            return self._pipes[model]
+
+    def loaded(self, model: str) -> Any:
+        """The pipeline of ``model`` already loaded in this engine."""
+        return self._pipes[model]
+
+    def check_schedule(self, schedule: Schedule | str, settings: RunSettings) -> Schedule:
+        """The schedule, validated against the settings' steps and this device."""
+        schedule = Schedule.coerce(schedule, settings.resolved_steps)
+        for name in schedule.precisions:
+            status = precision_status(name, self.device)
+            if status.status is Status.UNAVAILABLE:
+                raise ValueError(f"precision {name!r} is unavailable on {self.device}: {status.reason}")
+        return schedule
+
+    def generate(self, settings: RunSettings, schedule: Schedule | str | None = None,
+                 replay: ReplayStore | None = None, replay_key: str | None = None) -> Result:
+        """One image. With ``replay``, denoiser outputs of schedule prefixes already run for the same
+        setting (``replay_key``) are replayed, bit for bit; replayed steps count with the time they took
+        when they were computed."""
+        schedule = self.check_schedule(schedule or settings.reference_schedule(), settings)
+        images, handle, seconds, vae_seconds = self._warm_timed_call(
+            self.pipeline(settings.model), lambda: settings.call_kwargs(self.device), schedule, replay, replay_key)
+        return Result(image=images[0], schedule=schedule, settings=settings, steps_run=handle.steps_run,
+                      step_seconds=handle.step_seconds, seconds=seconds, device=device_name(self.device),
+                      simulated=self._simulated(schedule), vae_seconds=vae_seconds)
+
+    def generate_batch(self, settings: list[RunSettings], schedule: Schedule | str,
+                       replay: ReplayStore | None = None, replay_key: str | None = None) -> list[Result]:
+        """One pipeline call for several settings that differ only in prompt and seed (lists of prompts and
+        generators; each image starts from the noise of its own seed). Each result's seconds are the batch's
+        split evenly: throughput, not the latency of one image."""
+        schedule = self.check_schedule(schedule, settings[0])
+        images, handle, seconds, vae_seconds = self._warm_timed_call(
+            self.pipeline(settings[0].model), lambda: batch_call_kwargs(settings, self.device), schedule, replay,
+            replay_key)
+        n = len(settings)
+        return [Result(image=image, schedule=schedule, settings=item, steps_run=handle.steps_run,
+                       step_seconds=[t / n for t in handle.step_seconds], seconds=seconds / n,
+                       device=device_name(self.device), simulated=self._simulated(schedule),
+                       vae_seconds=vae_seconds / n)
+                for image, item in zip(images, settings, strict=True)]
+
+    def warm(self, settings: RunSettings, precision: str) -> list[BuildInfo]:
+        """Builds (and compiles, through the compile cache) ``precision``'s variant for ``settings``'
+        shapes with one short run; returns what was built (nothing when it was resident already)."""
+        schedule = self.check_schedule(Schedule.uniform(precision, settings.resolved_steps), settings)
+        _, handle, _, _ = self._timed_call(self.pipeline(settings.model), settings.call_kwargs(self.device), schedule)
+        return handle.builds
+
+    def _warm_timed_call(self, pipe: Any, make_kwargs: Callable[[], dict[str, Any]], schedule: Schedule,
+                         replay: ReplayStore | None, replay_key: str | None) -> TimedCall:
+        """One timed call. Time spent building variants during it (a cast or a quantization, or compiled
+        graphs loaded from the compile cache) is left out of its seconds, as it is of its step times. On CUDA,
+        precisions not yet run in this process at these shapes first run in a two-step call (its variants built
+        or loaded, their kernels and the encoders' and VAE's started), so a first image is timed as warm as the
+        next. Only when a variant was compiled afresh is a second, warm call timed (computed afresh:
+        ``make_kwargs`` gives fresh seeded generators), since a first compiled run pays more than its build."""
+        if self.device.startswith("cuda"):
+            self._warm_up(pipe, make_kwargs(), schedule)
+        images, handle, seconds, vae_seconds = self._timed_call(pipe, make_kwargs(), schedule, replay, replay_key)
+        if any(b.mode is not Mode.EAGER and not b.from_cache for b in handle.builds):
+            return self._timed_call(pipe, make_kwargs(), schedule)
+        return images, handle, max(seconds - sum(handle.build_seconds.values()), 0.0), vae_seconds
+
+    def _warm_up(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> None:
+        """Runs the schedule's precisions that are cold at these shapes for one step each (untimed)."""
+        shapes = tuple(sorted((k, v if isinstance(v, int | float | str | None) else len(v))
+                              for k, v in kwargs.items() if k in ("height", "width", "prompt", "class_labels")))
+        cold = [name for name in dict.fromkeys(schedule.precisions) if computes(name)
+                and (id(pipe), shapes, name) not in self._warmed]
+        if not cold:
+            return
+        warm_up = Schedule(tuple(cold) if len(cold) > 1 else (cold[0], cold[0]))
+        self._timed_call(pipe, {**kwargs, "num_inference_steps": len(warm_up)}, warm_up, counted_as="warm_up")
+        self._warmed.update((id(pipe), shapes, name) for name in cold)
+
+    def _simulated(self, schedule: Schedule) -> list[str]:
+        return [n for n in schedule.precisions if precision_status(n, self.device).status is Status.SIMULATED]
+
+    def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
+                    replay_key: str | None = None, counted_as: str = "denoiser") -> TimedCall:
+        with self._running:
+            return self.call_now(pipe, kwargs, schedule, replay, replay_key, counted_as)
+
+    def call_now(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
+                 replay_key: str | None = None, counted_as: str = "denoiser") -> TimedCall:
+        """One pipeline call; its denoiser calls are counted in ``calls[counted_as]`` (warm-ups apart)."""
+        if self.mirror is not None:  # a split app: every process makes this call, and stops at the same step
+            from tmpdiff.pipelines.context_parallel import encode_call_kwargs
+            from tmpdiff.steps.cancel import agreeing
+
+            model = next(name for name, loaded in self._pipes.items() if loaded is pipe)
+            message = {"call": model, "kwargs": encode_call_kwargs(kwargs), "schedule": str(schedule),
+                       "counted_as": counted_as}
+            # No replay: a hit in one process would skip the exchanges the others make.
+            with told_to_followers(self.mirror, message), agreeing(self.mirror.any_stops):
+                return self._call_pipeline(pipe, kwargs, schedule, None, None, counted_as)
+        return self._call_pipeline(pipe, kwargs, schedule, replay, replay_key, counted_as)
+
+    def _call_pipeline(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None,
+                       replay_key: str | None, counted_as: str) -> TimedCall:
+        start = time.perf_counter()
+        with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
+                                             on_build=_LISTENER.get() or self.on_build, replay=replay,
+                                             replay_key=replay_key) as handle, \
+                timing_vae_decode(pipe, self.device) as vae:
+            images = _pictures(pipe(**kwargs))
+        seconds = time.perf_counter() - start + handle.replay_correction
+        for name, count in ((counted_as, handle.denoiser_calls), ("replayed", handle.replayed_calls),
+                            ("skipped", handle.skipped_calls)):
+            self.calls[name] += count
+        return images, handle, seconds, vae["seconds"]
+
+
+def _pictures(output: Any) -> list[Image.Image]:
+    """Each image of a pipeline's output; each video (``frames``) as one frame sheet, its frames side by side."""
+    from tmpdiff.engine.frames import frame_sheet
+
+    if getattr(output, "frames", None) is not None:
+        return [frame_sheet(video) for video in output.frames]
+    return list(output.images)
+
+

@@ -1,0 +1,123 @@
+"""The settings that decide an image (all but the schedule), validated once where they enter, and one image's
+result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from tmpdiff.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE, finite
+from tmpdiff.pipelines.registry import DEFAULT_MODEL, ModelSpec, get_model
+from tmpdiff.steps.schedule import Schedule
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Result", "RunSettings", "batch_call_kwargs"]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything but the schedule that decides an image; validated up front."""
+
+    model: str = DEFAULT_MODEL
+    prompt: str | None = None
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int | None = None
+    size: int | None = None
+    guidance: float | None = None
+
+    def __post_init__(self) -> None:
+        get_model(self.model)  # an unknown model fails first, naming the choices
+        for name in ("steps", "seed", "size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+        if self.steps is not None and self.steps <= 0:
+            raise ValueError(f"steps must be a positive number, got {self.steps}")
+        if self.steps is not None and self.steps > MAX_STEPS:
+            raise ValueError(f"steps must be at most {MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be from 0 to {MAX_SEED} (2**63 - 1), got {self.seed}")
+        if self.size is not None and not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ValueError(f"size must be from {MIN_SIZE} to {MAX_SIZE} pixels, got {self.size}")
+        if self.guidance is not None and not 0 <= finite(self.guidance, "guidance") <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be from 0 to {MAX_GUIDANCE:g}, got {self.guidance}")
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name) or ""
+            if len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{name} has {len(text)} characters: at most {MAX_PROMPT_CHARS}")
+        self.call_kwargs()
+
+    def call_kwargs(self, device: str | torch.device = "cpu") -> dict[str, Any]:
+        """This setting as its pipeline's arguments, with a fresh seeded generator each call."""
+        return self.spec.call_kwargs(self.resolved_prompt, steps=self.resolved_steps, seed=self.seed,
+                                     size=self.size, guidance=self.guidance, negative_prompt=self.negative_prompt,
+                                     device=device)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return get_model(self.model)
+
+    @property
+    def resolved_prompt(self) -> str:
+        return self.spec.example_prompt if self.prompt in (None, "") else str(self.prompt)
+
+    @property
+    def resolved_steps(self) -> int:
+        return self.spec.steps if self.steps is None else self.steps
+
+    @property
+    def resolved_size(self) -> int:
+        return self.spec.size if self.size is None else self.size
+
+    @property
+    def resolved_guidance(self) -> float:
+        return self.spec.guidance if self.guidance is None else self.guidance
+
+    @property
+    def batch_key(self) -> tuple[str, int, int, float, str]:
+        """Everything but prompt and seed: settings with the same key can share one pipeline call."""
+        return self.model, self.resolved_steps, self.resolved_size, self.resolved_guidance, self.negative_prompt
+
+    def reference_schedule(self) -> Schedule:
+        return Schedule.uniform(self.spec.dtype, self.resolved_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        settings = {"model": self.model, "prompt": self.resolved_prompt, "negative_prompt": self.negative_prompt,
+                    "seed": self.seed, "steps": self.resolved_steps, "size": self.resolved_size,
+                    "guidance": self.resolved_guidance}
+        if self.spec.frames:  # a video's frame count is part of its setting (images keep their stored keys)
+            settings["frames"] = self.spec.frames
+        return settings
+
+
+@dataclass
+class Result:
+    image: Image.Image
+    schedule: Schedule
+    settings: RunSettings
+    steps_run: list[str]
+    step_seconds: list[float]
+    seconds: float
+    device: str
+    simulated: list[str] = field(default_factory=list)
+    vae_seconds: float | None = None
+
+
+def batch_call_kwargs(settings: list[RunSettings], device: str | torch.device) -> dict[str, Any]:
+    """One pipeline call's arguments for settings that differ only in prompt and seed."""
+    if len({s.batch_key for s in settings}) > 1:
+        raise ValueError("a batch takes settings that differ only in prompt and seed; got several models, step "
+                         "counts, sizes, guidance scales or negative prompts")
+    each = [s.call_kwargs(device) for s in settings]
+    kwargs = dict(each[0], generator=[k["generator"] for k in each])
+    if "class_labels" in kwargs:
+        kwargs["class_labels"] = [label for k in each for label in k["class_labels"]]
+    else:
+        kwargs["prompt"] = [k["prompt"] for k in each]
+    return kwargs
+

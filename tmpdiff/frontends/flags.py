@@ -1,0 +1,54 @@
+"""What the command line and the app share of their flags: how they choose the engine's compile mode, and open the
+engine and the evaluation cache they ask for."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CACHE_DIR_HELP", "DB_HELP", "add_cache_flags", "add_compile_flags", "choose_compile", "open_cache"]
+
+
+def choose_compile(compile_flag: bool | None, aot: bool | None) -> bool | str | None:
+    """The engine's ``compile`` from a front end's ``--compile``/``--no-compile`` and ``--aot``.
+
+    On a ZeroGPU Space, where each call may run in a new process on another GPU, just-in-time
+    compilation is off unless asked for; ``--aot`` builds packages once and loads them in every process.
+    """
+    if aot:
+        return "aot"
+    if compile_flag is None and os.environ.get("SPACES_ZERO_GPU"):
+        return False
+    return compile_flag
+
+DB_HELP = ("cache database: a file path (SQLite; default: in the cache folder) or a PostgreSQL URL "
+           "(postgresql+psycopg://user@host/db) shared by many machines")
+
+
+CACHE_DIR_HELP = "tmpdiff cache folder for compiled variants and the default database " \
+    "(default: $TMPDIFF_CACHE_DIR or the user cache folder)"
+
+
+def add_cache_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, help=DB_HELP)
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the evaluation cache")
+    parser.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
+
+
+def add_compile_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile each variant (default: on for CUDA)")
+    parser.add_argument("--aot", action="store_true", default=None,
+                        help="ahead-of-time compiled variants: built once, loaded by later processes")
+
+
+def open_cache(path: str | None, enabled: bool = True, cache_dir: Path | None = None) -> Any:
+    """The cache store, or None with --no-cache."""
+    if not enabled:
+        return None
+    from tmpdiff.cache import Cache, default_db_path
+
+    return Cache(path or default_db_path(cache_dir))
+

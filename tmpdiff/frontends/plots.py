@@ -1,0 +1,125 @@
+"""Every figure tmpdiff draws, in one place: the CLI writes them as HTML, the app shows them.
+
+Each function takes what a search or an evaluation reports (a ``SearchReport.to_dict()``-shaped mapping,
+as written to JSON and as the app's JSON widget hands it back, or a ``CostTable``) and returns a Plotly
+figure; plotly is imported when a figure is first drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tmpdiff.steps.schedule import Schedule
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from tmpdiff.measure.latency import CostTable
+    from tmpdiff.studies.algorithms import Point
+    from tmpdiff.studies.study import HistoryPoint
+
+__all__ = ["COLOURS", "additivity", "history", "live_points", "search_pareto", "timeline"]
+
+COLOURS = {
+    "fp32": "#1f3b73", "bf16": "#2f6db5", "fp16": "#4f8fd6", "fp8": "#e0782b", "int8": "#d9a21b",
+    "fp8wo": "#f0a868", "int8wo": "#e8c35a", "int4wo": "#c0392b", "mxfp8": "#8e44ad", "nvfp4": "#6c3483",
+    "fp8a8": "#b3541e", "skip": "#9e9e9e",
+    "extrap": "#bdbdbd",
+}
+HOVER = "%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>"
+LAYOUT = {"margin": {"l": 40, "r": 10, "t": 40, "b": 40}, "template": "plotly_white"}
+
+
+def search_pareto(report: Mapping[str, Any]) -> go.Figure:
+    """The search's Pareto front (a line through its points, fastest last), the baselines and the found
+    schedule, each with its own marker; the floor as a dotted line."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    if report:
+        front = sorted(report.get("pareto", []), key=lambda p: p["speedup"])
+        for name, points, mode, symbol, size in (
+                ("Pareto front", front, "lines+markers", "circle", 9),
+                ("baselines", report.get("baselines", []), "markers", "diamond-open", 12),
+                ("found", [report], "markers", "star", 18)):
+            figure.add_trace(go.Scatter(
+                x=[p["speedup"] for p in points], y=[p["ssim"] for p in points], mode=mode, name=name,
+                marker={"symbol": symbol, "size": size, "line": {"width": 2}}, text=[p["schedule"] for p in points],
+                customdata=[p["schedule"] for p in points], hovertemplate=HOVER))
+        floor = report.get("objective", {}).get("target_ssim")
+        if floor is not None:
+            figure.add_hline(y=floor, line_dash="dot", annotation_text=f"floor {floor}")
+    where = (report or {}).get("costs", {}).get("device_name") or "this device"
+    figure.update_layout(xaxis_title=f"predicted speed-up on {where}", yaxis_title="mean SSIM vs reference",
+                         height=380, title=(report or {}).get("model", ""), **LAYOUT)
+    return figure
+
+
+def additivity(report: Mapping[str, Any]) -> go.Figure | None:
+    """Degradation predicted from single steps against measured, with the additive line (None without
+    an additivity check in the report)."""
+    import plotly.graph_objects as go
+
+    check = report.get("additivity")
+    if not check:
+        return None
+    figure = go.Figure(go.Scatter(x=check["predicted"], y=check["measured"], mode="markers",
+                                  text=check["schedules"], name="mixed schedules"))
+    top = max([*check["predicted"], *check["measured"], 1e-6])
+    figure.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="additive"))
+    figure.update_layout(title=f"additivity: R² = {check['r2']:.3f}", xaxis_title="predicted degradation",
+                         yaxis_title="measured degradation", **LAYOUT)
+    return figure
+
+
+def timeline(schedule: str, table: CostTable | None, label: str = "") -> go.Figure:
+    """One bar per step, coloured by precision; its height is the step's cost from ``table`` in ms."""
+    import plotly.graph_objects as go
+
+    steps = Schedule.parse(schedule).steps
+    heights = [1000 * table.step_seconds[name] if table and name in table.step_seconds else 0.0 for name in steps]
+    source = label or ("predicted per step from measured step costs" if table else "no step costs measured yet")
+    figure = go.Figure()
+    for name in dict.fromkeys(steps):
+        index = [i for i, n in enumerate(steps) if n == name]
+        figure.add_trace(go.Bar(x=index, y=[heights[i] for i in index], name=name,
+                                marker_color=COLOURS.get(name, "#555"),
+                                hovertemplate="step %{x}: " + name + ", %{y:.1f} ms<extra></extra>"))
+    figure.update_layout(title={"text": f"{len(steps)} steps: {source}", "font": {"size": 13}},
+                         xaxis_title="step", yaxis_title="ms", barmode="overlay", height=260, bargap=0.1, **LAYOUT)
+    return figure
+
+
+def live_points(points: Sequence[Point], floor: float | None = None) -> go.Figure:
+    """Every schedule evaluated so far (mean SSIM, predicted speed-up), while a search runs."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure(go.Scatter(
+        x=[p.speedup for p in points], y=[p.quality for p in points], mode="markers", name="evaluated",
+        text=[p.schedule for p in points], customdata=[p.schedule for p in points], hovertemplate=HOVER))
+    if floor is not None:
+        figure.add_hline(y=floor, line_dash="dot", annotation_text=f"floor {floor}")
+    figure.update_layout(title={"text": f"{len(points)} schedules evaluated so far", "font": {"size": 13}},
+                         xaxis_title="predicted speed-up", yaxis_title="mean SSIM vs reference", height=380,
+                         **LAYOUT)
+    return figure
+
+
+def history(points: Sequence[HistoryPoint]) -> go.Figure:
+    """Quality against measured speed-up for every stored evaluation of one setting (uniform schedules as
+    diamonds); evaluations without a speed claim (simulated precisions) are left out, not placed."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for uniform in (True, False):
+        part = [p for p in points if p.uniform == uniform and p.speedup is not None and p.ssim is not None]
+        if part:
+            figure.add_trace(go.Scatter(
+                x=[p.speedup for p in part], y=[p.ssim for p in part], mode="markers",
+                name="uniform" if uniform else "mixed", text=[p.schedule for p in part],
+                customdata=[p.schedule for p in part], hovertemplate=HOVER,
+                marker={"size": 12 if uniform else 9, "symbol": "diamond" if uniform else "circle"}))
+    figure.update_layout(xaxis_title="measured speed-up vs reference", yaxis_title="SSIM vs reference", height=420,
+                         **LAYOUT)
+    return figure

@@ -1,0 +1,399 @@
+"""Resident precision variants of one denoiser, built once and kept across pipeline calls.
+
+A torchao variant is a copy of the denoiser that *shares* every parameter with the original
+(``copy.deepcopy`` with a pre-filled memo) and then has its Linear weights swapped by
+``quantize_``; so only the quantized weights cost memory, and the original is never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tmpdiff.steps.precisions import Kind, Precision, Status, get_precision, precision_status
+from tmpdiff.variants import aot
+from tmpdiff.variants.attention import attention_context, mark
+from tmpdiff.variants.compile_cache import CompileCache, CompileKey
+from tmpdiff.variants.graphs import CallGraphs, split_graphs_enabled
+
+__all__ = ["MIN_ROWS", "BuildInfo", "Mode", "VariantBank", "bank_for", "module_bytes"]
+
+
+class Mode(enum.StrEnum):
+    """How a variant runs."""
+
+    EAGER = "eager"
+    COMPILED = "compiled"  # torch.compile, per repeated block
+    AOT = "aot"  # AOTInductor packages, per repeated block: no torch.compile in the process
+
+    @classmethod
+    def coerce(cls, value: bool | str | Mode | None, device: torch.device) -> Mode:
+        """``True``/``False`` (compile or not), a mode name, or None (compiled on CUDA, eager elsewhere)."""
+        if value is None:
+            return cls.COMPILED if device.type == "cuda" else cls.EAGER
+        if isinstance(value, bool):
+            return cls.COMPILED if value else cls.EAGER
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise ValueError(f"unknown compile mode {value!r}: choose one of {choices}") from None
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What building one variant cost, and whether a stored compilation was reused."""
+
+    precision: str
+    mode: Mode
+    seconds: float
+    from_cache: bool
+    note: str = ""
+
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+# torchao's dynamic-activation kernels need at least this many rows per matmul; smaller
+# inputs (timestep and modulation embeddings at batch 1) stay in the reference precision.
+MIN_ROWS = 16
+MIN_FEATURES = 16
+
+
+@dataclass
+class VariantBank:
+    """The variants of one denoiser, keyed by (precision, mode)."""
+
+    reference: nn.Module
+    variants: dict[tuple[str, Mode], nn.Module] = field(default_factory=dict)
+    builds: dict[tuple[str, Mode], BuildInfo] = field(default_factory=dict)
+    linear_rows: dict[str, int] | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    device: torch.device | None = None
+    graphs: CallGraphs = field(default_factory=CallGraphs)
+
+    @property
+    def reference_dtype(self) -> torch.dtype:
+        return next(self.reference.parameters()).dtype
+
+    def needs_rows(self, name: str) -> bool:
+        """Whether a call must be recorded before ``name`` is built: which Linear layers run through their own
+        forward (only those are quantized), and with how many rows (dynamic activations need enough)."""
+        return get_precision(name).kind is Kind.TORCHAO and self.linear_rows is None
+
+    def unswitched_layers(self) -> list[str]:
+        """Linear layers never called through their own forward in the recorded call (their weights are used
+        some other way, e.g. passed to ``F.multi_head_attention_forward``): quantized variants leave them in
+        the reference precision."""
+        if self.linear_rows is None:
+            return []
+        return [name for name, layer in self.reference.named_modules()
+                if isinstance(layer, nn.Linear) and name not in self.linear_rows]
+
+    def get(self, name: str, mode: Mode) -> nn.Module | None:
+        self._drop_if_moved()
+        return self.variants.get((name, mode))
+
+    def call(self, name: str, mode: Mode, variant: nn.Module, args: tuple, kwargs: dict,
+             graphs: bool) -> tuple[Any, float]:
+        """One call of a built variant: the output, and seconds spent capturing its CUDA graph (0 unless this call
+        captured one). Compiled variants on one CUDA device replay a graph of the whole call when ``graphs`` and
+        their precision is known to be capturable."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with attention_context(variant):
+                return variant(*args, **kwargs)
+
+        device = self._device()
+        split = getattr(self.reference, "_parallel_config", None) is not None  # its calls talk to peers
+        if (not graphs or mode is Mode.EAGER or device.type != "cuda" or not _capturable(name, device)
+                or (split and not split_graphs_enabled())):
+            return run(*args, **kwargs), 0.0
+        with torch.cuda.device(device):  # capture and replay on the variant's GPU, whichever is current
+            return self.graphs.call((name, mode), run, args, kwargs)
+
+    def build(self, name: str, mode: Mode, example: Call | None = None,
+              cache: CompileCache | None = None) -> nn.Module:
+        """Build (or return) the variant; the caller holds no hook on the reference during this.
+
+        For ``COMPILED`` and ``AOT``, ``example`` (one denoiser call's arguments, cast to the
+        variant's dtype) is run once here, so compilation happens now (through ``cache``) and
+        not inside a timed step.
+        """
+        self._drop_if_moved()
+        key = (name, mode)
+        if key not in self.variants:
+            start = time.perf_counter()
+            if mode is Mode.EAGER:
+                variant, from_cache, note = self._make(get_precision(name)), False, ""
+            else:
+                # A copy that shares the eager variant's (quantized) weights: no second copy.
+                eager = self.variants.get((name, Mode.EAGER)) or self._make(get_precision(name))
+                build = self._compile if mode is Mode.COMPILED else self._compile_ahead
+                variant, from_cache, note = build(name, eager, example, cache)
+            self.variants[key] = variant
+            left = self.unswitched_layers() if get_precision(name).kind is Kind.TORCHAO else []
+            if left:
+                note = (f"{note}; " if note else "") + (f"{len(left)} Linear layers not called through their forward "
+                                                        f"stay in the reference precision: {', '.join(left[:8])}")
+            self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note)
+        return self.variants[key]
+
+    def _compile(self, name: str, eager: nn.Module, example: Call | None,
+                 cache: CompileCache | None) -> tuple[nn.Module, bool, str]:
+        variant = _copy(eager, share=True)
+        _compile_regionally(variant)
+        if example is None:
+            return variant, False, "compiles at its first call"
+        args, kwargs = example
+        key = CompileKey.make(Mode.COMPILED.value, name, variant, args, kwargs, self._device())
+        loaded = cache.load_artifacts(key) if cache else False
+        start = time.perf_counter()
+        with torch.no_grad(), attention_context(variant):
+            variant(*args, **kwargs)
+        _synchronize(self._device())
+        if cache and not loaded:
+            cache.save_artifacts(key, time.perf_counter() - start)
+        return variant, loaded, ""
+
+    def _compile_ahead(self, name: str, eager: nn.Module, example: Call | None,
+                       cache: CompileCache | None) -> tuple[nn.Module, bool, str]:
+        """AoT packages per repeated block class; torch.compile instead, with a warning, for a model
+        without repeated blocks or a block that export or AOTInductor cannot take."""
+        if example is None:
+            raise ValueError("an ahead-of-time variant is built from one example call: pass `example`")
+        works, why = aot.loading_works(self._device(), cache.root if cache is not None else None)
+        if works and get_precision(name).attention:
+            works, why = False, "its fp8 attention is chosen around the call, which a package does not carry"
+        if works and not aot.repeated_blocks(eager):
+            why = f"{type(eager).__name__} declares no repeated blocks"
+        elif works:
+            try:
+                variant = _copy(eager, share=True)
+                return variant, self._apply_packages(name, eager, variant, example, cache), ""
+            except aot.AotError as exc:
+                why = str(exc)
+        note = f"no ahead-of-time variant ({why}): compiled with torch.compile instead"
+        warnings.warn(note, aot.AotWarning, stacklevel=2)
+        variant, loaded, _ = self._compile(name, eager, example, cache)
+        return variant, loaded, note
+
+    def _apply_packages(self, name: str, eager: nn.Module, variant: nn.Module, example: Call,
+                        cache: CompileCache | None) -> bool:
+        args, kwargs = example
+        blocks = aot.repeated_blocks(variant)
+        with aot.capture_block_calls(eager) as calls, torch.no_grad():
+            eager(*args, **kwargs)
+        key = CompileKey.make(Mode.AOT.value, name, variant, args, kwargs, self._device())
+        if cache is not None and cache.has_packages(key, list(blocks)):
+            packages, from_cache = {b: cache.package_path(key, b) for b in blocks}, True
+        else:
+            packages, from_cache = self._export_blocks(blocks, calls, key, cache), False
+        for block_name, instances in blocks.items():
+            aot.apply_package_(instances, packages[block_name])
+        return from_cache
+
+    def _export_blocks(self, blocks: dict[str, list[nn.Module]], calls: dict[str, aot.BlockCall],
+                       key: CompileKey, cache: CompileCache | None) -> dict[str, Path]:
+        folder = Path(tempfile.mkdtemp(prefix="tmpdiff-aot-"))
+        start = time.perf_counter()
+        built = {}
+        for block_name, instances in blocks.items():
+            built[block_name] = folder / f"{block_name}.pt2"
+            # Export a throwaway copy: unwrapping quantized weights re-parametrizes the module.
+            aot.compile_block(_copy(instances[0], share=True), calls[block_name], built[block_name])
+        if cache is None:
+            return built
+        cache.save_packages(key, built, time.perf_counter() - start)
+        return {b: cache.package_path(key, b) for b in blocks}
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Extra bytes each resident variant holds beyond the reference weights (and, for a
+        compiled variant, beyond its eager twin, whose weights it shares)."""
+        reference = {id(t) for t in _tensors(self.reference)}
+        sizes = {}
+        for (name, mode), variant in self.variants.items():
+            eager = self.variants.get((name, Mode.EAGER)) if mode is not Mode.EAGER else None
+            shared = reference | ({id(t) for t in _tensors(eager)} if eager is not None else set())
+            key = name if mode is Mode.EAGER else f"{name}+{mode.value}"
+            sizes[key] = sum(_tensor_bytes(t) for t in _tensors(variant) if id(t) not in shared)
+        return sizes
+
+    def _device(self) -> torch.device:
+        return next(self.reference.parameters()).device
+
+    def _make(self, precision: Precision) -> nn.Module:
+        device = self._device()
+        status = precision_status(precision.name, device)
+        if status.status is Status.UNAVAILABLE:
+            raise ValueError(f"precision {precision.name!r} is unavailable on {device}: {status.reason}")
+        if precision.kind is Kind.DTYPE:
+            if precision.dtype == self.reference_dtype:
+                return _copy(self.reference, share=True)
+            # A cast rewrites parameters in place, so this copy must not share them.
+            return _copy(self.reference, share=False).to(precision.dtype)
+        from torchao.quantization import quantize_
+
+        make_config = precision.config if status.status is Status.REAL else precision.simulate
+        assert make_config is not None  # a usable TORCHAO precision has one of the two
+        variant = _copy(self.reference, share=True, parallelize=False)
+        quantize_(variant, make_config(self.reference_dtype), filter_fn=self._layer_filter(precision))
+        if precision.attention:
+            mark(variant, simulated=status.status is Status.SIMULATED)
+        if (parallel := getattr(self.reference, "_parallel_config", None)) is not None:
+            _parallel_like(variant, parallel)  # after quantize_, which may replace the modules hooks sit on
+        return variant.eval()
+
+    def _layer_filter(self, precision: Precision) -> Callable[[nn.Module, str], bool]:
+        recorded = self.linear_rows is not None
+        rows = self.linear_rows or {}
+
+        def takes(module: nn.Module, name: str) -> bool:
+            if not isinstance(module, nn.Linear):
+                return False
+            if recorded and name not in rows:  # its weight is used outside its forward: a quantized tensor
+                return False  # there would meet ops torchao does not implement
+            if module.in_features % MIN_FEATURES or module.out_features % MIN_FEATURES:
+                return False
+            if precision.group_size and module.in_features % precision.group_size:
+                return False
+            return not (precision.dynamic_activation and rows.get(name, MIN_ROWS) < MIN_ROWS)
+
+        return takes
+
+    def _drop_if_moved(self) -> None:
+        device = next(self.reference.parameters()).device
+        if self.device != device:
+            self.variants.clear()
+            self.graphs.clear()
+            self.device = device
+
+
+_BANKS: weakref.WeakKeyDictionary[nn.Module, VariantBank] = weakref.WeakKeyDictionary()
+_BANKS_LOCK = threading.Lock()
+
+
+def bank_for(module: nn.Module) -> VariantBank:
+    """The one bank of ``module``'s variants for this process."""
+    with _BANKS_LOCK:
+        if module not in _BANKS:
+            _BANKS[module] = VariantBank(module)
+        return _BANKS[module]
+
+
+@contextmanager
+def record_linear_rows(module: nn.Module) -> Iterator[dict[str, int]]:
+    """Records, during the block, how many rows each Linear layer's input has."""
+    rows: dict[str, int] = {}
+    handles = []
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear):
+
+            def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
+                x = args[0]
+                rows[name] = min(rows.get(name, 1 << 62), x.numel() // max(x.shape[-1], 1))
+
+            handles.append(layer.register_forward_pre_hook(hook))
+    try:
+        yield rows
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def module_bytes(module: nn.Module) -> int:
+    return sum(_tensor_bytes(t) for t in _tensors(module))
+
+
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    unique = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return list(unique.values())
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of a tensor, looking inside torchao's tensor subclasses."""
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, nn.Parameter):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, n)) for n in names)
+    return tensor.numel() * tensor.element_size()
+
+
+@contextmanager
+def _without_instance_forward(module: nn.Module) -> Iterator[Any]:
+    """Hides hook-installed forwards and hook registries while the module is copied, and yields the module's
+    parallel config (None for most). Only the root's hooks are hidden (they are tmpdiff's own), unless the module
+    is context-parallel: then every module's hooks (the input split, the output gather) and the attention
+    processors' config (which holds process groups) stay behind, and :func:`_copy` makes them again on the copy."""
+    parallel = getattr(module, "_parallel_config", None)
+    modules = list(module.modules()) if parallel is not None else [module]
+    saved = [(m, {k: m.__dict__.pop(k) for k in ("forward", "_diffusers_hook") if k in m.__dict__}) for m in modules]
+    holders = [] if parallel is None else [module, *(p for m in modules if getattr(
+        p := getattr(m, "processor", None), "_parallel_config", None) is not None)]
+    for holder in holders:
+        holder._parallel_config = None
+    try:
+        yield parallel
+    finally:
+        for m, attributes in saved:
+            m.__dict__.update(attributes)
+        for holder in holders:
+            holder._parallel_config = parallel
+
+
+def _copy(module: nn.Module, share: bool, parallelize: bool = True) -> nn.Module:
+    """A copy of the module tree; with ``share`` its parameters and buffers are the original objects. A
+    context-parallel module's copy is made context-parallel the same way, on the same process groups (unless
+    ``parallelize`` is False: the caller does it once the copy is finished)."""
+    memo = {id(t): t for t in _tensors(module)} if share else {}
+    with _without_instance_forward(module) as parallel:
+        copied = copy.deepcopy(module, memo)
+    if parallel is not None and parallelize:
+        _parallel_like(copied, parallel)
+    return copied
+
+
+def _parallel_like(module: nn.Module, parallel: Any) -> None:
+    if parallel.tensor_parallel_config is not None or parallel.context_parallel_config is None:
+        raise ValueError("tmpdiff runs per-step precisions under context parallelism only, not tensor parallelism: "
+                         "enable_parallelism(config=ContextParallelConfig(...)) on the denoiser")
+    cp = parallel.context_parallel_config
+    module.enable_parallelism(config=dataclasses.replace(cp, mesh=cp._mesh))  # the reference's groups, none new
+
+
+def _capturable(name: str, device: torch.device) -> bool:
+    """Whether a precision's calls are known to replay as CUDA graphs here: the rungs checked on a GPU, with their
+    real kernels (a simulated rung's fake quantization was never captured)."""
+    precision = get_precision(name)
+    return precision.graphs and (precision.kind is not Kind.TORCHAO
+                                 or precision_status(name, device).status is Status.REAL)
+
+
+def _compile_regionally(module: nn.Module) -> None:
+    """Compile the repeated blocks where the model declares them, else the whole module.
+
+    ``dynamic=False``: the first block of a run can see a differently strided input than the
+    others (a view of the previous block's output); with automatic dynamic shapes that second
+    graph of the block class would be recompiled with symbolic strides, slower to build and to run.
+    """
+    if getattr(module, "_repeated_blocks", None):
+        module.compile_repeated_blocks(fullgraph=True, dynamic=False)
+    else:
+        module.compile(dynamic=False)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

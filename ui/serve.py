@@ -1,0 +1,149 @@
+"""tmpdiff web app: `tmpdiff-app [--model M] [--db PATH] [--host 127.0.0.1] [--port 7860] [--share]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tmpdiff.engine.split_app import follow, release_followers
+from tmpdiff.frontends.processes import check_processes, refusal_exit, run_over_gpus
+from tmpdiff.frontends.refusals import refused
+
+if TYPE_CHECKING:
+    from tmpdiff.engine.runner import Engine
+
+APP_REPLAY_BYTES = 256 << 20  # denoiser outputs kept for replay across visitors' images (in the model's memory)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=None, help="model shown first (default: the trained shapes-dit)")
+    parser.add_argument("--db", default=None,
+                        help="cache database: a file (SQLite; default: in the cache folder) or a PostgreSQL URL")
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="open a public gradio.live link")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile each variant (default: on for CUDA, off on ZeroGPU Spaces)")
+    parser.add_argument("--aot", action="store_true", default=None,
+                        help="ahead-of-time compiled variants: packages built once, loaded in later processes")
+    parser.add_argument("--analytics", action="store_true",
+                        help="let Gradio send its usage analytics (off unless asked for, here or with "
+                             "GRADIO_ANALYTICS_ENABLED=True)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="split each image over N CUDA GPUs of this machine (context parallelism; schedules "
+                             "still switch per step): starts N processes through torchrun, the first serves the page")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="tmpdiff cache folder: compiled variants and the default database "
+                             "(default: $TMPDIFF_CACHE_DIR or the user cache folder)")
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace, engine: Engine | None = None):
+    """The app's Blocks on ``engine`` (default: one made from ``args``)."""
+    from tmpdiff.cache import Cache, default_db_path
+
+    from tmpdiff import DEFAULT_MODEL, get_model
+    from tmpdiff.measure.evaluator import Evaluator
+    from tmpdiff.steps.replay import ReplayStore
+    from tmpdiff.variants.compile_cache import cache_root
+
+    from . import build_ui
+
+    engine = engine or make_engine(args)
+    model = get_model(args.model or DEFAULT_MODEL).name
+    store = None if args.no_cache else Cache(args.db or default_db_path(cache_root(args.cache_dir)))
+    # One replay store for every visitor's images: a schedule computes only from where it leaves its setting's
+    # reference (bit-identical images; replayed steps keep the seconds they took).
+    images = Evaluator(engine, store, replay=ReplayStore(APP_REPLAY_BYTES))
+    return build_ui(images, store, model)
+
+
+def make_engine(args: argparse.Namespace) -> Engine:
+    """The engine for the app's flags; with ``--parallel N`` inside a launch, split over its processes (every
+    process makes this call, the first to serve, the others to follow it)."""
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.frontends.flags import choose_compile
+    from tmpdiff.pipelines.registry import quiet_libraries
+    from tmpdiff.variants.compile_cache import cache_root, check_cache_dir
+
+    quiet_libraries()
+    cache_dir = check_cache_dir(cache_root(args.cache_dir))
+    engine = Engine(device=args.device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
+    if args.parallel > 1:
+        engine.split_over(args.parallel, mirror=True)
+    return engine
+
+
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_processes(args.parallel)
+    except ValueError as exc:
+        return refused(exc)
+    if args.parallel > 1 and os.environ.get("RANK", "0") != "0":  # a following process: no page, no port
+        return _follow(args)
+    # Set before Gradio is imported: it reads the switch once.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "True" if args.analytics else \
+        os.environ.get("GRADIO_ANALYTICS_ENABLED", "False")
+    if port_in_use(args.host, args.port):  # checked before the model loads, not after
+        print(f"error: port {args.port} on {args.host} is in use: pass --port N (or set GRADIO_SERVER_PORT)",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.parallel > 1 and "RANK" not in os.environ:  # this app in N processes, one a GPU
+            from tmpdiff.engine.runner import default_device
+
+            return run_over_gpus(args.parallel, args.device or default_device(), "tmpdiff.ui.serve", argv)
+        engine = make_engine(args)
+    except ValueError as exc:
+        return refused(exc)
+    try:
+        if engine.split > 1:  # a model that cannot be split says so now, not at the first image
+            from tmpdiff import DEFAULT_MODEL, get_model
+
+            engine.pipeline(get_model(args.model or DEFAULT_MODEL).name)
+        demo = build(args, engine)
+    except ValueError as exc:
+        release_followers(engine)
+        return refused(exc)
+    from . import LAUNCH_OPTIONS, QUEUE_OPTIONS
+
+    try:
+        demo.queue(**QUEUE_OPTIONS).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                           **LAUNCH_OPTIONS)
+    finally:
+        release_followers(engine)
+    return 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    """A process of a ``--parallel`` app other than the first: makes the first one's pipeline calls. A mistake
+    in the app's flags is the first process's to tell."""
+    try:
+        engine = make_engine(args)
+    except ValueError:
+        return refusal_exit(2)
+    follow(engine)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
