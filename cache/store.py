@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from tmpdiff.atomic import write_atomically
+from tmpdiff.errors import FieldError, literal, shown
 from tmpdiff.measure.records import EvalKey, EvalRecord
 from tmpdiff.pipelines.registry import MODELS
 from tmpdiff.steps.schedule import Schedule
@@ -44,8 +45,12 @@ EXPORT_VERSION = 1
 SCHEMA_LOCK_KEY = 0x746D7064  # "tmpd": the PostgreSQL advisory lock taken while the schema is created
 
 
-class CacheError(ValueError):
-    """A cache file that cannot be used; the message says which and what to do."""
+class CacheError(FieldError):
+    """A cache that cannot be used (the ``db`` field, unless another is named); the message says which and what to
+    do. ``template`` names fields as ``{db}``; paths and library messages in it go through ``literal``."""
+
+    def __init__(self, template: str, field: str = "db") -> None:
+        super().__init__(field, None, template)
 
 
 def default_db_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -87,7 +92,7 @@ class Cache:
             try:
                 self.engine = create_engine(url, pool_pre_ping=True, connect_args=_server_timeouts(url))
             except ModuleNotFoundError as exc:
-                raise CacheError(f"db={self.where!r} needs the {exc.name} driver: "
+                raise CacheError(f"{{db}} {literal(repr(self.where))} needs the {exc.name} driver: "
                                  "pip install 'psycopg[binary]'") from None
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         try:
@@ -153,9 +158,9 @@ class Cache:
 
     def image_path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
-            raise CacheError(f"not an image id: {sha256!r}")
+            raise CacheError(f"not an image id: {literal(shown(sha256))}")
         if self.images is None:
-            raise CacheError(f"{self.where} keeps its images in the database, not in files")
+            raise CacheError(f"{literal(self.where)} keeps its images in the database, not in files")
         return self.images / f"{sha256}.png"
 
     # --- search runs and cost tables ------------------------------------------------------
@@ -230,9 +235,9 @@ class Cache:
                 differing.append(record)
         if differing:
             first = differing[0].key
-            raise CacheError(f"{len(differing)} entries of {path} differ from evaluations already stored (the first: "
-                             f"{first.model} {first.schedule} seed {first.settings.get('seed')}); nothing was "
-                             "imported: pass replace=true to overwrite them")
+            raise CacheError(literal(f"{len(differing)} entries of {path} differ from evaluations already stored (the "
+                                     f"first: {first.model} {first.schedule} seed {first.settings.get('seed')})")
+                             + "; nothing was imported: pass {replace} to overwrite them", field="replace")
         for record in new:
             self.put(record)
         return len(new)
@@ -248,16 +253,15 @@ class Cache:
             with Session(self.engine) as session:
                 version = session.get(Meta, "schema_version") if "meta" in tables else None
         except OperationalError as exc:
-            raise CacheError(f"cannot reach the {kind} {self.where} ({str(exc.orig).strip().splitlines()[0]}): "
-                             "check db") from None
+            reason = str(exc.orig).strip().splitlines()[0]
+            raise CacheError(literal(f"cannot reach the {kind} {self.where} ({reason})") + ": check {db}") from None
         except DatabaseError as exc:
-            raise CacheError(f"{self.where} is not a usable {kind} ({exc.orig}): pass another db") from None
+            raise CacheError(literal(f"{self.where} is not a usable {kind} ({exc.orig})") + ": pass another {db}") \
+                from None
         found = version.value if version is not None else "none"
         if found != str(SCHEMA_VERSION):
-            raise CacheError(
-                f"{self.where} holds a database of another schema (version {found}, tmpdiff needs "
-                f"{SCHEMA_VERSION}): pass another db or move that database away"
-            )
+            raise CacheError(literal(f"{self.where} holds a database of another schema (version {found}, tmpdiff "
+                                     f"needs {SCHEMA_VERSION})") + ": pass another {db} or move that database away")
 
     def _create_schema(self) -> None:
         """Tables and the version row in one transaction: another process opening the new database at the same
@@ -345,21 +349,21 @@ def _server_url(location: str) -> Any:
     try:
         url = make_url(location)
     except ArgumentError:
-        raise CacheError(f"db={location!r} is neither a file path nor a database URL such as "
+        raise CacheError(f"{{db}} {literal(shown(location))} is neither a file path nor a database URL such as "
                          "postgresql+psycopg://user@host/db") from None
     if url.get_backend_name() != "postgresql":
-        raise CacheError(f"db={url.render_as_string(hide_password=True)!r}: tmpdiff caches in SQLite (a path) or "
-                         "PostgreSQL (postgresql+psycopg://...)")
+        raise CacheError(f"{{db}} {literal(repr(url.render_as_string(hide_password=True)))}: tmpdiff caches in "
+                         "SQLite (a path) or PostgreSQL (postgresql+psycopg://...)")
     return url
 
 
 def _refuse_foreign_file(path: Path) -> None:
     if path.is_dir():
-        raise CacheError(f"db={str(path)!r} is a folder: give a file path")
+        raise CacheError(f"{{db}} {literal(repr(str(path)))} is a folder: give a file path")
     if path.exists() and path.stat().st_size > 0:
         with path.open("rb") as handle:
             if handle.read(16) != SQLITE_HEADER:
-                raise CacheError(f"{path} is not a SQLite database: pass another db")
+                raise CacheError(literal(f"{path} is not a SQLite database") + ": pass another {db}")
 
 
 def _key_query(key: EvalKey) -> Any:
@@ -413,16 +417,18 @@ def _parse_export(path: Path) -> list[EvalRecord]:
     try:
         payload = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"{path} is not a tmpdiff export ({exc})") from None
+        raise CacheError(literal(f"{path} is not a tmpdiff export ({exc})"), field="file") from None
     except RecursionError:
-        raise CacheError(f"{path} is not a tmpdiff export (nested too deeply)") from None
+        raise CacheError(literal(f"{path} is not a tmpdiff export (nested too deeply)"), field="file") from None
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
-        raise CacheError(f"{path} is not a tmpdiff export: its 'format' is not {EXPORT_FORMAT!r}")
+        raise CacheError(literal(f"{path} is not a tmpdiff export: its 'format' is not {EXPORT_FORMAT!r}"),
+                         field="file")
     if payload.get("version") != EXPORT_VERSION:
-        raise CacheError(f"{path} is export version {payload.get('version')!r}; this tmpdiff reads {EXPORT_VERSION}")
+        raise CacheError(literal(f"{path} is export version {shown(payload.get('version'))}; this tmpdiff reads "
+                                 f"{EXPORT_VERSION}"), field="file")
     entries = payload.get("evaluations")
     if not isinstance(entries, list):
-        raise CacheError(f"{path}: 'evaluations' must be a list")
+        raise CacheError(literal(f"{path}: 'evaluations' must be a list"), field="file")
     return [_parse_entry(entry, i, path) for i, entry in enumerate(entries)]
 
 
@@ -442,15 +448,16 @@ def _same(a: EvalRecord, b: EvalRecord) -> bool:
 def _parse_entry(entry: Any, index: int, path: Path) -> EvalRecord:
     where = f"{path} entry {index}"
     if not isinstance(entry, dict):
-        raise CacheError(f"{where} is not an object")
+        raise CacheError(literal(f"{where} is not an object"), field="file")
     for name, types in _TYPES.items():
         if not isinstance(entry.get(name), types) or isinstance(entry.get(name), bool):
-            raise CacheError(f"{where}: field {name!r} is missing or of the wrong type")
+            raise CacheError(literal(f"{where}: field {name!r} is missing or of the wrong type"), field="file")
     for name in ("ssim", "psnr", "lpips", "measured_seconds", "predicted_seconds"):
         if isinstance(entry[name], float) and not math.isfinite(entry[name]):
-            raise CacheError(f"{where}: field {name!r} is {entry[name]}: only finite numbers (or null) are stored")
+            raise CacheError(literal(f"{where}: field {name!r} is {entry[name]}: only finite numbers (or null) are "
+                                     "stored"), field="file")
     if entry["model"] not in MODELS:
-        raise CacheError(f"{where}: unknown model {entry['model']!r}")
+        raise CacheError(literal(f"{where}: unknown model {entry['model']!r}"), field="file")
     try:
         schedule = Schedule.parse(entry["schedule"])
         steps = entry["settings"].get("steps")
@@ -459,7 +466,7 @@ def _parse_entry(entry: Any, index: int, path: Path) -> EvalRecord:
         png = base64.b64decode(entry["png_base64"], validate=True)
         _check_png(png)
     except ValueError as exc:
-        raise CacheError(f"{where}: {exc}") from None
+        raise CacheError(literal(f"{where}: {exc}"), field="file") from None
     key = EvalKey(model=entry["model"], model_hash=entry["model_hash"], settings=entry["settings"],
                   schedule=str(schedule), schedule_hash=schedule.hash, device=entry["device"])
     return EvalRecord(key=key, png=png, ssim=entry["ssim"], psnr=entry["psnr"], lpips=entry["lpips"],

@@ -161,11 +161,11 @@ def raw_generate(server, values: str) -> str:
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ('["shapes-dit", "", 0, 8, 64, NaN, ""]', "guidance must be a finite number"),
-    ('["shapes-dit", "", 0, 8, 64, Infinity, ""]', "guidance must be a finite number"),
-    ('["shapes-dit", "", NaN, 8, 64, 1.0, ""]', "seed must be a finite number"),
-    ('["shapes-dit", "", 18446744073709551616, 8, 64, 1.0, ""]', "seed must be from 0 to"),
-    ('["shapes-dit", "", 0, 8, Infinity, 1.0, ""]', "size must be a finite number"),
+    ('["shapes-dit", "", 0, 8, 64, NaN, ""]', "Guidance must be a finite number"),
+    ('["shapes-dit", "", 0, 8, 64, Infinity, ""]', "Guidance must be a finite number"),
+    ('["shapes-dit", "", NaN, 8, 64, 1.0, ""]', "Seed must be a finite number"),
+    ('["shapes-dit", "", 18446744073709551616, 8, 64, 1.0, ""]', "Seed must be from 0 to"),
+    ('["shapes-dit", "", 0, 8, Infinity, 1.0, ""]', "Size must be a finite number"),
     ('["shapes-dit", "", 0, 8, 64, 1.0, "fp32*100000000"]', "past 1000 steps"),
 ])
 def test_hostile_values_are_refused_with_a_message_and_never_cached(server, server_db, values, message):
@@ -524,7 +524,7 @@ def test_a_user_mistake_is_one_line_in_the_server_log_without_a_traceback(client
         client.predict(schedule="fp32*3", api_name="/generate")
     assert "Traceback" not in capfd.readouterr().err
     assert [r.getMessage() for r in caplog.records if r.name == "tmpdiff.app"] == [
-        "refused: schedule fp32*3 has 3 steps but 8 were asked for"]
+        "refused: schedule 'fp32*3' has 3 steps but 8 were asked for"]
 
 
 @pytest.mark.browser

@@ -177,7 +177,7 @@ def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_w
     changed = json.loads(json.dumps(payload))
     changed["evaluations"][0]["ssim"] = 0.5
     (tmp_path / "changed.json").write_text(json.dumps(changed))
-    with pytest.raises(CacheError, match="1 entries .* differ from evaluations already stored.*replace=true"):
+    with pytest.raises(CacheError, match="1 entries .* differ from evaluations already stored.*pass replace to overwrite"):
         target.import_(tmp_path / "changed.json")
     assert target.get(record("fp32*4").key).ssim == 1.0  # unchanged
     assert main(["cache", "import", str(tmp_path / "changed.json"), "--db", str(tmp_path / "b.sqlite")]) == 2

@@ -188,10 +188,15 @@ def test_engine_messages_name_fields_and_each_front_end_says_them_in_its_own_wor
 
     with pytest.raises(ValueError, match=r"^target_ssim must be in \(0, 1\], got 1.5$") as info:
         SearchRequest(model="shapes-dit", prompts=("red circle",), target_ssim=1.5)
-    assert in_cli_words(str(info.value)) == "--target-ssim must be in (0, 1], got 1.5"
-    from tmpdiff.ui.panels import in_form_words
+    assert info.value.field == "target_ssim" and info.value.value == 1.5
+    assert in_cli_words(info.value) == "--target-ssim must be in (0, 1], got 1.5"
+    from tmpdiff.ui.panels import field_message, in_form_words
 
-    assert in_form_words(str(info.value)) == "Target (SSIM floor) must be in (0, 1], got 1.5"
+    assert in_form_words(info.value) == "Target (SSIM floor) must be in (0, 1], got 1.5"
+    assert "<b>Target (SSIM floor)</b>" in field_message(info.value)  # the field from the error, not from its text
+    with pytest.raises(ValueError) as both:
+        SearchRequest(model="shapes-dit", prompts=("red circle",))
+    assert in_cli_words(both.value) == "give exactly one objective: --target-ssim or --target-speedup"
 
 
 def test_an_unreachable_speedup_target_with_skip_last_names_the_cheapest_schedule():

@@ -108,7 +108,7 @@ def test_cli_sweep_mistakes_print_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tmpdiff", "sweep", str(spec), "--csv", str(tmp_path / "o.csv")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "error: s.toml: steps must be a positive number, got 0"
+    assert result.stderr.strip() == "error: s.toml: steps must be from 1 to 1000, got 0"
     assert not (tmp_path / "o.csv").exists()
 
 

@@ -87,6 +87,8 @@ class LiveSearch:
         self._thread.join()
         if "error" in self._outcome:
             raise self._outcome["error"]
+        if "report" not in self._outcome:
+            raise RuntimeError("the search's thread ended without a report or an error")
         return self._outcome["report"]
 
     @contextmanager
@@ -110,7 +112,7 @@ class LiveSearch:
                     self.request, should_stop=self.should_stop,
                     progress=lambda done, planned, what: self._events.put(("progress", (done, planned, what))),
                     on_point=lambda point: self._events.put(("point", point)))
-        except Exception as exc:  # handed to the page's thread by result()
+        except BaseException as exc:  # handed to the page's thread by result(), whatever it is
             self._outcome["error"] = exc
         finally:
             self._events.put(("done", None))

@@ -24,6 +24,7 @@ from tmpdiff.atomic import write_atomically
 from tmpdiff.engine.runner import telling_builds_to
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.engine.turns import TurnLock, on_behalf_of
+from tmpdiff.errors import FieldError
 from tmpdiff.frontends import plots
 from tmpdiff.frontends.words import describe_build
 from tmpdiff.limits import APP_SEARCH_WORK, finite
@@ -115,25 +116,27 @@ def search_request(model: str, target_kind: str, target: float, steps: float, la
                    seeds: str) -> SearchRequest:
     """The search tab's fields as a request, each checked (a ``ValueError`` naming the field otherwise)."""
     spec = get_model(model)
-    prompt_count, step_count = _whole(num_prompts, "calibration prompts"), _whole(steps, "steps")
-    seed_values = parse_seeds(seeds, "Seeds")
+    prompt_count, step_count = _whole(num_prompts, "prompts"), _whole(steps, "steps")
+    seed_values = parse_seeds(seeds)
     _search_work(prompt_count, len(seed_values), step_count)
     floor = target_kind == "SSIM floor"
     return SearchRequest(
         model=model, prompts=tuple(calibration_prompts(spec.labels, prompt_count)), seeds=seed_values,
         steps=step_count, ladder=tuple(x.strip() for x in ladder.split(",") if x.strip()) or None,
-        target_ssim=finite(target, "target") if floor else None,
-        target_speedup=finite(target, "target") if not floor else None,
+        target_ssim=finite(target, "target_ssim") if floor else None,
+        target_speedup=finite(target, "target_speedup") if not floor else None,
         validation_seeds=(1000,), additivity_samples=0, baselines=True,
     )
 
 
-def _whole(value: float | None, name: str) -> int:
-    """A number field's value as a whole number; a ``ValueError`` naming the field for NaN, infinities,
-    fractions and empty fields (JSON clients can send all of them)."""
-    number = finite(value, name)  # type: ignore[arg-type]
+def _whole(value: object, field: str) -> int:
+    """A number field's value as a whole number; a ``FieldError`` for NaN, infinities, fractions and empty fields
+    (JSON clients can send all of them). An integer is kept as it is: 2**63 - 1 is no float."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = finite(value, field)
     if not number.is_integer():
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+        raise FieldError(field, value, f"{{{field}}} must be a whole number, got {{value}}")
     return int(number)
 
 
@@ -141,9 +144,10 @@ def _search_work(prompts: int, seeds: int, steps: int) -> None:
     """The app's bound on one search: calibration images x steps per evaluated schedule."""
     work = prompts * seeds * steps
     if work > APP_SEARCH_WORK:
-        raise ValueError(f"this search runs {prompts} prompts x {seeds} seeds x {steps} steps = {work} denoiser "
-                         f"calls per schedule, over the app's limit of {APP_SEARCH_WORK}: use fewer prompts or seeds "
-                         "here, or run it from the command line (`tmpdiff search`), which has no such limit")
+        raise FieldError("prompts", prompts, f"this search runs {prompts} prompts x {seeds} seeds x {steps} steps = "
+                         f"{work} denoiser calls per schedule, over the app's limit of {APP_SEARCH_WORK}: use fewer "
+                         "{prompts} or {seeds} here, or run it from the command line (`tmpdiff search`), which has "
+                         "no such limit")
 
 
 def run_image(app: AppState, model: str, prompt: str, seed: float, steps: float, size: float, guidance: float,
@@ -450,32 +454,30 @@ def _fail(message: str) -> str:
     raise user_error(message)
 
 
-# The engine's field names, as the form labels them.
-LABELS = {"target_ssim": "Target (SSIM floor)", "target_speedup": "Target (speed-up)"}
+# The engine's field names, as the form labels them (others: the name with spaces).
+LABELS = {"target_ssim": "Target (SSIM floor)", "target_speedup": "Target (speed-up)",
+          "prompts": "Calibration prompts", "db": "the cache database", "prompt_file": "prompt file",
+          "negative_prompt": "Negative prompt"}
 
 
-def in_form_words(message: str) -> str:
-    for name, label in LABELS.items():
-        message = message.replace(name, label)
-    return message
+def label_of(field: str) -> str:
+    return LABELS.get(field, field.replace("_", " ").capitalize())
 
 
-def user_error(problem: ValueError | str) -> gr.Error:
+def in_form_words(problem: Exception | str) -> str:
+    """A refusal as the form says it: a field error names the field's label."""
+    return problem.worded(label_of) if isinstance(problem, FieldError) else str(problem)
+
+
+def user_error(problem: Exception | str) -> gr.Error:
     """A user's mistake: one line in the server log (no traceback), and a message that stays on the page
     until it is closed."""
     LOG.warning("refused: %s", problem)
-    return gr.Error(in_form_words(str(problem)), duration=None, print_exception=False)
-
-
-FIELDS = ("seeds", "seed", "steps", "size", "guidance", "prompt", "schedule", "model", "target",
-          "calibration prompts", "ladder")
+    return gr.Error(in_form_words(problem), duration=None, print_exception=False)
 
 
 def field_message(problem: Exception, element_id: str = "field-error") -> str:
-    """The inline message for a bad field: the field's name first, as the form labels it."""
-    text = in_form_words(str(problem))
-    head = text[:60].lower()
-    field = next((f for f in FIELDS if head.startswith(f) or any(f" {f}{end}" in head for end in " ,:")), "input")
-    return (f"<div class='field-error' id='{element_id}' role='alert'><b>{html.escape(field.capitalize())}</b>: "
-            f"{html.escape(text)}</div>")
-
+    """The inline message for a bad field: the field's label first, as the form labels it."""
+    field = label_of(problem.field) if isinstance(problem, FieldError) else "Input"
+    return (f"<div class='field-error' id='{element_id}' role='alert'><b>{html.escape(field)}</b>: "
+            f"{html.escape(in_form_words(problem))}</div>")

@@ -10,8 +10,9 @@ from typing import Any
 
 from tmpdiff.cli.entry import EXIT_INTERRUPTED
 from tmpdiff.cli.image_commands import engine_for, target_costs
+from tmpdiff.errors import worded
 from tmpdiff.frontends.flags import open_cache
-from tmpdiff.frontends.refusals import in_cli_words
+from tmpdiff.frontends.refusals import flag_of
 
 __all__ = ["search", "sweep"]
 
@@ -29,8 +30,8 @@ def search(args: argparse.Namespace, device: str) -> int:
     spec = get_model(args.model)
     request = SearchRequest(
         model=args.model, prompts=tuple(calibration_prompts(spec.labels, args.num_prompts, args.prompts)),
-        seeds=parse_seeds(args.seeds, "--seeds"),
-        validation_seeds=parse_seeds(args.validation_seeds, "--validation-seeds"),
+        seeds=parse_seeds(args.seeds),
+        validation_seeds=parse_seeds(args.validation_seeds, "validation_seeds"),
         steps=args.steps, size=args.size, guidance=args.guidance,
         ladder=tuple(args.ladder.split(",")) if args.ladder else None,
         target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
@@ -73,7 +74,7 @@ def search(args: argparse.Namespace, device: str) -> int:
     for note in report.ladder_notes:
         print(f"note: {note}", file=sys.stderr)
     for phase in report.skipped:
-        print(f"skipped: {in_cli_words(phase)}", file=sys.stderr)
+        print(f"skipped: {worded(phase, flag_of)}", file=sys.stderr)
     if report.validation.meets_target is False:
         print(f"warning: on unseen seeds the schedule scored SSIM {report.validation.ssim:.3f}, "
               f"below the {request.target_ssim} floor", file=sys.stderr)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from tmpdiff.errors import FieldError
 from tmpdiff.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE, finite
 from tmpdiff.pipelines.registry import DEFAULT_MODEL, ModelSpec, get_model
 from tmpdiff.steps.schedule import Schedule
@@ -35,21 +36,26 @@ class RunSettings:
         for name in ("steps", "seed", "size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} must be a whole number, got {value!r}")
-        if self.steps is not None and self.steps <= 0:
-            raise ValueError(f"steps must be a positive number, got {self.steps}")
-        if self.steps is not None and self.steps > MAX_STEPS:
-            raise ValueError(f"steps must be at most {MAX_STEPS}, got {self.steps}")
+                raise FieldError(name, value, f"{{{name}}} must be a whole number, got {{value}}")
+        if self.steps is not None and not 0 < self.steps <= MAX_STEPS:
+            raise FieldError("steps", self.steps, f"{{steps}} must be from 1 to {MAX_STEPS}, got {{value}}")
         if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be from 0 to {MAX_SEED} (2**63 - 1), got {self.seed}")
+            raise FieldError("seed", self.seed, f"{{seed}} must be from 0 to {MAX_SEED} (2**63 - 1), got {{value}}")
         if self.size is not None and not MIN_SIZE <= self.size <= MAX_SIZE:
-            raise ValueError(f"size must be from {MIN_SIZE} to {MAX_SIZE} pixels, got {self.size}")
+            raise FieldError("size", self.size,
+                             f"{{size}} must be from {MIN_SIZE} to {MAX_SIZE} pixels, got {{value}}")
         if self.guidance is not None and not 0 <= finite(self.guidance, "guidance") <= MAX_GUIDANCE:
-            raise ValueError(f"guidance must be from 0 to {MAX_GUIDANCE:g}, got {self.guidance}")
+            raise FieldError("guidance", self.guidance,
+                             f"{{guidance}} must be from 0 to {MAX_GUIDANCE:g}, got {{value}}")
         for name in ("prompt", "negative_prompt"):
-            text = getattr(self, name) or ""
-            if len(text) > MAX_PROMPT_CHARS:
-                raise ValueError(f"{name} has {len(text)} characters: at most {MAX_PROMPT_CHARS}")
+            text = getattr(self, name)
+            if text is not None and not isinstance(text, str):
+                raise FieldError(name, text, f"{{{name}}} must be text, got {{value}}")
+            if len(text or "") > MAX_PROMPT_CHARS:
+                raise FieldError(name, text, f"{{{name}}} has {len(text or '')} characters, at most "
+                                 f"{MAX_PROMPT_CHARS}: {{value}}")
+            # Surrounding whitespace changes no image: stripped here, so " red circle" keys as "red circle".
+            object.__setattr__(self, name, None if text is None else text.strip())
         self.call_kwargs()
 
     def call_kwargs(self, device: str | torch.device = "cpu") -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tmpdiff.errors import FieldError, literal
 from tmpdiff.pipelines.registry import get_model
 
 if TYPE_CHECKING:  # imported where used: listing the shipped tables (the CLI's help) needs no torch
@@ -34,18 +35,19 @@ def load_cost_table(name_or_path: str | Path, model: str) -> CostTable:
     if not path.exists():
         path = Path(name_or_path).expanduser()
     if not path.is_file():
-        raise ValueError(f"costs={str(name_or_path)!r} is neither a shipped table ({', '.join(shipped_tables())}) "
-                         "nor a JSON file")
+        raise FieldError("costs", str(name_or_path), f"{{costs}} {{value}} is neither a shipped table "
+                         f"({', '.join(shipped_tables())}) nor a JSON file")
     from tmpdiff.measure.latency import CostTable
 
     try:
         table = CostTable.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"costs={str(name_or_path)!r} is not a cost table: {exc}") from None
+        raise FieldError("costs", str(name_or_path), f"{{costs}} {{value}} is not a cost table: {literal(str(exc))}") \
+            from None
     architecture = get_model(model).architecture
     if table.architecture != architecture:
-        raise ValueError(f"the cost table {str(name_or_path)!r} was measured for the {table.architecture} "
-                         f"architecture, not {model}'s {architecture}")
+        raise FieldError("costs", str(name_or_path), f"the cost table {{value}} ({{costs}}) was measured for the "
+                         f"{literal(str(table.architecture))} architecture, not {model}'s {architecture}")
     table.target = True
     return table
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tmpdiff.errors import FieldError
 from tmpdiff.pipelines import tiny
 
 if TYPE_CHECKING:
@@ -82,10 +83,9 @@ class ModelSpec:
     def label_id(self, prompt: str) -> int:
         key = " ".join(prompt.lower().split())
         if key not in self.labels:
-            raise ValueError(
-                f"model {self.name!r} draws only its classes, not {prompt!r}: "
-                f"use one of {', '.join(repr(x) for x in self.labels)}"
-            )
+            classes = ", ".join(repr(x) for x in self.labels).replace("{", "{{").replace("}", "}}")
+            raise FieldError("prompt", prompt, f"model {self.name!r} draws only its classes, not {{value}}: use one "
+                             f"of {classes}")
         return self.labels.index(key)
 
     def call_kwargs(
@@ -101,17 +101,18 @@ class ModelSpec:
     ) -> dict[str, Any]:
         """Arguments for this family's pipeline ``__call__``; every run is seeded."""
         if steps <= 0:
-            raise ValueError(f"steps must be a positive number, got {steps}")
+            raise FieldError("steps", steps, "{steps} must be a positive number, got {value}")
         size = self.size if size is None else size
         if size <= 0 or size % 16:
-            raise ValueError(f"size must be a positive multiple of 16, got {size}")
+            raise FieldError("size", size, "{size} must be a positive multiple of 16, got {value}")
         guidance = self.guidance if guidance is None else guidance
         import torch
 
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         if self.family == "dit":
             if size != self.size:
-                raise ValueError(f"model {self.name!r} draws only {self.size}x{self.size} images, got size {size}")
+                raise FieldError("size", size, f"model {self.name!r} draws only {self.size}x{self.size} images, got "
+                                 "{size} {value}")
             return {"class_labels": [self.label_id(prompt)], "num_inference_steps": steps,
                     "guidance_scale": guidance, "generator": generator}
         kwargs: dict[str, Any] = {
@@ -194,10 +195,11 @@ _LOAD_LOCK = threading.Lock()
 
 
 def get_model(name: str) -> ModelSpec:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}") from None
+    """The registry entry ``name``; a ``FieldError`` naming the choices otherwise."""
+    spec = MODELS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise FieldError("model", name, f"unknown {{model}} {{value}}: choose one of {', '.join(MODELS)}")
+    return spec
 
 
 def quiet_libraries() -> None:

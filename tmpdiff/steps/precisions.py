@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tmpdiff.errors import FieldError
+
 if TYPE_CHECKING:
     import torch
 
@@ -264,14 +266,14 @@ _ENTRIES = (
 PRECISIONS: dict[str, Precision] = {p.name: p for p in _ENTRIES}
 
 
-def get_precision(name: str) -> Precision:
-    """The registry entry for ``name``; a ``ValueError`` naming the choices otherwise."""
-    try:
-        return PRECISIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown precision {name!r}: choose one of {', '.join(PRECISIONS)}"
-        ) from None
+def get_precision(name: str, field: str = "precision") -> Precision:
+    """The registry entry for ``name``; a ``FieldError`` of ``field`` (where the name was given: a schedule, a
+    ladder, ...) naming the choices otherwise."""
+    precision = PRECISIONS.get(name) if isinstance(name, str) else None
+    if precision is None:
+        where = f" in the {{{field}}}" if field != "precision" else ""
+        raise FieldError(field, name, f"unknown precision {{value}}{where}: choose one of {', '.join(PRECISIONS)}")
+    return precision
 
 
 def precision_status(name: str, device: str | torch.device = "cpu") -> Availability:

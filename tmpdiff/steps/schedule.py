@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from tmpdiff.errors import FieldError
 from tmpdiff.limits import MAX_STEPS
 from tmpdiff.steps.precisions import get_precision
 
@@ -41,45 +42,42 @@ class Schedule:
         if not isinstance(self.steps, tuple):
             object.__setattr__(self, "steps", tuple(self.steps))
         if not self.steps:
-            raise ValueError("a schedule needs at least one step, got an empty one")
+            raise FieldError("schedule", "", "a {schedule} needs at least one step, got an empty one")
         if len(self.steps) > MAX_STEPS:
-            raise ValueError(f"a schedule has at most {MAX_STEPS} steps, got {len(self.steps)}")
+            raise FieldError("schedule", len(self.steps),
+                             f"a {{schedule}} has at most {MAX_STEPS} steps, got {{value}}")
         for name in self.steps:
-            get_precision(name)
+            get_precision(name, "schedule")
         if not get_precision(self.steps[0]).may_lead:
-            raise ValueError(
-                f"{self.steps[0]!r} cannot be the first step: there is no earlier model output to reuse; "
-                "start the schedule with a computing precision"
-            )
+            raise FieldError("schedule", self.steps[0], "{value} cannot be the first step of a {schedule}: there is "
+                             "no earlier model output to reuse; start it with a computing precision")
 
     @classmethod
     def parse(cls, text: str, steps: int | None = None) -> Schedule:
         """Parse the text form; when ``steps`` is given the schedule must have exactly that many.
 
         Raises:
-            ValueError: naming the malformed token, the unknown precision, or both counts.
+            FieldError: of the schedule, naming the malformed token, the unknown precision, or both counts.
         """
         if steps is not None and steps <= 0:
-            raise ValueError(f"steps must be a positive number, got {steps}")
-        tokens = [t.strip() for t in str(text).split(",")]
+            raise FieldError("steps", steps, "{steps} must be a positive number, got {value}")
+        if not isinstance(text, str):
+            raise FieldError("schedule", text, "a {schedule} is text such as 'bf16*4,fp8*4', got {value}")
+        tokens = [t.strip() for t in text.split(",")]
         if tokens == [""]:
-            raise ValueError("empty schedule text: write e.g. 'bf16*4,fp8*4'")
+            raise FieldError("schedule", text, "empty {schedule}: write e.g. 'bf16*4,fp8*4'")
         names: list[str] = []
         for token in tokens:
             names.extend(_expand_token(token, MAX_STEPS - len(names)))
         if steps is not None and len(names) != steps:
-            raise ValueError(
-                f"schedule {text!r} has {len(names)} steps but {steps} were asked for: "
-                f"make the counts add up to {steps}"
-            )
+            raise FieldError("schedule", text, f"{{schedule}} {{value}} has {len(names)} steps but {steps} were asked "
+                             f"for: make the counts add up to {steps}")
         return cls(tuple(names))
 
     @classmethod
     def uniform(cls, name: str, steps: int) -> Schedule:
-        if steps <= 0:
-            raise ValueError(f"steps must be a positive number, got {steps}")
-        if steps > MAX_STEPS:
-            raise ValueError(f"steps must be at most {MAX_STEPS}, got {steps}")
+        if not 0 < steps <= MAX_STEPS:
+            raise FieldError("steps", steps, f"{{steps}} must be from 1 to {MAX_STEPS}, got {{value}}")
         return cls((name,) * steps)
 
     @classmethod
@@ -92,9 +90,8 @@ class Schedule:
         else:
             schedule = cls(tuple(value))
         if steps is not None and len(schedule) != steps:
-            raise ValueError(
-                f"schedule {schedule} has {len(schedule)} steps but {steps} were asked for"
-            )
+            raise FieldError("schedule", str(schedule),
+                             f"{{schedule}} {{value}} has {len(schedule)} steps but {steps} were asked for")
         return schedule
 
     def __len__(self) -> int:
@@ -144,13 +141,15 @@ def _expand_token(token: str, room: int) -> list[str]:
     ``MAX_STEPS`` (``room`` steps are left)."""
     match = _TOKEN.match(token)
     if not match:
-        raise ValueError(f"malformed schedule token {token!r}: write 'name' or 'name*count', e.g. 'fp8*4'")
+        raise FieldError("schedule", token, "malformed {schedule} token {value}: write 'name' or 'name*count', "
+                         "e.g. 'fp8*4'")
     name, count = match.group(1), match.group(2)
-    get_precision(name)
+    get_precision(name, "schedule")
     repeat = 1 if count is None else int(count)
     if repeat <= 0:
-        raise ValueError(f"schedule token {token!r} repeats {repeat} times: counts must be at least 1")
+        raise FieldError("schedule", token, f"{{schedule}} token {{value}} repeats {repeat} times: counts must be "
+                         "at least 1")
     if repeat > room:
-        raise ValueError(f"schedule token {token[:40]!r} takes the schedule past {MAX_STEPS} steps, the most a "
-                         "schedule may have")
+        raise FieldError("schedule", token, f"{{schedule}} token {{value}} takes it past {MAX_STEPS} steps, the most "
+                         "a schedule may have")
     return [name] * repeat

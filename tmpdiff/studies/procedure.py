@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
-from tmpdiff.limits import MAX_SEED, MAX_SEEDS
+from tmpdiff.errors import FieldError
+from tmpdiff.limits import MAX_SEED, MAX_SEEDS, MAX_SPEEDUP, finite
 from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.measure.latency import CostTable
 from tmpdiff.steps.cancel import cancellable
-from tmpdiff.steps.precisions import PRECISIONS, Status, computes, precision_status
+from tmpdiff.steps.precisions import PRECISIONS, Status, computes, get_precision, may_lead, precision_status
 from tmpdiff.steps.replay import ReplayStore
 from tmpdiff.steps.schedule import Schedule
 from tmpdiff.studies.algorithms import (
@@ -42,6 +43,7 @@ from tmpdiff.studies.report import Additivity, Exhaustive, Margin, Objective, Se
 __all__ = ["SearchRequest", "parse_seeds", "run_search"]
 
 Progress = Callable[[int, int, str], None]
+EXHAUSTIVE_LIMIT = 4096  # schedules an exhaustive search may evaluate
 
 
 @dataclass(frozen=True)
@@ -67,28 +69,44 @@ class SearchRequest:
     batch_size: int = 1  # calibration images per pipeline call (throughput; fewer, larger denoiser calls)
 
     def __post_init__(self) -> None:
-        if (self.target_ssim is None) == (self.target_speedup is None):
-            raise ValueError("give exactly one objective: target_ssim or target_speedup")
-        if self.target_ssim is not None and not 0 < self.target_ssim <= 1:
-            raise ValueError(f"target_ssim must be in (0, 1], got {self.target_ssim}")
-        if self.target_speedup is not None and self.target_speedup < 1:
-            raise ValueError(f"target_speedup must be at least 1, got {self.target_speedup}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be 1 or more, got {self.batch_size}")
-        if self.additivity_samples < 0:
-            raise ValueError(f"additivity_samples must be 0 or more, got {self.additivity_samples}")
-        if self.probe_stride < 1:
-            raise ValueError(f"probe_stride must be 1 or more, got {self.probe_stride}")
+        self._check_objective()
+        for name, least in (("batch_size", 1), ("additivity_samples", 0), ("probe_stride", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise FieldError(name, value, f"{{{name}}} must be a whole number, {least} or more, got {{value}}")
         if not self.prompts or not self.seeds:
-            raise ValueError("the search needs at least one prompt and one seed")
+            raise FieldError("prompts", len(self.prompts),
+                             "the search needs at least one prompt and one {seeds} value")
         if set(self.seeds) & set(self.validation_seeds):
-            raise ValueError(f"validation seeds {self.validation_seeds} must differ from search seeds {self.seeds}")
+            raise FieldError("validation_seeds", self.validation_seeds, "{validation_seeds} {value} must differ from "
+                             "the search's {seeds}")
         for prompt in self.prompts:
             self.settings(prompt, self.seeds[0])
-        if self.ladder is not None:
-            for name in self.ladder:
-                if name not in PRECISIONS:
-                    raise ValueError(f"unknown precision {name!r} in the ladder: choose from {', '.join(PRECISIONS)}")
+        for name in self.ladder or ():
+            get_precision(name, "ladder")
+        if self.exhaustive and self.ladder:
+            self.exhaustive_count(self.ladder)
+
+    def _check_objective(self) -> None:
+        if (self.target_ssim is None) == (self.target_speedup is None):
+            raise FieldError("target_ssim", None, "give exactly one objective: {target_ssim} or {target_speedup}")
+        if self.target_ssim is not None and not 0 < finite(self.target_ssim, "target_ssim") <= 1:
+            raise FieldError("target_ssim", self.target_ssim, "{target_ssim} must be in (0, 1], got {value}")
+        if self.target_speedup is not None and not 1 <= finite(self.target_speedup, "target_speedup") <= MAX_SPEEDUP:
+            raise FieldError("target_speedup", self.target_speedup, f"{{target_speedup}} must be from 1 to "
+                             f"{MAX_SPEEDUP:g}, got {{value}}")
+
+    def exhaustive_count(self, ladder: Sequence[str]) -> int:
+        """How many schedules an exhaustive search over ``ladder`` evaluates; a ``FieldError`` before any work when
+        that is over the limit."""
+        steps = self.settings(self.prompts[0], self.seeds[0]).resolved_steps
+        rungs = list(dict.fromkeys(ladder))
+        count = sum(may_lead(n) for n in rungs) * len(rungs) ** (steps - 1)
+        if count > EXHAUSTIVE_LIMIT:
+            raise FieldError("exhaustive", True, f"an {{exhaustive}} search of {steps} steps over the {len(rungs)} "
+                             f"rungs {','.join(rungs)} evaluates {count:.3g} schedules, over the limit of "
+                             f"{EXHAUSTIVE_LIMIT}: give a {{ladder}} of fewer rungs, or fewer {{steps}}")
+        return count
 
     def settings(self, prompt: str, seed: int) -> RunSettings:
         return RunSettings(model=self.model, prompt=prompt, seed=seed, steps=self.steps, size=self.size,
@@ -101,18 +119,16 @@ class SearchRequest:
                 "probe_stride": self.probe_stride, "batch_size": self.batch_size}
 
 
-def parse_seeds(text: str, name: str = "seeds") -> tuple[int, ...]:
-    """``"0,1"`` → ``(0, 1)``; a ``ValueError`` naming ``name`` and the text otherwise."""
+def parse_seeds(text: str, field: str = "seeds") -> tuple[int, ...]:
+    """``"0,1"`` → ``(0, 1)``; a ``FieldError`` of ``field`` otherwise."""
     try:
         values = tuple(int(x) for x in str(text).split(","))
     except ValueError:
-        raise ValueError(f"{name} takes comma-separated whole numbers, got {text!r}") from None
-    if any(v < 0 for v in values):
-        raise ValueError(f"{name} takes numbers of 0 or more, got {text!r}")
-    if any(v > MAX_SEED for v in values):
-        raise ValueError(f"{name} takes numbers up to {MAX_SEED} (2**63 - 1), got {str(text)[:80]!r}")
+        raise FieldError(field, text, f"{{{field}}} takes comma-separated whole numbers, got {{value}}") from None
+    if any(not 0 <= v <= MAX_SEED for v in values):
+        raise FieldError(field, text, f"{{{field}}} takes numbers from 0 to {MAX_SEED} (2**63 - 1), got {{value}}")
     if len(values) > MAX_SEEDS:
-        raise ValueError(f"{name} takes at most {MAX_SEEDS} seeds, got {len(values)}")
+        raise FieldError(field, len(values), f"{{{field}}} takes at most {MAX_SEEDS} seeds, got {{value}}")
     return values
 
 
@@ -172,6 +188,8 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
                on_point: Callable[[Point], None] | None = None) -> SearchReport:
     """Run the whole study and return the report (the CLI writes its ``to_dict()`` as JSON). ``on_point``
     hears of every evaluated schedule's (mean SSIM, predicted speed-up) as it lands, for a live plot."""
+    if request.exhaustive and not request.ladder:  # refused before any work, not after the costs are measured
+        request.exhaustive_count(_candidates(request, evaluator.engine.device))
     own = evaluator.with_options(ReplayStore() if request.replay else None, request.batch_size)
     with cancellable(should_stop):  # every phase stops at its next denoising step once should_stop() holds
         return _run_search(own, request, progress, should_stop, on_evaluation, on_point)
@@ -306,18 +324,18 @@ def _additivity_and_planner(oracle: ModelOracle, request: SearchRequest, meter: 
 def _exhaustive(oracle: ModelOracle, request: SearchRequest, outcome: SearchOutcome, steps: int, ladder: list[str],
                 reference_cost: float) -> Exhaustive:
     budget = outcome.degradation if request.target_speedup else 1 - float(request.target_ssim)
-    best = exhaustive_search(steps, ladder, oracle, budget, limit=4096)
+    best = exhaustive_search(steps, ladder, oracle, budget, limit=EXHAUSTIVE_LIMIT)
     return Exhaustive(str(best.schedule), 1 - best.degradation, reference_cost / best.cost, best.evaluations,
                       100 * (outcome.cost - best.cost) / best.cost)
 
 
 def _skipped(request: SearchRequest) -> list[str]:
-    """The phases this search left out, each with how to ask for it."""
+    """The phases this search left out, each with how to ask for it (message templates: ``errors.worded``)."""
     skipped = []
     if not request.additivity_samples:
-        skipped.append("additivity check and additive planner (ask with additivity_samples=6)")
+        skipped.append("additivity check and additive planner (ask with {additivity_samples} 6)")
     if not request.exhaustive:
-        skipped.append("exhaustive search (ask with exhaustive=true; small step counts only)")
+        skipped.append("exhaustive search (ask with {exhaustive}; small step counts only)")
     return skipped
 
 

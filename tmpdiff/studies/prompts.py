@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from tmpdiff.errors import FieldError, literal
+
 __all__ = ["BUNDLED_PROMPTS", "calibration_prompts", "read_prompt_file"]
 
 # Written for tmpdiff: varied subjects, styles, lighting, text and counting, so that a schedule
@@ -36,7 +38,8 @@ def read_prompt_file(path: str | Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read prompt file {str(path)!r}: {exc}") from None
+        raise FieldError("prompt_file", str(path), f"cannot read the {{prompt_file}} {{value}}: {literal(str(exc))}") \
+            from None
     lines = text.splitlines()
     if lines and "\t" in lines[0] and "prompt" in [c.strip().lower() for c in lines[0].split("\t")]:
         rows = csv.DictReader(lines, delimiter="\t")
@@ -45,14 +48,14 @@ def read_prompt_file(path: str | Path) -> list[str]:
     else:
         prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
-        raise ValueError(f"prompt file {str(path)!r} holds no prompts")
+        raise FieldError("prompt_file", str(path), "the {prompt_file} {value} holds no prompts")
     return prompts
 
 
 def calibration_prompts(labels: tuple[str, ...], count: int, file: str | Path | None = None) -> list[str]:
     """``count`` prompts spread over the available ones (class names for class-conditional models)."""
     if count <= 0:
-        raise ValueError(f"the number of calibration prompts must be positive, got {count}")
+        raise FieldError("prompts", count, "the number of calibration {prompts} must be positive, got {value}")
     pool = read_prompt_file(file) if file else list(labels or BUNDLED_PROMPTS)
     stride = max(len(pool) // count, 1)
     return pool[::stride][:count]

@@ -21,6 +21,7 @@ from PIL import Image
 
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
+from tmpdiff.errors import FieldError
 from tmpdiff.measure.evaluator import Evaluation, Evaluator
 from tmpdiff.measure.latency import CostTable
 from tmpdiff.measure.records import EvalRecord, EvaluationStore
@@ -82,9 +83,10 @@ def start_ray(address: str | None, workers: int | None, device: str) -> int:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if device.startswith("cuda"):
         if gpus == 0:
-            raise ValueError("the Ray cluster has no GPU: run with device='cpu' or join GPU nodes")
+            raise FieldError("device", device, "the Ray cluster has no GPU: run with {device} cpu or join GPU nodes")
         if workers and workers > gpus:
-            raise ValueError(f"workers={workers} asks for more GPUs than the cluster has ({gpus})")
+            raise FieldError("workers", workers,
+                             f"{{workers}} {{value}} asks for more GPUs than the cluster has ({gpus})")
         return workers or gpus
     return workers or 1
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tmpdiff.errors import literal, worded
 from tmpdiff.measure.latency import CostTable
 from tmpdiff.studies.algorithms import Point
 
@@ -114,7 +115,7 @@ class SearchReport:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     replay: dict[str, Any] | None = None
     batch_size: int = 1
-    skipped: tuple[str, ...] = ()  # phases left out, each with how to ask for it
+    skipped: tuple[str, ...] = ()  # phases left out, each with how to ask for it (``errors.worded`` templates)
     request: dict[str, Any] = field(default_factory=dict)  # what was searched (prompts, seeds, ...): provenance
     version: int = REPORT_VERSION
 
@@ -155,7 +156,8 @@ class SearchReport:
             data["exhaustive"] = asdict(self.exhaustive)
         data.update({"validation": self.validation.to_dict(), "pareto": [p.to_dict() for p in self.pareto],
                      "denoiser_calls": self.denoiser_calls, "phase_seconds": self.phase_seconds,
-                     "replay": self.replay, "batch_size": self.batch_size, "skipped": list(self.skipped)})
+                     "replay": self.replay, "batch_size": self.batch_size,
+                     "skipped": [worded(s) for s in self.skipped]})
         if self.request:
             data["request"] = self.request
         return data
@@ -193,7 +195,7 @@ class SearchReport:
             exhaustive=Exhaustive(**exhaustive) if exhaustive else None,
             denoiser_calls=data.get("denoiser_calls", {}), phase_seconds=data.get("phase_seconds", {}),
             replay=data.get("replay"), batch_size=int(data.get("batch_size", 1)),
-            skipped=tuple(data.get("skipped", ())), request=dict(data.get("request", {})),
+            skipped=tuple(literal(s) for s in data.get("skipped", ())), request=dict(data.get("request", {})),
         )
 
 
