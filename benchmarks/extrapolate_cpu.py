@@ -18,8 +18,9 @@ from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.pipelines.registry import get_model, quiet_libraries
-from tmpdiff.studies.procedure import SearchRequest, run_search
+from tmpdiff.studies.procedure import run_search
 from tmpdiff.studies.prompts import calibration_prompts
+from tmpdiff.studies.request import SearchRequest
 
 
 def patterns(steps: int, rung: str) -> dict[str, str]:

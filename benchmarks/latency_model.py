@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from tmpdiff.cache import Cache
-
 from tmpdiff.engine.runner import Engine, device_name
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.evaluator import Evaluator

@@ -22,7 +22,8 @@ from tmpdiff.engine.runner import Engine, device_name
 from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.measure.latency import measure_costs, timed_run
 from tmpdiff.pipelines.registry import quiet_libraries
-from tmpdiff.studies.procedure import SearchRequest, run_search
+from tmpdiff.studies.procedure import run_search
+from tmpdiff.studies.request import SearchRequest
 
 
 def main() -> None:

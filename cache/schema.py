@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: before memory figures and blind answers (migrations.py)
 
 
 def _now() -> datetime:
@@ -50,6 +50,9 @@ class EvaluationRow(Base):
     steps_run: Mapped[list] = mapped_column(JSON)
     simulated: Mapped[list] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=_now)
+    # Version 2: the image's peak GPU memory (host, without a GPU) and how its model was placed (None before).
+    peak_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    memory: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class SearchRunRow(Base):
@@ -93,3 +96,15 @@ class ImageBlob(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     png: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class BlindAnswerRow(Base):
+    """One answer of the blind test: a person shown a schedule's image and its reference in random order, asked
+    which is full precision (``right``, ``wrong`` or ``unsure``)."""
+
+    __tablename__ = "blind_answers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id"), index=True)
+    answer: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=_now)

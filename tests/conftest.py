@@ -67,3 +67,13 @@ def pipes():
         return cache[name]
 
     return get
+
+
+def make_comparison(schedule: str = "fp32*2,skip*2", store=None, **settings):
+    """A real comparison of the default model on the CPU (a few hundredths of a second)."""
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.studies.study import Study
+
+    return Study.open(Engine("cpu"), store).compare(RunSettings(model="shapes-dit", **{"steps": 4, **settings}),
+                                                    schedule)

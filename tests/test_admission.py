@@ -1,6 +1,7 @@
 """Who may queue work on the app: a few jobs per session, a bounded number in all, and a wait estimate."""
 
 import pytest
+
 from tmpdiff.ui.admission import Admission, Busy
 
 

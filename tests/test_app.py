@@ -53,7 +53,9 @@ def test_generate_with_every_default(client):
     pair, metrics = client.predict(api_name="/generate")
     assert len(pair) == 2 and all(Path(p).exists() for p in pair)
     assert metrics["model"] == "shapes-dit" and metrics["ssim"] == pytest.approx(1.0)
-    assert metrics["seconds"] > 0 and metrics["predicted_seconds"] > 0
+    assert metrics["seconds"] > 0
+    # One image never spends runs measuring step costs: none measured yet for this setting on this device.
+    assert metrics["predicted_seconds"] is None and metrics["costs"] == "none measured yet"
 
 
 def engine_pngs(db, schedule, **settings):
@@ -62,8 +64,8 @@ def engine_pngs(db, schedule, **settings):
 
     import numpy as np
     from PIL import Image
-    from tmpdiff.cache import Cache
 
+    from tmpdiff.cache import Cache
     from tmpdiff.engine.runner import Engine
     from tmpdiff.engine.settings import RunSettings
     from tmpdiff.measure.evaluator import Evaluator
@@ -94,6 +96,7 @@ def test_two_visitors_shown_the_same_image_share_one_whole_file_that_is_never_re
 
     from gradio.utils import get_upload_folder
     from PIL import Image
+
     from tmpdiff.ui.panels import served_png
 
     image = Image.new("RGB", (16, 16), (200, 30, 40))
@@ -119,16 +122,18 @@ def test_downloads_are_served_files_that_gradio_deletes_not_a_folder_per_image(t
     import json
     import tempfile
 
+    from conftest import make_comparison
     from gradio.utils import get_upload_folder
-    from PIL import Image
+
     from tmpdiff.ui.panels import downloads
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a folder of our own would have gone
-    image, metrics = Image.new("RGB", (8, 8), (1, 2, 3)), {"schedule": "fp32*8", "ssim": 1.0}
-    first = downloads((image, image), metrics)
-    assert downloads((image, image.copy()), dict(metrics)) == first  # the same files, not new copies
+    comparison = make_comparison()
+    first = downloads(comparison)
+    assert downloads(comparison) == first  # the same files, not new copies
     assert all(Path(p).is_relative_to(Path(get_upload_folder())) for p in first)
-    assert Path(first[0]).name.startswith("schedule-") and json.loads(Path(first[1]).read_text()) == metrics
+    assert Path(first[0]).name.startswith("schedule-")
+    assert json.loads(Path(first[1]).read_text()) == json.loads(json.dumps(comparison.summary()))
     assert list(tmp_path.glob("tmpdiff-*")) == []  # the folders the old code made there, one an image
 
 
@@ -190,6 +195,9 @@ def test_search_endpoint(client):
     assert schedule == report["schedule"] and report["ssim"] >= 0.8
     assert plot is not None  # the final Pareto figure (it was updated live while the search ran)
     assert report["evaluations"] <= report["evaluation_bound"]
+    # The costs that search measured predict the next image of the same model, steps and size.
+    _, metrics = client.predict(schedule="fp32*2,skip*2", steps=4, seed=3, api_name="/generate")
+    assert metrics["predicted_seconds"] > 0 and metrics["costs"] == "measured earlier on this device"
 
 
 def test_a_cancelled_search_frees_the_app_for_the_next_request(client):
@@ -257,8 +265,8 @@ def test_the_app_and_the_cli_log_a_search_the_same_way(server, server_db, tmp_pa
     import time
 
     from gradio_client import Client
-    from tmpdiff.cache import Cache
 
+    from tmpdiff.cache import Cache
     from tmpdiff.cli.entry import main
 
     client = Client(server, verbose=False)  # a session of its own (one search per session)
@@ -280,15 +288,15 @@ def test_the_app_and_the_cli_log_a_search_the_same_way(server, server_db, tmp_pa
                "--json", str(report), "--db", str(cli_db)]
     assert main(command) == 0
     cli_run = Cache(cli_db).search_runs()[0]
-    assert app_run["finished"] and cli_run["finished"]
-    assert app_run["result"]["schedule"] == cli_run["result"]["schedule"]
-    assert app_run["evaluations"] == cli_run["evaluations"] > 0  # every evaluation linked to its run, both ways
+    assert app_run.finished and cli_run.finished
+    assert app_run.result["schedule"] == cli_run.result["schedule"]
+    assert app_run.evaluations == cli_run.evaluations > 0  # every evaluation linked to its run, both ways
     # Both stored the cost table they measured: a second search reuses it instead of measuring again.
     assert json.loads(report.read_text())["costs_source"] == "measured in this process"
     assert main(command) == 0
     assert json.loads(report.read_text())["costs_source"].startswith("a cost table measured earlier")
     client.predict(steps=4, ladder="fp32,skip", num_prompts=1, seeds="5", target=0.8, api_name="/search")
-    assert Cache(server_db).search_runs()[0]["evaluations"] == app_run["evaluations"]
+    assert Cache(server_db).search_runs()[0].evaluations == app_run.evaluations
 
 
 def test_pareto_endpoint_lists_cached_evaluations(client):
@@ -550,3 +558,88 @@ def test_a_video_plays_both_clips_from_the_engines_frames_at_desktop_and_phone_w
     assert all(c["width"] >= 120 and c["x"] + c["width"] <= width for c in clips)  # seen large, on the page
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     page.close()
+
+
+def test_generate_and_the_apps_generate_give_the_same_comparison(client, tmp_path, capsys):
+    """One engine call makes every image: the command line and the app's API compare the same way."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from tmpdiff.cli.entry import main
+
+    pair, shown = client.predict(schedule="fp32*5,skip*3", seed=4, prompt="blue square", api_name="/generate")
+    out = tmp_path / "x.png"
+    assert main(["--device", "cpu", "generate", "--schedule", "fp32*5,skip*3", "--seed", "4", "--prompt",
+                 "blue square", "--out", str(out), "--db", str(tmp_path / "c.sqlite")]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    same = ("model", "schedule", "steps_run", "ssim", "psnr", "lpips", "lpips_note", "simulated", "device", "prompt",
+            "seed", "costs")
+    assert {k: printed[k] for k in same} == {k: shown[k] for k in same}
+    assert set(shown) == set(printed) - {"out"}  # the same summary, field for field
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(pair[1])))
+
+
+def test_a_widget_changed_after_a_run_starts_no_computation(tmp_path, monkeypatch):
+    """The result views read the comparison kept in the page's state, never the widgets as they are now: another
+    "Latency on", or a prompt edited after the run, computes nothing outside the queue."""
+    from conftest import make_comparison
+
+    import app
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.ui import panels
+
+    demo = app.build(app.parse_args(["--db", str(tmp_path / "c.sqlite")]))
+    components = {block._id: block for block in demo.blocks.values()}
+    latency = next(c for c in components.values() if getattr(c, "elem_id", None) == "latency-on")
+    shown_by_latency = [d for d in demo.config["dependencies"]
+                        if any(t[0] == latency._id and t[1] == "change" for t in d["targets"])]
+    assert len(shown_by_latency) == 1
+    inputs = [type(components[i]).__name__ for i in shown_by_latency[0]["inputs"]]
+    assert inputs == ["State", "Dropdown"]  # the kept comparison and the latency choice: no setting widget
+
+    comparison = make_comparison("fp32*2,skip*2")
+    calls = []
+    monkeypatch.setattr(Engine, "call_now", lambda *a, **k: calls.append(a))
+    for latency_on in (panels.THIS_DEVICE, "flux-dev-h100", "shapes-dit-cpu"):
+        text, timeline, diff, image_file, metrics_file = panels.result_views(comparison, latency_on)
+        assert "SSIM" in text and image_file and metrics_file
+    assert calls == []
+
+
+@pytest.mark.browser
+def test_a_blind_test_records_each_answer_in_the_cache_and_shows_the_tally(server, server_db, browser):
+    """Stakeholders pick the full-precision image of a pair shown in random order; each answer is kept in the
+    cache and tallied beside the schedule's SSIM."""
+    import numpy as np
+
+    from tmpdiff.cache import Cache
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    open_page(page, server + "?schedule=fp32*6,skip*2&seed=31&prompt=green triangle")
+    run_schedule(page, "fp32*6,skip*2")
+    page.get_by_role("tab", name="Blind test").click()
+    page.wait_for_function("(document.querySelector('#blind-note') || {}).innerText === "
+                           "'Which one is full precision?'", timeout=60_000)
+    reference = decoded(page, "#slider img >> nth=0")
+
+    def answer(right: bool, said: str) -> None:  # each pair comes in a new random order: read it off again
+        first_is_reference = np.array_equal(decoded(page, "#blind-a img"), reference)
+        page.locator("#blind-pick-a" if first_is_reference == right else "#blind-pick-b").click()
+        page.wait_for_function(f"(document.querySelector('#blind-note') || {{}}).innerText.startsWith('{said}')",
+                               timeout=60_000)
+
+    answer(True, "Right")
+    answer(False, "Wrong")
+    page.locator("#blind-unsure").click()
+    page.wait_for_function("(document.querySelector('#blind-note') || {}).innerText.startsWith('Noted')",
+                           timeout=60_000)
+    tally = page.locator("#blind-tally").inner_text()
+    assert "fp32*6,skip*2" in tally and "1/2 (50%)" in tally
+    page.screenshot(path=str(ARTIFACTS / "blind.png"), full_page=True)
+    page.close()
+    store = Cache(server_db)
+    row = next(r for r in store.evaluations() if r.schedule == "fp32*6,skip*2" and r.seed == 31)
+    [counted] = store.blind_tallies([row.id])
+    assert (counted.right, counted.wrong, counted.unsure) == (1, 1, 1) and counted.ssim == row.ssim

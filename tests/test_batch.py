@@ -8,7 +8,8 @@ import torch
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings, batch_call_kwargs
 from tmpdiff.measure.evaluator import Evaluator
-from tmpdiff.studies.procedure import SearchRequest, run_search
+from tmpdiff.studies.procedure import run_search
+from tmpdiff.studies.request import SearchRequest
 
 PROMPTS = {"shapes-dit": ("red circle", "blue square")}
 

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 from cache_records import png_bytes, record
-from tmpdiff.cache import Cache, CacheError
 
+from tmpdiff.cache import Cache, CacheError
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.evaluator import Evaluator
@@ -92,7 +92,7 @@ def test_sigkill_mid_write_leaves_a_sound_database_with_every_finished_row(tmp_p
     connection = sqlite3.connect(db)
     assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     connection.close()
-    seeds = {row["settings"]["seed"] for row in Cache(db).evaluations()}
+    seeds = {row.seed for row in Cache(db).evaluations()}
     assert set(range(finished + 1)) <= seeds
 
 
@@ -177,7 +177,7 @@ def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_w
     changed = json.loads(json.dumps(payload))
     changed["evaluations"][0]["ssim"] = 0.5
     (tmp_path / "changed.json").write_text(json.dumps(changed))
-    with pytest.raises(CacheError, match="1 entries .* differ from evaluations already stored.*pass replace to overwrite"):
+    with pytest.raises(CacheError, match="1 entries .* differ from evaluations already stored.*pass replace to"):
         target.import_(tmp_path / "changed.json")
     assert target.get(record("fp32*4").key).ssim == 1.0  # unchanged
     assert main(["cache", "import", str(tmp_path / "changed.json"), "--db", str(tmp_path / "b.sqlite")]) == 2

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cache_records import png_bytes, record
 from conftest import free_port, require_system_package
+
 from tmpdiff.cache import Cache, CacheError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +79,7 @@ def test_search_runs_and_cost_tables_through_a_url(location):
     cache.link_search(run, record().key)  # linked twice: still one link
     cache.finish_search(run, {"schedule": "fp32*4"})
     [listed] = cache.search_runs()
-    assert listed["evaluations"] == 1 and listed["finished"] and row > 0
+    assert listed.evaluations == 1 and listed.finished and row > 0
     cache.put_costs("m", "s", "d", {"fp32": 1.0})
     cache.put_costs("m", "s", "d", {"fp32": 2.0})
     assert cache.get_costs("m", "s", "d") == {"fp32": 2.0}
@@ -92,7 +93,7 @@ def test_export_from_a_url_imports_into_a_file_and_back(location, tmp_path):
     assert source.export(exported) == 3
     local = Cache(tmp_path / "local.sqlite")
     assert local.import_(exported) == 3
-    assert {r["settings"]["seed"] for r in local.evaluations()} == {0, 1, 2}
+    assert {r.seed for r in local.evaluations()} == {0, 1, 2}
 
 
 WRITER = """
@@ -115,7 +116,7 @@ def test_eight_concurrent_writer_processes_lose_and_duplicate_nothing(location):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(8)]
     outputs = [w.communicate(timeout=300) for w in writers]
     assert all(w.returncode == 0 for w in writers), [err[-1000:] for _, err in outputs]
-    seeds = [row["settings"]["seed"] for row in Cache(location).evaluations()]
+    seeds = [row.seed for row in Cache(location).evaluations()]
     assert len(seeds) == len(set(seeds)) == 6 + 8 * 6
     assert all(Cache(location).get(record(seed=s).key) is not None for s in range(6))
 
@@ -170,7 +171,8 @@ def test_a_server_that_accepts_but_never_answers_times_out_instead_of_hanging():
     import time
 
     from sqlalchemy.engine import make_url
-    from tmpdiff.cache.store import _server_timeouts
+
+    from tmpdiff.cache.connection import server_timeouts as _server_timeouts
 
     assert _server_timeouts(make_url("postgresql+psycopg://u@h/d")) == {
         "connect_timeout": 10, "options": "-c statement_timeout=60000"}

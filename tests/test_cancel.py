@@ -4,13 +4,13 @@ import threading
 import time
 
 import pytest
-from tmpdiff.cache import Cache
 
+from tmpdiff.cache import Cache
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.steps.cancel import Cancelled, cancellable, raise_if_cancelled
-from tmpdiff.studies.procedure import SearchRequest
+from tmpdiff.studies.request import SearchRequest
 from tmpdiff.studies.study import Study
 
 REQUEST = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=8, ladder=("fp32", "skip"),
@@ -55,7 +55,7 @@ def test_a_cancelled_search_stops_at_a_step_frees_the_pipeline_and_is_logged(tmp
     assert len(evaluations) == 3
     assert sum(steps_after_stop) <= 1  # at most the step that was running when the stop came
     run = store.search_runs()[0]
-    assert run["result"]["cancelled"] is True and run["finished"] and run["evaluations"] >= 3
+    assert run.result["cancelled"] is True and run.finished and run.evaluations >= 3
     # The pipeline is free at once: the next image runs.
     assert evaluator.evaluate(RunSettings(model="shapes-dit", steps=4), "fp32*4").record.ssim == pytest.approx(1)
 
@@ -192,9 +192,8 @@ def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_image(tmp_path):
 
 
 def test_a_search_waiting_its_turn_says_so_and_stopped_there_never_runs(tmp_path):
-    from tmpdiff.ui.live import LiveSearch
-
     from tmpdiff.engine.turns import TurnLock
+    from tmpdiff.ui.live import LiveSearch
 
     store = Cache(tmp_path / "c.sqlite")
     turns, held, release = TurnLock(), threading.Event(), threading.Event()

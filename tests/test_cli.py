@@ -167,7 +167,6 @@ def test_the_command_exits_quickly_yet_runs_exit_handlers_and_flushes(tmp_path):
 
 def test_generate_computes_two_images_and_predicts_only_from_a_stored_cost_table(tmp_path, monkeypatch, capsys):
     from tmpdiff.cache import Cache
-
     from tmpdiff.cli import entry as cli
     from tmpdiff.engine import runner
     from tmpdiff.engine.settings import RunSettings

@@ -8,12 +8,12 @@ import pytest
 pytest.importorskip("ray", reason="Ray: pip install ray (requirements-dev.txt has it)")
 
 from tmpdiff.cache import Cache  # noqa: E402
-
 from tmpdiff.engine.runner import Engine, RunSettings  # noqa: E402
 from tmpdiff.measure.evaluator import Evaluator  # noqa: E402
 from tmpdiff.measure.latency import CostTable  # noqa: E402
 from tmpdiff.steps.schedule import Schedule  # noqa: E402
-from tmpdiff.studies.procedure import SearchRequest, run_search  # noqa: E402
+from tmpdiff.studies.procedure import run_search
+from tmpdiff.studies.request import SearchRequest  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REQUEST = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0, 1), steps=6, ladder=("fp32", "skip"),
@@ -71,7 +71,7 @@ def test_killing_an_actor_mid_search_loses_no_finished_evaluation(ray_local, tmp
 
     assert search(evaluator, progress=progress) == alone
     assert killed.is_set()
-    stored = {row["schedule"] for row in Cache(db).evaluations()}
+    stored = {row.schedule for row in Cache(db).evaluations()}
     assert set(finished) <= stored  # every evaluation finished before (and after) the kill is in the cache
 
 
@@ -93,7 +93,7 @@ def test_a_sweep_on_two_ray_actors_gives_the_rows_of_one_process(ray_local, tmp_
     assert quality(rows) == quality(alone)
     assert done == list(range(1, len(items) + 1))
     assert sorted(Counter(evaluator._owners.values()).values()) == [2, 2]  # 4 settings: 2 on each actor
-    stored = {(e["settings"]["prompt"], e["settings"]["seed"], e["schedule"]) for e in Cache(db).evaluations()}
+    stored = {(e.prompt, e.seed, e.schedule) for e in Cache(db).evaluations()}
     assert stored == {(r["prompt"], r["seed"], r["schedule"]) for r in rows}  # every result written by the actors
 
 

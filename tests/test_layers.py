@@ -49,6 +49,7 @@ def test_moving_evaluations_between_machines_loads_sql_and_no_torch(tmp_path):
     """``tmpdiff cache export`` and ``import`` (the store, schedules, PNG checks) take no torch and no pipeline:
     on a GPU machine importing torch alone took 6 s."""
     from cache_records import record
+
     from tmpdiff.cache import Cache
 
     Cache(tmp_path / "a.sqlite").put(record())

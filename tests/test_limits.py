@@ -58,7 +58,7 @@ def test_the_cli_refuses_them_in_one_line_before_any_work(tmp_path, args, messag
 
 
 def test_seed_lists_are_bounded():
-    from tmpdiff.studies.procedure import parse_seeds
+    from tmpdiff.studies.request import parse_seeds
 
     with pytest.raises(ValueError, match="numbers from 0 to"):
         parse_seeds(str(2**64))

@@ -89,10 +89,10 @@ def test_the_store_stays_within_its_budget():
 @pytest.mark.slow
 def test_a_search_reports_the_same_with_and_without_replay(tmp_path):
     from tmpdiff.cache import Cache
-
     from tmpdiff.engine.runner import Engine
     from tmpdiff.measure.evaluator import Evaluator
-    from tmpdiff.studies.procedure import SearchRequest, run_search
+    from tmpdiff.studies.procedure import run_search
+    from tmpdiff.studies.request import SearchRequest
 
     costs = CostTable(device="cpu", compiled=False, steps=6, step_seconds={"fp32": 0.03, "bf16": 0.02, "skip": 0.0},
                       fixed_seconds=0.05)
@@ -113,7 +113,7 @@ def test_a_search_reports_the_same_with_and_without_replay(tmp_path):
     assert plain["replayed"] == 0 and calls["replayed"] > 0
     assert calls["denoiser"] + calls["replayed"] == plain["denoiser"]  # every call is accounted for
     assert set(with_replay["denoiser_calls"]) >= {"baselines", "search", "validation", "total"}
-    images = [{(r["schedule"], r["settings"]["seed"]): r["image_sha256"] for r in s.evaluations(model="shapes-dit")}
+    images = [{(r["schedule"], r.seed): r["image_sha256"] for r in s.evaluations(model="shapes-dit")}
               for s in stores]
     assert images[0] == images[1]  # the cache holds the same images either way
 

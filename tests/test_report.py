@@ -8,8 +8,9 @@ import pytest
 from tmpdiff.engine.runner import Engine
 from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.measure.latency import CostTable
-from tmpdiff.studies.procedure import SearchRequest, run_search
+from tmpdiff.studies.procedure import run_search
 from tmpdiff.studies.report import REPORT_VERSION, SearchReport
+from tmpdiff.studies.request import SearchRequest
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 

@@ -184,7 +184,7 @@ def test_a_users_ladder_is_checked_against_measured_costs():
 
 def test_engine_messages_name_fields_and_each_front_end_says_them_in_its_own_words():
     from tmpdiff.frontends.refusals import in_cli_words
-    from tmpdiff.studies.procedure import SearchRequest
+    from tmpdiff.studies.request import SearchRequest
 
     with pytest.raises(ValueError, match=r"^target_ssim must be in \(0, 1\], got 1.5$") as info:
         SearchRequest(model="shapes-dit", prompts=("red circle",), target_ssim=1.5)

@@ -9,7 +9,8 @@ import pytest
 from tmpdiff import Schedule
 from tmpdiff.engine.runner import Engine
 from tmpdiff.measure.evaluator import Evaluator
-from tmpdiff.studies.procedure import SearchRequest, run_search
+from tmpdiff.studies.procedure import run_search
+from tmpdiff.studies.request import SearchRequest
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def test_cli_search_writes_json_and_resumes_from_the_cache(tmp_path):
     assert len(Cache(db).evaluations()) == stored, "the rerun computed evaluations the cache already held"
 
     runs = Cache(db).search_runs()
-    assert len(runs) == 2 and all(r["finished"] and r["evaluations"] > 0 for r in runs)
+    assert len(runs) == 2 and all(r.finished and r.evaluations > 0 for r in runs)
     assert second.returncode == 0
 
 
@@ -96,7 +97,7 @@ def test_report_compares_the_planner_with_the_bisection(report):
     assert strategies["bisection"]["schedule"] == report["schedule"]
     planner = strategies["planner"]
     assert planner["ssim"] >= 0.85 or planner["schedule"] == "fp32*6"  # verified, or nothing fit
-    assert 1 <= planner["evaluations"] <= 6 and planner["probes"] == 5  # one probe per step but the first
+    assert 1 <= planner.evaluations <= 6 and planner["probes"] == 5  # one probe per step but the first
     calls = report["denoiser_calls"]
     assert calls["total"]["denoiser"] == sum(c["denoiser"] for k, c in calls.items() if k != "total")
     assert {"baselines", "search", "additivity", "planner", "validation"} <= set(report["phase_seconds"])

@@ -1,12 +1,12 @@
 """A setting's history as typed points, built once in the engine for every front end."""
 
 import pytest
-from tmpdiff.cache import Cache
 
+from tmpdiff.cache import Cache
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.evaluator import Evaluator
-from tmpdiff.studies.study import history
+from tmpdiff.studies.history import history
 
 
 def test_history_points_carry_measured_speedups_and_no_claim_for_simulated_precisions(tmp_path):
@@ -28,7 +28,6 @@ def test_history_points_carry_measured_speedups_and_no_claim_for_simulated_preci
 
 def test_a_sweep_is_a_logged_run_with_its_evaluations_linked(tmp_path):
     from tmpdiff.cache import Cache
-
     from tmpdiff.engine.runner import Engine
     from tmpdiff.measure.evaluator import Evaluator
     from tmpdiff.studies.study import Study
@@ -41,6 +40,6 @@ def test_a_sweep_is_a_logged_run_with_its_evaluations_linked(tmp_path):
     study = Study(Evaluator(Engine("cpu"), store), store)
     rows = study.sweep(load_spec(spec), spec=str(spec))
     [run] = store.search_runs()
-    assert run["request"]["kind"] == "sweep" and run["finished"] and run["evaluations"] == len(rows) == 2
-    assert run["result"]["evaluations"] == 2 and run["result"]["schedules"]
+    assert run.request["kind"] == "sweep" and run.finished and run.evaluations == len(rows) == 2
+    assert run.result["evaluations"] == 2 and run.result["schedules"]
     assert study.evaluator.replay is None  # the sweep's replay store was its own view's, not the shared evaluator's

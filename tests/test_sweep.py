@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from tmpdiff.cache import Cache
 
+from tmpdiff.cache import Cache
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.evaluator import Evaluator

@@ -78,13 +78,13 @@ def test_the_apps_result_view_plays_both_clips_losslessly():
     import io
     import re
 
+    from tmpdiff.studies.study import Study
     from tmpdiff.ui import panels
 
-    app = panels.AppState(Evaluator(Engine("cpu")), None, get_model("tiny-wan2.2"))
     settings = RunSettings(model="tiny-wan2.2", steps=4)
-    evaluation = app.evaluator.evaluate(settings, "fp32*2,int8wo,skip")
-    html, _, _ = panels.result_views(app, "tiny-wan2.2", "a photo of a red cat", 0, 4, 16, 3.0,
-                                     panels.THIS_DEVICE, ("x", "y"), evaluation.summary())
+    comparison = Study.open(Engine("cpu")).compare(settings, "fp32*2,int8wo,skip")
+    evaluation = comparison.evaluation
+    html, *_ = panels.result_views(comparison, panels.THIS_DEVICE)
     clips = re.findall(r"src='data:image/png;base64,([^']+)'", html)
     assert "video-pair" in html and len(clips) == 2 and "SSIM per frame" in html
     with Image.open(io.BytesIO(base64.b64decode(clips[1]))) as played:
@@ -97,9 +97,8 @@ def test_the_apps_result_view_plays_both_clips_losslessly():
 
 
 def test_a_cache_hit_scores_its_frames_only_when_they_are_asked_for(tmp_path, monkeypatch):
-    from tmpdiff.cache import Cache
-
     import tmpdiff.measure.evaluator as evaluate
+    from tmpdiff.cache import Cache
 
     settings = RunSettings(model="tiny-wan", steps=4)
     store = Cache(tmp_path / "c.sqlite")

@@ -3,35 +3,74 @@
 import numpy as np
 import pytest
 from PIL import Image
-from tmpdiff.ui import views
 
 from tmpdiff.measure.latency import CostTable
 from tmpdiff.measure.metrics import difference_map
+from tmpdiff.ui import views
 
-SUMMARY = {"schedule": "fp32*2,int8wo*4,skip*2", "ssim": 0.93, "psnr": 31.2, "lpips": None,
-           "lpips_note": "LPIPS unavailable: AlexNet weights not found", "seconds": 0.5, "reference_seconds": 0.8,
-           "speedup": 1.6, "cached": False}
-REPORT = {"ladder": ["fp32", "int8wo", "skip"], "steps": 8, "schedule": "fp32*2,skip*6", "ssim": 0.91, "speedup": 3.2,
-          "speedup_is_predicted": True, "costs": {"device_name": None},
-          "best_baseline_at_speedup": {"schedule": "fp32*2,int8wo*6", "ssim": 0.88, "speedup": 3.3},
-          "objective": {"target_ssim": 0.9}, "validation": {"seeds": [1000], "ssim": 0.95, "meets_target": True},
-          "pareto": [{"schedule": "fp32*2,skip*6", "ssim": 0.91, "speedup": 3.2}], "baselines": []}
+SCHEDULE = "fp32*2,int8wo*4,skip*2"
+COSTS = CostTable(device="cpu", compiled=False, steps=8, step_seconds={"fp32": 0.03, "int8wo": 0.02, "skip": 0.0})
+
+
+def evaluation(schedule=SCHEDULE, ssim=0.93, psnr=31.2, lpips=None, seconds=0.5, simulated=(), frames=None):
+    """An evaluation as the engine hands it back (its key from a real setting)."""
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.measure.evaluator import Evaluation, Evaluator
+    from tmpdiff.measure.metrics import Quality
+    from tmpdiff.measure.records import EvalRecord
+
+    settings = RunSettings(model="shapes-dit", steps=8)
+    key = Evaluator(Engine("cpu")).key(settings, settings.reference_schedule())
+    record = EvalRecord(key=key, png=b"", ssim=ssim, psnr=psnr, lpips=lpips,
+                        lpips_note="LPIPS unavailable: AlexNet weights not found" if lpips is None else "",
+                        measured_seconds=seconds, predicted_seconds=None, simulated=list(simulated))
+    scores = None if frames is None else (lambda: Quality(ssim, psnr, lpips, frame_ssim=tuple(frames)))
+    return Evaluation(record, Image.new("RGB", (8, 8)), 0.8, False, score_frames=scores)
+
+
+def comparison(**fields):
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.steps.schedule import Schedule
+    from tmpdiff.studies.comparison import Comparison, CostPolicy
+
+    settings = RunSettings(model="shapes-dit", steps=8)
+    return Comparison.of(settings, Schedule.parse(SCHEDULE), evaluation(settings.reference_schedule(), 1.0),
+                         evaluation(**fields), CostPolicy(COSTS))
+
+
+def report(**changes):
+    """A search's report, as a search returns it."""
+    import dataclasses
+
+    from tmpdiff.studies.algorithms import Point
+    from tmpdiff.studies.report import Margin, Objective, SearchReport, Validation
+
+    found = Point("fp32*2,skip*6", 0.91, 3.2)
+    base = SearchReport(
+        model="shapes-dit", device="cpu", steps=8, ladder=("fp32", "int8wo", "skip"),
+        objective=Objective(target_ssim=0.9), found=found, ssim_std=0.0, evaluations=0, new_evaluations_in_search=0,
+        evaluation_bound=100, baselines=(), costs=COSTS, validation=Validation((1000,), 0.95, True),
+        pareto=(found,), best_baseline_at_speedup=Margin("fp32*2,int8wo*6", 0.88, 3.3, 0.03))
+    return dataclasses.replace(base, **changes)
 
 
 def test_cards_show_each_number_and_say_why_lpips_is_missing():
-    text = views.cards(SUMMARY)
+    from tmpdiff.measure.cost_tables import Prediction
+
+    text = views.cards(comparison())
     for needle in ("1.60x", "measured on this device", "0.930", "31.2 dB", "AlexNet weights not found", "0.50 s"):
         assert needle in text
     assert "title='LPIPS needs torchvision" in text  # the how-to in a tooltip, not a paragraph
-    simulated = views.cards({**SUMMARY, "speedup": None})
+    simulated = views.cards(comparison(simulated=("int8wo",)))
     assert "no claim" in simulated and "1.60x" not in simulated
-    target = views.cards(SUMMARY, {"device": "NVIDIA H100", "speedup": 1.25})
+    target = views.cards(comparison(), Prediction("NVIDIA H100", 0.4, 1.25, "predicted"))
     assert "speed-up on NVIDIA H100" in target and "predicted from measured step costs" in target
 
 
 def test_timeline_has_one_bar_per_step_coloured_by_precision_and_sized_by_cost():
     table = CostTable(device="cpu", compiled=False, steps=8, step_seconds={"fp32": 0.03, "int8wo": 0.02, "skip": 0.0})
-    figure = views.timeline(SUMMARY["schedule"], table)
+    figure = views.timeline(SCHEDULE, table)
     bars = {trace.name: list(trace.y) for trace in figure.data}
     assert sum(len(y) for y in bars.values()) == 8
     assert bars == {"fp32": [30.0, 30.0], "int8wo": [20.0] * 4, "skip": [0.0, 0.0]}
@@ -41,32 +80,34 @@ def test_timeline_has_one_bar_per_step_coloured_by_precision_and_sized_by_cost()
 
 
 def test_comparison_shows_the_found_schedule_its_best_rival_and_the_reference():
-    text = views.compare_cards(REPORT)
+    from tmpdiff.studies.study import SearchResult
+
+    text = views.compare_cards(SearchResult(report()))
     assert text.index("Found") < text.index("Best baseline") < text.index("Reference")
     assert "fp32*2,int8wo*6" in text and "fp32*8" in text and "predicted on this device" in text
 
 
 def test_a_failed_validation_is_a_visible_warning():
-    assert views.validation_warning(REPORT) == ""
-    failed = {**REPORT, "validation": {"seeds": [1000, 1001], "ssim": 0.83, "meets_target": False}}
-    text = views.validation_warning(failed)
+    from tmpdiff.studies.report import Validation
+
+    assert views.validation_warning(report()) == ""
+    text = views.validation_warning(report(validation=Validation((1000, 1001), 0.83, False)))
     assert "missed the floor" in text and "0.830" in text and "below 0.9" in text
 
 
 def test_the_search_says_what_it_cost_in_calls_and_seconds_per_phase():
-    assert views.search_cost(REPORT) == ""  # a report without counts says nothing
-    costly = {**REPORT, "evaluations": 41, "phase_seconds": {"costs": 3.14, "baselines": 5.0},
-              "denoiser_calls": {"total": {"denoiser": 910, "replayed": 1090, "skipped": 1782}}}
-    text = views.search_cost(costly)
+    assert views.search_cost(report()) == ""  # a report without counts says nothing
+    text = views.search_cost(report(evaluations=41, phase_seconds={"costs": 3.14, "baselines": 5.0},
+                                    denoiser_calls={"total": {"denoiser": 910, "replayed": 1090, "skipped": 1782}}))
     assert "41 schedules" in text and "910 denoiser calls made, 1090 replayed, 1782 saved by skip" in text
     assert "costs 3.1 s, baselines 5.0 s" in text
 
 
 def test_search_plot_marks_the_found_point_and_the_floor():
-    figure = views.search_plot(REPORT)
+    figure = views.search_plot(report())
     assert [t.name for t in figure.data] == ["Pareto front", "baselines", "found"]
     assert figure.data[2].text == ("fp32*2,skip*6",)
-    assert views.pareto_rows(REPORT) == [["fp32*2,skip*6", 0.91, 3.2]]
+    assert views.pareto_rows(report()) == [["fp32*2,skip*6", 0.91, 3.2]]
 
 
 def test_difference_map_is_black_where_images_agree_and_bright_where_they_differ():
@@ -81,12 +122,11 @@ def test_difference_map_is_black_where_images_agree_and_bright_where_they_differ
 
 
 def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users_mistake(monkeypatch):
-    from tmpdiff.ui.live import LiveSearch
-
     from tmpdiff.engine.runner import Engine
     from tmpdiff.measure.evaluator import Evaluator
-    from tmpdiff.studies.procedure import SearchRequest
+    from tmpdiff.studies.request import SearchRequest
     from tmpdiff.studies.study import Study
+    from tmpdiff.ui.live import LiveSearch
 
     evaluator = Evaluator(Engine("cpu"))
     request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=4, ladder=("fp32", "skip"),
@@ -110,24 +150,21 @@ def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users
 
 
 def test_when_every_baseline_is_slower_the_fastest_is_shown_and_said_so():
-    slower = {**REPORT, "best_baseline_at_speedup": None,
-              "baselines": [{"schedule": "fp32*8", "ssim": 1.0, "speedup": 1.0},
-                            {"schedule": "fp32*6,int8wo*2", "ssim": 0.97, "speedup": 1.1},
-                            {"schedule": "fp32*4,int8wo*4", "ssim": 0.95, "speedup": 1.3}]}
-    text = views.compare_cards(slower)
+    from tmpdiff.studies.algorithms import Point
+    from tmpdiff.studies.study import SearchResult
+
+    slower = report(best_baseline_at_speedup=None, baselines=(
+        Point("fp32*8", 1.0, 1.0), Point("fp32*6,int8wo*2", 0.97, 1.1), Point("fp32*4,int8wo*4", 0.95, 1.3)))
+    text = views.compare_cards(SearchResult(slower))
     assert "Fastest baseline (slower than the found schedule)" in text and "fp32*4,int8wo*4" in text
     assert text.index("Found") < text.index("Fastest baseline") < text.index("Reference")
 
 
 def test_a_videos_cards_say_its_worst_frame_and_show_a_strip_per_frame():
-    from tmpdiff.ui import views
-
-    summary = {"speedup": 1.2, "ssim": 0.95, "psnr": 30.0, "lpips": None, "lpips_note": "", "seconds": 1.0,
-               "reference_seconds": 1.2, "frames": 3, "worst_frame_ssim": 0.9, "frame_ssim": [1.0, 0.9, 0.95]}
-    html = views.cards(summary)
+    html = views.cards(comparison(ssim=0.95, frames=[1.0, 0.9, 0.95]))
     assert "mean of 3 frames; worst 0.900" in html
     assert html.count("class='frame") == 3 + 1 and html.count("worst'") == 1  # the strip, then its 3 bars
-    assert "frame 1: SSIM 0.9000" in html and views.cards({**summary, "frame_ssim": None}).count("frame-strip") == 0
+    assert "frame 1: SSIM 0.9000" in html and views.cards(comparison()).count("frame-strip") == 0
 
 
 def test_every_precision_of_the_registry_has_its_own_colour():

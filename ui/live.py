@@ -15,8 +15,8 @@ from tmpdiff.engine.turns import TurnLock
 from tmpdiff.frontends.words import describe_build
 from tmpdiff.steps.cancel import Cancelled
 from tmpdiff.studies.algorithms import Point
-from tmpdiff.studies.procedure import SearchRequest
 from tmpdiff.studies.report import SearchReport
+from tmpdiff.studies.request import SearchRequest
 from tmpdiff.studies.study import Study
 
 __all__ = ["LiveSearch", "Update"]

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tmpdiff.engine.split_app import follow, release_followers
 from tmpdiff.frontends.processes import check_processes, refusal_exit, run_over_gpus
@@ -15,7 +15,6 @@ from tmpdiff.frontends.refusals import refused
 if TYPE_CHECKING:
     from tmpdiff.engine.runner import Engine
 
-APP_REPLAY_BYTES = 256 << 20  # denoiser outputs kept for replay across visitors' images (in the model's memory)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,24 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build(args: argparse.Namespace, engine: Engine | None = None):
+def build(args: argparse.Namespace, engine: Engine | None = None) -> Any:
     """The app's Blocks on ``engine`` (default: one made from ``args``)."""
-    from tmpdiff.cache import Cache, default_db_path
-
     from tmpdiff import DEFAULT_MODEL, get_model
-    from tmpdiff.measure.evaluator import Evaluator
-    from tmpdiff.steps.replay import ReplayStore
-    from tmpdiff.variants.compile_cache import cache_root
+    from tmpdiff.frontends.flags import open_cache
+    from tmpdiff.studies.study import Study
 
     from . import build_ui
 
     engine = engine or make_engine(args)
-    model = get_model(args.model or DEFAULT_MODEL).name
-    store = None if args.no_cache else Cache(args.db or default_db_path(cache_root(args.cache_dir)))
-    # One replay store for every visitor's images: a schedule computes only from where it leaves its setting's
-    # reference (bit-identical images; replayed steps keep the seconds they took).
-    images = Evaluator(engine, store, replay=ReplayStore(APP_REPLAY_BYTES))
-    return build_ui(images, store, model)
+    store = open_cache(args.db, not args.no_cache, args.cache_dir)
+    return build_ui(Study.open(engine, store), get_model(args.model or DEFAULT_MODEL).name)
 
 
 def make_engine(args: argparse.Namespace) -> Engine:

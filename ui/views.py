@@ -1,7 +1,8 @@
-"""What the app shows, built from engine results: metric cards, the per-step timeline, comparisons.
+"""What the app shows, built from the engine's typed results: metric cards, comparisons, warnings.
 
-Plain functions from result dictionaries to HTML or Plotly figures, so they are tested without a
-browser; ``ui/app.py`` wires them to widgets.
+Plain functions from a ``Comparison``, a ``SearchReport`` or a ``SearchResult`` to HTML, so they are tested
+without a browser; ``ui/app.py`` wires them to widgets. Every number shown was computed by the engine; these
+only lay it out.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from tmpdiff import Schedule
 from tmpdiff.frontends.plots import COLOURS, timeline
 from tmpdiff.frontends.plots import live_points as live_plot
 from tmpdiff.frontends.plots import search_pareto as search_plot
+from tmpdiff.measure.cost_tables import Prediction
 from tmpdiff.measure.metrics import LPIPS_HOW_TO
+from tmpdiff.studies.comparison import Comparison
+from tmpdiff.studies.report import SearchReport
+from tmpdiff.studies.study import SearchResult
 
 __all__ = ["COLOURS", "CSS", "PAGE_JS", "cards", "compare_cards", "live_plot", "pareto_rows", "search_cost",
            "search_plot", "timeline", "validation_warning"]
@@ -74,31 +78,29 @@ def _card(title: str, value: str, note: str = "", tooltip: str = "") -> str:
             f"<div class='value'>{html.escape(value)}</div><div class='note'>{html.escape(note)}</div></div>")
 
 
-def cards(summary: dict[str, Any], target: dict[str, Any] | None = None) -> str:
-    """Speed-up, SSIM, PSNR, LPIPS (or why not) and seconds of one evaluated schedule, as cards."""
-    if not summary:
+def cards(comparison: Comparison | None, target: Prediction | None = None) -> str:
+    """Speed-up, SSIM, PSNR, LPIPS (or why not) and seconds of one compared schedule, as cards."""
+    if comparison is None:
         return ""
-    row = []
-    if summary.get("speedup") is not None:
-        row.append(_card("speed-up", f"{summary['speedup']:.2f}x", "measured on this device"))
-    else:
-        row.append(_card("speed-up", "no claim", "simulated precisions: quality only"))
+    evaluation, record = comparison.evaluation, comparison.evaluation.record
+    row = [_card("speed-up", f"{evaluation.speedup:.2f}x", "measured on this device") if evaluation.has_speed_claim
+           else _card("speed-up", "no claim", "simulated precisions: quality only")]
     if target is not None:
-        row.append(_card(f"speed-up on {target['device']}", f"{target['speedup']:.2f}x",
+        row.append(_card(f"speed-up on {target.device}", f"{target.speedup:.2f}x",
                          "predicted from measured step costs"))
-    row.append(_card("SSIM", f"{summary['ssim']:.3f}", "vs the full-precision image (1 = same)"
-                     if "frame_ssim" not in summary else f"mean of {summary['frames']} frames; worst "
-                     f"{summary['worst_frame_ssim']:.3f}"))
-    psnr = summary.get("psnr")
-    row.append(_card("PSNR", "identical" if psnr is None else f"{psnr:.1f} dB", "higher is closer"))
-    if summary.get("lpips") is not None:
-        row.append(_card("LPIPS", f"{summary['lpips']:.3f}", "lower is closer"))
-    else:
-        row.append(_card("LPIPS", "n/a", summary.get("lpips_note") or "not computed", tooltip=LPIPS_HOW_TO))
-    cached = " (cached)" if summary.get("cached") else ""
-    row.append(_card("seconds", f"{summary['seconds']:.2f} s",
-                     f"reference {summary['reference_seconds']:.2f} s{cached}"))
-    return f"<div class='cards'>{''.join(row)}</div>" + frame_strip(summary.get("frame_ssim") or [])
+    frames = evaluation.frames
+    ssim_note = (f"mean of {len(frames.frame_ssim)} frames; worst {min(frames.frame_ssim):.3f}" if frames
+                 else "vs the full-precision image (1 = same)")
+    row.append(_card("SSIM", f"{record.ssim or 0.0:.3f}", ssim_note))
+    psnr = record.psnr
+    row.append(_card("PSNR", "identical" if psnr is None or psnr == float("inf") else f"{psnr:.1f} dB",
+                     "higher is closer"))
+    row.append(_card("LPIPS", f"{record.lpips:.3f}", "lower is closer") if record.lpips is not None
+               else _card("LPIPS", "n/a", record.lpips_note or "not computed", tooltip=LPIPS_HOW_TO))
+    cached = " (cached)" if evaluation.cached else ""
+    row.append(_card("seconds", f"{record.measured_seconds:.2f} s",
+                     f"reference {evaluation.reference_seconds:.2f} s{cached}"))
+    return f"<div class='cards'>{''.join(row)}</div>" + frame_strip(list(frames.frame_ssim) if frames else [])
 
 
 def video_pair(reference_uri: str, schedule_uri: str) -> str:
@@ -120,33 +122,20 @@ def frame_strip(frame_ssim: list[float]) -> str:
             f"{worst:.3f})</span>{bars}</div>")
 
 
-def baseline_rival(report: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    """The baseline to set beside the found schedule: the best one at least as fast, else (when every baseline
-    is slower) the fastest one, said as such."""
-    rival = report.get("best_baseline_at_speedup")
-    if rival:
-        return "Best baseline as fast or faster", rival
-    reference = str(Schedule.uniform(report["ladder"][0], report["steps"])) if report.get("ladder") else None
-    others = [p for p in report.get("baselines", []) if p["schedule"] not in (report["schedule"], reference)]
-    if not others:
-        return "", None
-    return "Fastest baseline (slower than the found schedule)", max(others, key=lambda p: p["speedup"])
-
-
-def compare_cards(report: dict[str, Any], images: dict[str, str] | None = None) -> str:
-    """The stakeholder view of a search: the found schedule, the best uniform or baseline schedule at
-    the same or higher speed, and the reference, each with its SSIM and speed-up, and its image (``images``:
-    schedule → a PNG data URI) on the search's first calibration prompt and seed."""
-    if not report:
+def compare_cards(result: SearchResult | None, images: dict[str, str] | None = None) -> str:
+    """The stakeholder view of a search: the found schedule, the best uniform or baseline schedule at the same or
+    higher speed, and the reference, each with its SSIM and speed-up, and its image (``images``: schedule → a PNG
+    data URI) on the search's first calibration prompt and seed."""
+    if result is None:
         return ""
-    reference = str(Schedule.uniform(report["ladder"][0], report["steps"]))
-    label = "predicted" if report.get("speedup_is_predicted") else "measured"
-    where = report["costs"].get("device_name") or "this device"
-    columns = [("Found", report["schedule"], report["ssim"], report["speedup"])]
-    title, rival = baseline_rival(report)
-    if rival:
-        columns.append((title, rival["schedule"], rival["ssim"], rival["speedup"]))
-    columns.append(("Reference", reference, 1.0, 1.0))
+    report = result.report
+    label = "predicted"
+    where = report.costs.device_name or "this device"
+    columns = [("Found", report.schedule, report.ssim, report.speedup)]
+    rival = report.rival()
+    if rival is not None:
+        columns.append((rival[0], rival[1].schedule, rival[1].quality, rival[1].speedup))
+    columns.append(("Reference", report.reference_schedule, 1.0, 1.0))
     blocks = []
     for title, schedule, ssim_value, speedup in columns:
         image = (images or {}).get(schedule)
@@ -157,29 +146,30 @@ def compare_cards(report: dict[str, Any], images: dict[str, str] | None = None) 
     return f"<div class='compare'>{''.join(blocks)}</div>"
 
 
-def search_cost(report: dict[str, Any]) -> str:
+def search_cost(report: SearchReport | None) -> str:
     """What the search cost: schedules evaluated, denoiser calls (made, replayed, saved by skip), seconds per
     phase (empty for a report without them)."""
-    calls = ((report or {}).get("denoiser_calls") or {}).get("total")
-    if not calls:
+    calls = (report.denoiser_calls.get("total") if report is not None else None) or {}
+    if report is None or not calls:
         return ""
-    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.get("phase_seconds", {}).items())
-    return (f"<div class='search-cost' id='search-cost'>This search: {report.get('evaluations', 0)} schedules "
+    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phase_seconds.items())
+    return (f"<div class='search-cost' id='search-cost'>This search: {report.evaluations} schedules "
             f"evaluated · {calls['denoiser']} denoiser calls made, {calls['replayed']} replayed, "
             f"{calls['skipped']} saved by skip · {html.escape(phases)}</div>")
 
 
-def validation_warning(report: dict[str, Any]) -> str:
+def validation_warning(report: SearchReport | None) -> str:
     """A visible warning when the schedule missed the floor on unseen seeds (empty otherwise)."""
-    validation = (report or {}).get("validation") or {}
-    floor = (report or {}).get("objective", {}).get("target_ssim")
-    if validation.get("meets_target") is not False or floor is None:
+    if report is None or report.validation.meets_target is not False or report.objective.target_ssim is None:
         return ""
+    validation = report.validation
     return (f"<div class='warning' id='validation-warning'><b>Validation missed the floor.</b> On unseen seeds "
-            f"{validation['seeds']} the schedule scored SSIM {validation['ssim']:.3f}, below {floor}. "
-            "Search with more calibration prompts or seeds, or a higher floor.</div>")
+            f"{list(validation.seeds)} the schedule scored SSIM {validation.ssim:.3f}, below "
+            f"{report.objective.target_ssim}. Search with more calibration prompts or seeds, or a higher floor.</div>")
 
 
-def pareto_rows(report: dict[str, Any]) -> list[list[Any]]:
+def pareto_rows(report: SearchReport | None) -> list[list[Any]]:
     """The Pareto points as table rows (schedule, SSIM, speed-up), fastest first."""
-    return [[p["schedule"], round(p["ssim"], 4), round(p["speedup"], 3)] for p in (report or {}).get("pareto", [])]
+    if report is None:
+        return []
+    return [[p.schedule, round(p.quality, 4), round(p.speedup, 3)] for p in report.pareto]

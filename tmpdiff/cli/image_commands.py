@@ -23,10 +23,39 @@ __all__ = ["engine_for", "generate", "save_result", "target_costs", "warmup"]
 
 def generate(args: argparse.Namespace, device: str) -> int:
     from tmpdiff.engine.settings import RunSettings
-    from tmpdiff.measure.evaluator import Evaluator
-    from tmpdiff.pipelines.registry import get_model
-    from tmpdiff.steps.replay import ReplayStore
     from tmpdiff.studies.study import Study
+
+    video = _check_out(args)
+    settings = RunSettings(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                           seed=args.seed, steps=args.steps, size=args.size, guidance=args.guidance)
+    engine = engine_for(args, device)
+    schedule = engine.check_schedule(args.schedule or settings.reference_schedule(), settings)
+    given = target_costs(args)
+    if args.parallel > 1:
+        _split_over_processes(engine, settings, args.parallel)
+    clock = [time.perf_counter()]
+    store = open_cache(args.db, not args.no_cache, args.cache_dir)
+    PHASES["cache_database"] = _lap(clock)
+    comparison = Study.open(engine, store).compare(
+        settings, schedule, given, on_phase=lambda what, _: PHASES.update({_phase_name(what): _lap(clock)}))
+    PHASES["schedule_image"] = _lap(clock)
+    if not engine.leads:
+        return 0
+    save_result(comparison.evaluation.image, args.out, video)
+    line = {**comparison.summary(), "out": str(args.out)}
+    if args.verbose:
+        weights = engine.load_seconds.get(settings.model, 0.0)
+        PHASES.update({"weights": weights, "reference_image": max(PHASES.pop("reference_image", 0.0) - weights, 0.0),
+                       "vae_decode_in_images": comparison.evaluation.vae_seconds or 0.0, "write": _lap(clock)})
+        PHASES.pop("stored_costs", None)
+        line["phase_seconds"] = {k: round(v, 3) for k, v in PHASES.items()}
+    print(json.dumps(line))
+    return 0
+
+
+def _check_out(args: argparse.Namespace) -> bool:
+    """The ``--out`` file checked before any work; whether the model makes videos."""
+    from tmpdiff.pipelines.registry import get_model
 
     video = args.model in MODELS and get_model(args.model).frames > 0
     if args.out.suffix.lower() not in ((".png", ".webp") if video else (".png",)):
@@ -34,49 +63,19 @@ def generate(args: argparse.Namespace, device: str) -> int:
                          f"got {str(args.out)!r}")
     if not args.out.parent.exists():
         raise ValueError(f"--out folder {str(args.out.parent)!r} does not exist")
-    settings = RunSettings(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                           seed=args.seed, steps=args.steps, size=args.size, guidance=args.guidance)
-    engine = engine_for(args, device)
-    schedule = engine.check_schedule(args.schedule or settings.reference_schedule(), settings)
-    target = target_costs(args)
-    split = _split_over_processes(engine, settings, args.parallel) if args.parallel > 1 else 0
-    clock = time.perf_counter()
-    store = open_cache(args.db, not args.no_cache, args.cache_dir)
-    # One image: predicted seconds only from a cost table a search stored (or --costs), never measured here.
-    # Split over processes, each computes both images (no cache hits: one process answering from the cache while
-    # another computes would stall the exchanges between them); the first stores them.
-    # The schedule replays what it shares with the reference just computed (its first steps, say).
-    evaluator = Evaluator(engine, None if split else store, measures_costs=False, replay=ReplayStore())
-    Study(evaluator, store).load_stored_costs(settings)
-    store_s, clock = time.perf_counter() - clock, time.perf_counter()
-    reference = evaluator.reference(settings)  # what evaluate() does first: timed apart for --verbose
-    reference_s, clock = time.perf_counter() - clock, time.perf_counter()
-    evaluation = evaluator.beside(reference, settings, schedule)
-    schedule_s, clock = time.perf_counter() - clock, time.perf_counter()
-    if split:
-        from tmpdiff.pipelines.context_parallel import is_main_process
+    return video
 
-        if not is_main_process():
-            return 0
-        keeper = Evaluator(engine, store)
-        keeper.keep(reference)
-        keeper.keep(evaluation)
-    save_result(evaluation.image, args.out, video)
-    line = {"prompt": settings.resolved_prompt, "seed": settings.seed, **evaluation.summary(), "out": str(args.out)}
-    if split:
-        line["split_over_processes"] = split
-    if args.verbose:
-        weights = engine.load_seconds.get(settings.model, 0.0)
-        PHASES.update({"cache_database": store_s, "weights": weights,
-                       "reference_image": max(reference_s - weights, 0.0), "schedule_image": schedule_s,
-                       "vae_decode_in_images": evaluation.vae_seconds or 0.0, "write": time.perf_counter() - clock})
-        line["phase_seconds"] = {k: round(v, 3) for k, v in PHASES.items()}
-    if target is not None:
-        from tmpdiff.measure.cost_tables import target_prediction
 
-        line["predicted_on"] = target_prediction(target, settings.reference_schedule(), schedule)
-    print(json.dumps(line))
-    return 0
+def _lap(clock: list[float]) -> float:
+    """Seconds since the last lap (``clock`` holds when it was)."""
+    now = time.perf_counter()
+    seconds, clock[0] = now - clock[0], now
+    return seconds
+
+
+def _phase_name(what: str) -> str:
+    """The ``--verbose`` name of the span that ended when ``what`` began."""
+    return "stored_costs" if what.startswith("reference") else "reference_image"
 
 
 def _split_over_processes(engine: Engine, settings: RunSettings, processes: int) -> int:

@@ -6,13 +6,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tmpdiff.cli.entry import EXIT_INTERRUPTED
 from tmpdiff.cli.image_commands import engine_for, target_costs
 from tmpdiff.errors import worded
 from tmpdiff.frontends.flags import open_cache
 from tmpdiff.frontends.refusals import flag_of
+
+if TYPE_CHECKING:
+    from tmpdiff.studies.report import SearchReport
 
 __all__ = ["search", "sweep"]
 
@@ -21,8 +24,8 @@ def search(args: argparse.Namespace, device: str) -> int:
     from tqdm import tqdm
 
     from tmpdiff.pipelines.registry import get_model
-    from tmpdiff.studies.procedure import SearchRequest, parse_seeds
     from tmpdiff.studies.prompts import calibration_prompts
+    from tmpdiff.studies.request import SearchRequest, parse_seeds
     from tmpdiff.studies.study import Study
 
     if not args.json.parent.exists():
@@ -61,7 +64,7 @@ def search(args: argparse.Namespace, device: str) -> int:
     data = report.to_dict()
     args.json.write_text(json.dumps(data, indent=2) + "\n")
     try:
-        plots = _write_plots(data, args.json)
+        plots = _write_plots(report, args.json)
     except ImportError:  # a declared dependency, but the report above must never be lost to its absence
         print("warning: plotly is not installed: no HTML plots written (pip install plotly)", file=sys.stderr)
         plots = []
@@ -143,7 +146,7 @@ def _no_store() -> None:
     return None
 
 
-def _write_plots(report: dict, json_path: Path) -> list[str]:
+def _write_plots(report: SearchReport, json_path: Path) -> list[str]:
     """Interactive HTML beside the JSON: the Pareto front over every evaluation, and the additivity check
     (degradation predicted from single steps against measured) when the search ran it."""
     from tmpdiff.frontends import plots

@@ -104,6 +104,15 @@ class Engine:
         self.split = processes
         self.mirror = CallMirror() if mirror else None
 
+    @property
+    def leads(self) -> bool:
+        """Whether this process speaks for its group: always, unless it is a later process of a split image."""
+        if self.split <= 1:
+            return True
+        from tmpdiff.pipelines.context_parallel import is_main_process
+
+        return is_main_process()
+
     def pipeline(self, model: str) -> Any:
         with self._lock:
             if model not in self._pipes:

@@ -1,14 +1,13 @@
 """Every figure tmpdiff draws, in one place: the CLI writes them as HTML, the app shows them.
 
-Each function takes what a search or an evaluation reports (a ``SearchReport.to_dict()``-shaped mapping,
-as written to JSON and as the app's JSON widget hands it back, or a ``CostTable``) and returns a Plotly
-figure; plotly is imported when a figure is first drawn.
+Each function takes the engine's typed results (a ``SearchReport``, ``HistoryPoint``s, a ``CostTable``) and returns
+a Plotly figure; plotly is imported when a figure is first drawn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tmpdiff.steps.schedule import Schedule
 
@@ -17,7 +16,8 @@ if TYPE_CHECKING:
 
     from tmpdiff.measure.latency import CostTable
     from tmpdiff.studies.algorithms import Point
-    from tmpdiff.studies.study import HistoryPoint
+    from tmpdiff.studies.history import HistoryPoint
+    from tmpdiff.studies.report import SearchReport
 
 __all__ = ["COLOURS", "additivity", "history", "live_points", "search_pareto", "timeline"]
 
@@ -31,44 +31,44 @@ HOVER = "%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>"
 LAYOUT = {"margin": {"l": 40, "r": 10, "t": 40, "b": 40}, "template": "plotly_white"}
 
 
-def search_pareto(report: Mapping[str, Any]) -> go.Figure:
+def search_pareto(report: SearchReport | None) -> go.Figure:
     """The search's Pareto front (a line through its points, fastest last), the baselines and the found
     schedule, each with its own marker; the floor as a dotted line."""
     import plotly.graph_objects as go
 
     figure = go.Figure()
-    if report:
-        front = sorted(report.get("pareto", []), key=lambda p: p["speedup"])
+    if report is not None:
+        front = sorted(report.pareto, key=lambda p: p.speedup)
         for name, points, mode, symbol, size in (
                 ("Pareto front", front, "lines+markers", "circle", 9),
-                ("baselines", report.get("baselines", []), "markers", "diamond-open", 12),
-                ("found", [report], "markers", "star", 18)):
+                ("baselines", list(report.baselines), "markers", "diamond-open", 12),
+                ("found", [report.found], "markers", "star", 18)):
             figure.add_trace(go.Scatter(
-                x=[p["speedup"] for p in points], y=[p["ssim"] for p in points], mode=mode, name=name,
-                marker={"symbol": symbol, "size": size, "line": {"width": 2}}, text=[p["schedule"] for p in points],
-                customdata=[p["schedule"] for p in points], hovertemplate=HOVER))
-        floor = report.get("objective", {}).get("target_ssim")
+                x=[p.speedup for p in points], y=[p.quality for p in points], mode=mode, name=name,
+                marker={"symbol": symbol, "size": size, "line": {"width": 2}}, text=[p.schedule for p in points],
+                customdata=[p.schedule for p in points], hovertemplate=HOVER))
+        floor = report.objective.target_ssim
         if floor is not None:
             figure.add_hline(y=floor, line_dash="dot", annotation_text=f"floor {floor}")
-    where = (report or {}).get("costs", {}).get("device_name") or "this device"
+    where = (report.costs.device_name if report is not None else None) or "this device"
     figure.update_layout(xaxis_title=f"predicted speed-up on {where}", yaxis_title="mean SSIM vs reference",
-                         height=380, title=(report or {}).get("model", ""), **LAYOUT)
+                         height=380, title=report.model if report is not None else "", **LAYOUT)
     return figure
 
 
-def additivity(report: Mapping[str, Any]) -> go.Figure | None:
+def additivity(report: SearchReport) -> go.Figure | None:
     """Degradation predicted from single steps against measured, with the additive line (None without
     an additivity check in the report)."""
     import plotly.graph_objects as go
 
-    check = report.get("additivity")
-    if not check:
+    check = report.additivity
+    if check is None:
         return None
-    figure = go.Figure(go.Scatter(x=check["predicted"], y=check["measured"], mode="markers",
-                                  text=check["schedules"], name="mixed schedules"))
-    top = max([*check["predicted"], *check["measured"], 1e-6])
+    figure = go.Figure(go.Scatter(x=list(check.predicted), y=list(check.measured), mode="markers",
+                                  text=list(check.schedules), name="mixed schedules"))
+    top = max([*check.predicted, *check.measured, 1e-6])
     figure.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="additive"))
-    figure.update_layout(title=f"additivity: R² = {check['r2']:.3f}", xaxis_title="predicted degradation",
+    figure.update_layout(title=f"additivity: R² = {check.r2:.3f}", xaxis_title="predicted degradation",
                          yaxis_title="measured degradation", **LAYOUT)
     return figure
 

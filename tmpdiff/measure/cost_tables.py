@@ -9,6 +9,7 @@ on an H100 costs what FLUX.1-dev costs there. The project ships tables measured 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,8 @@ if TYPE_CHECKING:  # imported where used: listing the shipped tables (the CLI's 
     from tmpdiff.measure.latency import CostTable
     from tmpdiff.steps.schedule import Schedule
 
-__all__ = ["SHIPPED", "load_cost_table", "matching_tables", "prediction_label", "shipped_tables", "target_prediction"]
+__all__ = ["SHIPPED", "Prediction", "load_cost_table", "matching_tables", "prediction_label", "shipped_tables",
+           "target_prediction"]
 
 SHIPPED = Path(__file__).resolve().parents[1] / "costs"  # package data
 
@@ -63,8 +65,22 @@ def prediction_label(table: CostTable) -> str:
     return f"predicted on {table.device_name}, from measured step costs"
 
 
-def target_prediction(table: CostTable, reference: Schedule, schedule: Schedule) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Prediction:
+    """A schedule's seconds and speed-up predicted on a table's device, from its measured step costs."""
+
+    device: str | None
+    seconds: float
+    speedup: float
+    label: str
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "seconds": round(self.seconds, 4), "speedup": round(self.speedup, 3),
+                "label": self.label, "note": self.note}
+
+
+def target_prediction(table: CostTable, reference: Schedule, schedule: Schedule) -> Prediction:
     """Seconds and speed-up of ``schedule`` predicted on the table's device, labelled as such."""
     seconds, base = table.predict(schedule), table.predict(reference)
-    return {"device": table.device_name, "seconds": round(seconds, 4), "speedup": round(base / seconds, 3),
-            "label": prediction_label(table), "note": table.note}
+    return Prediction(table.device_name, seconds, base / seconds, prediction_label(table), table.note)

@@ -17,14 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import Result, RunSettings
 from tmpdiff.measure.latency import CostTable, measure_costs, timed_run
-from tmpdiff.measure.metrics import Quality, compare, compare_video, difference_map
+from tmpdiff.measure.metrics import Quality, compare, compare_video
 from tmpdiff.measure.records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint, stable_hash
 from tmpdiff.pipelines.registry import config_hash
 from tmpdiff.steps.replay import ReplayStore
@@ -34,7 +33,7 @@ from tmpdiff.variants.bank import Mode
 __all__ = ["Evaluation", "Evaluator"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evaluation:
     """One evaluated schedule, ready for a front end."""
 
@@ -135,11 +134,6 @@ class Evaluator:
             self._references[digest] = self.evaluate(settings, settings.reference_schedule())
         return self._references[digest]
 
-    def beside(self, reference: Evaluation, settings: RunSettings, schedule: Schedule) -> Evaluation:
-        """The schedule's evaluation shown beside its setting's ``reference`` (just computed or read): the
-        reference schedule is that reference itself, "cached" only when it was."""
-        return reference if schedule == settings.reference_schedule() else self.evaluate(settings, schedule)
-
     def evaluate(self, settings: RunSettings, schedule: Schedule | str) -> Evaluation:
         schedule = self.engine.check_schedule(schedule, settings)
         cached = self._cached(settings, schedule)
@@ -151,15 +145,6 @@ class Evaluator:
         key = self.key(settings, schedule)
         result = self.engine.generate(settings, schedule, replay=self.replay, replay_key=key.setting_hash)
         return self._finish(key, result, reference, table)
-
-    def difference(self, settings: RunSettings, schedule: Schedule | str) -> tuple[Image.Image, int]:
-        """The heat map of |reference - schedule| from the engine's own pixels (the PNGs the metrics were
-        computed from, never a browser's copy), and the largest difference (0–255) its brightest colour means.
-        Both images are cache hits once the schedule was evaluated."""
-        image = self.evaluate(settings, schedule).image
-        reference = self.reference(settings).image
-        largest = int(np.abs(np.asarray(image, np.int16) - np.asarray(reference, np.int16)).mean(-1).max())
-        return difference_map(image, reference), largest
 
     def evaluate_all(self, settings: list[RunSettings], schedule: Schedule | str) -> list[Evaluation]:
         """``schedule`` on every setting: one after another, or with ``batch_size`` > 1 several settings
@@ -269,16 +254,16 @@ class Evaluator:
             self._references[key.digest] = evaluation
         return evaluation
 
-    def keep(self, evaluation: Evaluation) -> None:
-        """Stores an evaluation made without this evaluator's store, as ``evaluate`` stores its own."""
-        if self.store is not None:
-            self._store(evaluation.record)
-
     def _store(self, record: EvalRecord) -> None:
-        """Keeps the record; a store that cannot be written (a read-only or full disk, a database gone away)
-        costs the cache, not the result: it is returned uncached and the failure is told once."""
+        self.store_record(record, self.store)
+
+    def store_record(self, record: EvalRecord, store: EvaluationStore | None) -> None:
+        """Keeps the record in ``store``; a store that cannot be written (a read-only or full disk, a database gone
+        away) costs the cache, not the result: it is returned uncached and the failure is told once."""
+        if store is None:
+            return
         try:
-            self.store.put(record)  # type: ignore[union-attr]
+            store.put(record)
             self.store_error = None
         except Exception as exc:  # the store's own errors (SQLite, PostgreSQL, OSError): none may lose the image
             message = f"the cache could not be written ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"

@@ -12,7 +12,8 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["EvalKey", "EvalRecord", "EvaluationStore", "device_fingerprint", "stable_hash"]
+__all__ = ["BlindTally", "EvalKey", "EvalRecord", "EvaluationStore", "StoredEvaluation", "StoredSearchRun",
+           "device_fingerprint", "stable_hash"]
 
 
 def stable_hash(data: Any) -> str:
@@ -79,6 +80,79 @@ class EvalRecord:
         data.pop("png")
         data.pop("key")
         return data
+
+
+@dataclass(frozen=True)
+class StoredEvaluation:
+    """One row of the evaluation cache, as the store hands it back (without its image: ``image_sha256`` names it)."""
+
+    id: int
+    model: str
+    model_hash: str
+    settings: dict[str, Any]
+    settings_hash: str
+    schedule: str
+    schedule_hash: str
+    device: dict[str, Any]
+    device_hash: str
+    image_sha256: str
+    ssim: float | None
+    psnr: float | None  # None: identical to its reference (infinite PSNR)
+    lpips: float | None
+    lpips_note: str
+    measured_seconds: float
+    predicted_seconds: float | None
+    steps_run: list[str]
+    simulated: list[str]
+    created_at: str  # ISO 8601
+
+    @property
+    def prompt(self) -> str | None:
+        return self.settings.get("prompt")
+
+    @property
+    def seed(self) -> int | None:
+        return self.settings.get("seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StoredSearchRun:
+    """A search or sweep as the store logged it: what was asked, what it found (or why it stopped)."""
+
+    id: int
+    model: str
+    request: dict[str, Any]
+    result: dict[str, Any] | None
+    evaluations: int  # linked to the run
+    finished: bool
+
+
+@dataclass(frozen=True)
+class BlindTally:
+    """The answers given so far for one stored evaluation, beside its scores."""
+
+    evaluation_id: int
+    schedule: str
+    prompt: str | None
+    seed: int | None
+    ssim: float | None
+    lpips: float | None
+    right: int
+    wrong: int
+    unsure: int
+
+    @property
+    def answers(self) -> int:
+        return self.right + self.wrong + self.unsure
+
+    @property
+    def right_share(self) -> float | None:
+        """Of the answers that chose an image, the share that found the reference (0.5: no better than a coin)."""
+        chosen = self.right + self.wrong
+        return self.right / chosen if chosen else None
 
 
 class EvaluationStore(Protocol):

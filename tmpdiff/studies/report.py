@@ -13,7 +13,9 @@ from typing import Any
 
 from tmpdiff.errors import literal, worded
 from tmpdiff.measure.latency import CostTable
+from tmpdiff.steps.schedule import Schedule
 from tmpdiff.studies.algorithms import Point
+from tmpdiff.studies.request import SearchRequest
 
 __all__ = ["Additivity", "Exhaustive", "Margin", "Objective", "SearchReport", "Strategy", "Validation"]
 
@@ -116,7 +118,7 @@ class SearchReport:
     replay: dict[str, Any] | None = None
     batch_size: int = 1
     skipped: tuple[str, ...] = ()  # phases left out, each with how to ask for it (``errors.worded`` templates)
-    request: dict[str, Any] = field(default_factory=dict)  # what was searched (prompts, seeds, ...): provenance
+    request: SearchRequest | None = None  # what was searched (prompts, seeds, ...); None in reports written before it
     version: int = REPORT_VERSION
 
     @property
@@ -130,6 +132,22 @@ class SearchReport:
     @property
     def speedup(self) -> float:
         return self.found.speedup
+
+    def rival(self) -> tuple[str, Point] | None:
+        """The baseline to set beside the found schedule, with its title: the best one at least as fast, else
+        (when every baseline is slower) the fastest one, said as such; None when there is none but the reference."""
+        if self.best_baseline_at_speedup is not None:
+            margin = self.best_baseline_at_speedup
+            return "Best baseline as fast or faster", Point(margin.schedule, margin.ssim, margin.speedup)
+        reference = str(Schedule.uniform(self.ladder[0], self.steps)) if self.ladder else None
+        others = [p for p in self.baselines if p.schedule not in (self.schedule, reference)]
+        if not others:
+            return None
+        return "Fastest baseline (slower than the found schedule)", max(others, key=lambda p: p.speedup)
+
+    @property
+    def reference_schedule(self) -> str:
+        return str(Schedule.uniform(self.ladder[0], self.steps))
 
     def summary(self) -> dict[str, Any]:
         """What a search-run log keeps of it."""
@@ -158,8 +176,8 @@ class SearchReport:
                      "denoiser_calls": self.denoiser_calls, "phase_seconds": self.phase_seconds,
                      "replay": self.replay, "batch_size": self.batch_size,
                      "skipped": [worded(s) for s in self.skipped]})
-        if self.request:
-            data["request"] = self.request
+        if self.request is not None:
+            data["request"] = self.request.to_dict()
         return data
 
     @classmethod
@@ -195,8 +213,18 @@ class SearchReport:
             exhaustive=Exhaustive(**exhaustive) if exhaustive else None,
             denoiser_calls=data.get("denoiser_calls", {}), phase_seconds=data.get("phase_seconds", {}),
             replay=data.get("replay"), batch_size=int(data.get("batch_size", 1)),
-            skipped=tuple(literal(s) for s in data.get("skipped", ())), request=dict(data.get("request", {})),
+            skipped=tuple(literal(s) for s in data.get("skipped", ())), request=_request(data.get("request")),
         )
+
+
+def _request(data: dict[str, Any] | None) -> SearchRequest | None:
+    """The request a report recorded, or None where it recorded none (or one this tmpdiff cannot take)."""
+    if not data:
+        return None
+    try:
+        return SearchRequest.from_dict(data)
+    except (ValueError, TypeError):
+        return None
 
 
 def _points(rows: list[dict[str, Any]]) -> tuple[Point, ...]:

@@ -1,6 +1,10 @@
-"""A search or sweep owned from start to finish, the same way for every front end (CLI, app, Ray driver).
+"""Comparisons, searches and sweeps owned from start to finish, the same way for every front end (CLI, app, Ray
+driver).
 
-``Study.search`` opens the search-run log, reuses a stored cost table for the same model, step count, size
+``Study.open`` is where a front end gets its study: one evaluator on its engine and store, with the one cost-table
+policy (predict from tables measured earlier or given; only a search or sweep measures). ``Study.compare`` is one
+schedule's image beside its reference (``generate``, the app's ``/generate``). ``Study.search`` opens the search-run
+log, reuses a stored cost table for the same model, step count, size
 and device (or plans with a given table for another device), links every evaluation to the run, stores the
 costs it measured and closes the log: finished with its result, or cancelled with what it had done.
 ``Study.sweep`` logs a grid of evaluations the same way. Front ends parse their inputs, call it, and render
@@ -13,19 +17,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.engine.turns import in_background
-from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.measure.evaluator import Evaluation, Evaluator
 from tmpdiff.measure.latency import CostTable
-from tmpdiff.measure.records import EvalKey, stable_hash
+from tmpdiff.measure.records import EvalKey, EvaluationStore, stable_hash
 from tmpdiff.steps.cancel import Cancelled
+from tmpdiff.steps.replay import ReplayStore
 from tmpdiff.steps.schedule import Schedule
 from tmpdiff.studies.algorithms import Point
-from tmpdiff.studies.procedure import Progress, SearchRequest, run_search
+from tmpdiff.studies.comparison import Comparison, CostPolicy
+from tmpdiff.studies.procedure import Progress, run_search
 from tmpdiff.studies.report import SearchReport
+from tmpdiff.studies.request import SearchRequest
 from tmpdiff.studies.sweep import SweepItem, run_sweep, summarize
 
-__all__ = ["HistoryPoint", "SearchLog", "Study", "history"]
+__all__ = ["SearchLog", "SearchResult", "Study"]
 
 
 class SearchLog(Protocol):
@@ -42,8 +50,28 @@ class SearchLog(Protocol):
     def put_costs(self, model_hash: str, settings_hash: str, device_hash: str, table: dict[str, Any]) -> None: ...
 
 
+IMAGE_REPLAY_BYTES = 256 << 20  # denoiser outputs kept for replay across a study's images (in the model's memory)
+Phase = Callable[[str, float], None]  # what is being made ("reference image", ...), and how far along (0-1)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A search's report and the images it shows: the found schedule, its rival baseline and the reference on the
+    search's first calibration setting (the search evaluated them all: read from the cache, never recomputed)."""
+
+    report: SearchReport
+    images: tuple[tuple[str, Evaluation], ...] = ()
+
+    def image(self, schedule: str) -> Evaluation | None:
+        return dict(self.images).get(schedule)
+
+
+class Store(EvaluationStore, SearchLog, Protocol):
+    """The cache store a study reads and writes (``tmpdiff.cache.Cache``)."""
+
+
 class Study:
-    """Searches on one evaluator, logged in ``log`` (the cache store) when there is one.
+    """Comparisons and searches on one evaluator, logged in ``log`` (the cache store) when there is one.
 
     Args:
         evaluator: runs and scores schedules (in this process, or on Ray actors).
@@ -54,7 +82,48 @@ class Study:
     def __init__(self, evaluator: Evaluator, log: SearchLog | None = None,
                  target_costs: CostTable | None = None) -> None:
         self.evaluator, self.log, self.target_costs = evaluator, log, target_costs
-        self.run_id: int | None = None
+
+    @classmethod
+    def open(cls, engine: Engine, store: Store | None = None, replay_bytes: int = IMAGE_REPLAY_BYTES) -> Study:
+        """The study a front end opens on its engine and cache store. Its evaluator replays what a schedule shares
+        with its setting's reference (bit-identical images; replayed steps keep the seconds they took) and predicts
+        seconds only from cost tables measured earlier (stored by a search, or measured by one in this process):
+        a comparison never spends runs measuring costs. A split image (``engine.split`` > 1) is computed in every
+        process and kept by the first."""
+        computes_only = engine.split > 1  # one process answering from the cache would stall the others' exchanges
+        evaluator = Evaluator(engine, None if computes_only else store, measures_costs=False,
+                              replay=ReplayStore(replay_bytes))
+        return cls(evaluator, store)
+
+    def compare(self, settings: RunSettings, schedule: Schedule | str, given: CostTable | None = None,
+                on_phase: Phase | None = None) -> Comparison:
+        """``schedule``'s image beside ``settings``' reference, scored, with its difference map and its predicted
+        seconds (here from a stored table, and on ``given``'s device). ``on_phase`` hears what is being made."""
+        engine = self.evaluator.engine
+        schedule = engine.check_schedule(schedule, settings)
+        self.load_stored_costs(settings)
+        if on_phase:
+            on_phase("reference image (full precision)", 0.1)
+        reference = self.evaluator.reference(settings)
+        if on_phase:
+            on_phase(f"schedule {schedule}", 0.5)
+        evaluation = reference if schedule == settings.reference_schedule() else \
+            self.evaluator.evaluate(settings, schedule)
+        if self.evaluator.store is None and self.log is not None and engine.leads:  # a split image: kept once
+            for made in dict.fromkeys((reference, evaluation)):
+                self.evaluator.store_record(made.record, self.log)
+        costs = CostPolicy(here=self.evaluator.costs.get(settings.model), given=given)
+        return Comparison.of(settings, schedule, reference, evaluation, costs, engine.split)
+
+    def showcase(self, report: SearchReport) -> SearchResult:
+        """The report with its images on the first calibration setting (cache hits: the search evaluated them)."""
+        if report.request is None:
+            return SearchResult(report)
+        settings = report.request.first_settings
+        rival = report.rival()
+        names = dict.fromkeys(n for n in (report.schedule, rival[1].schedule if rival else None,
+                                          report.reference_schedule) if n)
+        return SearchResult(report, tuple((n, self.evaluator.evaluate(settings, Schedule.parse(n))) for n in names))
 
     def search(self, request: SearchRequest, progress: Progress | None = None,
                should_stop: Callable[[], bool] | None = None,
@@ -100,7 +169,7 @@ class Study:
         (None: cancelled, logged with how many evaluations it had linked)."""
         log, run_id = self.log, None
         if log is not None:
-            run_id = self.run_id = log.start_search(model, request)
+            run_id = log.start_search(model, request)
         linked: set[str] = set()
 
         def link(settings: RunSettings, schedule: Schedule) -> None:
@@ -136,48 +205,3 @@ class Study:
             self.evaluator.costs[model] = self.target_costs  # plan for the deployment device
         elif self.log is not None and (saved := self.log.get_costs(*cost_key)):
             self.evaluator.costs[model] = CostTable.from_dict(saved)
-
-
-@dataclass(frozen=True)
-class HistoryPoint:
-    """One stored evaluation of a setting. ``speedup``: measured against that setting's reference on the same
-    device; None for simulated precisions (no speed claim) or when no reference of that device is stored."""
-
-    schedule: str
-    ssim: float | None
-    psnr: float | None
-    lpips: float | None
-    seconds: float
-    speedup: float | None
-    simulated: bool
-    prompt: str | None
-    seed: int | None
-
-    @property
-    def uniform(self) -> bool:
-        return len(Schedule.parse(self.schedule).precisions) == 1
-
-
-class HistoryStore(Protocol):
-    def evaluations(self, model: str | None = None, settings_hash: str | None = None,
-                    device_hash: str | None = None) -> list[dict[str, Any]]: ...
-
-
-def history(evaluator: Evaluator, store: HistoryStore | None, settings: RunSettings) -> list[HistoryPoint]:
-    """Every stored evaluation of ``settings`` (written by this process or any other on a shared cache), newest
-    first, as typed points: the setting's hash and its reference rows are found here, once, for every front
-    end."""
-    if store is None:
-        return []
-    key = evaluator.key(settings, settings.reference_schedule())
-    rows = store.evaluations(model=settings.model, settings_hash=key.settings_hash)
-    references = {r["device_hash"]: r["measured_seconds"] for r in rows if r["schedule_hash"] == key.schedule_hash}
-    points = []
-    for r in rows:
-        reference = references.get(r["device_hash"])
-        claim = not r["simulated"] and reference and r["measured_seconds"]
-        points.append(HistoryPoint(
-            schedule=r["schedule"], ssim=r["ssim"], psnr=r["psnr"], lpips=r["lpips"], seconds=r["measured_seconds"],
-            speedup=reference / r["measured_seconds"] if claim else None, simulated=bool(r["simulated"]),
-            prompt=r["settings"].get("prompt"), seed=r["settings"].get("seed")))
-    return points

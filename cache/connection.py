@@ -1,0 +1,126 @@
+"""Opening a cache database: an SQLite file (WAL, busy timeouts, read-only when its folder cannot be written) or a
+PostgreSQL server by SQLAlchemy URL (connect and statement timeouts), and the error a cache that cannot be used
+raises."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+from tmpdiff.errors import FieldError, literal, shown
+
+__all__ = ["CacheError", "default_db_path", "make_sqlite_engine", "refuse_foreign_file", "server_timeouts",
+           "server_url", "unwritable"]
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class CacheError(FieldError):
+    """A cache that cannot be used (the ``db`` field, unless another is named); the message says which and what to
+    do. ``template`` names fields as ``{db}``; paths and library messages in it go through ``literal``."""
+
+    def __init__(self, template: str, field: str = "db") -> None:
+        super().__init__(field, None, template)
+
+
+def default_db_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``tmpdiff.sqlite`` in the tmpdiff cache folder (``cache_dir``, else ``$TMPDIFF_CACHE_DIR``, else the
+    user cache folder), beside the compiled variants."""
+    from tmpdiff.variants.compile_cache import cache_root
+
+    return cache_root(cache_dir) / "tmpdiff.sqlite"
+
+
+def unwritable(exc: CacheError) -> bool:
+    text = str(exc)
+    return any(reason in text for reason in ("readonly database", "unable to open database file", "disk I/O error"))
+
+
+def make_sqlite_engine(path: Path, read_only: bool = False) -> Engine:
+    where = f"file:{path.resolve()}?mode=ro&uri=true" if read_only else str(path)
+    engine = create_engine(f"sqlite:///{where}", connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the BEGIN below open transactions
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=60000")
+        if not read_only:
+            _switch_to_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        # Take the write lock up front: a deferred transaction that upgrades later can fail
+        # with "database is locked" without waiting for the busy timeout.
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _switch_to_wal(cursor: Any, patience_s: float = 60.0) -> None:
+    """WAL mode, which a new file takes from its first opener. While another process switches the same new file,
+    SQLite answers "database is locked" at once, without waiting for the busy timeout: so wait here."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def server_url(location: str) -> Any:
+    """The SQLAlchemy URL of a server database, or None for an SQLite file (a path or ``sqlite:///``)."""
+    if "://" not in location or location.startswith("sqlite:///"):
+        return None
+    try:
+        url = make_url(location)
+    except ArgumentError:
+        raise CacheError(f"{{db}} {literal(shown(location))} is neither a file path nor a database URL such as "
+                         "postgresql+psycopg://user@host/db") from None
+    if url.get_backend_name() != "postgresql":
+        raise CacheError(f"{{db}} {literal(repr(url.render_as_string(hide_password=True)))}: tmpdiff caches in "
+                         "SQLite (a path) or PostgreSQL (postgresql+psycopg://...)")
+    return url
+
+
+def refuse_foreign_file(path: Path) -> None:
+    if path.is_dir():
+        raise CacheError(f"{{db}} {literal(repr(str(path)))} is a folder: give a file path")
+    if path.exists() and path.stat().st_size > 0:
+        with path.open("rb") as handle:
+            if handle.read(16) != SQLITE_HEADER:
+                raise CacheError(literal(f"{path} is not a SQLite database") + ": pass another {db}")
+
+
+# A server that accepts connections but never answers must not hang a command: PostgreSQL gets a connect
+# and a statement timeout unless the URL sets its own (?connect_timeout=N&options=-c statement_timeout=N).
+CONNECT_TIMEOUT_S = 10
+
+
+STATEMENT_TIMEOUT_MS = 60_000
+
+
+def server_timeouts(url: Any) -> dict[str, Any]:
+    if not url.drivername.startswith("postgresql"):
+        return {}
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "statement_timeout" not in str(url.query.get("options", "")):
+        args["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    return args
+
