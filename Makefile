@@ -34,4 +34,5 @@ postgres:
 
 test: $(STAMP) browser postgres
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, inspect, select, text, update
+from sqlalchemy import Connection, insert, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 
@@ -78,7 +78,7 @@ def _create(connection: Connection) -> None:
     processes of a ``--parallel`` launch, Ray actors) sees either no table or the whole schema."""
     Base.metadata.create_all(connection, checkfirst=True)
     if _version(connection) is None:
-        connection.execute(Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        connection.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
 
 
 def _migrate(connection: Connection) -> None:

@@ -120,13 +120,13 @@ class Cache:
             "steps_run": list(record.steps_run), "simulated": list(record.simulated),
             "created_at": datetime.now(UTC),
         }
-        statement = self._insert(EvaluationRow).values(**values)
-        statement = statement.on_conflict_do_update(
+        insert = self._insert(EvaluationRow).values(**values)
+        statement = insert.on_conflict_do_update(
             index_elements=["model", "model_hash", "settings_hash", "schedule_hash", "device_hash"],
-            set_={k: statement.excluded[k] for k in values if k not in ("model", "model_hash")},
+            set_={k: insert.excluded[k] for k in values if k not in ("model", "model_hash")},
         ).returning(EvaluationRow.id)
         with Session(self.engine) as session, session.begin():
-            return int(session.scalar(statement))
+            return session.execute(statement).scalar_one()
 
     def evaluations(self, model: str | None = None, settings_hash: str | None = None,
                     device_hash: str | None = None) -> list[StoredEvaluation]:

@@ -560,8 +560,9 @@ def test_a_video_plays_both_clips_from_the_engines_frames_at_desktop_and_phone_w
     page.close()
 
 
-def test_generate_and_the_apps_generate_give_the_same_comparison(client, tmp_path, capsys):
-    """One engine call makes every image: the command line and the app's API compare the same way."""
+def test_generate_and_the_apps_generate_give_the_same_comparison(client, server_db, tmp_path, capsys):
+    """One engine call makes every image: the command line and the app's API compare the same way (on the same
+    cache, so with the same stored step costs; the command line reads the app's images from it)."""
     import json
 
     import numpy as np
@@ -572,7 +573,7 @@ def test_generate_and_the_apps_generate_give_the_same_comparison(client, tmp_pat
     pair, shown = client.predict(schedule="fp32*5,skip*3", seed=4, prompt="blue square", api_name="/generate")
     out = tmp_path / "x.png"
     assert main(["--device", "cpu", "generate", "--schedule", "fp32*5,skip*3", "--seed", "4", "--prompt",
-                 "blue square", "--out", str(out), "--db", str(tmp_path / "c.sqlite")]) == 0
+                 "blue square", "--out", str(out), "--db", str(server_db)]) == 0
     printed = json.loads(capsys.readouterr().out.splitlines()[-1])
     same = ("model", "schedule", "steps_run", "ssim", "psnr", "lpips", "lpips_note", "simulated", "device", "prompt",
             "seed", "costs")

@@ -113,7 +113,7 @@ def test_a_search_reports_the_same_with_and_without_replay(tmp_path):
     assert plain["replayed"] == 0 and calls["replayed"] > 0
     assert calls["denoiser"] + calls["replayed"] == plain["denoiser"]  # every call is accounted for
     assert set(with_replay["denoiser_calls"]) >= {"baselines", "search", "validation", "total"}
-    images = [{(r["schedule"], r.seed): r["image_sha256"] for r in s.evaluations(model="shapes-dit")}
+    images = [{(r.schedule, r.seed): r.image_sha256 for r in s.evaluations(model="shapes-dit")}
               for s in stores]
     assert images[0] == images[1]  # the cache holds the same images either way
 

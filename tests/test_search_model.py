@@ -97,7 +97,7 @@ def test_report_compares_the_planner_with_the_bisection(report):
     assert strategies["bisection"]["schedule"] == report["schedule"]
     planner = strategies["planner"]
     assert planner["ssim"] >= 0.85 or planner["schedule"] == "fp32*6"  # verified, or nothing fit
-    assert 1 <= planner.evaluations <= 6 and planner["probes"] == 5  # one probe per step but the first
+    assert 1 <= planner["evaluations"] <= 6 and planner["probes"] == 5  # one probe per step but the first
     calls = report["denoiser_calls"]
     assert calls["total"]["denoiser"] == sum(c["denoiser"] for k, c in calls.items() if k != "total")
     assert {"baselines", "search", "additivity", "planner", "validation"} <= set(report["phase_seconds"])

@@ -58,6 +58,8 @@ def answer(app: AppState, pair: BlindPair | None, choice: str, model: str, promp
 
 
 def tally_rows(app: AppState, settings: Any) -> list[list[Any]]:
+    if app.store is None:
+        return []
     rows = []
     for t in tallies(app.evaluator, app.store, settings):
         share = "-" if t.right_share is None else f"{t.right}/{t.right + t.wrong} ({100 * t.right_share:.0f}%)"

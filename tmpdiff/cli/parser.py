@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from tmpdiff.frontends.flags import CACHE_DIR_HELP, DB_HELP, add_cache_flags, add_compile_flags
 from tmpdiff.pipelines.registry import DEFAULT_MODEL
@@ -16,7 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tmpdiff", description="Temporal mixed precision for diffusion.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_generate, _search, _sweep, _warmup, _registries_and_cache):
+        add(commands)
+    return parser
 
+
+def _generate(commands: Any) -> None:
+    """``generate``: one image beside its reference."""
     gen = commands.add_parser("generate", help="render one image with a per-step precision schedule")
     gen.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL}); see `models`")
     gen.add_argument("--prompt", default=None, help="prompt, or class name for class-conditional models")
@@ -38,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_costs_flag(gen)
     add_cache_flags(gen)
 
+
+
+def _search(commands: Any) -> None:
+    """``search``: a schedule for a quality or speed target."""
     search = commands.add_parser("search", help="find a per-step schedule for a quality or speed target")
     search.add_argument("--model", default=DEFAULT_MODEL)
     search.add_argument("--steps", type=int, default=None)
@@ -70,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_flags(search)
     add_cache_flags(search)
 
+
+
+def _sweep(commands: Any) -> None:
+    """``sweep``: a grid of evaluations from a spec file."""
     sweep = commands.add_parser("sweep", help="evaluate models x prompts x seeds x schedules from a spec file")
     sweep.add_argument("spec", type=Path, help="a .toml grid or a .csv list of evaluations (see the README)")
     sweep.add_argument("--csv", type=Path, required=True, help="results file to write, one row per evaluation")
@@ -78,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_flags(sweep)
     add_cache_flags(sweep)
 
+
+
+def _warmup(commands: Any) -> None:
+    """``warmup``: compile variants ahead and keep them."""
     warm = commands.add_parser("warmup", help="compile precision variants once and keep them in the cache folder")
     warm.add_argument("--model", default=DEFAULT_MODEL)
     warm.add_argument("--precisions", default=None, help="comma-separated, e.g. 'bf16,fp8' (default: the reference)")
@@ -86,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ahead-of-time packages instead of torch.compile")
     warm.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
 
+
+
+def _registries_and_cache(commands: Any) -> None:
+    """``precisions``, ``models`` and ``cache export|import``."""
     commands.add_parser("precisions", help="list the precision registry on this device")
     commands.add_parser("models", help="list the model registry")
 
@@ -100,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "import":
             sub.add_argument("--replace", action="store_true",
                              help="overwrite stored evaluations that the file holds differently (refused otherwise)")
-    return parser
 
 
 def _add_costs_flag(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,9 @@ from tmpdiff.frontends.flags import open_cache
 from tmpdiff.frontends.refusals import flag_of
 
 if TYPE_CHECKING:
+    from tmpdiff.measure.latency import CostTable
     from tmpdiff.studies.report import SearchReport
+    from tmpdiff.studies.request import SearchRequest
 
 __all__ = ["search", "sweep"]
 
@@ -23,28 +25,11 @@ __all__ = ["search", "sweep"]
 def search(args: argparse.Namespace, device: str) -> int:
     from tqdm import tqdm
 
-    from tmpdiff.pipelines.registry import get_model
-    from tmpdiff.studies.prompts import calibration_prompts
-    from tmpdiff.studies.request import SearchRequest, parse_seeds
     from tmpdiff.studies.study import Study
 
     if not args.json.parent.exists():
         raise ValueError(f"--json folder {str(args.json.parent)!r} does not exist")
-    spec = get_model(args.model)
-    request = SearchRequest(
-        model=args.model, prompts=tuple(calibration_prompts(spec.labels, args.num_prompts, args.prompts)),
-        seeds=parse_seeds(args.seeds),
-        validation_seeds=parse_seeds(args.validation_seeds, "validation_seeds"),
-        steps=args.steps, size=args.size, guidance=args.guidance,
-        ladder=tuple(args.ladder.split(",")) if args.ladder else None,
-        target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
-        target_speedup=args.target_speedup, exhaustive=args.exhaustive, replay=not args.no_replay,
-        probe_stride=args.probe_stride, batch_size=args.batch_size, additivity_samples=args.additivity_samples,
-    )
-    if request.batch_size > 1 and (args.workers is not None or args.ray is not None):
-        # Each actor runs one calibration image per call: a batch size would be reported but never used.
-        raise ValueError(f"--batch-size {request.batch_size} does not combine with --workers/--ray (each Ray actor "
-                         "runs one image per call): drop one of them")
+    request = _search_request(args)
     target = target_costs(args)
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
     study = Study(_search_evaluator(args, device, store), store, target)
@@ -61,13 +46,45 @@ def search(args: argparse.Namespace, device: str) -> int:
     except KeyboardInterrupt:
         return _interrupted(bar, "search")
     bar.close()
-    data = report.to_dict()
-    args.json.write_text(json.dumps(data, indent=2) + "\n")
+    args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    _tell(report, request, _written_plots(report, args.json), target)
+    return 0
+
+
+def _search_request(args: argparse.Namespace) -> SearchRequest:
+    """The command's flags as a search request, checked before any work."""
+    from tmpdiff.pipelines.registry import get_model
+    from tmpdiff.studies.prompts import calibration_prompts
+    from tmpdiff.studies.request import SearchRequest, parse_seeds
+
+    spec = get_model(args.model)
+    request = SearchRequest(
+        model=args.model, prompts=tuple(calibration_prompts(spec.labels, args.num_prompts, args.prompts)),
+        seeds=parse_seeds(args.seeds),
+        validation_seeds=parse_seeds(args.validation_seeds, "validation_seeds"),
+        steps=args.steps, size=args.size, guidance=args.guidance,
+        ladder=tuple(args.ladder.split(",")) if args.ladder else None,
+        target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
+        target_speedup=args.target_speedup, exhaustive=args.exhaustive, replay=not args.no_replay,
+        probe_stride=args.probe_stride, batch_size=args.batch_size, additivity_samples=args.additivity_samples,
+    )
+    if request.batch_size > 1 and (args.workers is not None or args.ray is not None):
+        # Each actor runs one calibration image per call: a batch size would be reported but never used.
+        raise ValueError(f"--batch-size {request.batch_size} does not combine with --workers/--ray (each Ray actor "
+                         "runs one image per call): drop one of them")
+    return request
+
+
+def _written_plots(report: SearchReport, json_path: Path) -> list[str]:
     try:
-        plots = _write_plots(report, args.json)
-    except ImportError:  # a declared dependency, but the report above must never be lost to its absence
+        return _write_plots(report, json_path)
+    except ImportError:  # a declared dependency, but the report written before must never be lost to its absence
         print("warning: plotly is not installed: no HTML plots written (pip install plotly)", file=sys.stderr)
-        plots = []
+        return []
+
+
+def _tell(report: SearchReport, request: SearchRequest, plots: list[str], target: CostTable | None) -> None:
+    """The search's notes on stderr, and its summary as the one JSON line on stdout."""
     summary = {**report.summary(), "evaluation_bound": report.evaluation_bound,
                "denoiser_calls": report.denoiser_calls["total"]}
     if target is not None:
@@ -82,7 +99,6 @@ def search(args: argparse.Namespace, device: str) -> int:
         print(f"warning: on unseen seeds the schedule scored SSIM {report.validation.ssim:.3f}, "
               f"below the {request.target_ssim} floor", file=sys.stderr)
     print(json.dumps({**summary, "plots": plots}))
-    return 0
 
 
 def sweep(args: argparse.Namespace, device: str) -> int:

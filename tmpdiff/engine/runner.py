@@ -148,7 +148,7 @@ class Engine:
         """One image. With ``replay``, denoiser outputs of schedule prefixes already run for the same
         setting (``replay_key``) are replayed, bit for bit; replayed steps count with the time they took
         when they were computed."""
-        schedule = self.check_schedule(schedule or settings.reference_schedule(), settings)
+        schedule = Schedule.coerce(schedule or settings.reference_schedule())  # checked where it entered
         images, handle, seconds, vae_seconds = self._warm_timed_call(
             self.pipeline(settings.model), lambda: settings.call_kwargs(self.device), schedule, replay, replay_key)
         return Result(image=images[0], schedule=schedule, settings=settings, steps_run=handle.steps_run,
@@ -160,7 +160,7 @@ class Engine:
         """One pipeline call for several settings that differ only in prompt and seed (lists of prompts and
         generators; each image starts from the noise of its own seed). Each result's seconds are the batch's
         split evenly: throughput, not the latency of one image."""
-        schedule = self.check_schedule(schedule, settings[0])
+        schedule = Schedule.coerce(schedule)  # checked where it entered
         images, handle, seconds, vae_seconds = self._warm_timed_call(
             self.pipeline(settings[0].model), lambda: batch_call_kwargs(settings, self.device), schedule, replay,
             replay_key)
@@ -174,7 +174,7 @@ class Engine:
     def warm(self, settings: RunSettings, precision: str) -> list[BuildInfo]:
         """Builds (and compiles, through the compile cache) ``precision``'s variant for ``settings``'
         shapes with one short run; returns what was built (nothing when it was resident already)."""
-        schedule = self.check_schedule(Schedule.uniform(precision, settings.resolved_steps), settings)
+        schedule = Schedule.uniform(precision, settings.resolved_steps)
         _, handle, _, _ = self._timed_call(self.pipeline(settings.model), settings.call_kwargs(self.device), schedule)
         return handle.builds
 

@@ -13,7 +13,7 @@ import functools
 import io
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +135,10 @@ class Evaluator:
         return self._references[digest]
 
     def evaluate(self, settings: RunSettings, schedule: Schedule | str) -> Evaluation:
-        schedule = self.engine.check_schedule(schedule, settings)
+        """``schedule`` on ``settings``, from this process or the store when it was evaluated before. Past the trust
+        boundary: the schedule was checked against the settings and the device where it entered
+        (``Engine.check_schedule``)."""
+        schedule = Schedule.coerce(schedule)
         cached = self._cached(settings, schedule)
         if cached is not None:
             return cached
@@ -151,16 +154,16 @@ class Evaluator:
         that differ only in prompt and seed per pipeline call (their references batched the same way)."""
         if self.batch_size <= 1 or len(settings) < 2:
             return [self.evaluate(s, schedule) for s in settings]
-        schedules = [self.engine.check_schedule(schedule, s) for s in settings]
-        found: dict[int, Evaluation | None] = {i: self._cached(s, schedules[i]) for i, s in enumerate(settings)}
+        schedule = Schedule.coerce(schedule)
+        found: dict[int, Evaluation | None] = {i: self._cached(s, schedule) for i, s in enumerate(settings)}
         missing = [i for i, e in found.items() if e is None]
         for group in _batches(missing, settings, self.batch_size):
             items = [settings[i] for i in group]
-            for i, evaluation in zip(group, self._evaluate_batch(items, schedules[group[0]]), strict=True):
+            for i, evaluation in zip(group, self._evaluate_batch(items, schedule), strict=True):
                 found[i] = evaluation
         return [e for e in found.values() if e is not None]
 
-    def evaluate_many(self, pairs: list[tuple[RunSettings, Schedule | str]]) -> Iterator[tuple[int, Evaluation]]:
+    def evaluate_many(self, pairs: Sequence[tuple[RunSettings, Schedule]]) -> Iterator[tuple[int, Evaluation]]:
         """Every (setting, schedule) pair, yielded as ``(index, evaluation)`` as each finishes (in order
         here; a distributed evaluator yields them as its workers finish)."""
         for index, (settings, schedule) in enumerate(pairs):
@@ -278,9 +281,10 @@ class Evaluator:
         reference_schedule = settings[0].reference_schedule()
         references: list[Evaluation | None] = [None] * len(settings)
         if schedule != reference_schedule:
-            references = list(self.evaluate_all(settings, reference_schedule))
-            for item, evaluation in zip(settings, references, strict=True):
+            made = self.evaluate_all(settings, reference_schedule)
+            for item, evaluation in zip(settings, made, strict=True):
                 self._references[self.key(item, reference_schedule).digest] = evaluation
+            references = list(made)
         table = self.cost_table(settings[0], schedule) if self.predict else None
         keys = [self.key(item, schedule) for item in settings]
         results = self._generate_batch(settings, schedule, keys)

@@ -69,7 +69,8 @@ def enable_context_parallel(pipe: Any, degree: int) -> None:
         if heads is not None and heads % degree:
             raise ValueError(f"{name} has {heads} attention heads, which {degree} processes cannot share "
                              f"(Ulysses splits heads): use a number of GPUs that divides {heads}")
-        denoiser.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree))
+        enable: Any = denoiser.enable_parallelism  # a diffusers ModelMixin's
+        enable(config=ContextParallelConfig(ulysses_degree=degree))
 
 
 def split_degree(pipe: Any) -> int:
@@ -92,7 +93,7 @@ class CallMirror:
         import torch.distributed as dist
 
         self.rank = dist.get_rank()
-        self._group = dist.new_group(backend="gloo")  # every process makes this call, in this order
+        self._group: Any = dist.new_group(backend="gloo")  # every process makes this call, in this order
         self._lock = threading.RLock()  # one message and the work it announces at a time (see Engine)
 
     @property

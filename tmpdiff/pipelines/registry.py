@@ -229,7 +229,7 @@ def config_hash(name: str) -> str:
     if spec.is_tiny:
         identity: object = inspect.getsource(tiny.BUILDERS[spec.name]) + f"width={tiny.WIDTH}"
     elif spec.is_random:
-        identity = {"random": spec.source}
+        identity = {"random": spec.source, "init": "leafwise"}  # its values changed with the leafwise build
     elif spec.is_local:
         root = PACKAGE_DIR / spec.source
         identity = {p.relative_to(root).as_posix(): p.read_text() if p.suffix == ".json" else p.stat().st_size

@@ -202,7 +202,7 @@ def _int4_weight_only_sim(dtype: torch.dtype) -> object:
     import torch
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
-    weight = IntxFakeQuantizeConfig(torch.int4, group_size=INT4_GROUP_SIZE, is_symmetric=False)
+    weight = IntxFakeQuantizeConfig(torch.int4, group_size=INT4_GROUP_SIZE, is_symmetric=False)  # type: ignore[attr-defined]
     return QATConfig(weight_config=weight, step="prepare")
 
 

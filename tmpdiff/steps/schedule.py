@@ -125,9 +125,10 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Schedule:
-        if data.get("version") != SCHEDULE_FORMAT_VERSION or not isinstance(data.get("steps"), list):
+        steps = data.get("steps")
+        if data.get("version") != SCHEDULE_FORMAT_VERSION or not isinstance(steps, list):
             raise ValueError(f"not a version-{SCHEDULE_FORMAT_VERSION} schedule: {data!r:.200}")
-        return cls(tuple(str(s) for s in data["steps"]))
+        return cls(tuple(str(s) for s in steps))
 
     @property
     def hash(self) -> str:

@@ -106,7 +106,7 @@ def bisection_search(
     rank = {name: i for i, name in enumerate(ladder)}
     current = Schedule.uniform(ladder[0], steps)
     current_loss = measure(current)
-    trace = []
+    trace: list[str] = []
     for _ in range(passes):
         for rung in ladder[1:]:
             current, current_loss = _sweep(current, current_loss, rank, rung, measure, budget, trace, should_stop)

@@ -234,7 +234,7 @@ def _additivity_and_planner(oracle: ModelOracle, request: SearchRequest, meter: 
 
 def _exhaustive(oracle: ModelOracle, request: SearchRequest, outcome: SearchOutcome, steps: int, ladder: list[str],
                 reference_cost: float) -> Exhaustive:
-    budget = outcome.degradation if request.target_speedup else 1 - float(request.target_ssim)
+    budget = outcome.degradation if request.target_ssim is None else 1 - request.target_ssim
     best = exhaustive_search(steps, ladder, oracle, budget, limit=EXHAUSTIVE_LIMIT)
     return Exhaustive(str(best.schedule), 1 - best.degradation, reference_cost / best.cost, best.evaluations,
                       100 * (outcome.cost - best.cost) / best.cost)

@@ -14,7 +14,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from PIL import Image
@@ -124,10 +124,10 @@ class DistributedEvaluator(Evaluator):
         return "measured on a Ray actor"
 
     def evaluate_all(self, settings: list[RunSettings], schedule: Schedule | str) -> list[Evaluation]:
-        results = dict(self.evaluate_many([(item, schedule) for item in settings]))
+        results = dict(self.evaluate_many([(item, Schedule.coerce(schedule)) for item in settings]))
         return [results[i] for i in range(len(settings))]
 
-    def evaluate_many(self, pairs: list[tuple[RunSettings, Schedule | str]]) -> Iterator[tuple[int, Evaluation]]:
+    def evaluate_many(self, pairs: Sequence[tuple[RunSettings, Schedule]]) -> Iterator[tuple[int, Evaluation]]:
         """Every pair on the actor of its setting, all at once; yielded as they finish."""
         import ray
 
@@ -169,8 +169,10 @@ class DistributedEvaluator(Evaluator):
 
         for model in {s.model for s in settings}:
             table = self.costs.get(model)
-            payload = json.dumps(table.to_dict(), sort_keys=True) if table is not None else None
-            if payload is not None and self._sent_costs.get(model) != payload:  # new, or measured further
+            if table is None:
+                continue
+            payload = json.dumps(table.to_dict(), sort_keys=True)
+            if self._sent_costs.get(model) != payload:  # new, or measured further
                 ray.get([a.set_costs.remote(model, table.to_dict()) for a in self.actors])
                 self._sent_costs[model] = payload
 

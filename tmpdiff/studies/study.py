@@ -79,7 +79,7 @@ class Study:
         target_costs: plan for another device with its measured cost table (never re-measured here).
     """
 
-    def __init__(self, evaluator: Evaluator, log: SearchLog | None = None,
+    def __init__(self, evaluator: Evaluator, log: Store | None = None,
                  target_costs: CostTable | None = None) -> None:
         self.evaluator, self.log, self.target_costs = evaluator, log, target_costs
 
@@ -110,7 +110,7 @@ class Study:
         evaluation = reference if schedule == settings.reference_schedule() else \
             self.evaluator.evaluate(settings, schedule)
         if self.evaluator.store is None and self.log is not None and engine.leads:  # a split image: kept once
-            for made in dict.fromkeys((reference, evaluation)):
+            for made in [reference] if evaluation is reference else [reference, evaluation]:
                 self.evaluator.store_record(made.record, self.log)
         costs = CostPolicy(here=self.evaluator.costs.get(settings.model), given=given)
         return Comparison.of(settings, schedule, reference, evaluation, costs, engine.split)

@@ -160,7 +160,8 @@ class _Functional(nn.Module):
         self.__dict__["block"] = block
 
     def forward(self, weights: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
-        return torch.func.functional_call(self.block, weights, args, kwargs)
+        block: nn.Module = self.__dict__["block"]
+        return torch.func.functional_call(block, weights, args, kwargs)
 
 
 def _weights(block: nn.Module) -> dict[str, torch.Tensor]:

@@ -74,11 +74,8 @@ def _to_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def simulate_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """Attention on q/k/v rounded to e4m3 with per-(batch, head) scales; inputs (batch, heads, tokens, size)."""
-    rounded = []
-    for x in (q, k, v):
-        x8, scale = _to_fp8(x)
-        rounded.append((x8.float() * scale).to(x.dtype))
-    return F.scaled_dot_product_attention(*rounded, **kwargs)
+    q, k, v = ((x8.float() * scale).to(x.dtype) for x, (x8, scale) in ((x, _to_fp8(x)) for x in (q, k, v)))
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
 @torch.library.custom_op("tmpdiff::fa3_fp8_attention", mutates_args=())
@@ -105,7 +102,10 @@ def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: torch.Tensor
 def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
                   is_causal: bool = False) -> torch.Tensor:
     """The real kernel on (batch, tokens, heads, size) inputs, as FlashAttention lays them out."""
-    q8, k8, v8, descales = [], [], [], []
+    q8: list[torch.Tensor] = []
+    k8: list[torch.Tensor] = []
+    v8: list[torch.Tensor] = []
+    descales: list[torch.Tensor] = []
     for x, out in ((q, q8), (k, k8), (v, v8)):
         x8, s = _to_fp8(x.transpose(1, 2))  # per (batch, head) in SDPA's layout, then back
         out.append(x8.transpose(1, 2).contiguous())

@@ -339,8 +339,9 @@ def _without_instance_forward(module: nn.Module) -> Iterator[Any]:
     processors' config (which holds process groups) stay behind, and :func:`_copy` makes them again on the copy."""
     parallel = getattr(module, "_parallel_config", None)
     modules = list(module.modules()) if parallel is not None else [module]
-    saved = [(m, {k: m.__dict__.pop(k) for k in ("forward", "_diffusers_hook") if k in m.__dict__}) for m in modules]
-    holders = [] if parallel is None else [module, *(p for m in modules if getattr(
+    saved: list[tuple[nn.Module, dict[str, Any]]] = [
+        (m, {k: m.__dict__.pop(k) for k in ("forward", "_diffusers_hook") if k in m.__dict__}) for m in modules]
+    holders: list[Any] = [] if parallel is None else [module, *(p for m in modules if getattr(
         p := getattr(m, "processor", None), "_parallel_config", None) is not None)]
     for holder in holders:
         holder._parallel_config = None
@@ -370,7 +371,8 @@ def _parallel_like(module: nn.Module, parallel: Any) -> None:
         raise ValueError("tmpdiff runs per-step precisions under context parallelism only, not tensor parallelism: "
                          "enable_parallelism(config=ContextParallelConfig(...)) on the denoiser")
     cp = parallel.context_parallel_config
-    module.enable_parallelism(config=dataclasses.replace(cp, mesh=cp._mesh))  # the reference's groups, none new
+    enable: Any = module.enable_parallelism  # a diffusers ModelMixin's
+    enable(config=dataclasses.replace(cp, mesh=cp._mesh))  # the reference's groups, none new
 
 
 def _capturable(name: str, device: torch.device) -> bool:
@@ -389,7 +391,8 @@ def _compile_regionally(module: nn.Module) -> None:
     graph of the block class would be recompiled with symbolic strides, slower to build and to run.
     """
     if getattr(module, "_repeated_blocks", None):
-        module.compile_repeated_blocks(fullgraph=True, dynamic=False)
+        compile_blocks: Any = module.compile_repeated_blocks  # a diffusers ModelMixin's
+        compile_blocks(fullgraph=True, dynamic=False)
     else:
         module.compile(dynamic=False)
 

@@ -1,0 +1,124 @@
+"""Memory as a first-class axis: the placement plan's decisions from sizes and a budget (pure logic), streamed blocks
+that give the resident image bit for bit, and the memory each evaluation reports."""
+
+import pytest
+import torch
+
+from tmpdiff.errors import FieldError
+from tmpdiff.pipelines.placement import GIB, Part, Sizes, plan_placement
+
+MIB = 1 << 20
+
+
+def blocks(prefix: int, count: int, size: int) -> tuple[dict[int, int], ...]:
+    return tuple({prefix + i: size} for i in range(count))
+
+
+def flux_like(working: int = 2 * GIB) -> Sizes:
+    """A FLUX-sized pipeline in round numbers: a bf16 reference of 20 blocks of 1 GiB (its fp8 variant quantizes
+    half of each block to 0.25 GiB and shares the rest), 10 GiB of encoders in 20 blocks, a small VAE."""
+    shared = {1000 + i: GIB // 2 for i in range(20)}  # the half each fp8 block shares with the reference
+    bf16 = tuple({2000 + i: GIB // 2, 1000 + i: GIB // 2} for i in range(20))
+    fp8 = tuple({3000 + i: GIB // 4, 1000 + i: GIB // 2} for i in range(20))
+    assert sum(shared.values()) == 10 * GIB
+    return Sizes({
+        "bf16": Part("bf16", "variant", {1: 200 * MIB}, bf16),
+        "fp8": Part("fp8", "variant", {1: 200 * MIB}, fp8),
+        "text_encoder_2": Part("text_encoder_2", "encoder", {4: 250 * MIB}, blocks(5000, 20, GIB // 2)),
+        "vae": Part("vae", "vae", {6: 160 * MIB}),
+    }, working)
+
+
+IN_USE = ["bf16", "fp8", "text_encoder_2", "vae"]
+
+
+def test_without_a_budget_or_with_room_everything_stays_on_the_gpu():
+    sizes = flux_like()
+    for budget in (None, 64 * GIB):
+        plan = plan_placement(sizes, IN_USE, budget)
+        assert not any(plan.streams(name) for name in IN_USE)
+        assert plan.resident["bf16"] == tuple(range(20))
+    assert plan_placement(sizes, IN_USE, None).line() == "no budget: everything on the GPU"
+    assert "bf16 resident" in plan_placement(sizes, IN_USE, 64 * GIB).line()
+
+
+def test_a_tight_budget_streams_the_encoders_first_then_fills_the_cheapest_variant_then_part_of_the_next():
+    plan = plan_placement(flux_like(), IN_USE, 24 * GIB)
+    assert plan.streams("text_encoder_2")  # runs once per prompt: the first to go
+    assert not plan.streams("fp8")  # the cheapest variant, wholly resident
+    assert plan.streams("bf16") and 0 < len(plan.resident["bf16"]) < 20  # what is left: part of the reference
+    assert plan.peak <= 24 * GIB
+    # A tensor fp8 shares with the reference is on the GPU once, and never streamed by the reference.
+    assert plan.streamed_bytes["bf16"] == (20 - len(plan.resident["bf16"])) * GIB // 2
+    assert "bf16" in plan.line() and "blocks resident" in plan.line() and "GiB streamed a call" in plan.line()
+
+
+def test_a_bigger_budget_streams_fewer_bytes_a_step():
+    budgets = (16, 20, 24, 28)
+    streamed = [plan_placement(flux_like(), IN_USE, budget * GIB).streamed_bytes["bf16"] for budget in budgets]
+    assert streamed == sorted(streamed, reverse=True) and streamed[0] > streamed[-1]
+    assert all(plan_placement(flux_like(), IN_USE, b * GIB).peak <= b * GIB for b in budgets)
+
+
+def test_at_a_budget_below_the_variants_the_cheapest_one_streams_too():
+    plan = plan_placement(flux_like(), IN_USE, 12 * GIB)
+    assert plan.streams("bf16") and plan.streams("fp8") and plan.peak <= 12 * GIB
+
+
+def test_a_budget_nothing_fits_in_is_refused_before_any_work_saying_what_would():
+    with pytest.raises(FieldError, match=r"needs at least [0-9.]+ GiB") as refused:
+        plan_placement(flux_like(working=4 * GIB), IN_USE, 4 * GIB)
+    assert refused.value.field == "gpu_memory"
+    least = float(str(refused.value).split("needs at least ")[1].split()[0])
+    plan = plan_placement(flux_like(working=4 * GIB), IN_USE, int((least + 0.1) * GIB))  # what it said fits
+    assert plan.streams("bf16") and plan.streams("fp8")
+
+
+def test_a_plan_records_itself_in_one_line_and_as_data():
+    data = plan_placement(flux_like(), IN_USE, 24 * GIB).to_dict()
+    assert data["budget_gib"] == 24.0 and data["streamed_gib"]["text_encoder_2"] > 0
+    assert data["line"].startswith("budget 24.0 GiB:")
+
+
+def tiny_flux_pair():
+    from tmpdiff import load_pipeline
+
+    return load_pipeline("tiny-flux"), load_pipeline("tiny-flux")
+
+
+def test_streamed_blocks_give_the_resident_image_bit_for_bit_and_live_on_the_host_between_calls():
+    from tmpdiff.pipelines.streaming import BlockStreamer, find_blocks
+
+    resident, streamed = tiny_flux_pair()
+    blocks = find_blocks(streamed.transformer)
+    assert len(blocks) == 2 and all(type(b).__name__.startswith("Flux") for b in blocks)
+    streamer = BlockStreamer(blocks, torch.device("cpu"))
+    held = {id(p): p.data_ptr() for p in blocks[1].parameters()}
+    streamer.stream([1])
+    assert streamer.streamed == [1] and streamer.streamed_bytes() == sum(p.numel() * 4 for p in blocks[1].parameters())
+    assert all(p.data_ptr() != held[id(p)] for p in blocks[1].parameters())  # pointed at the host copies
+    kwargs = {"prompt": "a red cat", "num_inference_steps": 2, "height": 32, "width": 32, "max_sequence_length": 32}
+    want = resident(**kwargs, generator=torch.Generator().manual_seed(0), output_type="np").images
+    got = streamed(**kwargs, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert (want == got).all()
+    assert streamer.onloads == 2  # block 1 came on for each of the two denoiser calls, and went back after
+    streamer.remove()
+    assert streamer.streamed == []
+
+
+def test_a_streamed_quantized_variant_keeps_its_values():
+    """Tensor subclasses (torchao's quantized weights) stream through their inner tensors."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    from tmpdiff.pipelines.streaming import BlockStreamer, tensor_bytes
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(64, 64)) for _ in range(2)])
+    quantize_(blocks, Int8WeightOnlyConfig())
+    x = torch.randn(4, 64)
+    want = blocks[1](blocks[0](x))
+    streamer = BlockStreamer(list(blocks), torch.device("cpu"))
+    streamer.stream([0, 1])
+    assert streamer.streamed_bytes() == sum(tensor_bytes(p) for p in blocks.parameters())
+    assert torch.equal(blocks[1](blocks[0](x)), want)
+    del model

@@ -1,0 +1,115 @@
+"""What an image costs in memory: the peak of its pipeline call, measured, and where the model's bytes were.
+
+On CUDA the peak is the allocator's (``torch.cuda.max_memory_allocated``, reset before each call), which a budget
+(``--gpu-memory``) bounds. Without a GPU it is the process's resident-set peak (Linux ``VmHWM``, reset before each
+call through ``/proc/self/clear_refs`` where the system allows; otherwise the process's peak so far, said as such).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GIB", "MemoryFigures", "PeakMeter", "gib", "measuring_peak"]
+
+GIB = 1 << 30
+
+
+def gib(value: int | float | None) -> float | None:
+    """Bytes as GiB, rounded for people (None stays None)."""
+    return None if value is None else round(value / GIB, 2)
+
+
+@dataclass(frozen=True)
+class MemoryFigures:
+    """One image's memory.
+
+    Attributes:
+        peak_bytes: the peak of its pipeline call (GPU allocator, or the process's resident set without a GPU).
+        where: ``gpu``, ``host`` (the peak since this call began) or ``host-process`` (the process's peak so far:
+            the system did not let it be reset).
+        resident: bytes on the GPU when the call began, per part (each precision's variant, the encoders, the VAE).
+        plan: the placement the call ran under, in one line (empty: everything resident, no budget).
+        budget_bytes: the memory budget it was planned for (None: none).
+    """
+
+    peak_bytes: int | None
+    where: str = "gpu"
+    resident: dict[str, int] = field(default_factory=dict)
+    plan: str = ""
+    budget_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"peak_gib": gib(self.peak_bytes), "where": self.where,
+                "resident_gib": {name: gib(size) for name, size in self.resident.items()}, "plan": self.plan,
+                "budget_gib": gib(self.budget_bytes)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, peak_bytes: int | None) -> MemoryFigures | None:
+        """The figures as the store keeps them (``peak_bytes`` in its own column); None for rows without."""
+        if data is None and peak_bytes is None:
+            return None
+        data = data or {}
+        resident = {str(k): int(float(v) * GIB) for k, v in (data.get("resident_gib") or {}).items()}
+        budget = data.get("budget_gib")
+        return cls(peak_bytes, str(data.get("where", "gpu")), resident, str(data.get("plan", "")),
+                   None if budget is None else int(float(budget) * GIB))
+
+
+class PeakMeter:
+    """The peak memory of a span of work on ``device`` (see the module's docstring for what is measured)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.where = "gpu" if device.startswith("cuda") else "host"
+
+    def start(self) -> None:
+        if self.where == "gpu":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif not _reset_host_peak():
+            self.where = "host-process"
+
+    def peak(self) -> int | None:
+        if self.where == "gpu":
+            import torch
+
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return _host_peak()
+
+
+@contextmanager
+def measuring_peak(device: str) -> Iterator[PeakMeter]:
+    """``with measuring_peak(device) as meter: ...`` then ``meter.peak()``."""
+    meter = PeakMeter(device)
+    meter.start()
+    yield meter
+
+
+def _reset_host_peak() -> bool:
+    """Resets the process's resident-set peak (Linux: writing 5 to ``/proc/self/clear_refs``); whether it could."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _host_peak() -> int | None:
+    """The process's resident-set peak in bytes (``VmHWM``; ``ru_maxrss`` where there is no ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except (ImportError, OSError):
+        return None

@@ -1,0 +1,255 @@
+"""The placer: carries a placement plan out on one pipeline, and keeps it true as variants are built.
+
+It weighs the pipeline's parts from their live tensors (a variant not built yet is estimated from the reference and
+its precision's bits), plans with ``placement.plan_placement``, and moves tensors: streamed blocks to pinned host
+memory (``streaming.BlockStreamer``), everything else onto the GPU. It plans again when the schedule's precisions
+change, when a variant is built (its real size known), or when a call's working memory turned out larger than
+estimated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from tmpdiff.pipelines.placement import Part, Plan, Sizes, plan_placement
+from tmpdiff.pipelines.streaming import BlockStreamer, find_blocks, tensor_bytes
+from tmpdiff.steps.precisions import Kind, get_precision
+
+__all__ = ["ENCODERS", "Placer", "estimate_working"]
+
+ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "image_encoder")
+SLACK = 512 << 20  # the allocator's own slack and the CUDA context's share of a cap
+
+
+def estimate_working(pipe: Any, size: int, frames: int = 0) -> int:
+    """Bytes one pipeline call needs beyond its weights: the denoiser's activations (about 24 live hidden-sized
+    tensors over its tokens), the VAE's decoding at full resolution (about 6 live tensors of its widest channel
+    count), and the allocator's slack."""
+    denoiser = next((m for n in ("transformer", "unet") if isinstance(m := getattr(pipe, n, None), nn.Module)), None)
+    config = getattr(denoiser, "config", None)
+    heads, head_size = getattr(config, "num_attention_heads", 16), getattr(config, "attention_head_dim", 64)
+    hidden = int(heads or 16) * int(head_size or 64)
+    length = max(frames, 1)
+    tokens = (size // 16) ** 2 * max(length // 4, 1) + 512
+    activations = 24 * tokens * hidden * 2
+    vae = getattr(pipe, "vae", None)
+    channels = max(getattr(getattr(vae, "config", None), "block_out_channels", None) or (128,))
+    decode = 6 * size * size * min(channels, 256) * 2 * max(length // 4, 1)
+    return activations + decode + SLACK
+
+
+class Placer:
+    """Places one pipeline's parts on ``device`` within ``budget`` bytes (None: everything on the device)."""
+
+    def __init__(self, pipe: Any, device: torch.device, budget: int | None, working: int = 0) -> None:
+        from tmpdiff.steps.switch import denoisers_of
+        from tmpdiff.variants.bank import bank_for
+
+        self.pipe, self.device, self.budget = pipe, device, budget
+        self.banks = {name: bank_for(module) for name, module in denoisers_of(pipe)}
+        for bank in self.banks.values():
+            bank.home = device
+            bank.placer = self
+        self.encoders = {n: m for n in ENCODERS if isinstance(m := getattr(pipe, n, None), nn.Module)}
+        self.vae = getattr(pipe, "vae", None)
+        self.working = working
+        self.plan: Plan | None = None
+        self.streamers: dict[str, BlockStreamer] = {}
+        self._in_use: tuple[str, ...] = ()
+        self._schedule: tuple[str, ...] = ()
+        self._planned: tuple[Any, ...] | None = None
+
+    # --- planning -------------------------------------------------------------------------------
+    def prepare(self, precisions: Sequence[str], working: int) -> Plan:
+        """Before a pipeline call: the plan for a schedule of ``precisions`` (and the parts every call uses),
+        carried out; nothing moves when nothing changed."""
+        self.working = max(self.working, working)
+        self._schedule = tuple(dict.fromkeys(p for p in precisions if get_precision(p).computes))
+        self._in_use = tuple(self._parts_for())
+        return self._replan()
+
+    def variant_built(self) -> None:
+        """A variant was just built: its real size is known; plan again (inside the call that built it)."""
+        if self._in_use:
+            self._replan()
+
+    def observed(self, peak: int) -> None:
+        """After a call: its peak; more working memory than planned is planned for from now on."""
+        if self.plan is not None:
+            self.working = max(self.working, peak - self.plan.resident_bytes)
+
+    def streamed_precisions(self) -> frozenset[str]:
+        """Precisions whose variant streams in the current plan (they run eager)."""
+        if self.plan is None:
+            return frozenset()
+        return frozenset(name.rsplit("/", 1)[-1] for name in self.plan.streamed_bytes if self.plan.streams(name)
+                         and name not in self.encoders and name != "vae")
+
+    def _replan(self) -> Plan:
+        sizes = self.sizes()
+        key = (self._in_use, self.budget, self.working, tuple(sorted((n, p.nbytes) for n, p in sizes.parts.items())))
+        if self.plan is not None and key == self._planned:
+            return self.plan
+        plan = plan_placement(sizes, self._in_use, self.budget)
+        self._apply(plan, sizes)
+        self.plan, self._planned = plan, key
+        return plan
+
+    def sizes(self) -> Sizes:
+        parts: dict[str, Part] = {}
+        for owner, bank in self.banks.items():
+            for precision in self._precisions_in(owner):
+                name = self._variant_name(owner, precision)
+                module = self._variant(bank, precision)
+                parts[name] = _part(name, "variant", module) if module is not None else self._estimate(bank, name,
+                                                                                                     precision)
+        for name, encoder in self.encoders.items():
+            parts[name] = _part(name, "encoder", encoder)
+        if isinstance(self.vae, nn.Module):
+            parts["vae"] = Part("vae", "vae", _tensors(self.vae))
+        return Sizes(parts, self.working)
+
+    # --- carrying it out -------------------------------------------------------------------------
+    def _apply(self, plan: Plan, sizes: Sizes) -> None:
+        kept = set(plan.kept)
+        streamed = {name: [i for i in range(len(sizes.parts[name].blocks)) if i not in plan.resident[name]]
+                    for name in plan.resident}
+        for name, indices in streamed.items():  # free first, then fill
+            streamer = self._streamer(name)
+            if streamer is not None:
+                streamer.keep_on_device(kept & _ids(streamer))
+                streamer.stream(indices)
+        for name, part in sizes.parts.items():
+            if name in plan.resident:
+                _to_device(self._module(name), set(part.fixed), self.device)
+                streamer = self._streamer(name)
+                if streamer is not None:
+                    streamer.make_resident(plan.resident[name])
+                elif not part.blocks:
+                    _to_device(self._module(name), None, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _streamer(self, name: str) -> BlockStreamer | None:
+        if name not in self.streamers:
+            module = self._module(name)
+            blocks = find_blocks(module) if module is not None else []
+            if not blocks:
+                return None
+            self.streamers[name] = BlockStreamer(blocks, self.device)
+        return self.streamers[name]
+
+    @contextmanager
+    def reference_onloaded(self, bank: Any, index: int) -> Iterator[None]:
+        """Block ``index`` of ``bank``'s reference on the device for the block (a variant quantized from it)."""
+        owner = next(n for n, b in self.banks.items() if b is bank)
+        streamer = self.streamers.get(self._variant_name(owner, _reference_name(bank)))
+        with streamer.onloaded(index) if streamer is not None else _nothing():
+            yield
+
+    # --- the pipeline's parts ----------------------------------------------------------------------
+    def _parts_for(self) -> list[str]:
+        """The schedule's variants first, then the encoders and the VAE, then every other variant built (the first
+        to stream when the budget is tight)."""
+        names = [self._variant_name(owner, p) for owner in self.banks for p in self._schedule]
+        others = [self._variant_name(owner, p) for owner in self.banks for p in self._precisions_in(owner)]
+        return list(dict.fromkeys([*names, *self.encoders, "vae", *others]))
+
+    def _precisions_in(self, owner: str) -> list[str]:
+        """The precisions this denoiser has parts for: the reference, the built variants, the schedule's."""
+        bank = self.banks[owner]
+        return list(dict.fromkeys([_reference_name(bank), *(name for name, _ in bank.variants), *self._schedule]))
+
+    def _variant_name(self, owner: str, precision: str) -> str:
+        return precision if len(self.banks) == 1 else f"{owner}/{precision}"
+
+    def _module(self, name: str) -> nn.Module | None:
+        if name in self.encoders:
+            return self.encoders[name]
+        if name == "vae":
+            return self.vae if isinstance(self.vae, nn.Module) else None
+        owner, precision = (next(iter(self.banks)), name) if "/" not in name else name.split("/", 1)
+        return self._variant(self.banks[owner], precision)
+
+    @staticmethod
+    def _variant(bank: Any, precision: str) -> nn.Module | None:
+        from tmpdiff.variants.bank import Mode
+
+        if precision == _reference_name(bank):
+            return bank.reference
+        return bank.variants.get((precision, Mode.EAGER))
+
+    def _estimate(self, bank: Any, name: str, precision: str) -> Part:
+        """A variant not built yet, from its reference: quantized weights at the precision's bits (every other
+        tensor shared with the reference), a cast at its dtype's bits."""
+        entry = get_precision(precision)
+        reference = _part(name, "variant", bank.reference)
+        ratio = entry.bits / (torch.finfo(bank.reference_dtype).bits)
+        takes = bank.layer_filter(entry) if entry.kind is Kind.TORCHAO else None
+        quantized = {id(m.weight) for n, m in bank.reference.named_modules() if takes is not None and takes(m, n)}
+
+        def scaled(tensors: dict[int, int]) -> dict[int, int]:
+            if takes is None:  # a cast copies everything
+                return {-hash((name, t)): int(s * ratio) for t, s in tensors.items()}
+            return {(-hash((name, t)) if t in quantized else t): (int(s * ratio) if t in quantized else s)
+                    for t, s in tensors.items()}
+
+        return Part(name, "variant", scaled(reference.fixed), tuple(scaled(b) for b in reference.blocks))
+
+
+def _reference_name(bank: Any) -> str:
+    from tmpdiff.steps.precisions import PRECISIONS
+
+    return next(n for n, p in PRECISIONS.items() if p.kind is Kind.DTYPE and p.dtype == bank.reference_dtype)
+
+
+def _tensors(module: nn.Module, skip: set[int] | None = None) -> dict[int, int]:
+    found: dict[int, int] = {}
+    for owner in module.modules():
+        for tensor in [*owner._parameters.values(), *owner._buffers.values()]:
+            if tensor is not None and id(tensor) not in found and (skip is None or id(tensor) not in skip):
+                found[id(tensor)] = tensor_bytes(tensor)
+    return found
+
+
+def _part(name: str, kind: str, module: nn.Module) -> Part:
+    blocks = find_blocks(module)
+    inside = [_tensors(block) for block in blocks]
+    held = {t for block in inside for t in block}
+    return Part(name, kind, _tensors(module, skip=held), tuple(inside))
+
+
+def _ids(streamer: BlockStreamer) -> set[int]:
+    return {t for block in streamer.blocks for t in _tensors(block)}
+
+
+def _to_device(module: nn.Module | None, only: set[int] | None, device: torch.device) -> None:
+    """Moves ``module``'s tensors (those whose ids are in ``only``; None: all) onto ``device`` in place."""
+    if module is None:
+        return
+    for owner in module.modules():
+        for tensor in [*owner._parameters.values(), *owner._buffers.values()]:
+            if tensor is not None and (only is None or id(tensor) in only):
+                _move(tensor, device)
+
+
+def _move(tensor: torch.Tensor, device: torch.device) -> None:
+    names = None if type(tensor) in (torch.Tensor, nn.Parameter) else getattr(tensor, "__tensor_flatten__", None)
+    if names is None:
+        if tensor.device != device:
+            tensor.data = tensor.data.to(device)
+        return
+    for inner in tensor.__tensor_flatten__()[0]:
+        value = getattr(tensor, inner)
+        if value.device != device:
+            setattr(tensor, inner, value.to(device))
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield

@@ -1,0 +1,268 @@
+"""Blocks that live in pinned host memory and come onto the GPU only while they run.
+
+A ``BlockStreamer`` holds some repeated blocks of one module (a denoiser variant, a text encoder) off the GPU:
+their own tensors are copied to pinned host memory once; just before a block runs its tensors are copied to the
+GPU on a side stream (the next streamed block is prefetched while this one computes), and after it runs its GPU
+copies are released (``record_stream`` keeps the allocator from reusing them before the compute stream is done).
+
+Why not diffusers' group offloading (the stock way, and this project's baseline): a tmpdiff variant shares every
+tensor it does not quantize with the reference (``variants.bank``), so streaming the reference must leave those
+shared tensors on the GPU for the resident variants that read them (``keep_on_device``), and a plan moves blocks
+between resident and streamed as it learns sizes (``make_resident`` / ``stream``). Tensors are moved by swapping
+``.data`` (plain tensors) or a tensor subclass's inner tensors (``__tensor_flatten__``: torchao's quantized
+weights), so the module objects, and every reference to their parameters, stay as they are.
+
+Numerics are untouched: a streamed block computes with the same values, so an image is bit for bit the resident
+one in eager mode (streamed blocks always run eager).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["BlockStreamer", "find_blocks", "tensor_bytes"]
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds (a tensor subclass: its inner tensors)."""
+    inner = _inner_names(tensor)
+    if inner is None:
+        return tensor.numel() * tensor.element_size()
+    return sum(tensor_bytes(getattr(tensor, name)) for name in inner)
+
+
+def _inner_names(tensor: torch.Tensor) -> list[str] | None:
+    """The attribute names of a tensor subclass's inner tensors (None for a plain tensor)."""
+    if type(tensor) in (torch.Tensor, nn.Parameter) or not hasattr(tensor, "__tensor_flatten__"):
+        return None
+    names, _ = tensor.__tensor_flatten__()
+    return list(names)
+
+
+def find_blocks(module: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of ``module``, in the order they are defined: the classes a diffusers model declares as
+    repeated, else the elements of its largest ``ModuleList``s (a text encoder's layers, a UNet's stages)."""
+    declared = set(getattr(module, "_repeated_blocks", None) or ())
+    if declared:
+        return [m for m in module.modules() if type(m).__name__ in declared]
+    total = sum(p.numel() for p in module.parameters()) or 1
+    lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)
+             and sum(p.numel() for p in m.parameters()) >= 0.2 * total]
+    outer = [m for m in lists if not any(m is not other and _contains(other, m) for other in lists)]
+    return [block for blocks in outer for block in blocks]
+
+
+def _contains(outer: nn.Module, inner: nn.Module) -> bool:
+    return any(m is inner for m in outer.modules())
+
+
+@dataclass
+class _Slot:
+    """One tensor a streamed block owns: where it hangs, and its host copy (a subclass: one per inner tensor)."""
+
+    owner: nn.Module
+    name: str
+    tensor: torch.Tensor
+    host: dict[str, torch.Tensor] = field(default_factory=dict)  # "" for a plain tensor's data
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.host.values())
+
+    def to_host(self, pinned: bool) -> None:
+        inner = _inner_names(self.tensor)
+        sources = {"": self.tensor.data} if inner is None else {n: getattr(self.tensor, n) for n in inner}
+        for key, source in sources.items():
+            source = source.detach()
+            if not pinned:
+                self.host[key] = source.to("cpu", copy=True)
+            else:  # one copy into page-locked memory, from the GPU or from a host tensor
+                self.host[key] = (source if source.device.type == "cpu" else source.to("cpu")).pin_memory()
+        self.release()
+
+    def release(self) -> None:
+        """Points the tensor at its host copies (its device memory is freed when nothing else holds it)."""
+        self._assign(self.host)
+
+    def onload(self, device: torch.device, non_blocking: bool) -> list[torch.Tensor]:
+        moved = {key: t.to(device, non_blocking=non_blocking, copy=True) for key, t in self.host.items()}
+        self._assign(moved)
+        return list(moved.values())
+
+    def _assign(self, values: dict[str, torch.Tensor]) -> None:
+        if "" in values:
+            self.tensor.data = values[""]
+        else:
+            for key, value in values.items():
+                setattr(self.tensor, key, value)
+
+
+@dataclass
+class _Block:
+    module: nn.Module
+    slots: list[_Slot] = field(default_factory=list)
+    on_device: list[torch.Tensor] = field(default_factory=list)  # the copies in use (None: offloaded)
+    ready: Any = None  # the copy stream's event once its onload was issued
+    hooks: list[Any] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(slot.nbytes for slot in self.slots)
+
+
+class BlockStreamer:
+    """Streams some of ``blocks`` (blocks of one module, in the order they run) between pinned host memory and
+    ``device``. Tensors whose ids are in ``keep`` are never moved (shared with a variant that stays resident).
+
+    Example:
+        >>> streamer = BlockStreamer(find_blocks(pipe.transformer), torch.device("cuda"))  # doctest: +SKIP
+        >>> streamer.stream(range(10, 57))  # blocks 10.. now live on the host
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], device: torch.device, keep: Iterable[int] = (),
+                 prefetch: int = 1) -> None:
+        self.blocks = list(blocks)
+        self.device = device
+        self.keep = set(keep)
+        self.prefetch = prefetch
+        self.cuda = device.type == "cuda"
+        self._streamed: dict[int, _Block] = {}
+        self._copies = torch.cuda.Stream(device) if self.cuda else None
+        self.onloads = 0  # blocks brought onto the device so far
+
+    # --- what is streamed ---------------------------------------------------------------
+    @property
+    def streamed(self) -> list[int]:
+        return sorted(self._streamed)
+
+    def streamed_bytes(self) -> int:
+        """Bytes copied to the GPU each time every streamed block runs once."""
+        return sum(block.nbytes for block in self._streamed.values())
+
+    def own_bytes(self, index: int) -> int:
+        """What block ``index`` holds beyond the tensors kept on the device."""
+        return sum(_bytes(t) for _, _, t in self._own_tensors(self.blocks[index]))
+
+    def stream(self, indices: Iterable[int]) -> None:
+        """Moves these blocks' own tensors to pinned host memory; they come back just for the time they run."""
+        for index in indices:
+            if index in self._streamed:
+                continue
+            block = _Block(self.blocks[index])
+            block.slots = [_Slot(owner, name, tensor) for owner, name, tensor in self._own_tensors(block.module)]
+            for slot in block.slots:
+                slot.to_host(pinned=self.cuda)
+            block.hooks = [block.module.register_forward_pre_hook(self._before(index)),
+                           block.module.register_forward_hook(self._after(index))]
+            self._streamed[index] = block
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def make_resident(self, indices: Iterable[int]) -> None:
+        """Brings these blocks back onto the device for good."""
+        for index in list(indices):
+            block = self._streamed.pop(index, None)
+            if block is None:
+                continue
+            for hook in block.hooks:
+                hook.remove()
+            for slot in block.slots:
+                slot.onload(self.device, non_blocking=False)
+
+    def keep_on_device(self, tensor_ids: Iterable[int]) -> None:
+        """These tensors (shared with a resident variant) stay on the device from now on, streamed or not."""
+        new = set(tensor_ids) - self.keep
+        self.keep |= new
+        for block in self._streamed.values():
+            kept = [slot for slot in block.slots if id(slot.tensor) in new]
+            for slot in kept:
+                slot.onload(self.device, non_blocking=False)
+            block.slots = [slot for slot in block.slots if id(slot.tensor) not in new]
+
+    def remove(self) -> None:
+        """Every block back on the device, the hooks gone."""
+        self.make_resident(list(self._streamed))
+
+    @contextmanager
+    def onloaded(self, index: int) -> Iterator[None]:
+        """Block ``index`` on the device for the block (building a variant from it, say)."""
+        block = self._streamed.get(index)
+        if block is None:
+            yield
+            return
+        self._issue(block)
+        self._wait(block)
+        try:
+            yield
+        finally:
+            self._release(block)
+
+    # --- while the module runs --------------------------------------------------------------
+    def _own_tensors(self, module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
+        found, seen = [], set(self.keep)
+        for owner in module.modules():
+            for name, tensor in [*owner._parameters.items(), *owner._buffers.items()]:
+                if tensor is not None and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    found.append((owner, name, tensor))
+        return found
+
+    def _before(self, index: int) -> Any:
+        def hook(module: nn.Module, _args: Any) -> None:
+            if module is not self.blocks[index]:  # a copy of this block (another variant): not streamed here
+                return
+            block = self._streamed[index]
+            if not block.on_device:
+                self._issue(block)
+            self._wait(block)
+            for ahead in self._next(index):
+                if not self._streamed[ahead].on_device:
+                    self._issue(self._streamed[ahead])
+        return hook
+
+    def _after(self, index: int) -> Any:
+        def hook(module: nn.Module, _args: Any, output: Any) -> None:
+            if module is self.blocks[index] and index in self._streamed:
+                self._release(self._streamed[index])
+        return hook
+
+    def _next(self, index: int) -> list[int]:
+        """The streamed blocks that run next in this call (none past the last: the next call may be another
+        variant's)."""
+        later = [i for i in sorted(self._streamed) if i > index]
+        return later[: self.prefetch]
+
+    def _issue(self, block: _Block) -> None:
+        """Starts copying the block's tensors to the device (on the side stream on CUDA)."""
+        self.onloads += 1
+        if self._copies is None:
+            block.on_device = [t for slot in block.slots for t in slot.onload(self.device, non_blocking=False)]
+            return
+        with torch.cuda.stream(self._copies):
+            block.on_device = [t for slot in block.slots for t in slot.onload(self.device, non_blocking=True)]
+            block.ready = torch.cuda.Event()
+            block.ready.record(self._copies)
+
+    def _wait(self, block: _Block) -> None:
+        if block.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(block.ready)
+            block.ready = None
+
+    def _release(self, block: _Block) -> None:
+        if self.cuda:
+            compute = torch.cuda.current_stream(self.device)
+            for tensor in block.on_device:
+                tensor.record_stream(compute)  # not reused before the compute stream has passed this point
+        for slot in block.slots:
+            slot.release()
+        block.on_device = []
+
+
+def _bytes(tensor: torch.Tensor) -> int:
+    return tensor_bytes(tensor)
