@@ -118,7 +118,7 @@ class Cache:
             "psnr": finite_or_none(record.psnr), "lpips": record.lpips, "lpips_note": record.lpips_note,
             "measured_seconds": record.measured_seconds, "predicted_seconds": record.predicted_seconds,
             "steps_run": list(record.steps_run), "simulated": list(record.simulated),
-            "created_at": datetime.now(UTC),
+            "created_at": datetime.now(UTC), "peak_bytes": record.peak_bytes, "memory": record.memory,
         }
         insert = self._insert(EvaluationRow).values(**values)
         statement = insert.on_conflict_do_update(
@@ -281,7 +281,8 @@ def _to_record(row: EvaluationRow, key: EvalKey, png: bytes) -> EvalRecord:
     return EvalRecord(key=key, png=png, ssim=row.ssim, psnr=row.psnr if row.psnr is not None else float("inf"),
                       lpips=row.lpips, lpips_note=row.lpips_note, measured_seconds=row.measured_seconds,
                       predicted_seconds=row.predicted_seconds, steps_run=list(row.steps_run),
-                      simulated=list(row.simulated))
+                      simulated=list(row.simulated), peak_bytes=row.peak_bytes, memory=row.memory)
+
 
 def _stored(row: EvaluationRow) -> StoredEvaluation:
     return StoredEvaluation(
@@ -289,4 +290,5 @@ def _stored(row: EvaluationRow) -> StoredEvaluation:
         settings_hash=row.settings_hash, schedule=row.schedule, schedule_hash=row.schedule_hash, device=row.device,
         device_hash=row.device_hash, image_sha256=row.image_sha256, ssim=row.ssim, psnr=row.psnr, lpips=row.lpips,
         lpips_note=row.lpips_note, measured_seconds=row.measured_seconds, predicted_seconds=row.predicted_seconds,
-        steps_run=list(row.steps_run), simulated=list(row.simulated), created_at=row.created_at.isoformat())
+        steps_run=list(row.steps_run), simulated=list(row.simulated), created_at=row.created_at.isoformat(),
+        peak_bytes=row.peak_bytes, memory=row.memory)

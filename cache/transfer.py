@@ -86,10 +86,15 @@ def _parse_entry(entry: Any, index: int, path: Path) -> EvalRecord:
         raise CacheError(literal(f"{where}: {exc}"), field="file") from None
     key = EvalKey(model=entry["model"], model_hash=entry["model_hash"], settings=entry["settings"],
                   schedule=str(schedule), schedule_hash=schedule.hash, device=entry["device"])
+    peak, memory = entry.get("peak_bytes"), entry.get("memory")
+    if not (peak is None or (isinstance(peak, int) and not isinstance(peak, bool) and 0 <= peak < 1 << 50)) or \
+            not (memory is None or isinstance(memory, dict)):
+        raise CacheError(literal(f"{where}: 'peak_bytes' must be a whole number of bytes and 'memory' an object"),
+                         field="file")
     return EvalRecord(key=key, png=png, ssim=entry["ssim"], psnr=entry["psnr"], lpips=entry["lpips"],
                       lpips_note=entry["lpips_note"], measured_seconds=float(entry["measured_seconds"]),
                       predicted_seconds=entry["predicted_seconds"], steps_run=[str(s) for s in entry["steps_run"]],
-                      simulated=[str(s) for s in entry["simulated"]])
+                      simulated=[str(s) for s in entry["simulated"]], peak_bytes=peak, memory=memory)
 
 
 def _check_png(png: bytes) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tmpdiff.engine.split_app import follow, release_followers
+from tmpdiff.frontends.flags import GPU_MEMORY_HELP
 from tmpdiff.frontends.processes import check_processes, refusal_exit, run_over_gpus
 from tmpdiff.frontends.refusals import refused
 
@@ -31,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch.compile each variant (default: on for CUDA, off on ZeroGPU Spaces)")
     parser.add_argument("--aot", action="store_true", default=None,
                         help="ahead-of-time compiled variants: packages built once, loaded in later processes")
+    parser.add_argument("--gpu-memory", type=float, default=None, metavar="GIB", help=GPU_MEMORY_HELP)
     parser.add_argument("--analytics", action="store_true",
                         help="let Gradio send its usage analytics (off unless asked for, here or with "
                              "GRADIO_ANALYTICS_ENABLED=True)")
@@ -66,7 +68,9 @@ def make_engine(args: argparse.Namespace) -> Engine:
 
     quiet_libraries()
     cache_dir = check_cache_dir(cache_root(args.cache_dir))
-    engine = Engine(device=args.device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
+    engine = Engine(device=args.device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir,
+                    gpu_memory=args.gpu_memory)
+    engine.on_plan = lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)
     if args.parallel > 1:
         engine.split_over(args.parallel, mirror=True)
     return engine

@@ -113,9 +113,11 @@ def engine_for(args: argparse.Namespace, device: str) -> Engine:
     from tmpdiff.variants.compile_cache import cache_root, check_cache_dir
 
     cache_dir = check_cache_dir(cache_root(args.cache_dir))
-    engine = Engine(device=device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir)
+    engine = Engine(device=device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir,
+                    gpu_memory=getattr(args, "gpu_memory", None))
     engine.on_build = lambda precision, mode, expected: print(describe_build(precision, mode, expected),
                                                               file=sys.stderr, flush=True)
+    engine.on_plan = lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)
     return engine
 
 

@@ -9,15 +9,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from PIL import Image
 
+from tmpdiff.engine.budget import OutOfMemory, resolve_budget
 from tmpdiff.engine.settings import Result, RunSettings, batch_call_kwargs
 from tmpdiff.engine.split_app import told_to_followers
 from tmpdiff.engine.timing import timing_vae_decode
 from tmpdiff.engine.turns import TurnLock
+from tmpdiff.measure.memory import GIB, MemoryFigures, measuring_peak
+from tmpdiff.pipelines.placement import Plan
+from tmpdiff.pipelines.placer import Placer, estimate_working
+from tmpdiff.pipelines.prompt_cache import keeping_prompts
 from tmpdiff.pipelines.registry import load_pipeline
 from tmpdiff.steps.precisions import Status, computes, precision_status
 from tmpdiff.steps.replay import ReplayStore
@@ -44,7 +49,18 @@ def device_name(device: str | torch.device) -> str:
 
 
 BuildListener = Callable[[str, Mode, float | None], None]
-TimedCall = tuple[list[Image.Image], Any, float, float]  # images, the schedule's handle, seconds, VAE seconds
+
+
+class TimedCall(NamedTuple):
+    """One pipeline call: its images, the schedule's handle, its seconds (the VAE's apart too) and its memory."""
+
+    images: list[Image.Image]
+    handle: Any
+    seconds: float
+    vae_seconds: float
+    memory: MemoryFigures
+
+
 _LISTENER: ContextVar[BuildListener | None] = ContextVar("tmpdiff_build_listener", default=None)
 
 
@@ -68,11 +84,16 @@ class Engine:
             None: compiled on CUDA, eager elsewhere.
         cache_dir: the tmpdiff cache folder that keeps compiled variants across processes
             (default: ``$TMPDIFF_CACHE_DIR`` or the user cache folder).
+        gpu_memory: the GPU memory budget in GiB (``budget.py``): honoured by the allocator, and by a placement plan
+            per model that streams what does not fit (``pipelines.placer``); default: what the GPU has free.
     """
 
     def __init__(self, device: str | None = None, compile: bool | str | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None, gpu_memory: float | None = None) -> None:
         self.device = device or default_device()
+        self.budget, self.budget_given = resolve_budget(gpu_memory, self.device)
+        self.placers: dict[str, Placer] = {}  # per model, under a budget (CUDA, one process an image)
+        self.on_plan: Callable[[str, str], None] | None = None  # told (model, plan in one line) when a plan changes
         self.mode = Mode.coerce(compile, torch.device(self.device))
         self.compile_cache = CompileCache(cache_dir)
         self.on_build: BuildListener | None = None  # the process's default listener (the CLI's); see telling_builds_to
@@ -118,7 +139,10 @@ class Engine:
             if model not in self._pipes:
                 with told_to_followers(self.mirror, {"load": model}):
                     start = time.perf_counter()
-                    pipe = load_pipeline(model, self.device)
+                    placed = self.budget is not None and self.split == 1
+                    pipe = load_pipeline(model, self.device, host=placed)
+                    if placed:
+                        self.placers[model] = Placer(pipe, torch.device(self.device), self.budget)
                     if self.split > 1:
                         from tmpdiff.pipelines.context_parallel import enable_context_parallel
 
@@ -149,11 +173,11 @@ class Engine:
         setting (``replay_key``) are replayed, bit for bit; replayed steps count with the time they took
         when they were computed."""
         schedule = Schedule.coerce(schedule or settings.reference_schedule())  # checked where it entered
-        images, handle, seconds, vae_seconds = self._warm_timed_call(
-            self.pipeline(settings.model), lambda: settings.call_kwargs(self.device), schedule, replay, replay_key)
-        return Result(image=images[0], schedule=schedule, settings=settings, steps_run=handle.steps_run,
-                      step_seconds=handle.step_seconds, seconds=seconds, device=device_name(self.device),
-                      simulated=self._simulated(schedule), vae_seconds=vae_seconds)
+        call = self._warm_timed_call(self.pipeline(settings.model), lambda: settings.call_kwargs(self.device),
+                                     schedule, replay, replay_key)
+        return Result(image=call.images[0], schedule=schedule, settings=settings, steps_run=call.handle.steps_run,
+                      step_seconds=call.handle.step_seconds, seconds=call.seconds, device=device_name(self.device),
+                      simulated=self._simulated(schedule), vae_seconds=call.vae_seconds, memory=call.memory)
 
     def generate_batch(self, settings: list[RunSettings], schedule: Schedule | str,
                        replay: ReplayStore | None = None, replay_key: str | None = None) -> list[Result]:
@@ -161,22 +185,21 @@ class Engine:
         generators; each image starts from the noise of its own seed). Each result's seconds are the batch's
         split evenly: throughput, not the latency of one image."""
         schedule = Schedule.coerce(schedule)  # checked where it entered
-        images, handle, seconds, vae_seconds = self._warm_timed_call(
-            self.pipeline(settings[0].model), lambda: batch_call_kwargs(settings, self.device), schedule, replay,
-            replay_key)
+        call = self._warm_timed_call(self.pipeline(settings[0].model),
+                                     lambda: batch_call_kwargs(settings, self.device), schedule, replay, replay_key)
         n = len(settings)
-        return [Result(image=image, schedule=schedule, settings=item, steps_run=handle.steps_run,
-                       step_seconds=[t / n for t in handle.step_seconds], seconds=seconds / n,
+        return [Result(image=image, schedule=schedule, settings=item, steps_run=call.handle.steps_run,
+                       step_seconds=[t / n for t in call.handle.step_seconds], seconds=call.seconds / n,
                        device=device_name(self.device), simulated=self._simulated(schedule),
-                       vae_seconds=vae_seconds / n)
-                for image, item in zip(images, settings, strict=True)]
+                       vae_seconds=call.vae_seconds / n, memory=call.memory)
+                for image, item in zip(call.images, settings, strict=True)]
 
     def warm(self, settings: RunSettings, precision: str) -> list[BuildInfo]:
         """Builds (and compiles, through the compile cache) ``precision``'s variant for ``settings``'
         shapes with one short run; returns what was built (nothing when it was resident already)."""
         schedule = Schedule.uniform(precision, settings.resolved_steps)
-        _, handle, _, _ = self._timed_call(self.pipeline(settings.model), settings.call_kwargs(self.device), schedule)
-        return handle.builds
+        call = self._timed_call(self.pipeline(settings.model), settings.call_kwargs(self.device), schedule)
+        return call.handle.builds
 
     def _warm_timed_call(self, pipe: Any, make_kwargs: Callable[[], dict[str, Any]], schedule: Schedule,
                          replay: ReplayStore | None, replay_key: str | None) -> TimedCall:
@@ -188,10 +211,10 @@ class Engine:
         ``make_kwargs`` gives fresh seeded generators), since a first compiled run pays more than its build."""
         if self.device.startswith("cuda"):
             self._warm_up(pipe, make_kwargs(), schedule)
-        images, handle, seconds, vae_seconds = self._timed_call(pipe, make_kwargs(), schedule, replay, replay_key)
-        if any(b.mode is not Mode.EAGER and not b.from_cache for b in handle.builds):
+        call = self._timed_call(pipe, make_kwargs(), schedule, replay, replay_key)
+        if any(b.mode is not Mode.EAGER and not b.from_cache for b in call.handle.builds):
             return self._timed_call(pipe, make_kwargs(), schedule)
-        return images, handle, max(seconds - sum(handle.build_seconds.values()), 0.0), vae_seconds
+        return call._replace(seconds=max(call.seconds - sum(call.handle.build_seconds.values()), 0.0))
 
     def _warm_up(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> None:
         """Runs the schedule's precisions that are cold at these shapes for one step each (untimed)."""
@@ -230,17 +253,50 @@ class Engine:
 
     def _call_pipeline(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None,
                        replay_key: str | None, counted_as: str) -> TimedCall:
+        placer, plan = self._placed(pipe, kwargs, schedule)
+        prompts = keeping_prompts(pipe) if placer is not None else None
         start = time.perf_counter()
-        with torch.no_grad(), apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
-                                             on_build=_LISTENER.get() or self.on_build, replay=replay,
-                                             replay_key=replay_key) as handle, \
-                timing_vae_decode(pipe, self.device) as vae:
-            images = _pictures(pipe(**kwargs))
-        seconds = time.perf_counter() - start + handle.replay_correction
+        try:
+            with measuring_peak(self.device) as meter, torch.no_grad(), \
+                    apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
+                                   on_build=_LISTENER.get() or self.on_build, replay=replay, replay_key=replay_key,
+                                   eager=placer.streamed_precisions() if placer else ()) as handle, \
+                    timing_vae_decode(pipe, self.device) as vae:
+                images = _pictures(pipe(**kwargs))
+        except torch.OutOfMemoryError:
+            raise self._out_of_memory(kwargs, schedule, placer) from None
+        seconds = time.perf_counter() - start + handle.replay_correction + (prompts.take_credit() if prompts else 0.0)
         for name, count in ((counted_as, handle.denoiser_calls), ("replayed", handle.replayed_calls),
                             ("skipped", handle.skipped_calls)):
             self.calls[name] += count
-        return images, handle, seconds, vae["seconds"]
+        peak = meter.peak()
+        if placer is not None and peak is not None:
+            placer.observed(peak)
+        memory = MemoryFigures(peak, meter.where, placer.resident_by_part() if placer else {},
+                               placer.plan.line() if placer and placer.plan else "", self.budget)
+        return TimedCall(images, handle, seconds, vae["seconds"], memory)
+
+    def _placed(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Placer | None, Plan | None]:
+        """The pipeline's parts placed for ``schedule`` within the budget (a placement plan made, or kept)."""
+        model = next((name for name, loaded in self._pipes.items() if loaded is pipe), None)
+        placer = self.placers.get(model) if model is not None else None
+        if placer is None:
+            return None, None
+        before = placer.plan
+        working = estimate_working(pipe, int(kwargs.get("height") or 64), int(kwargs.get("num_frames") or 0))
+        plan = placer.prepare(schedule.precisions, working)
+        if self.on_plan is not None and (before is None or plan.line() != before.line()):
+            self.on_plan(str(model), plan.line())
+        return placer, plan
+
+    def _out_of_memory(self, kwargs: dict[str, Any], schedule: Schedule, placer: Placer | None) -> OutOfMemory:
+        """Running out of memory is an answer: what was taken is freed, the next plan leaves more working room."""
+        if placer is not None and placer.plan is not None:
+            placer.working = int(placer.working * 1.25) + GIB // 2
+        torch.cuda.empty_cache()
+        size = kwargs.get("height")
+        what = f"a {size}x{size} image with {schedule}" if size else f"an image with {schedule}"
+        return OutOfMemory(what, self.budget, placer.plan.line() if placer and placer.plan else "")
 
 
 def _pictures(output: Any) -> list[Image.Image]:

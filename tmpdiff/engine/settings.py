@@ -10,6 +10,7 @@ from PIL import Image
 
 from tmpdiff.errors import FieldError
 from tmpdiff.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE, finite
+from tmpdiff.measure.memory import MemoryFigures
 from tmpdiff.pipelines.registry import DEFAULT_MODEL, ModelSpec, get_model
 from tmpdiff.steps.schedule import Schedule
 
@@ -112,6 +113,7 @@ class Result:
     device: str
     simulated: list[str] = field(default_factory=list)
     vae_seconds: float | None = None
+    memory: MemoryFigures | None = None  # its peak, and where the model's bytes were
 
 
 def batch_call_kwargs(settings: list[RunSettings], device: str | torch.device) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from PIL import Image
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import Result, RunSettings
 from tmpdiff.measure.latency import CostTable, measure_costs, timed_run
+from tmpdiff.measure.memory import gib
 from tmpdiff.measure.metrics import Quality, compare, compare_video
 from tmpdiff.measure.records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint, stable_hash
 from tmpdiff.pipelines.registry import config_hash
@@ -75,6 +76,7 @@ class Evaluation:
             "vae_decode_seconds": None if self.vae_seconds is None else round(self.vae_seconds, 4),
             "speedup": round(self.speedup, 3) if self.has_speed_claim else None,
             "simulated": r.simulated, "device": r.key.device["device"], "cached": self.cached,
+            "peak_gib": gib(r.peak_bytes), "memory": r.memory,
             **(self._frame_scores() if self.frames else {}),
         }
 
@@ -247,6 +249,8 @@ class Evaluator:
             lpips_note=quality.lpips_note, measured_seconds=result.seconds,
             predicted_seconds=table.predict(result.schedule) if table else None,
             steps_run=result.steps_run, simulated=result.simulated,
+            peak_bytes=result.memory.peak_bytes if result.memory else None,
+            memory=result.memory.to_dict() if result.memory else None,
         )
         if self.store:
             self._store(record)

@@ -74,6 +74,8 @@ class EvalRecord:
     predicted_seconds: float | None
     steps_run: list[str] = field(default_factory=list)
     simulated: list[str] = field(default_factory=list)
+    peak_bytes: int | None = None  # the image's peak memory (GPU; the host's without one): memory.py
+    memory: dict[str, Any] | None = None  # ``MemoryFigures.to_dict()``: where it was measured, the plan, the budget
 
     def metrics(self) -> dict[str, Any]:
         data = asdict(self)
@@ -105,6 +107,8 @@ class StoredEvaluation:
     steps_run: list[str]
     simulated: list[str]
     created_at: str  # ISO 8601
+    peak_bytes: int | None = None  # None: stored before memory was measured
+    memory: dict[str, Any] | None = None
 
     @property
     def prompt(self) -> str | None:

@@ -63,6 +63,7 @@ class Placer:
         self._in_use: tuple[str, ...] = ()
         self._schedule: tuple[str, ...] = ()
         self._planned: tuple[Any, ...] | None = None
+        self._sizes: Sizes | None = None
 
     # --- planning -------------------------------------------------------------------------------
     def prepare(self, precisions: Sequence[str], working: int) -> Plan:
@@ -97,8 +98,16 @@ class Placer:
             return self.plan
         plan = plan_placement(sizes, self._in_use, self.budget)
         self._apply(plan, sizes)
-        self.plan, self._planned = plan, key
+        self.plan, self._planned, self._sizes = plan, key, sizes
         return plan
+
+    def resident_by_part(self) -> dict[str, int]:
+        """Bytes each part in use has on the device under the current plan (a shared tensor counts in each)."""
+        if self.plan is None or self._sizes is None:
+            return {}
+        kept = self.plan.kept
+        return {name: sum(size for tensors in (part.fixed, *part.blocks) for t, size in tensors.items() if t in kept)
+                for name, part in self._sizes.parts.items() if name in self.plan.resident}
 
     def sizes(self) -> Sizes:
         parts: dict[str, Part] = {}
@@ -119,19 +128,26 @@ class Placer:
         kept = set(plan.kept)
         streamed = {name: [i for i in range(len(sizes.parts[name].blocks)) if i not in plan.resident[name]]
                     for name in plan.resident}
+        moved = False
         for name, indices in streamed.items():  # free first, then fill
             streamer = self._streamer(name)
             if streamer is not None:
                 streamer.keep_on_device(kept & _ids(streamer))
+                moved |= bool(set(indices) - set(streamer.streamed))
                 streamer.stream(indices)
         for name, part in sizes.parts.items():
-            if name in plan.resident:
-                _to_device(self._module(name), set(part.fixed), self.device)
-                streamer = self._streamer(name)
-                if streamer is not None:
-                    streamer.make_resident(plan.resident[name])
-                elif not part.blocks:
-                    _to_device(self._module(name), None, self.device)
+            module = self._module(name)
+            if name not in plan.resident or module is None:
+                continue
+            streamer = self.streamers.get(name)
+            if streamer is not None:
+                moved |= bool(set(plan.resident[name]) & set(streamer.streamed))
+                streamer.make_resident(plan.resident[name])
+            _to_device(module, set(part.fixed) | {t for i in plan.resident[name] for t in part.blocks[i]},
+                       self.device)
+        if moved:  # captured CUDA graphs point at tensors that moved
+            for bank in self.banks.values():
+                bank.graphs.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -178,6 +194,8 @@ class Placer:
 
     @staticmethod
     def _variant(bank: Any, precision: str) -> nn.Module | None:
+        """The module that holds a precision's tensors: the reference, or its eager variant (a compiled one shares
+        them)."""
         from tmpdiff.variants.bank import Mode
 
         if precision == _reference_name(bank):
@@ -239,12 +257,12 @@ def _to_device(module: nn.Module | None, only: set[int] | None, device: torch.de
 
 
 def _move(tensor: torch.Tensor, device: torch.device) -> None:
-    names = None if type(tensor) in (torch.Tensor, nn.Parameter) else getattr(tensor, "__tensor_flatten__", None)
-    if names is None:
+    flatten = None if type(tensor) in (torch.Tensor, nn.Parameter) else getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None:
         if tensor.device != device:
             tensor.data = tensor.data.to(device)
         return
-    for inner in tensor.__tensor_flatten__()[0]:
+    for inner in flatten()[0]:
         value = getattr(tensor, inner)
         if value.device != device:
             setattr(tensor, inner, value.to(device))

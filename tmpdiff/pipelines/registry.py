@@ -240,24 +240,28 @@ def config_hash(name: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_pipeline(name: str, device: str | torch.device = "cpu") -> Any:
-    """A stock diffusers pipeline for the registry entry ``name`` on ``device``, in its reference dtype."""
+def load_pipeline(name: str, device: str | torch.device = "cpu", host: bool = False) -> Any:
+    """A stock diffusers pipeline for the registry entry ``name`` on ``device``, in its reference dtype; with
+    ``host`` its weights stay in host memory, for a memory budget's placement to put on ``device``
+    (``pipelines.placer``)."""
     import torch
 
     spec = get_model(name)
+    where = torch.device("cpu") if host else torch.device(device)
     with _LOAD_LOCK:
         if spec.is_tiny:
             pipe = tiny.BUILDERS[spec.name]()
         elif spec.is_random:
             if torch.device(device).type != "cuda":
-                raise ValueError(f"model {spec.name!r} is real-size with random weights: it needs a CUDA GPU")
+                raise FieldError("model", spec.name, "{model} {value} is real-size with random weights: it needs a "
+                                 "CUDA GPU")
             from tmpdiff.pipelines import random_weights as realsize
 
-            pipe = realsize.RANDOM_PIPELINES[spec.architecture](device, spec.torch_dtype)
+            pipe = realsize.RANDOM_PIPELINES[spec.architecture](where, spec.torch_dtype)
         else:
             pipe = _from_pretrained(spec)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, spec.torch_dtype) if spec.is_tiny else pipe.to(device)
+    return pipe.to(where, spec.torch_dtype) if spec.is_tiny else pipe.to(where)
 
 
 def _from_pretrained(spec: ModelSpec) -> Any:

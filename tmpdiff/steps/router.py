@@ -97,6 +97,7 @@ class SwitchConfig:
     replay_key: str | None = None
     scheduler: Any = None  # its timesteps place an extrapolated step
     cuda_graphs: bool = True
+    eager: frozenset[str] = frozenset()  # precisions that run eager whatever ``mode`` says (streamed: placer.py)
 
     @functools.cached_property
     def precisions(self) -> tuple[Precision, ...]:
@@ -280,7 +281,8 @@ class StepRouter:
 
     def _run(self, hook: DenoiserHook, precision: Precision, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         assert hook.fn_ref is not None
-        bank, mode, name = hook.bank, self.config.mode, precision.name
+        bank, name = hook.bank, precision.name
+        mode = Mode.EAGER if name in self.config.eager else self.config.mode
         reference_dtype, dtype = bank.reference_dtype, precision.dtype
         if dtype == reference_dtype and mode is Mode.EAGER:
             # The reference itself: exactly the stock forward.

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -86,6 +86,7 @@ def apply_schedule(
     replay_key: str | None = None,
     denoiser: str | nn.Module | None = None,
     cuda_graphs: bool | None = None,
+    eager: Collection[str] = (),
 ) -> Iterator[ScheduleHandle]:
     """Run every denoiser call of step ``i`` in ``schedule[i]`` during the block.
 
@@ -110,6 +111,8 @@ def apply_schedule(
         cuda_graphs: replay each compiled variant's whole call as a CUDA graph (captured on its first call, outside
             the step's time; ``graphs.py``); default ``$TMPDIFF_CUDA_GRAPHS``, else on. Ignored off CUDA; a
             context-parallel denoiser's calls only with ``$TMPDIFF_CUDA_GRAPHS=all``.
+        eager: precisions that run eager (no compiled copy, no graph) whatever ``compile`` says: those a memory
+            budget streams block by block (``pipelines.placer``).
 
     Example:
         >>> with apply_schedule(pipe, "bf16*2,int8wo*2") as handle:  # doctest: +SKIP
@@ -136,7 +139,8 @@ def apply_schedule(
         config = SwitchConfig(schedule=schedule, mode=mode, pipeline=type(pipe).__name__,
                                denoisers=tuple(handle.denoisers), synchronize=synchronize and device.type == "cuda",
                                cache=cache, on_build=on_build, replay=replay, replay_key=replay_key,
-                               scheduler=pipe.scheduler, cuda_graphs=graphs_enabled(cuda_graphs))
+                               scheduler=pipe.scheduler, cuda_graphs=graphs_enabled(cuda_graphs),
+                               eager=frozenset(eager))
         router = StepRouter(config, handle)
         with contextlib.ExitStack() as hooks:
             for _, module in modules:

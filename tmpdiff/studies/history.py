@@ -28,6 +28,7 @@ class HistoryPoint:
     prompt: str | None
     seed: int | None
     evaluation_id: int = 0  # the store's row
+    peak_bytes: int | None = None  # the image's peak memory (None: stored before it was measured)
 
     @property
     def uniform(self) -> bool:
@@ -56,4 +57,5 @@ def _point(row: StoredEvaluation, reference_seconds: float | None) -> HistoryPoi
     return HistoryPoint(schedule=row.schedule, ssim=row.ssim, psnr=row.psnr, lpips=row.lpips,
                         seconds=row.measured_seconds,
                         speedup=reference_seconds / row.measured_seconds if claim and reference_seconds else None,
-                        simulated=bool(row.simulated), prompt=row.prompt, seed=row.seed, evaluation_id=row.id)
+                        simulated=bool(row.simulated), prompt=row.prompt, seed=row.seed, evaluation_id=row.id,
+                        peak_bytes=row.peak_bytes)

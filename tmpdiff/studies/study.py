@@ -112,7 +112,10 @@ class Study:
         if self.evaluator.store is None and self.log is not None and engine.leads:  # a split image: kept once
             for made in [reference] if evaluation is reference else [reference, evaluation]:
                 self.evaluator.store_record(made.record, self.log)
-        costs = CostPolicy(here=self.evaluator.costs.get(settings.model), given=given)
+        table = self.evaluator.costs.get(settings.model)
+        here = self.evaluator.known_costs(settings) or (
+            table if table is not None and not table.target and table.steps == settings.resolved_steps else None)
+        costs = CostPolicy(here=here, given=given)
         return Comparison.of(settings, schedule, reference, evaluation, costs, engine.split)
 
     def showcase(self, report: SearchReport) -> SearchResult:

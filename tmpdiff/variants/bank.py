@@ -84,6 +84,8 @@ class VariantBank:
     lock: threading.RLock = field(default_factory=threading.RLock)
     device: torch.device | None = None
     graphs: CallGraphs = field(default_factory=CallGraphs)
+    home: torch.device | None = None  # where the denoiser lives when some of its blocks stream (placer.py)
+    placer: Any = None  # the pipeline's placer under a memory budget: told of every variant built
 
     @property
     def reference_dtype(self) -> torch.dtype:
@@ -142,6 +144,7 @@ class VariantBank:
             else:
                 # A copy that shares the eager variant's (quantized) weights: no second copy.
                 eager = self.variants.get((name, Mode.EAGER)) or self._make(get_precision(name))
+                self.variants.setdefault((name, Mode.EAGER), eager)  # kept: a streamed step runs it
                 build = self._compile if mode is Mode.COMPILED else self._compile_ahead
                 variant, from_cache, note = build(name, eager, example, cache)
             self.variants[key] = variant
@@ -150,6 +153,8 @@ class VariantBank:
                 note = (f"{note}; " if note else "") + (f"{len(left)} Linear layers not called through their forward "
                                                         f"stay in the reference precision: {', '.join(left[:8])}")
             self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note)
+            if self.placer is not None:
+                self.placer.variant_built()  # its real size known: placed within the budget before it runs
         return self.variants[key]
 
     def _compile(self, name: str, eager: nn.Module, example: Call | None,
@@ -233,7 +238,7 @@ class VariantBank:
         return sizes
 
     def _device(self) -> torch.device:
-        return next(self.reference.parameters()).device
+        return self.home or next(self.reference.parameters()).device
 
     def _make(self, precision: Precision) -> nn.Module:
         device = self._device()
@@ -245,19 +250,38 @@ class VariantBank:
                 return _copy(self.reference, share=True)
             # A cast rewrites parameters in place, so this copy must not share them.
             return _copy(self.reference, share=False).to(precision.dtype)
-        from torchao.quantization import quantize_
 
         make_config = precision.config if status.status is Status.REAL else precision.simulate
         assert make_config is not None  # a usable TORCHAO precision has one of the two
         variant = _copy(self.reference, share=True, parallelize=False)
-        quantize_(variant, make_config(self.reference_dtype), filter_fn=self._layer_filter(precision))
+        self._quantize(variant, make_config(self.reference_dtype), self.layer_filter(precision))
         if precision.attention:
             mark(variant, simulated=status.status is Status.SIMULATED)
         if (parallel := getattr(self.reference, "_parallel_config", None)) is not None:
             _parallel_like(variant, parallel)  # after quantize_, which may replace the modules hooks sit on
         return variant.eval()
 
-    def _layer_filter(self, precision: Precision) -> Callable[[nn.Module, str], bool]:
+    def _quantize(self, variant: nn.Module, config: Any, takes: Callable[[nn.Module, str], bool]) -> None:
+        """``quantize_`` on the variant; under a placer block by block, each of the reference's blocks on the device
+        for it (a streamed one brought in), so the quantized weights are made on the device they will live on."""
+        from torchao.quantization import quantize_
+
+        if self.placer is None:
+            quantize_(variant, config, filter_fn=takes)
+            return
+        from tmpdiff.pipelines.streaming import find_blocks
+
+        names = {id(module): name for name, module in variant.named_modules()}
+        inside: set[str] = set()
+        for index, block in enumerate(find_blocks(variant)):
+            prefix = names[id(block)]
+            inside |= {f"{prefix}.{name}" if name else prefix for name, _ in block.named_modules()}
+            with self.placer.reference_onloaded(self, index):
+                quantize_(block, config, filter_fn=lambda m, n, p=prefix: takes(m, f"{p}.{n}" if n else p))
+        quantize_(variant, config, filter_fn=lambda m, n: n not in inside and takes(m, n))
+
+    def layer_filter(self, precision: Precision) -> Callable[[nn.Module, str], bool]:
+        """Which Linear layers a torchao precision quantizes (by module and name within the denoiser)."""
         recorded = self.linear_rows is not None
         rows = self.linear_rows or {}
 
@@ -275,7 +299,7 @@ class VariantBank:
         return takes
 
     def _drop_if_moved(self) -> None:
-        device = next(self.reference.parameters()).device
+        device = self._device()
         if self.device != device:
             self.variants.clear()
             self.graphs.clear()

@@ -1,0 +1,57 @@
+"""A GPU memory budget: how many bytes an engine may use (``--gpu-memory GIB``), honoured by the allocator itself,
+and the one-line answer an image gets when it does not fit.
+
+Without ``--gpu-memory`` the budget is what the device has free when the engine starts, less a margin, so a 24 GB
+card plans for what it has. Given one, the process's CUDA allocator is capped to it
+(``torch.cuda.set_per_process_memory_fraction``), so a 24 GiB run on a larger GPU is the real thing.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tmpdiff.errors import FieldError, literal
+from tmpdiff.measure.memory import GIB, gib
+
+__all__ = ["MARGIN", "OutOfMemory", "resolve_budget"]
+
+MARGIN = GIB  # left free for the CUDA context, other libraries and the allocator's own slack (default budget only)
+
+
+class OutOfMemory(FieldError):
+    """An image that did not fit in its budget: what was asked, the budget, what to try."""
+
+    def __init__(self, what: str, budget: int | None, plan: str) -> None:
+        where = f"the budget of {gib(budget)} GiB" if budget is not None else "this GPU's memory"
+        told = literal(f"out of GPU memory making {what} within {where} ({plan or 'no plan'})")
+        super().__init__("gpu_memory", gib(budget), told + ": nothing was stored; give more {gpu_memory}, a smaller "
+                         "{size} or fewer precisions in the {schedule}")
+
+
+def resolve_budget(gpu_memory: float | None, device: str) -> tuple[int | None, bool]:
+    """The budget in bytes for ``device`` and whether the user gave it; caps the allocator to a given one.
+
+    Raises:
+        FieldError: of ``gpu_memory`` for a value that is not a positive number of GiB this GPU has, or one given
+            for a device without a GPU.
+    """
+    if not device.startswith("cuda"):
+        if gpu_memory is not None:
+            raise FieldError("gpu_memory", gpu_memory, "{gpu_memory} budgets a CUDA GPU's memory: on the CPU leave it "
+                             "out")
+        return None, False
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    if gpu_memory is None:
+        return max(free - MARGIN, 0), False
+    try:
+        value = float(gpu_memory)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value * GIB > total:
+        raise FieldError("gpu_memory", gpu_memory, f"{{gpu_memory}} takes a number of GiB from more than 0 to this "
+                         f"GPU's {total / GIB:.1f}, got {{value}}")
+    budget = int(value * GIB)
+    torch.cuda.set_per_process_memory_fraction(budget / total, torch.device(device))
+    return budget, True
