@@ -122,3 +122,91 @@ def test_a_streamed_quantized_variant_keeps_its_values():
     assert streamer.streamed_bytes() == sum(tensor_bytes(p) for p in blocks.parameters())
     assert torch.equal(blocks[1](blocks[0](x)), want)
     del model
+
+
+def test_every_evaluation_carries_its_peak_memory_and_the_store_keeps_it(tmp_path):
+    from conftest import make_comparison
+
+    from tmpdiff.cache import Cache
+    from tmpdiff.ui import views
+
+    store = Cache(tmp_path / "c.sqlite")
+    comparison = make_comparison(store=store)
+    record = comparison.evaluation.record
+    assert record.peak_bytes > 0 and record.memory["where"] in ("host", "host-process")  # no GPU here
+    assert comparison.summary()["peak_gib"] == round(record.peak_bytes / 2**30, 2)
+    stored = store.get(record.key)
+    assert stored.peak_bytes == record.peak_bytes and stored.memory == record.memory
+    assert all(row.peak_bytes for row in store.evaluations())
+    card = views.cards(comparison)
+    assert "peak memory" in card and f"{record.peak_bytes / 2**30:.2f} GiB" in card
+
+
+def test_the_history_plots_ssim_against_peak_memory_too(tmp_path):
+    from conftest import make_comparison
+
+    from tmpdiff.cache import Cache
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.frontends import plots
+    from tmpdiff.measure.evaluator import Evaluator
+    from tmpdiff.studies.history import history
+
+    store = Cache(tmp_path / "c.sqlite")
+    comparison = make_comparison("fp32*2,skip*2", store=store)
+    points = history(Evaluator(Engine("cpu")), store, comparison.settings)
+    figure = plots.history(points, "peak_gib")
+    xs = sorted(x for trace in figure.data for x in trace.x)
+    assert xs == sorted(p.peak_bytes / 2**30 for p in points) and "peak memory" in figure.layout.xaxis.title.text
+
+
+def test_out_of_memory_is_one_answer_and_the_app_serves_the_next_image(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from tmpdiff import get_model
+    from tmpdiff.cache import Cache
+    from tmpdiff.engine import runner
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.studies.study import Study
+    from tmpdiff.ui import panels
+    from tmpdiff.ui.state import AppState
+
+    store = Cache(tmp_path / "c.sqlite")
+    app = AppState(Study.open(Engine("cpu"), store), get_model("shapes-dit"))
+    pictures, failures = runner._pictures, iter([True])
+
+    def once_out_of_memory(output):
+        if next(failures, False):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
+        return pictures(output)
+
+    monkeypatch.setattr(runner, "_pictures", once_out_of_memory)
+    args = ("shapes-dit", "red circle", 5, 4, 64, 3.0, "fp32*2,skip*2", lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="out of GPU memory making an image with fp32\\*4.*nothing was stored"):
+        panels.run_image(app, *args)
+    assert store.evaluations() == []  # nothing kept of the image that did not fit
+    pair, summary, comparison = panels.run_image(app, *args)  # the app serves the next image
+    assert summary["schedule"] == "fp32*2,skip*2" and len(store.evaluations()) == 2
+
+
+def test_a_search_with_one_schedule_out_of_memory_finishes_without_it(monkeypatch):
+    from tmpdiff.engine.budget import OutOfMemory
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.measure.evaluator import Evaluator
+    from tmpdiff.studies.procedure import run_search
+    from tmpdiff.studies.request import SearchRequest
+
+    too_big = "fp32*4,skip*4"
+    generate = Engine.generate
+
+    def fitting(self, settings, schedule=None, *args, **kwargs):
+        if str(schedule) == too_big:
+            raise OutOfMemory(f"an image with {schedule}", 12 << 30, "a plan")
+        return generate(self, settings, schedule, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate", fitting)
+    request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=8, ladder=("fp32", "skip"),
+                            target_ssim=0.5, additivity_samples=0)
+    report = run_search(Evaluator(Engine("cpu")), request)
+    assert report.not_run == (too_big,)
+    assert too_big not in {p.schedule for p in (*report.pareto, *report.baselines)} and report.schedule != too_big
+    assert report.to_dict()["not_run"] == [too_big]

@@ -125,8 +125,9 @@ def _endpoints(app: AppState, spec: ModelSpec) -> SimpleNamespace:
     def story(progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         return search_panel.story_views(app, progress)
 
-    def pareto(model: str, prompt: str, seed: int, steps: int, size: int, guidance: float) -> tuple[Any, ...]:
-        return panels.history_views(app, model, prompt, seed, steps, size, guidance)
+    def pareto(model: str, prompt: str, seed: int, steps: int, size: int, guidance: float,
+               axis: str = panels.AXES[0]) -> tuple[Any, ...]:
+        return panels.history_views(app, model, prompt, seed, steps, size, guidance, axis)
 
     def check_inputs(model: str, prompt: str, seed: int, steps: int, size: int, guidance: float,
                      schedule: str) -> tuple[Any, ...]:
@@ -229,13 +230,16 @@ def _search_tab(w: Widgets) -> None:
 
 def _history_tab(w: Widgets) -> None:
     with gr.Tab("Pareto and history") as history_tab:
-        w.add(history_tab=history_tab, refresh=gr.Button("Refresh from cache"))
+        with gr.Row():
+            w.add(history_tab=history_tab, refresh=gr.Button("Refresh from cache", scale=1),
+                  history_axis=gr.Radio(list(panels.AXES), value=panels.AXES[0], label="Plot SSIM against",
+                                        scale=2, elem_id="history-axis"))
         with gr.Row():
             w.add(history_plot=gr.Plot(label="Every cached evaluation of this setting (click a point to load its "
                                              "schedule)", elem_id="history-plot"),
-                  history_table=gr.Dataframe(headers=["schedule", "SSIM", "PSNR", "LPIPS", "seconds", "prompt",
-                                                      "seed"], interactive=False, label="Pick a row to load its "
-                                                                                        "schedule"))
+                  history_table=gr.Dataframe(headers=["schedule", "SSIM", "PSNR", "LPIPS", "seconds", "peak GiB",
+                                                      "prompt", "seed"], interactive=False,
+                                             label="Pick a row to load its schedule"))
 
 
 def _shown(w: Widgets) -> tuple[list[Any], list[Any]]:
@@ -282,8 +286,10 @@ def _wire_search(w: Widgets, api: SimpleNamespace) -> None:
 def _wire_history(w: Widgets, api: SimpleNamespace) -> None:
     inputs = w.settings()
     shown, views = _shown(w)
-    w.refresh.click(api.pareto, inputs, [w.history_plot, w.history_table], api_name="pareto")
-    w.history_tab.select(api.pareto, inputs, [w.history_plot, w.history_table], **PRIVATE)
+    history = [*inputs, w.history_axis]
+    w.refresh.click(api.pareto, history, [w.history_plot, w.history_table], api_name="pareto")
+    w.history_tab.select(api.pareto, history, [w.history_plot, w.history_table], **PRIVATE)
+    w.history_axis.change(api.pareto, history, [w.history_plot, w.history_table], **PRIVATE)
     # Picking a row loads its schedule, then its images (a cache hit, so no model call).
     w.history_table.select(panels.load_row, w.history_table, w.schedule, **PRIVATE).then(
         api.generate, [*inputs, w.schedule], w.image_outputs, concurrency_id="generate", **PRIVATE).then(

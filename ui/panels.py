@@ -120,17 +120,24 @@ def check_inputs(app: AppState, model: str, prompt: str, seed: object, steps: ob
     return "", gr.update()
 
 
+AXES = ("speed-up", "peak memory")  # the history plot's x axes
+
+
 def history_views(app: AppState, model: str, prompt: str, seed: object, steps: object, size: object,
-                  guidance: object) -> tuple[go.Figure, list[list[Any]]]:
-    """The history panel: every cached evaluation of this setting, plotted and listed."""
+                  guidance: object, axis: str = AXES[0]) -> tuple[go.Figure, list[list[Any]]]:
+    """The history panel: every cached evaluation of this setting, plotted (SSIM against speed-up or peak memory:
+    the trade-off in seconds or in bytes) and listed."""
+    if axis not in AXES:
+        raise user_error(f"the history plots SSIM against one of {', '.join(AXES)}, not {axis!r:.40}")
     try:
         settings = run_settings(model, prompt, seed, steps, size, guidance)
     except ValueError as exc:
         raise user_error(exc) from None
     points = history(app.evaluator, app.store, settings)
-    table = [[p.schedule, _round(p.ssim), _round(p.psnr), _round(p.lpips), _round(p.seconds), p.prompt, p.seed]
+    table = [[p.schedule, _round(p.ssim), _round(p.psnr), _round(p.lpips), _round(p.seconds),
+              None if p.peak_bytes is None else round(p.peak_bytes / 2**30, 2), p.prompt, p.seed]
              for p in points[:200]]
-    return plots.history(points), table
+    return plots.history(points, "speedup" if axis == AXES[0] else "peak_gib"), table
 
 
 def link_settings(app: AppState, request: gr.Request) -> Any:

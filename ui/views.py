@@ -100,7 +100,23 @@ def cards(comparison: Comparison | None, target: Prediction | None = None) -> st
     cached = " (cached)" if evaluation.cached else ""
     row.append(_card("seconds", f"{record.measured_seconds:.2f} s",
                      f"reference {evaluation.reference_seconds:.2f} s{cached}"))
+    row.append(memory_card(record.peak_bytes, record.memory or {}))
     return f"<div class='cards'>{''.join(row)}</div>" + frame_strip(list(frames.frame_ssim) if frames else [])
+
+
+MEMORY_WHERE = {"gpu": "GPU, this image", "host": "host memory, this image (no GPU)",
+                "host-process": "host memory, the process's peak so far"}
+
+
+def memory_card(peak_bytes: int | None, memory: dict[str, Any]) -> str:
+    """The image's peak memory, where it was measured, and the budget and placement it ran under (the plan in the
+    tooltip)."""
+    if peak_bytes is None:
+        return _card("peak memory", "n/a", "not measured (stored before memory was)")
+    budget = memory.get("budget_gib")
+    note = MEMORY_WHERE.get(str(memory.get("where", "gpu")), "")
+    note += f"; budget {budget:.1f} GiB" if isinstance(budget, int | float) else ""
+    return _card("peak memory", f"{peak_bytes / 2**30:.2f} GiB", note, tooltip=str(memory.get("plan") or ""))
 
 
 def video_pair(reference_uri: str, schedule_uri: str) -> str:

@@ -95,6 +95,8 @@ def _tell(report: SearchReport, request: SearchRequest, plots: list[str], target
         print(f"note: {note}", file=sys.stderr)
     for phase in report.skipped:
         print(f"skipped: {worded(phase, flag_of)}", file=sys.stderr)
+    for schedule in report.not_run:
+        print(f"not run (out of memory within --gpu-memory; never chosen): {schedule}", file=sys.stderr)
     if report.validation.meets_target is False:
         print(f"warning: on unseen seeds the schedule scored SSIM {report.validation.ssim:.3f}, "
               f"below the {request.target_ssim} floor", file=sys.stderr)

@@ -106,20 +106,30 @@ def live_points(points: Sequence[Point], floor: float | None = None) -> go.Figur
     return figure
 
 
-def history(points: Sequence[HistoryPoint]) -> go.Figure:
-    """Quality against measured speed-up for every stored evaluation of one setting (uniform schedules as
-    diamonds); evaluations without a speed claim (simulated precisions) are left out, not placed."""
+HISTORY_AXES = {"speedup": "measured speed-up vs reference", "peak_gib": "peak memory of the image (GiB)"}
+
+
+def history(points: Sequence[HistoryPoint], axis: str = "speedup") -> go.Figure:
+    """Quality against measured speed-up (``axis="speedup"``) or the image's peak memory (``"peak_gib"``) for every
+    stored evaluation of one setting (uniform schedules as diamonds); evaluations without a value on that axis (no
+    speed claim for simulated precisions; no memory measured before it was) are left out, not placed."""
     import plotly.graph_objects as go
 
+    def x(point: HistoryPoint) -> float | None:
+        if axis == "speedup":
+            return point.speedup
+        return None if point.peak_bytes is None else point.peak_bytes / 2**30
+
     figure = go.Figure()
+    unit = "x" if axis == "speedup" else " GiB"
+    hover = "%{text}<br>%{x:.2f}" + unit + "<br>SSIM %{y:.3f}<extra></extra>"
     for uniform in (True, False):
-        part = [p for p in points if p.uniform == uniform and p.speedup is not None and p.ssim is not None]
+        part = [p for p in points if p.uniform == uniform and x(p) is not None and p.ssim is not None]
         if part:
             figure.add_trace(go.Scatter(
-                x=[p.speedup for p in part], y=[p.ssim for p in part], mode="markers",
+                x=[x(p) for p in part], y=[p.ssim for p in part], mode="markers",
                 name="uniform" if uniform else "mixed", text=[p.schedule for p in part],
-                customdata=[p.schedule for p in part], hovertemplate=HOVER,
+                customdata=[p.schedule for p in part], hovertemplate=hover,
                 marker={"size": 12 if uniform else 9, "symbol": "diamond" if uniform else "circle"}))
-    figure.update_layout(xaxis_title="measured speed-up vs reference", yaxis_title="SSIM vs reference", height=420,
-                         **LAYOUT)
+    figure.update_layout(xaxis_title=HISTORY_AXES[axis], yaxis_title="SSIM vs reference", height=420, **LAYOUT)
     return figure

@@ -55,9 +55,13 @@ class Point:
     schedule: str
     quality: float  # 1 - degradation (mean SSIM for the real oracle)
     speedup: float
+    peak_bytes: int | None = None  # the largest peak memory of its images (the real oracle), when measured
 
     def to_dict(self) -> dict[str, float | str]:
-        return {"schedule": self.schedule, "ssim": self.quality, "speedup": self.speedup}
+        data: dict[str, float | str] = {"schedule": self.schedule, "ssim": self.quality, "speedup": self.speedup}
+        if self.peak_bytes is not None:
+            data["peak_gib"] = round(self.peak_bytes / 2**30, 3)
+        return data
 
 
 @dataclass

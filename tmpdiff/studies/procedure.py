@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tmpdiff.engine.budget import OutOfMemory
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.evaluator import Evaluator
@@ -51,11 +52,23 @@ class ModelOracle:
         self.evaluator, self.settings, self.table, self.reference = evaluator, settings, table, reference
         self.on_evaluation = on_evaluation
         self.quality: dict[Schedule, tuple[float, float]] = {}
+        self.peaks: dict[Schedule, int | None] = {}
+        self.not_run: dict[Schedule, str] = {}  # schedules whose images did not fit the memory budget, and why
 
     def degradation(self, schedule: Schedule) -> float:
         if schedule not in self.quality:
-            values = [e.record.ssim or 0.0 for e in self.evaluator.evaluate_all(self.settings, schedule)]
+            try:
+                made = self.evaluator.evaluate_all(self.settings, schedule)
+            except OutOfMemory as exc:
+                if schedule == Schedule.uniform(self.reference, len(schedule)):
+                    raise  # nothing can be compared without the reference
+                self.not_run[schedule] = str(exc)
+                self.quality[schedule] = (0.0, 0.0)  # never chosen: as if it had lost everything
+                return 1.0
+            values = [e.record.ssim or 0.0 for e in made]
             self.quality[schedule] = (statistics.fmean(values), statistics.pstdev(values))
+            peaks = [e.record.peak_bytes for e in made if e.record.peak_bytes is not None]
+            self.peaks[schedule] = max(peaks) if peaks else None
             self.on_evaluation(schedule)
         return 1 - self.quality[schedule][0]
 
@@ -65,7 +78,8 @@ class ModelOracle:
     def point(self, schedule: Schedule) -> Point:
         self.degradation(schedule)
         reference = self.table.predict(Schedule.uniform(self.reference, len(schedule)))
-        return Point(str(schedule), self.quality[schedule][0], reference / self.cost(schedule))
+        return Point(str(schedule), self.quality[schedule][0], reference / self.cost(schedule),
+                     self.peaks.get(schedule))
 
 
 class PhaseMeter:
@@ -143,7 +157,8 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
         new_evaluations_in_search=search_evaluations,
         evaluation_bound=evaluation_bound(steps, len(ladder)) * (BUDGET_ITERATIONS if request.target_speedup else 1),
         baselines=tuple(baselines), costs=table, costs_source=costs_source, validation=validation,
-        pareto=tuple(pareto_front([oracle.point(s) for s in list(oracle.quality)])), ladder_notes=tuple(ladder_notes),
+        pareto=tuple(pareto_front([oracle.point(s) for s in list(oracle.quality) if s not in oracle.not_run])),
+        ladder_notes=tuple(ladder_notes), not_run=tuple(str(s) for s in oracle.not_run),
         simulated_in_ladder=tuple(n for n in ladder if n in table.simulated),
         best_baseline_at_speedup=_best_uniform_margin(baselines, found), additivity=additivity,
         strategies=strategies, exhaustive=exhaustive, denoiser_calls=calls["denoiser_calls"],
@@ -198,10 +213,9 @@ def _oracle(evaluator: Evaluator, request: SearchRequest, table: CostTable, refe
 
 def _baselines(oracle: ModelOracle, request: SearchRequest, steps: int, ladder: list[str]) -> list[Point]:
     """Every uniform schedule of the ladder, and (unless switched off) the boundary schedules."""
-    points = [oracle.point(s) for s in uniform_schedules(steps, ladder)]
-    if request.baselines:
-        points += [oracle.point(s) for s in boundary_schedules(steps, ladder)]
-    return points
+    schedules = uniform_schedules(steps, ladder) + (boundary_schedules(steps, ladder) if request.baselines else [])
+    points = [oracle.point(s) for s in schedules]
+    return [p for s, p in zip(schedules, points, strict=True) if s not in oracle.not_run]
 
 
 def _search(oracle: ModelOracle, request: SearchRequest, steps: int, ladder: list[str], reference_cost: float,

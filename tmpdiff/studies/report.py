@@ -118,6 +118,7 @@ class SearchReport:
     replay: dict[str, Any] | None = None
     batch_size: int = 1
     skipped: tuple[str, ...] = ()  # phases left out, each with how to ask for it (``errors.worded`` templates)
+    not_run: tuple[str, ...] = ()  # schedules whose images did not fit the memory budget (never chosen)
     request: SearchRequest | None = None  # what was searched (prompts, seeds, ...); None in reports written before it
     version: int = REPORT_VERSION
 
@@ -175,7 +176,7 @@ class SearchReport:
         data.update({"validation": self.validation.to_dict(), "pareto": [p.to_dict() for p in self.pareto],
                      "denoiser_calls": self.denoiser_calls, "phase_seconds": self.phase_seconds,
                      "replay": self.replay, "batch_size": self.batch_size,
-                     "skipped": [worded(s) for s in self.skipped]})
+                     "skipped": [worded(s) for s in self.skipped], "not_run": list(self.not_run)})
         if self.request is not None:
             data["request"] = self.request.to_dict()
         return data
@@ -214,6 +215,7 @@ class SearchReport:
             denoiser_calls=data.get("denoiser_calls", {}), phase_seconds=data.get("phase_seconds", {}),
             replay=data.get("replay"), batch_size=int(data.get("batch_size", 1)),
             skipped=tuple(literal(s) for s in data.get("skipped", ())), request=_request(data.get("request")),
+            not_run=tuple(data.get("not_run", ())),
         )
 
 
@@ -228,4 +230,5 @@ def _request(data: dict[str, Any] | None) -> SearchRequest | None:
 
 
 def _points(rows: list[dict[str, Any]]) -> tuple[Point, ...]:
-    return tuple(Point(r["schedule"], float(r["ssim"]), float(r["speedup"])) for r in rows)
+    return tuple(Point(r["schedule"], float(r["ssim"]), float(r["speedup"]),
+                       None if r.get("peak_gib") is None else int(float(r["peak_gib"]) * 2**30)) for r in rows)
