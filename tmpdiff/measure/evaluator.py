@@ -121,7 +121,8 @@ class Evaluator:
         return EvalKey(
             model=settings.model, model_hash=self.model_hash(settings.model), settings=settings.to_dict(),
             schedule=str(schedule), schedule_hash=schedule.hash,
-            device=device_fingerprint(self.engine.device, self.engine.mode, self.engine.split),
+            device=device_fingerprint(self.engine.device, self.engine.mode, self.engine.split,
+                                      self.engine.budget if self.engine.budget_given else None),
         )
 
     def model_hash(self, model: str) -> str:
@@ -179,6 +180,7 @@ class Evaluator:
         table = measure_costs(timed_run(self.engine, settings), reference, sorted(set(precisions) - {reference}),
                               steps=max(steps, 2), device=self.engine.device, compiled=self.compiled,
                               table=self.known_costs(settings), warm_reference_only=True)
+        table.budget_gib = gib(self.engine.budget) if self.engine.budget_given else None  # streamed steps cost more
         self._tables[(settings.model, steps, settings.resolved_size)] = table
         return table
 
@@ -211,6 +213,7 @@ class Evaluator:
                 table = measure_costs(timed_run(self.engine, settings), settings.spec.dtype, sorted(missing),
                                       steps=steps, device=self.engine.device, compiled=self.compiled, table=table,
                                       warm_reference_only=True)
+                table.budget_gib = gib(self.engine.budget) if self.engine.budget_given else None
                 self._tables[shape] = table
             self.costs[settings.model] = table
             return table

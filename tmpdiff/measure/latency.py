@@ -43,6 +43,7 @@ class CostTable:
     device_name: str | None = None  # e.g. "NVIDIA H100 80GB HBM3"
     note: str = ""  # what the numbers include, for a table measured elsewhere
     target: bool = False  # loaded for planning on another device: used as is, never re-measured here
+    budget_gib: float | None = None  # the GPU memory budget the costs were measured under (streamed steps cost more)
 
     def predict(self, schedule: Schedule) -> float:
         missing = [n for n in schedule.precisions if n not in self.step_seconds]
@@ -65,7 +66,8 @@ class CostTable:
         return {"version": COST_TABLE_VERSION, "device": self.device, "compiled": self.compiled,
                 "steps": self.steps, "step_seconds": self.step_seconds, "step_spread": self.step_spread,
                 "fixed_seconds": self.fixed_seconds, "simulated": self.simulated,
-                "architecture": self.architecture, "device_name": self.device_name, "note": self.note}
+                "architecture": self.architecture, "device_name": self.device_name, "note": self.note,
+                "budget_gib": self.budget_gib}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CostTable:
@@ -76,7 +78,8 @@ class CostTable:
                    step_spread={str(k): float(v) for k, v in data.get("step_spread", {}).items()},
                    fixed_seconds=float(data["fixed_seconds"]), simulated=[str(s) for s in data["simulated"]],
                    architecture=data.get("architecture"), device_name=data.get("device_name"),
-                   note=str(data.get("note", "")))
+                   note=str(data.get("note", "")),
+                   budget_gib=None if data.get("budget_gib") is None else float(data["budget_gib"]))
 
 
 RunFn = Callable[[Schedule], tuple[float, list[float]]]

@@ -21,9 +21,11 @@ def stable_hash(data: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def device_fingerprint(device: str, mode: str, split: int = 1) -> dict[str, Any]:
+def device_fingerprint(device: str, mode: str, split: int = 1, budget: int | None = None) -> dict[str, Any]:
     """What decides numerics and speed on this machine (``mode``: eager, compiled or aot; ``split``: over how
-    many GPUs each image is split, so that a split image's seconds never answer for one GPU's)."""
+    many GPUs each image is split, so that a split image's seconds never answer for one GPU's; ``budget``: a GPU
+    memory budget the user gave, under which blocks may stream and run eager, so its images and seconds never
+    answer for an unbudgeted run's)."""
     import diffusers
     import torch
     import torchao
@@ -32,7 +34,8 @@ def device_fingerprint(device: str, mode: str, split: int = 1) -> dict[str, Any]
     name = torch.cuda.get_device_name(device) if kind == "cuda" else f"cpu-{platform.machine()}"
     return {"device": name, "torch": torch.__version__, "torchao": torchao.__version__,
             "diffusers": diffusers.__version__, "compiled": mode != "eager",
-            **({"mode": str(mode)} if mode == "aot" else {}), **({"split_over": split} if split > 1 else {})}
+            **({"mode": str(mode)} if mode == "aot" else {}), **({"split_over": split} if split > 1 else {}),
+            **({"budget_gib": round(budget / 2**30, 2)} if budget is not None else {})}
 
 
 @dataclass(frozen=True)
