@@ -210,3 +210,50 @@ def test_a_search_with_one_schedule_out_of_memory_finishes_without_it(monkeypatc
     assert report.not_run == (too_big,)
     assert too_big not in {p.schedule for p in (*report.pareto, *report.baselines)} and report.schedule != too_big
     assert report.to_dict()["not_run"] == [too_big]
+
+
+def deep_tiny_flux():
+    """tiny-flux with ten blocks (a plan needs a few to choose between), the same weights every call."""
+    from diffusers import FluxTransformer2DModel
+
+    from tmpdiff import load_pipeline
+
+    pipe = load_pipeline("tiny-flux")
+    torch.manual_seed(0)
+    pipe.register_modules(transformer=FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=8, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]).eval())
+    return pipe
+
+
+def test_the_engine_under_a_placement_gives_the_unplaced_image_with_variants_built_block_by_block(monkeypatch):
+    """The engine's whole path under a plan that streams (on the CPU, the budget set by hand: ``--gpu-memory`` is a
+    GPU's): the reference streams part of its blocks, a quantized variant is built from them block by block and
+    placed once its size is known, and the image is bit for bit the one made without a plan."""
+    import numpy as np
+
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.pipelines.placer import Placer
+
+    settings = RunSettings(model="tiny-flux", steps=4, size=32)
+    schedule = "fp32,int8wo*2,fp32"
+    plain = Engine("cpu", compile=False)
+    plain._pipes["tiny-flux"] = deep_tiny_flux()
+    want = plain.generate(settings, schedule)
+
+    monkeypatch.setattr("tmpdiff.engine.runner.estimate_working", lambda *a, **k: 0)
+    engine = Engine("cpu", compile=False)
+    pipe = engine._pipes["tiny-flux"] = deep_tiny_flux()
+    placer = engine.placers["tiny-flux"] = Placer(pipe, torch.device("cpu"), None)
+    everything = placer.prepare(["fp32", "int8wo"], 0)  # no budget: the whole pipeline's bytes
+    block = placer.sizes().parts["fp32"].largest_block
+    engine.budget = placer.budget = everything.peak - 4 * block  # the reference cannot all stay
+    plans = []
+    engine.on_plan = lambda model, line: plans.append(line)
+    placed = engine.generate(settings, schedule)
+    assert np.array_equal(np.asarray(placed.image), np.asarray(want.image))
+    assert placed.steps_run == want.steps_run == ["fp32", "int8wo", "int8wo", "fp32"]
+    assert placer.plan is not None and placer.plan.streams("fp32") and "streamed" in plans[-1]
+    assert placer.streamers["fp32"].onloads > 0  # blocks came in to run, and to be quantized
+    assert placed.memory.plan == placer.plan.line()

@@ -125,6 +125,17 @@ class Engine:
         self.split = processes
         self.mirror = CallMirror() if mirror else None
 
+    def set_gpu_memory(self, gpu_memory: float | None) -> None:
+        """A new budget for this engine's next calls (GiB; None: all of the GPU), planned for at the next call: a
+        benchmark measures several budgets in one process."""
+        if self.device.startswith("cuda") and gpu_memory is None:
+            torch.cuda.set_per_process_memory_fraction(1.0, torch.device(self.device))
+            self.budget, self.budget_given = torch.cuda.mem_get_info(self.device)[1] - GIB, False
+        else:
+            self.budget, self.budget_given = resolve_budget(gpu_memory, self.device)
+        for placer in self.placers.values():
+            placer.budget = self.budget
+
     @property
     def leads(self) -> bool:
         """Whether this process speaks for its group: always, unless it is a later process of a split image."""

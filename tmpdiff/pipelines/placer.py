@@ -64,6 +64,7 @@ class Placer:
         self._schedule: tuple[str, ...] = ()
         self._planned: tuple[Any, ...] | None = None
         self._sizes: Sizes | None = None
+        self._weighed: dict[int, Part] = {}  # parts weighed so far, by module (tensors move, they do not change)
 
     # --- planning -------------------------------------------------------------------------------
     def prepare(self, precisions: Sequence[str], working: int) -> Plan:
@@ -76,6 +77,7 @@ class Placer:
 
     def variant_built(self) -> None:
         """A variant was just built: its real size is known; plan again (inside the call that built it)."""
+        self._weighed.clear()
         if self._in_use:
             self._replan()
 
@@ -115,13 +117,18 @@ class Placer:
             for precision in self._precisions_in(owner):
                 name = self._variant_name(owner, precision)
                 module = self._variant(bank, precision)
-                parts[name] = _part(name, "variant", module) if module is not None else self._estimate(bank, name,
-                                                                                                     precision)
+                parts[name] = self._weigh(name, "variant", module) if module is not None else \
+                    self._estimate(bank, name, precision)
         for name, encoder in self.encoders.items():
-            parts[name] = _part(name, "encoder", encoder)
+            parts[name] = self._weigh(name, "encoder", encoder)
         if isinstance(self.vae, nn.Module):
             parts["vae"] = Part("vae", "vae", _tensors(self.vae))
         return Sizes(parts, self.working)
+
+    def _weigh(self, name: str, kind: str, module: nn.Module) -> Part:
+        if id(module) not in self._weighed:
+            self._weighed[id(module)] = _part(name, kind, module)
+        return self._weighed[id(module)]
 
     # --- carrying it out -------------------------------------------------------------------------
     def _apply(self, plan: Plan, sizes: Sizes) -> None:
@@ -206,7 +213,7 @@ class Placer:
         """A variant not built yet, from its reference: quantized weights at the precision's bits (every other
         tensor shared with the reference), a cast at its dtype's bits."""
         entry = get_precision(precision)
-        reference = _part(name, "variant", bank.reference)
+        reference = self._weigh(name, "variant", bank.reference)
         ratio = entry.bits / (torch.finfo(bank.reference_dtype).bits)
         takes = bank.layer_filter(entry) if entry.kind is Kind.TORCHAO else None
         quantized = {id(m.weight) for n, m in bank.reference.named_modules() if takes is not None and takes(m, n)}

@@ -1,0 +1,126 @@
+"""Bytes, not only seconds: a FLUX.1-dev-sized pipeline under GPU memory budgets, against stock diffusers.
+
+One process, one run of each (ratios from the same run): the stock baseline a 24 GiB user has today (diffusers' bf16
+pipeline, the transformer under block-level group offloading with CUDA streams, encoders and VAE resident, eager),
+then tmpdiff without a budget and at each budget (``--gpu-memory``, the allocator capped to it), each schedule's
+second image timed. Every row names its schedule, budget, peak and speed-up against the stock baseline; images under
+a budget are compared with the unbudgeted ones.
+
+    python benchmarks/memory.py --budgets 24,16,12 --out benchmarks/results/memory_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tmpdiff.engine.runner import Engine, device_name
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.memory import GIB
+from tmpdiff.measure.metrics import ssim
+
+SCHEDULES = ("bf16*28", "bf16*4,fp8*20,bf16*4", "fp8*28")
+
+
+def host_link() -> float:
+    """Pinned host-to-device copy rate in GB/s (what streaming runs at on this machine)."""
+    host = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
+    device = torch.empty_like(host, device="cuda")
+    device.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(4):
+        device.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    return 4 * (1 << 30) / (time.perf_counter() - start) / 1e9
+
+
+def stock(settings: RunSettings, budget: int) -> dict[str, Any]:
+    """Stock diffusers at ``budget`` GiB: bf16 transformer group-offloaded block by block with streams."""
+    from tmpdiff.pipelines.registry import load_pipeline
+
+    torch.cuda.set_per_process_memory_fraction(budget * GIB / torch.cuda.mem_get_info()[1])
+    pipe = load_pipeline(settings.model, "cuda", host=True)
+    pipe.transformer.enable_group_offload(onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
+                                          offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+    for name in ("text_encoder", "text_encoder_2", "vae"):
+        getattr(pipe, name).to("cuda")
+    seconds = []
+    for _ in range(2):  # the second image is timed
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        with torch.no_grad():
+            pipe(**settings.call_kwargs("cuda"), output_type="pil")
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    row = {"config": "stock diffusers bf16, transformer group offloading (block level, streams), encoders resident",
+           "schedule": "bf16*28", "budget_gib": budget, "seconds": round(seconds[-1], 3),
+           "first_image_seconds": round(seconds[0], 3), "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2)}
+    del pipe
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    return row
+
+
+def ours(engine: Engine, settings: RunSettings, budget: float | None, plans: list[str]) -> list[dict[str, Any]]:
+    engine.set_gpu_memory(budget)
+    rows = []
+    for schedule in SCHEDULES:
+        engine.generate(settings, schedule)  # builds, warms; the second image is timed
+        result = engine.generate(settings, schedule)
+        assert result.memory is not None
+        rows.append({"schedule": schedule, "budget_gib": budget, "seconds": round(result.seconds, 3),
+                     "peak_gib": round((result.memory.peak_bytes or 0) / GIB, 2), "plan": plans[-1] if plans else "",
+                     "image": np.asarray(result.image)})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "image"}), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="flux-dev-random")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--budgets", default="24,16,12", help="GiB, comma-separated")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--stock", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    budgets = [float(b) for b in args.budgets.split(",") if b]
+    settings = RunSettings(model=args.model, steps=args.steps, size=args.size)
+    result: dict[str, Any] = {"device": device_name("cuda"), "torch": torch.__version__, "model": args.model,
+                              "size": args.size, "steps": args.steps, "compiled": args.compile,
+                              "host_link_gb_s": round(host_link(), 1)}
+    if args.stock:
+        result["stock"] = stock(settings, int(max(budgets)))
+        print(json.dumps(result["stock"]), flush=True)
+    plans: list[str] = []
+    engine = Engine("cuda", compile=args.compile)
+    engine.on_plan = lambda model, line: plans.append(line)
+    free = ours(engine, settings, None, plans)
+    rows = []
+    for budget in budgets:
+        for row, unbudgeted in zip(ours(engine, settings, budget, plans), free, strict=True):
+            row["ssim_vs_unbudgeted"] = round(ssim(row["image"], unbudgeted["image"]), 5)
+            row["bit_equal_to_unbudgeted"] = bool(np.array_equal(row["image"], unbudgeted["image"]))
+            rows.append(row)
+    base = result.get("stock", {}).get("seconds")
+    for row in [*free, *rows]:
+        row.pop("image")
+        if base:
+            row["speedup_vs_stock"] = round(base / row["seconds"], 2)
+    result["unbudgeted"], result["rows"] = free, rows
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "unbudgeted")}))
+
+
+if __name__ == "__main__":
+    main()
