@@ -26,7 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from tmpdiff.variants.bank import STREAMING_HOOK
+
 __all__ = ["BlockStreamer", "find_blocks", "tensor_bytes"]
+
+
+def _streaming_hook(hook: Any) -> Any:
+    """Marks a hook as this module's: a copy of a streamed module drops it (``variants.bank.strip_streaming_hooks``)."""
+    setattr(hook, STREAMING_HOOK, True)
+    return hook
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
@@ -214,6 +222,7 @@ class BlockStreamer:
         return found
 
     def _before(self, index: int) -> Any:
+        @_streaming_hook
         def hook(module: nn.Module, _args: Any) -> None:
             if module is not self.blocks[index]:  # a copy of this block (another variant): not streamed here
                 return
@@ -227,6 +236,7 @@ class BlockStreamer:
         return hook
 
     def _after(self, index: int) -> Any:
+        @_streaming_hook
         def hook(module: nn.Module, _args: Any, output: Any) -> None:
             if module is self.blocks[index] and index in self._streamed:
                 self._release(self._streamed[index])

@@ -306,6 +306,18 @@ class VariantBank:
             self.device = device
 
 
+STREAMING_HOOK = "_tmpdiff_streaming"  # marks the hooks of a block streamed from host memory (pipelines.streaming)
+
+
+def strip_streaming_hooks(module: nn.Module) -> None:
+    """Removes the streaming hooks a copy of a streamed module carries over (a variant built from the reference):
+    they are the original's, and a compiled block should not trace them."""
+    for layer in module.modules():
+        for hooks in (layer._forward_pre_hooks, layer._forward_hooks):
+            for key in [k for k, hook in hooks.items() if getattr(hook, STREAMING_HOOK, False)]:
+                del hooks[key]
+
+
 _BANKS: weakref.WeakKeyDictionary[nn.Module, VariantBank] = weakref.WeakKeyDictionary()
 _BANKS_LOCK = threading.Lock()
 
@@ -385,6 +397,7 @@ def _copy(module: nn.Module, share: bool, parallelize: bool = True) -> nn.Module
     memo = {id(t): t for t in _tensors(module)} if share else {}
     with _without_instance_forward(module) as parallel:
         copied = copy.deepcopy(module, memo)
+    strip_streaming_hooks(copied)
     if parallel is not None and parallelize:
         _parallel_like(copied, parallel)
     return copied
