@@ -32,7 +32,7 @@ __all__ = ["BlockStreamer", "find_blocks", "tensor_bytes"]
 
 
 def _streaming_hook(hook: Any) -> Any:
-    """Marks a hook as this module's: a copy of a streamed module drops it (``variants.bank.strip_streaming_hooks``)."""
+    """Marks a hook as a streamer's: a copy of a streamed block drops it (``bank.strip_streaming_hooks``)."""
     setattr(hook, STREAMING_HOOK, True)
     return hook
 
