@@ -53,5 +53,13 @@ def resolve_budget(gpu_memory: float | None, device: str) -> tuple[int | None, b
         raise FieldError("gpu_memory", gpu_memory, f"{{gpu_memory}} takes a number of GiB from more than 0 to this "
                          f"GPU's {total / GIB:.1f}, got {{value}}")
     budget = int(value * GIB)
-    torch.cuda.set_per_process_memory_fraction(budget / total, torch.device(device))
+    torch.cuda.set_per_process_memory_fraction(budget / total, cuda_index(device))
     return budget, True
+
+
+def cuda_index(device: str) -> int:
+    """The index of a CUDA device named ``cuda`` or ``cuda:N`` (the current one for plain ``cuda``)."""
+    import torch
+
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else index

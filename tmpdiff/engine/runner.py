@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from PIL import Image
 
-from tmpdiff.engine.budget import OutOfMemory, resolve_budget
+from tmpdiff.engine.budget import OutOfMemory, cuda_index, resolve_budget
 from tmpdiff.engine.settings import Result, RunSettings, batch_call_kwargs
 from tmpdiff.engine.split_app import told_to_followers
 from tmpdiff.engine.timing import timing_vae_decode
@@ -129,7 +129,7 @@ class Engine:
         """A new budget for this engine's next calls (GiB; None: all of the GPU), planned for at the next call: a
         benchmark measures several budgets in one process."""
         if self.device.startswith("cuda") and gpu_memory is None:
-            torch.cuda.set_per_process_memory_fraction(1.0, torch.device(self.device))
+            torch.cuda.set_per_process_memory_fraction(1.0, cuda_index(self.device))
             self.budget, self.budget_given = torch.cuda.mem_get_info(self.device)[1] - GIB, False
         else:
             self.budget, self.budget_given = resolve_budget(gpu_memory, self.device)

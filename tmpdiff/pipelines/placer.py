@@ -132,31 +132,27 @@ class Placer:
 
     # --- carrying it out -------------------------------------------------------------------------
     def _apply(self, plan: Plan, sizes: Sizes) -> None:
-        kept = set(plan.kept)
-        streamed = {name: [i for i in range(len(sizes.parts[name].blocks)) if i not in plan.resident[name]]
-                    for name in plan.resident}
-        moved = False
-        for name, indices in streamed.items():  # free first, then fill
+        """Moves tensors as ``plan`` says, freeing before filling: blocks that now stream leave the device first;
+        then the tensors resident parts share, the resident blocks and every other kept tensor come onto it."""
+        kept, moved = set(plan.kept), False
+        for name in plan.resident:
             streamer = self._streamer(name)
             if streamer is not None:
-                streamer.keep_on_device(kept & _ids(streamer))
+                indices = [i for i in range(len(sizes.parts[name].blocks)) if i not in plan.resident[name]]
                 moved |= bool(set(indices) - set(streamer.streamed))
                 streamer.stream(indices)
-        for name, part in sizes.parts.items():
-            module = self._module(name)
-            if name not in plan.resident or module is None:
-                continue
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        for name in plan.resident:
             streamer = self.streamers.get(name)
             if streamer is not None:
+                streamer.set_keep(kept & _ids(streamer))
                 moved |= bool(set(plan.resident[name]) & set(streamer.streamed))
                 streamer.make_resident(plan.resident[name])
-            _to_device(module, set(part.fixed) | {t for i in plan.resident[name] for t in part.blocks[i]},
-                       self.device)
+            _to_device(self._module(name), kept, self.device)
         if moved:  # captured CUDA graphs point at tensors that moved
             for bank in self.banks.values():
                 bank.graphs.clear()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def _streamer(self, name: str) -> BlockStreamer | None:
         if name not in self.streamers:

@@ -183,15 +183,17 @@ class BlockStreamer:
             for slot in block.slots:
                 slot.onload(self.device, non_blocking=False)
 
-    def keep_on_device(self, tensor_ids: Iterable[int]) -> None:
-        """These tensors (shared with a resident variant) stay on the device from now on, streamed or not."""
-        new = set(tensor_ids) - self.keep
-        self.keep |= new
-        for block in self._streamed.values():
-            kept = [slot for slot in block.slots if id(slot.tensor) in new]
-            for slot in kept:
-                slot.onload(self.device, non_blocking=False)
-            block.slots = [slot for slot in block.slots if id(slot.tensor) not in new]
+    def set_keep(self, tensor_ids: Iterable[int]) -> None:
+        """From now on exactly these tensors (shared with a resident variant) stay on the device: a streamed block
+        holding one newly kept, or one no longer kept, is brought in and streamed again without it (kept tensors
+        still on the host are the caller's to move)."""
+        keep = set(tensor_ids)
+        changed = keep ^ self.keep
+        self.keep = keep
+        for index, block in list(self._streamed.items()):
+            if any(id(t) in changed for t in _block_tensors(block.module)):
+                self.make_resident([index])
+                self.stream([index])
 
     def remove(self) -> None:
         """Every block back on the device, the hooks gone."""
@@ -276,3 +278,8 @@ class BlockStreamer:
 
 def _bytes(tensor: torch.Tensor) -> int:
     return tensor_bytes(tensor)
+
+
+def _block_tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [t for owner in module.modules() for t in [*owner._parameters.values(), *owner._buffers.values()]
+            if t is not None]
