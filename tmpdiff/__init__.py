@@ -53,7 +53,7 @@ class _CheckoutFinder:
                                                       submodule_search_locations=[str(cls.ROOT / folder)])
 
 
-if not (Path(__file__).parent / "ui").exists() and (_CheckoutFinder.ROOT / "ui" / "__init__.py").exists() \
+if not (Path(__file__).parent / "ui" / "__init__.py").exists() and (_CheckoutFinder.ROOT / "ui" / "__init__.py").exists() \
         and (_CheckoutFinder.ROOT / "cache" / "__init__.py").exists():
     sys.meta_path.insert(0, _CheckoutFinder)
 
