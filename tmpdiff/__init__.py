@@ -53,8 +53,8 @@ class _CheckoutFinder:
                                                       submodule_search_locations=[str(cls.ROOT / folder)])
 
 
-if not (Path(__file__).parent / "ui" / "__init__.py").exists() and (_CheckoutFinder.ROOT / "ui" / "__init__.py").exists() \
-        and (_CheckoutFinder.ROOT / "cache" / "__init__.py").exists():
+_INSTALLED = (Path(__file__).parent / "ui" / "__init__.py").exists()  # a wheel's tmpdiff/ui
+if not _INSTALLED and all((_CheckoutFinder.ROOT / f / "__init__.py").exists() for f in ("ui", "cache")):
     sys.meta_path.insert(0, _CheckoutFinder)
 
 
