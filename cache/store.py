@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from tmpdiff.atomic import write_atomically
-from tmpdiff.errors import literal, shown
+from tmpdiff.errors import CacheWarning, literal, shown
 from tmpdiff.measure.records import BlindTally, EvalKey, EvalRecord, StoredEvaluation, StoredSearchRun
 
 from .connection import (
@@ -96,7 +96,8 @@ class Cache:
         ensure_schema(self.engine, self.where, read_only=True)
         self.read_only = why[why.rfind("(") + 1:why.rfind(")")] if "(" in why else why  # SQLite's own words
         warnings.warn(f"the cache {self.where} is open read-only (SQLite: {self.read_only}): stored results are "
-                      "shown, new ones are not kept; check the folder's permissions and free space", stacklevel=3)
+                      "shown, new ones are not kept; check the folder's permissions and free space", CacheWarning,
+                      stacklevel=3)
 
     # --- evaluations ---------------------------------------------------------------------
     def get(self, key: EvalKey) -> EvalRecord | None:

@@ -1,5 +1,6 @@
 """Cancellation: a stopped search ends at its next denoising step, frees the pipeline and is logged as such."""
 
+import dataclasses
 import threading
 import time
 
@@ -226,3 +227,66 @@ def test_a_turn_lock_says_whether_a_newcomer_would_wait():
     with lock:
         assert lock.taken
     assert not lock.taken
+
+
+def test_the_app_says_a_result_was_not_kept_in_that_request_only_and_without_paths(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from tmpdiff import get_model
+    from tmpdiff.studies.study import Study
+    from tmpdiff.ui import panels
+    from tmpdiff.ui.state import AppState
+
+    store = Cache(tmp_path / "c.sqlite")
+    put, failing = store.put, [True]
+
+    def put_unless_failing(record):
+        if failing[0]:
+            raise OSError(28, f"No space left on device: {tmp_path}")
+        return put(record)
+
+    monkeypatch.setattr(store, "put", put_unless_failing)
+    said: list[str] = []
+    monkeypatch.setattr(gr, "Warning", lambda message, *a, **k: said.append(message))
+    app = AppState(Study.open(Engine("cpu"), store), get_model("shapes-dit"))
+    args = ("shapes-dit", "red circle", 5, 4, 64, 3.0, "fp32*2,skip*2", lambda *a, **k: None)
+    with pytest.warns(UserWarning, match="could not be written"):  # the server's log: with the reason
+        panels.run_image(app, *args)
+    assert len(said) == 1 and "could not be kept" in said[0] and str(tmp_path) not in said[0]
+    failing[0] = False
+    panels.run_image(app, *args[:-2], "fp32*3,skip", args[-1])  # the next visitor's image is kept: nothing said
+    panels.run_image(app, *args)  # an image computed again and kept this time
+    assert len(said) == 1 and len(store.evaluations()) == 3
+
+
+def test_a_cancel_mid_image_writes_nothing_after_it_and_a_failed_search_is_closed_with_its_reason(tmp_path):
+    store = Cache(tmp_path / "c.sqlite")
+    evaluator = Evaluator(Engine("cpu"), store)
+    stop, writes_after_stop = threading.Event(), []
+    put, link = store.put, store.link_search
+    store.put = lambda record: (writes_after_stop.append("row") if stop.is_set() else None, put(record))[1]
+    store.link_search = lambda *a: (writes_after_stop.append("link") if stop.is_set() else None, link(*a))[1]
+    calls, rows_at = evaluator.engine.calls, {}
+
+    def stop_two_steps_into_an_image() -> bool:  # asked at every step boundary (and between images)
+        if not stop.is_set() and len(store.evaluations()) >= 9:  # well into the search, past its batched start
+            rows_at.setdefault("calls", calls["denoiser"])
+            if calls["denoiser"] - rows_at["calls"] >= 2:
+                rows_at["rows"] = len(store.evaluations())
+                stop.set()
+        return stop.is_set()
+
+    with pytest.raises(Cancelled):
+        Study(evaluator, store).search(REQUEST, should_stop=stop_two_steps_into_an_image)
+    assert stop.is_set() and writes_after_stop == [] and calls["denoiser"] - rows_at["calls"] == 2
+    assert len(store.evaluations()) == rows_at["rows"]
+    assert store.search_runs()[0].result == {"cancelled": True, "evaluations_linked": rows_at["rows"]}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the GPU fell off the bus\nsecond line")
+
+    evaluator.engine.call_now = broken
+    with pytest.raises(RuntimeError, match="fell off"):
+        Study(evaluator, store).search(dataclasses.replace(REQUEST, seeds=(7,)))
+    run = store.search_runs()[0]
+    assert run.finished and run.result == {"failed": "RuntimeError: the GPU fell off the bus"}

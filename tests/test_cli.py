@@ -229,3 +229,28 @@ def test_a_reader_that_leaves_early_gets_no_error_line():
         os.close(write)
     assert done.stderr == ""
     assert done.returncode == 1  # as Python's own advice for a closed pipe
+
+
+def test_results_the_cache_cannot_keep_are_said_on_one_line_with_their_own_exit_code(tmp_path):
+    db = tmp_path / "c.sqlite"
+    first = cli("generate", "--steps", "4", "--schedule", "fp32*4", "--db", str(db), "--out", str(tmp_path / "a.png"))
+    assert first.returncode == 0, first.stderr
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:  # as its last closer leaves it: the log folded into the file
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"c.sqlite{suffix}").unlink(missing_ok=True)
+    (tmp_path / "c.sqlite-shm").mkdir()  # SQLite cannot make its shared memory: the cache can only be read
+    result = cli("generate", "--steps", "4", "--schedule", "fp32*2,skip*2", "--db", str(db),
+                 "--out", str(tmp_path / "b.png"))
+    assert result.returncode == 3, result.stderr  # the README's "computed, not kept" code
+    assert (tmp_path / "b.png").exists() and json.loads(result.stdout.splitlines()[-1])["steps_run"]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "1 result(s) were computed but could not be kept" in errors[0], result.stderr
+    assert any(line.startswith("warning: the cache") for line in result.stderr.splitlines())
+    assert "Traceback" not in result.stderr
+    (tmp_path / "c.sqlite-shm").rmdir()
+    rerun = cli("generate", "--steps", "4", "--schedule", "fp32*2,skip*2", "--db", str(db),
+                "--out", str(tmp_path / "c.png"))
+    assert rerun.returncode == 0 and not rerun.stderr.strip(), rerun.stderr  # kept now, and nothing to say

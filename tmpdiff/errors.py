@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["FieldError", "literal", "shown", "worded"]
+__all__ = ["CacheWarning", "FieldError", "TmpdiffWarning", "literal", "shown", "worded"]
+
+
+class TmpdiffWarning(UserWarning):
+    """Something a user must hear of (a front end never silences these, only libraries' own warnings)."""
+
+
+class CacheWarning(TmpdiffWarning):
+    """A result that could not be kept in the evaluation cache, or a cache that can only be read."""
 
 SHOWN_CHARS = 60  # of a bad value, in a message: enough to recognise it, never a megabyte in a log line
 

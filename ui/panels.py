@@ -72,9 +72,9 @@ def run_image(app: AppState, model: str, prompt: str, seed: object, steps: objec
     except (Busy, ValueError) as exc:
         raise user_error(exc) from None
     progress(1.0, desc="done")
-    if app.evaluator.store_error:
-        gr.Warning(f"{app.evaluator.store_error}: this result is shown but not kept; check the database and its "
-                   "folder (free space, permissions)")
+    if False in (comparison.reference.kept, comparison.evaluation.kept):  # this request's, and without paths
+        gr.Warning("this result is shown but could not be kept in the cache: the database refused the write "
+                   "(its folder's free space or permissions); the server's log says why")
     pair = (served_file(comparison.reference.record.png, "image.png"),
             served_file(comparison.evaluation.record.png, "image.png"))
     return pair, comparison.summary(), comparison

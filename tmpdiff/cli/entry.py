@@ -10,17 +10,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tmpdiff.cli.parser import build_parser
 from tmpdiff.frontends.processes import check_processes, refusal_exit, run_over_gpus
 from tmpdiff.frontends.refusals import EXIT_USAGE, refused, say
 from tmpdiff.pipelines.registry import MODELS
 
-__all__ = ["EXIT_INTERRUPTED", "PHASES", "check_outputs", "leave", "main", "run"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_NOT_KEPT", "PHASES", "check_outputs", "kept_or_said", "leave", "main", "run"]
 
 
 
 EXIT_INTERRUPTED = 130
+EXIT_NOT_KEPT = 3  # the command worked, but some of its results could not be kept in the cache it was given
 
 
 PHASES: dict[str, float] = {}  # where a command's seconds went (generate --verbose)
@@ -156,6 +158,16 @@ def _checked_device(device: str | None) -> str | None:
     if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     return device
+
+
+def kept_or_said(evaluator: Any, code: int = 0) -> int:
+    """``code``, or when results the user asked to cache could not be kept: one line on stderr (how many, and the
+    store's reason) and ``EXIT_NOT_KEPT``."""
+    if not evaluator.not_kept:
+        return code
+    say(f"error: {evaluator.not_kept} result(s) were computed but could not be kept in the cache "
+        f"({evaluator.store_error}); check the database and its folder, then run again to store them")
+    return EXIT_NOT_KEPT
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tmpdiff.cli.entry import PHASES
+from tmpdiff.cli.entry import PHASES, kept_or_said
 from tmpdiff.frontends.flags import open_cache
 from tmpdiff.pipelines.registry import MODELS
 
@@ -36,8 +36,9 @@ def generate(args: argparse.Namespace, device: str) -> int:
     clock = [time.perf_counter()]
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
     PHASES["cache_database"] = _lap(clock)
-    comparison = Study.open(engine, store).compare(
-        settings, schedule, given, on_phase=lambda what, _: PHASES.update({_phase_name(what): _lap(clock)}))
+    study = Study.open(engine, store)
+    comparison = study.compare(settings, schedule, given,
+                               on_phase=lambda what, _: PHASES.update({_phase_name(what): _lap(clock)}))
     PHASES["schedule_image"] = _lap(clock)
     if not engine.leads:
         return 0
@@ -50,7 +51,7 @@ def generate(args: argparse.Namespace, device: str) -> int:
         PHASES.pop("stored_costs", None)
         line["phase_seconds"] = {k: round(v, 3) for k, v in PHASES.items()}
     print(json.dumps(line))
-    return 0
+    return kept_or_said(study.evaluator)
 
 
 def _check_out(args: argparse.Namespace) -> bool:

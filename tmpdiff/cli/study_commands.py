@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tmpdiff.cli.entry import EXIT_INTERRUPTED
+from tmpdiff.cli.entry import EXIT_INTERRUPTED, kept_or_said
 from tmpdiff.cli.image_commands import engine_for, target_costs
 from tmpdiff.errors import worded
 from tmpdiff.frontends.flags import open_cache
@@ -48,7 +48,7 @@ def search(args: argparse.Namespace, device: str) -> int:
     bar.close()
     args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     _tell(report, request, _written_plots(report, args.json), target)
-    return 0
+    return kept_or_said(study.evaluator)
 
 
 def _search_request(args: argparse.Namespace) -> SearchRequest:
@@ -129,7 +129,7 @@ def sweep(args: argparse.Namespace, device: str) -> int:
     calls = study.evaluator.engine.calls
     print(json.dumps({"evaluations": len(rows), "from_cache": sum(r["cached"] for r in rows), "csv": str(args.csv),
                       "denoiser_calls": calls["denoiser"], "schedules": summarize(rows)}))
-    return 0
+    return kept_or_said(study.evaluator)
 
 
 def _interrupted(bar: Any, command: str) -> int:

@@ -22,11 +22,13 @@ from PIL import Image
 
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import Result, RunSettings
+from tmpdiff.errors import CacheWarning
 from tmpdiff.measure.latency import CostTable, measure_costs, timed_run
 from tmpdiff.measure.memory import gib
 from tmpdiff.measure.metrics import Quality, compare, compare_video
 from tmpdiff.measure.records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint, stable_hash
 from tmpdiff.pipelines.registry import config_hash
+from tmpdiff.steps.cancel import raise_if_stopped_here
 from tmpdiff.steps.replay import ReplayStore
 from tmpdiff.steps.schedule import Schedule
 from tmpdiff.variants.bank import Mode
@@ -43,6 +45,7 @@ class Evaluation:
     reference_seconds: float
     cached: bool
     vae_seconds: float | None = None  # measured apart when the image was computed here
+    kept: bool | None = None  # computed here: whether the cache kept it (None: read from it, or no cache)
     # How to score a video's frames (its image is a frame sheet); see ``frames``.
     score_frames: Callable[[], Quality | None] | None = field(default=None, repr=False, compare=False)
 
@@ -107,7 +110,9 @@ class Evaluator:
         self.replay: ReplayStore | None = replay
         self.batch_size = 1  # settings per pipeline call in evaluate_all (a search's own view)
         self._tables: dict[tuple[str, int, int], CostTable] = {}  # by (model, steps, size): measured once
-        self.store_error: str | None = None  # the last failed cache write, for a front end to show
+        # Cache writes that failed, shared with every view (``with_options``): how many, and the last reason (for
+        # logs and the command line, not for an app's visitors).
+        self._not_kept: dict[str, Any] = {"count": 0, "reason": None}
 
     def with_options(self, replay: ReplayStore | None, batch_size: int) -> Evaluator:
         """A view of this evaluator for one search: its own replay store and batch size, the same engine,
@@ -135,7 +140,17 @@ class Evaluator:
         digest = self.key(settings, settings.reference_schedule()).digest
         if digest not in self._references:
             self._references[digest] = self.evaluate(settings, settings.reference_schedule())
-        return self._references[digest]
+            return self._references[digest]
+        return self._remembered(digest)
+
+    def _remembered(self, digest: str) -> Evaluation:
+        """A reference computed earlier in this process. One the cache could not keep then is offered to it again
+        (a disk freed since), so that a later request's ``kept`` speaks of that request's writes."""
+        reference = self._references[digest]
+        if reference.kept is False:
+            reference = dataclasses.replace(reference, kept=self.store_record(reference.record, self.store))
+            self._references[digest] = reference
+        return reference
 
     def evaluate(self, settings: RunSettings, schedule: Schedule | str) -> Evaluation:
         """``schedule`` on ``settings``, from this process or the store when it was evaluated before. Past the trust
@@ -149,6 +164,7 @@ class Evaluator:
         reference = None if is_reference else self.reference(settings)
         table = self.cost_table(settings, schedule) if self.predict else None
         key = self.key(settings, schedule)
+        raise_if_stopped_here()  # a cancelled search starts no image
         result = self.engine.generate(settings, schedule, replay=self.replay, replay_key=key.setting_hash)
         return self._finish(key, result, reference, table)
 
@@ -222,7 +238,7 @@ class Evaluator:
         """The evaluation already made: a reference computed in this process, or any in the store."""
         key = self.key(settings, schedule)
         if key.digest in self._references:
-            return dataclasses.replace(self._references[key.digest], cached=True)
+            return dataclasses.replace(self._remembered(key.digest), cached=True)
         record = self.store.get(key) if self.store else None
         if record is None:
             return None
@@ -255,32 +271,41 @@ class Evaluator:
             peak_bytes=result.memory.peak_bytes if result.memory else None,
             memory=result.memory.to_dict() if result.memory else None,
         )
-        if self.store:
-            self._store(record)
+        raise_if_stopped_here()  # and keeps nothing that ended after its cancel
+        kept = self.store_record(record, self.store) if self.store else None
         reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
-        evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds,
+        evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds, kept,
                                 score_frames=(lambda: quality) if video else None)
         if reference is None:
             self._references[key.digest] = evaluation
         return evaluation
 
-    def _store(self, record: EvalRecord) -> None:
-        self.store_record(record, self.store)
-
-    def store_record(self, record: EvalRecord, store: EvaluationStore | None) -> None:
-        """Keeps the record in ``store``; a store that cannot be written (a read-only or full disk, a database gone
-        away) costs the cache, not the result: it is returned uncached and the failure is told once."""
+    def store_record(self, record: EvalRecord, store: EvaluationStore | None) -> bool:
+        """Keeps the record in ``store``; says whether it could. A store that cannot be written (a read-only or full
+        disk, a database gone away) costs the cache, not the result: the image is still returned, the failure is
+        counted (``not_kept``) and told once as a ``CacheWarning``."""
         if store is None:
-            return
+            return False
         try:
             store.put(record)
-            self.store_error = None
         except Exception as exc:  # the store's own errors (SQLite, PostgreSQL, OSError): none may lose the image
             message = f"the cache could not be written ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             if message != self.store_error:
                 warnings.warn(f"{message}: results are shown but not kept; check the database and its folder",
-                              stacklevel=3)
-            self.store_error = message
+                              CacheWarning, stacklevel=3)
+            self._not_kept.update(count=self.not_kept + 1, reason=message)
+            return False
+        return True
+
+    @property
+    def not_kept(self) -> int:
+        """Results computed but not kept in the cache (writes that failed)."""
+        return int(self._not_kept["count"])
+
+    @property
+    def store_error(self) -> str | None:
+        """The last failed cache write's reason."""
+        return self._not_kept["reason"]
 
     def _evaluate_batch(self, settings: list[RunSettings], schedule: Schedule) -> list[Evaluation]:
         """Settings that differ only in prompt and seed, none of them cached, in as few pipeline calls as
@@ -294,6 +319,7 @@ class Evaluator:
             references = list(made)
         table = self.cost_table(settings[0], schedule) if self.predict else None
         keys = [self.key(item, schedule) for item in settings]
+        raise_if_stopped_here()
         results = self._generate_batch(settings, schedule, keys)
         return [self._finish(k, r, ref, table) for k, r, ref in zip(keys, results, references, strict=True)]
 

@@ -202,23 +202,30 @@ def get_model(name: str) -> ModelSpec:
     return spec
 
 
+# Libraries whose own warnings are not for CLI or app users (their deprecations, optional packages, load bars).
+QUIET_MODULES = (r"(diffusers|transformers|torch|torchao|torchvision|accelerate|huggingface_hub|safetensors|lpips|"
+                 r"peft|timm|skimage|scipy|numpy|PIL|gradio|gradio_client|ray|sqlalchemy|tqdm)(\..*)?$")
+
+
 def quiet_libraries() -> None:
-    """Library chatter (deprecations, load bars, optional packages) is not for CLI or app users."""
+    """Library chatter is not for CLI or app users: silenced by category (deprecations, syntax warnings of compiled
+    dependencies) and by the module that warns, never wholesale; every ``TmpdiffWarning`` (a result not kept, a
+    compiled variant rebuilt) is always said."""
     import logging
     import os
     import warnings
 
     from diffusers.utils import logging as diffusers_logging
 
+    from tmpdiff.errors import TmpdiffWarning
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore")
-    from tmpdiff.variants.aot import AotWarning
-    from tmpdiff.variants.compile_cache import CompileCacheWarning
-
-    for ours in (CompileCacheWarning, AotWarning):  # meant for the user
-        warnings.filterwarnings("always", category=ours)
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, SyntaxWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", module=QUIET_MODULES)
+    warnings.filterwarnings("always", category=TmpdiffWarning)  # the last added is the first matched
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch").setLevel(logging.ERROR)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["Cancelled", "agreeing", "cancellable", "raise_if_cancelled"]
+__all__ = ["Cancelled", "agreeing", "cancellable", "raise_if_cancelled", "raise_if_stopped_here"]
 
 _SHOULD_STOP: ContextVar[Callable[[], bool] | None] = ContextVar("tmpdiff_should_stop", default=None)
 # Processes that share each step (one image split over GPUs) decide together: any one's stop is everyone's.
@@ -51,4 +51,13 @@ def raise_if_cancelled() -> None:
     if agree is not None:
         stop = agree(stop)
     if stop:
+        raise Cancelled("cancelled")
+
+
+def raise_if_stopped_here() -> None:
+    """Between pipeline calls (before an image starts, before its row is written): ``Cancelled`` once this thread's
+    work should stop, so that nothing is computed or kept after a cancel. Processes that decide together
+    (``agreeing``) decide only at step boundaries, where every one of them asks: here they go on."""
+    should_stop = _SHOULD_STOP.get()
+    if _AGREE.get() is None and should_stop is not None and should_stop():
         raise Cancelled("cancelled")

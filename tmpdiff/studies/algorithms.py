@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tmpdiff.steps.cancel import Cancelled
 from tmpdiff.steps.precisions import may_lead
 from tmpdiff.steps.schedule import Schedule
 
@@ -128,7 +129,7 @@ def _sweep(schedule: Schedule, loss: float, rank: dict[str, int], rung: str, mea
     pending = [(0, steps)]
     while pending:
         if should_stop and should_stop():
-            raise KeyboardInterrupt("search stopped")
+            raise Cancelled("search stopped")
         lo, hi = pending.pop()
         indices = [i for i in range(lo, hi) if rank[schedule[i]] < rank[rung] and (i > 0 or may_lead(rung))]
         if not indices:

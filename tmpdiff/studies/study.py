@@ -20,10 +20,11 @@ from typing import Any, Protocol
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.engine.turns import in_background
+from tmpdiff.errors import FieldError
 from tmpdiff.measure.evaluator import Evaluation, Evaluator
 from tmpdiff.measure.latency import CostTable
 from tmpdiff.measure.records import EvalKey, EvaluationStore, stable_hash
-from tmpdiff.steps.cancel import Cancelled
+from tmpdiff.steps.cancel import Cancelled, raise_if_stopped_here
 from tmpdiff.steps.replay import ReplayStore
 from tmpdiff.steps.schedule import Schedule
 from tmpdiff.studies.algorithms import Point
@@ -143,6 +144,9 @@ class Study:
         except (Cancelled, KeyboardInterrupt):
             finish(None)
             raise
+        except Exception as exc:
+            finish(_failed(exc))
+            raise
         if self.log is not None and self.target_costs is None:
             self.log.put_costs(*cost_key, self.evaluator.costs[request.model].to_dict())
         finish(report.summary())
@@ -162,6 +166,9 @@ class Study:
         except (Cancelled, KeyboardInterrupt):
             finish(None)
             raise
+        except Exception as exc:
+            finish({"kind": "sweep", **_failed(exc)})
+            raise
         finish({"kind": "sweep", "evaluations": len(rows), "from_cache": sum(r["cached"] for r in rows),
                 "schedules": summarize(rows)})
         return rows
@@ -176,6 +183,7 @@ class Study:
         linked: set[str] = set()
 
         def link(settings: RunSettings, schedule: Schedule) -> None:
+            raise_if_stopped_here()  # an evaluation that ended as the search was cancelled joins no run
             if log is not None and run_id is not None:
                 key = self.evaluator.key(settings, schedule)
                 linked.add(key.digest)
@@ -208,3 +216,10 @@ class Study:
             self.evaluator.costs[model] = self.target_costs  # plan for the deployment device
         elif self.log is not None and (saved := self.log.get_costs(*cost_key)):
             self.evaluator.costs[model] = CostTable.from_dict(saved)
+
+
+def _failed(exc: Exception) -> dict[str, Any]:
+    """A run's closing entry when it ended on an error: what the error said (one line, bounded), so that a log
+    never shows a failed search as still running."""
+    words = exc.worded() if isinstance(exc, FieldError) else str(exc)
+    return {"failed": f"{type(exc).__name__}: {(words.splitlines() or [''])[0][:300]}"}

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tmpdiff.errors import TmpdiffWarning
+
 __all__ = ["AotError", "AotWarning", "BlockCall", "apply_package_", "capture_block_calls", "compile_block",
            "loading_works", "repeated_blocks"]
 
@@ -35,7 +37,7 @@ class AotError(RuntimeError):
     """A block that could not be exported or AoT-compiled; the caller falls back to torch.compile."""
 
 
-class AotWarning(UserWarning):
+class AotWarning(TmpdiffWarning):
     """An ahead-of-time variant was asked for and torch.compile stands in for it."""
 
 

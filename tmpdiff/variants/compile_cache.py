@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from tmpdiff.atomic import write_atomically
+from tmpdiff.errors import TmpdiffWarning
 
 __all__ = [
     "CACHE_DIR_ENV", "CompileCache", "CompileCacheWarning", "CompileKey", "cache_root", "check_cache_dir",
@@ -45,7 +46,7 @@ FORMAT = 1
 _LIBRARIES = ("torch", "torchao", "diffusers", "triton")
 
 
-class CompileCacheWarning(UserWarning):
+class CompileCacheWarning(TmpdiffWarning):
     """A compile-cache entry could not be used and is being rebuilt."""
 
 
