@@ -110,7 +110,16 @@ class Cache:
 
     def put(self, record: EvalRecord) -> int:
         """Insert or replace the evaluation of ``record.key``; returns its row id."""
-        sha = self._write_image(record.png)
+        self._write_image_file(record.png)  # outside the write lock: an fsync holds up no other writer
+        with Session(self.engine) as session, session.begin():
+            return self._put_in(session, record, None)
+
+    def _put_in(self, session: Session, record: EvalRecord, created_at: datetime | None) -> int:
+        """``record`` written within ``session``'s transaction (an image file is written before, by content: one of
+        a transaction rolled back is only an unreferenced file)."""
+        sha = hashlib.sha256(record.png).hexdigest()
+        if self.images is None:
+            session.execute(self._insert(ImageBlob).values(sha256=sha, png=record.png).on_conflict_do_nothing())
         key = record.key
         values = {
             "model": key.model, "model_hash": key.model_hash, "settings": key.settings,
@@ -119,15 +128,14 @@ class Cache:
             "psnr": finite_or_none(record.psnr), "lpips": record.lpips, "lpips_note": record.lpips_note,
             "measured_seconds": record.measured_seconds, "predicted_seconds": record.predicted_seconds,
             "steps_run": list(record.steps_run), "simulated": list(record.simulated),
-            "created_at": datetime.now(UTC), "peak_bytes": record.peak_bytes, "memory": record.memory,
+            "created_at": created_at or datetime.now(UTC), "peak_bytes": record.peak_bytes, "memory": record.memory,
         }
         insert = self._insert(EvaluationRow).values(**values)
         statement = insert.on_conflict_do_update(
             index_elements=["model", "model_hash", "settings_hash", "schedule_hash", "device_hash"],
             set_={k: insert.excluded[k] for k in values if k not in ("model", "model_hash")},
         ).returning(EvaluationRow.id)
-        with Session(self.engine) as session, session.begin():
-            return session.execute(statement).scalar_one()
+        return int(session.execute(statement).scalar_one())
 
     def evaluations(self, model: str | None = None, settings_hash: str | None = None,
                     device_hash: str | None = None) -> list[StoredEvaluation]:
@@ -212,21 +220,24 @@ class Cache:
 
         An entry whose evaluation is already stored the same is passed over; one that differs from the
         stored one is refused (nothing is written) unless ``replace``."""
-        records = parse_export(Path(path))
+        entries = parse_export(Path(path))
         new, differing = [], []
-        for record in records:
-            stored = self.get(record.key)
-            if stored is None or (replace and not same_record(stored, record)):
-                new.append(record)
-            elif not same_record(stored, record):
-                differing.append(record)
+        for entry in entries:
+            stored = self.get(entry.record.key)
+            if stored is None or (replace and not same_record(stored, entry.record)):
+                new.append(entry)
+            elif not same_record(stored, entry.record):
+                differing.append(entry.record)
         if differing:
             first = differing[0].key
             raise CacheError(literal(f"{len(differing)} entries of {path} differ from evaluations already stored (the "
                                      f"first: {first.model} {first.schedule} seed {first.settings.get('seed')})")
                              + "; nothing was imported: pass {replace} to overwrite them", field="replace")
-        for record in new:
-            self.put(record)
+        for entry in new:
+            self._write_image_file(entry.record.png)
+        with Session(self.engine) as session, session.begin():  # all of them, or (on any error) none
+            for entry in new:
+                self._put_in(session, entry.record, entry.created_at)
         return len(new)
 
     # --- the blind test -----------------------------------------------------------------------
@@ -249,17 +260,13 @@ class Cache:
                                found[row.id].get("unsure", 0)) for row in rows]
 
     # --- internals ------------------------------------------------------------------------
-    def _write_image(self, png: bytes) -> str:
-        sha = hashlib.sha256(png).hexdigest()
+    def _write_image_file(self, png: bytes) -> None:
+        """A file-backed cache's image file (a database-backed one keeps its images in its transaction)."""
         if self.images is None:
-            statement = self._insert(ImageBlob).values(sha256=sha, png=png).on_conflict_do_nothing()
-            with Session(self.engine) as session, session.begin():
-                session.execute(statement)
-            return sha
-        target = self.image_path(sha)
+            return
+        target = self.image_path(hashlib.sha256(png).hexdigest())
         if not target.exists():
             write_atomically(target, png, durable=True)
-        return sha
 
     def image(self, sha: str) -> bytes | None:
         """A stored image's PNG bytes by its SHA-256 (None when it is gone)."""

@@ -1,5 +1,12 @@
 """Moving evaluations between machines: ``Cache.export`` writes every evaluation (images included) to one JSON file;
-``Cache.import_`` checks a whole file before it writes anything."""
+``Cache.import_`` checks a whole file against this module's schema before it writes anything.
+
+An export is input from another machine, perhaps another person: every entry is checked as the engine would check
+the same values (settings as ``RunSettings``, schedules as ``Schedule.parse``), numbers are finite and in their
+ranges, texts and lists bounded, so that nothing the engine itself would refuse, and nothing that breaks the
+database's JSON functions (NaN inside a settings object), is ever stored. PSNR keeps one meaning end to end: ``null``
+in a file and NULL in the database mean identical images (infinite PSNR), as ``inf`` does in memory.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,12 @@ import base64
 import io
 import json
 import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tmpdiff.engine.settings import RunSettings
 from tmpdiff.errors import literal, shown
 from tmpdiff.measure.records import EvalKey, EvalRecord
 from tmpdiff.pipelines.registry import MODELS
@@ -17,12 +27,24 @@ from tmpdiff.steps.schedule import Schedule
 
 from .connection import CacheError
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "finite_or_none", "parse_export", "same_record"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "Imported", "finite_or_none", "parse_export", "same_record"]
 
 EXPORT_FORMAT = "tmpdiff-cache-export"
-
-
 EXPORT_VERSION = 1
+
+MAX_TEXT = 4096  # characters of any text but an image (prompts are bounded tighter, by RunSettings)
+MAX_DIGITS = 20  # of a whole number: a 64-bit value has at most 19; more is an overflow, not a measurement
+MAX_OBJECT_BYTES = 16384  # of a device fingerprint or a memory record, as JSON
+MAX_STEP_NAME = 64
+MAX_PNG_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Imported:
+    """One checked entry of an export: the record, and when it was first made (kept across machines)."""
+
+    record: EvalRecord
+    created_at: datetime | None
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -30,13 +52,49 @@ def finite_or_none(value: float | None) -> float | None:
     return None if value is None or value == float("inf") else value
 
 
-def parse_export(path: Path) -> list[EvalRecord]:
+def same_record(a: EvalRecord, b: EvalRecord) -> bool:
+    """Whether two records of one key say the same (image, scores, seconds, steps and memory); PSNR's NULL and inf
+    are one value."""
+    def said(r: EvalRecord) -> tuple[Any, ...]:
+        return (r.png, r.ssim, finite_or_none(r.psnr), r.lpips, r.lpips_note, r.measured_seconds,
+                r.predicted_seconds, list(r.steps_run), list(r.simulated), r.peak_bytes, r.memory)
+
+    return said(a) == said(b)
+
+
+def parse_export(path: Path) -> list[Imported]:
+    """Every entry of the export at ``path``, checked; a ``CacheError`` naming the first bad one (and nothing
+    else happens: the caller writes only after this returns)."""
+    entries = _entries(_load(path), path)
+    return [_parse_entry(entry, f"{path} entry {i}") for i, entry in enumerate(entries)]
+
+
+def _load(path: Path) -> Any:
+    """The file's JSON, refusing what standard JSON does not hold (NaN, Infinity) and numbers no column holds."""
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not a number JSON holds")
+
+    def bounded_int(text: str) -> int:
+        if len(text.lstrip("-")) > MAX_DIGITS:
+            raise ValueError(f"the whole number {shown(text)} is too large")
+        return int(text)
+
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {shown(text)} is too large")
+        return value
+
     try:
-        payload = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_text(), parse_constant=no_constants, parse_int=bounded_int,
+                          parse_float=finite_float)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise CacheError(literal(f"{path} is not a tmpdiff export ({exc})"), field="file") from None
     except RecursionError:
         raise CacheError(literal(f"{path} is not a tmpdiff export (nested too deeply)"), field="file") from None
+
+
+def _entries(payload: Any, path: Path) -> list[Any]:
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise CacheError(literal(f"{path} is not a tmpdiff export: its 'format' is not {EXPORT_FORMAT!r}"),
                          field="file")
@@ -46,60 +104,98 @@ def parse_export(path: Path) -> list[EvalRecord]:
     entries = payload.get("evaluations")
     if not isinstance(entries, list):
         raise CacheError(literal(f"{path}: 'evaluations' must be a list"), field="file")
-    return [_parse_entry(entry, i, path) for i, entry in enumerate(entries)]
+    return entries
 
 
+_NUMBER = (int, float)
 _TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,), "model_hash": (str,), "settings": (dict,), "schedule": (str,), "device": (dict,),
-    "ssim": (float, int, type(None)), "psnr": (float, int, type(None)), "lpips": (float, int, type(None)),
-    "lpips_note": (str,), "measured_seconds": (float, int), "predicted_seconds": (float, int, type(None)),
+    "ssim": (*_NUMBER, type(None)), "psnr": (*_NUMBER, type(None)), "lpips": (*_NUMBER, type(None)),
+    "lpips_note": (str,), "measured_seconds": _NUMBER, "predicted_seconds": (*_NUMBER, type(None)),
     "steps_run": (list,), "simulated": (list,), "png_base64": (str,),
+}
+# Each score's range (None: no bound that side); PSNR may be null (identical images).
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "ssim": (-1.0, 1.0), "psnr": (0.0, None), "lpips": (0.0, None), "measured_seconds": (0.0, None),
+    "predicted_seconds": (0.0, None),
 }
 
 
-def same_record(a: EvalRecord, b: EvalRecord) -> bool:
-    return (a.png, a.ssim, a.psnr, a.lpips, a.measured_seconds) == (b.png, b.ssim, finite_or_none(b.psnr), b.lpips,
-                                                                     b.measured_seconds)
-
-
-def _parse_entry(entry: Any, index: int, path: Path) -> EvalRecord:
-    where = f"{path} entry {index}"
-    if not isinstance(entry, dict):
-        raise CacheError(literal(f"{where} is not an object"), field="file")
-    for name, types in _TYPES.items():
-        if not isinstance(entry.get(name), types) or isinstance(entry.get(name), bool):
-            raise CacheError(literal(f"{where}: field {name!r} is missing or of the wrong type"), field="file")
-    for name in ("ssim", "psnr", "lpips", "measured_seconds", "predicted_seconds"):
-        if isinstance(entry[name], float) and not math.isfinite(entry[name]):
-            raise CacheError(literal(f"{where}: field {name!r} is {entry[name]}: only finite numbers (or null) are "
-                                     "stored"), field="file")
-    if entry["model"] not in MODELS:
-        raise CacheError(literal(f"{where}: unknown model {entry['model']!r}"), field="file")
+def _parse_entry(entry: Any, where: str) -> Imported:
     try:
+        _check_fields(entry)
         schedule = Schedule.parse(entry["schedule"])
-        steps = entry["settings"].get("steps")
-        if steps is not None and steps != len(schedule):
-            raise ValueError(f"schedule {entry['schedule']!r} has {len(schedule)} steps, settings say {steps}")
-        png = base64.b64decode(entry["png_base64"], validate=True)
-        _check_png(png)
-    except ValueError as exc:
-        raise CacheError(literal(f"{where}: {exc}"), field="file") from None
-    key = EvalKey(model=entry["model"], model_hash=entry["model_hash"], settings=entry["settings"],
-                  schedule=str(schedule), schedule_hash=schedule.hash, device=entry["device"])
-    peak, memory = entry.get("peak_bytes"), entry.get("memory")
-    if not (peak is None or (isinstance(peak, int) and not isinstance(peak, bool) and 0 <= peak < 1 << 50)) or \
-            not (memory is None or isinstance(memory, dict)):
-        raise CacheError(literal(f"{where}: 'peak_bytes' must be a whole number of bytes and 'memory' an object"),
-                         field="file")
-    return EvalRecord(key=key, png=png, ssim=entry["ssim"], psnr=entry["psnr"], lpips=entry["lpips"],
-                      lpips_note=entry["lpips_note"], measured_seconds=float(entry["measured_seconds"]),
-                      predicted_seconds=entry["predicted_seconds"], steps_run=[str(s) for s in entry["steps_run"]],
-                      simulated=[str(s) for s in entry["simulated"]], peak_bytes=peak, memory=memory)
+        settings = _checked_settings(entry["settings"], entry["model"], len(schedule))
+        steps_run = _step_names(entry["steps_run"], "steps_run", len(schedule), exact=True)
+        simulated = _step_names(entry["simulated"], "simulated", len(schedule), exact=False)
+        png = _checked_png(entry["png_base64"])
+        peak, memory = _checked_memory(entry.get("peak_bytes"), entry.get("memory"))
+        created_at = _checked_time(entry.get("created_at"))
+    except ValueError as exc:  # FieldError (the engine's own checks) is a ValueError too
+        words = exc.worded() if hasattr(exc, "worded") else str(exc)
+        raise CacheError(literal(f"{where}: {words}"), field="file") from None
+    key = EvalKey(model=entry["model"], model_hash=entry["model_hash"], settings=settings, schedule=str(schedule),
+                  schedule_hash=schedule.hash, device=entry["device"])
+    psnr = float("inf") if entry["psnr"] is None else float(entry["psnr"])
+    record = EvalRecord(key=key, png=png, ssim=_float_or_none(entry["ssim"]), psnr=psnr,
+                        lpips=_float_or_none(entry["lpips"]), lpips_note=entry["lpips_note"],
+                        measured_seconds=float(entry["measured_seconds"]),
+                        predicted_seconds=_float_or_none(entry["predicted_seconds"]), steps_run=steps_run,
+                        simulated=simulated, peak_bytes=peak, memory=memory)
+    return Imported(record, created_at)
 
 
-def _check_png(png: bytes) -> None:
+def _check_fields(entry: Any) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError("not an object")
+    for name, types in _TYPES.items():
+        value = entry.get(name)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ValueError(f"field {name!r} is missing or of the wrong type")
+        if isinstance(value, str) and name != "png_base64" and len(value) > MAX_TEXT:
+            raise ValueError(f"field {name!r} has {len(value)} characters, at most {MAX_TEXT}")
+    for name, (low, high) in _RANGES.items():
+        value = entry[name]
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+            raise ValueError(f"field {name!r} is {shown(value)}, outside [{low}, {high if high is not None else '∞'}]")
+    if entry["model"] not in MODELS:
+        raise ValueError(f"unknown model {shown(entry['model'])}")
+    if len(entry["model_hash"]) > 64:
+        raise ValueError("field 'model_hash' is longer than a hash")
+    _check_object(entry["device"], "device")
+
+
+def _checked_settings(settings: dict[str, Any], model: str, steps: int) -> dict[str, Any]:
+    """``settings`` as the engine keys them: the same dict ``RunSettings(...).to_dict()`` makes, or refused."""
+    known = {"model", "prompt", "negative_prompt", "seed", "steps", "size", "guidance"}
+    extra = set(settings) - known - {"frames"}
+    if extra:
+        raise ValueError(f"settings hold unknown keys ({shown(sorted(extra))})")
+    if settings.get("model") != model:
+        raise ValueError(f"settings are for model {shown(settings.get('model'))}, the entry for {shown(model)}")
+    canonical = RunSettings(**{k: settings[k] for k in known if k in settings}).to_dict()
+    if canonical != settings:
+        differing = sorted(k for k in set(canonical) | set(settings) if canonical.get(k) != settings.get(k))
+        raise ValueError(f"settings are not as the engine writes them (differing: {', '.join(differing)})")
+    if canonical["steps"] != steps:
+        raise ValueError(f"the schedule has {steps} steps, settings say {canonical['steps']}")
+    return canonical
+
+
+def _step_names(names: list[Any], field: str, steps: int, exact: bool) -> list[str]:
+    if (len(names) != steps) if exact else (len(names) > steps):
+        raise ValueError(f"field {field!r} has {len(names)} entries for a schedule of {steps} steps")
+    if not all(isinstance(n, str) and 0 < len(n) <= MAX_STEP_NAME for n in names):
+        raise ValueError(f"field {field!r} must list step names")
+    return list(names)
+
+
+def _checked_png(text: str) -> bytes:
     from PIL import Image
 
+    if len(text) > MAX_PNG_BYTES * 4 // 3 + 4:
+        raise ValueError(f"the image is larger than {MAX_PNG_BYTES >> 20} MiB")
+    png = base64.b64decode(text, validate=True)
     if not png.startswith(b"\x89PNG\r\n\x1a\n"):
         raise ValueError("the image is not a PNG")
     try:
@@ -107,4 +203,36 @@ def _check_png(png: bytes) -> None:
             image.verify()
     except Exception as exc:  # PIL raises many types for broken files
         raise ValueError(f"the PNG is broken ({exc})") from None
+    return png
 
+
+def _checked_memory(peak: Any, memory: Any) -> tuple[int | None, dict[str, Any] | None]:
+    if not (peak is None or (isinstance(peak, int) and not isinstance(peak, bool) and 0 <= peak < 1 << 50)):
+        raise ValueError("'peak_bytes' must be a whole number of bytes")
+    if memory is not None:
+        _check_object(memory, "memory")
+    return peak, memory
+
+
+def _check_object(value: Any, field: str) -> None:
+    """A small JSON object of bounded texts (a device fingerprint, a memory record)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"field {field!r} must be an object")
+    if len(json.dumps(value)) > MAX_OBJECT_BYTES:
+        raise ValueError(f"field {field!r} is larger than {MAX_OBJECT_BYTES} bytes")
+
+
+def _checked_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) and len(value) <= 64 else None
+    except ValueError:
+        when = None
+    if when is None:
+        raise ValueError(f"'created_at' is not an ISO 8601 time: {shown(value)}")
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)

@@ -6,6 +6,7 @@ import io
 from PIL import Image
 
 from tmpdiff import Schedule
+from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.records import EvalKey, EvalRecord
 
 
@@ -17,7 +18,8 @@ def png_bytes(colour=(10, 20, 30)):
 
 def record(schedule="fp32*4", seed=0, ssim=0.9):
     s = Schedule.parse(schedule)
-    key = EvalKey(model="tiny-sd15", model_hash="abc", settings={"seed": seed}, schedule=str(s),
+    settings = RunSettings(model="tiny-sd15", seed=seed, steps=len(s)).to_dict()  # as the engine keys them
+    key = EvalKey(model="tiny-sd15", model_hash="abc", settings=settings, schedule=str(s),
                   schedule_hash=s.hash, device={"device": "cpu"})
     return EvalRecord(key=key, png=png_bytes(), ssim=ssim, psnr=30.0, lpips=None, lpips_note="n/a",
                       measured_seconds=1.0, predicted_seconds=None, steps_run=list(s.steps))

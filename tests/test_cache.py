@@ -161,8 +161,8 @@ def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_w
     assert target.import_(exported) == 1
     assert target.import_(exported) == 0  # the same evaluation again: nothing to store
     payload = json.loads(exported.read_text())
-    for field, value, message in (("ssim", float("nan"), "field 'ssim' is nan"),
-                                  ("measured_seconds", float("inf"), "field 'measured_seconds' is inf"),
+    for field, value, message in (("ssim", float("nan"), "NaN is not a number JSON holds"),
+                                  ("measured_seconds", float("inf"), "Infinity is not a number JSON holds"),
                                   ("model", "sd9", "unknown model 'sd9'")):
         bad = json.loads(json.dumps(payload))
         bad["evaluations"][0][field] = value
@@ -172,7 +172,7 @@ def test_import_refuses_non_finite_numbers_unknown_models_and_never_overwrites_w
     bad = json.loads(json.dumps(payload))
     bad["evaluations"][0]["settings"]["steps"] = 8
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    with pytest.raises(CacheError, match="has 4 steps, settings say 8"):
+    with pytest.raises(CacheError, match="the schedule has 4 steps, settings say 8"):
         target.import_(tmp_path / "bad.json")
     changed = json.loads(json.dumps(payload))
     changed["evaluations"][0]["ssim"] = 0.5
@@ -213,3 +213,88 @@ def test_a_database_whose_wal_files_cannot_be_written_is_read_not_refused(tmp_pa
         fresh = evaluator.evaluate(settings, "fp32*2,skip*2")  # a new result is shown, not kept
     assert not fresh.cached and fresh.image is not None and "readonly" in evaluator.store_error
     assert len(store.evaluations()) == 1
+
+
+HOSTILE = ["__NaN__", "__Infinity__", "__-Infinity__", "__1" + "0" * 400 + "__", "__-99999999999999999999999__",
+           None, True, -1, -3.0, 5.0, 10**12, "", "x" * 100_000, [], {}, [[[[["deep"]]]]], {"aaaaaaaaaa": "b"},
+           "fp32*4", "../../etc/passwd", ["fp32"] * 100_000]
+SETTINGS_ATTACKS = [("seed", None), ("seed", 2**64), ("prompt", "p" * 1_000_000), ("guidance", "__NaN__"),
+                    ("aaaaaaaaaa", "b"), ("steps", 10**6), ("size", -8), ("prompt", "  red circle  "),
+                    ("model", "sd9"), ("negative_prompt", 7)]
+
+
+def _hostile_file(payload, rng):
+    """``payload`` with one to three entries changed the way an attacker or a broken tool would; raw JSON tokens
+    (NaN, overflowing numbers) are spliced into the text."""
+    bad = json.loads(json.dumps(payload))
+    for _ in range(rng.randint(1, 3)):
+        entry = rng.choice(bad["evaluations"])
+        where = rng.random()
+        if where < 0.3:
+            key, value = rng.choice(SETTINGS_ATTACKS)
+            if rng.random() < 0.3:
+                entry["settings"].pop(rng.choice(sorted(entry["settings"])), None)
+            else:
+                entry["settings"][key] = value
+        elif where < 0.4:
+            entry[rng.choice(["device", "memory"])] = {"device": rng.choice(HOSTILE)}
+        else:
+            entry[rng.choice(sorted(entry))] = rng.choice(HOSTILE)
+    text = json.dumps(bad)
+    for token in ("NaN", "Infinity", "-Infinity", "1" + "0" * 400, "-99999999999999999999999"):
+        text = text.replace(f'"__{token}__"', token)
+    return text
+
+
+def test_whatever_an_import_is_fed_the_database_is_unchanged_or_holds_exactly_the_file(tmp_path):
+    import random
+
+    source = Cache(tmp_path / "source.sqlite")
+    for seed in range(3):
+        source.put(record(f"fp32*{2 + seed},skip*{2 - seed}" if seed < 2 else "fp32*4", seed=seed))
+    valid = tmp_path / "valid.json"
+    source.export(valid)
+    payload = json.loads(valid.read_text())
+    target = Cache(tmp_path / "target.sqlite")
+    target.put(record("fp32*3,skip", seed=40))
+    before = tmp_path / "before.json"
+    target.export(before)
+    rng, outcomes = random.Random(20261204), {"refused": 0, "imported": 0}
+    for trial in range(80):
+        hostile = tmp_path / f"hostile{trial}.json"
+        hostile.write_text(_hostile_file(payload, rng))
+        try:
+            target.import_(hostile)
+        except CacheError as exc:
+            assert len(str(exc)) < 700 and "\n" not in str(exc)  # one bounded line, never a value echoed whole
+            outcomes["refused"] += 1
+            after = tmp_path / "after.json"
+            target.export(after)
+            assert after.read_text() == before.read_text(), f"trial {trial} changed the database and was refused"
+            continue
+        outcomes["imported"] += 1
+        from tmpdiff.cache.transfer import parse_export, same_record
+
+        entries = parse_export(hostile)
+        assert len(target.evaluations()) == 1 + len({e.record.key.digest for e in entries})  # the row before, and
+        assert all(same_record(target.get(e.record.key), e.record) for e in entries)  # exactly the file's
+        target = Cache(tmp_path / f"target{trial}.sqlite")  # a fresh database for the next trial
+        target.put(record("fp32*3,skip", seed=40))
+        target.export(before)
+    assert outcomes["refused"] > 60, outcomes  # the generator does attack
+    assert outcomes["imported"] > 0, outcomes  # and some changes are harmless (a memory record, a time)
+
+
+def test_an_import_that_overflows_is_one_line_and_changes_nothing(tmp_path):
+    source = Cache(tmp_path / "a.sqlite")
+    source.put(record("fp32*4"))
+    exported = tmp_path / "ex.json"
+    source.export(exported)
+    text = exported.read_text().replace('"measured_seconds": 1.0', '"measured_seconds": 1' + "0" * 400)
+    (tmp_path / "big.json").write_text(text)
+    result = subprocess.run([sys.executable, "-m", "tmpdiff", "cache", "import", str(tmp_path / "big.json"), "--db",
+                             str(tmp_path / "b.sqlite")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "too large" in line and len(line) < 400
+    assert Cache(tmp_path / "b.sqlite").evaluations() == []

@@ -204,3 +204,30 @@ def test_the_app_shows_what_other_processes_wrote_to_the_shared_cache(location, 
     finally:
         demo.close()
     assert {row[0] for row in table["data"]} == {"fp32*8", "fp32*4,skip*4"}
+
+
+def _entries_without_ids(path):
+    import json
+
+    entries = json.loads(path.read_text())["evaluations"]
+    return [{k: v for k, v in entry.items() if k != "id"} for entry in entries]
+
+
+def test_an_export_imports_into_its_own_database_as_nothing_and_into_an_empty_one_as_every_row(location, tmp_path):
+    import dataclasses
+
+    source = Cache(location)
+    identical = dataclasses.replace(record("fp32*4", seed=9), ssim=1.0, psnr=float("inf"), lpips=0.0,
+                                    peak_bytes=123456, memory={"peak_gib": 0.0, "where": "host"})
+    for each in (record(seed=0), record("fp32*2,skip*2", seed=1), identical):
+        source.put(each)
+    first = tmp_path / "first.json"
+    assert source.export(first) == 3
+    assert source.import_(first) == 0  # the same rows: nothing to store, nothing refused
+    assert source.get(identical.key).psnr == float("inf")  # NULL in the database, null in the file, inf in memory
+    empty = Cache(tmp_path / "empty.sqlite")
+    assert empty.import_(first) == 3
+    again = tmp_path / "again.json"
+    empty.export(again)
+    assert _entries_without_ids(again) == _entries_without_ids(first)  # keys, scores, times, image bytes
+    assert source.import_(again) == 0 and empty.import_(again) == 0

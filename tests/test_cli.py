@@ -254,3 +254,12 @@ def test_results_the_cache_cannot_keep_are_said_on_one_line_with_their_own_exit_
     rerun = cli("generate", "--steps", "4", "--schedule", "fp32*2,skip*2", "--db", str(db),
                 "--out", str(tmp_path / "c.png"))
     assert rerun.returncode == 0 and not rerun.stderr.strip(), rerun.stderr  # kept now, and nothing to say
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without a CUDA GPU")
+def test_asking_for_a_gpu_this_machine_lacks_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tmpdiff", "--device", "cuda", "generate", "--out",
+                             str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: --device 'cuda': this machine has no CUDA GPU (or no driver for it); " \
+                                    "use cpu"

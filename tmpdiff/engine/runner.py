@@ -19,6 +19,7 @@ from tmpdiff.engine.settings import Result, RunSettings, batch_call_kwargs
 from tmpdiff.engine.split_app import told_to_followers
 from tmpdiff.engine.timing import timing_vae_decode
 from tmpdiff.engine.turns import TurnLock
+from tmpdiff.errors import FieldError
 from tmpdiff.measure.memory import GIB, MemoryFigures, measuring_peak
 from tmpdiff.pipelines.placement import Plan
 from tmpdiff.pipelines.placer import Placer, estimate_working
@@ -90,7 +91,7 @@ class Engine:
 
     def __init__(self, device: str | None = None, compile: bool | str | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, gpu_memory: float | None = None) -> None:
-        self.device = device or default_device()
+        self.device = _usable_device(device or default_device())
         self.budget, self.budget_given = resolve_budget(gpu_memory, self.device)
         self.placers: dict[str, Placer] = {}  # per model, under a budget (CUDA, one process an image)
         self.on_plan: Callable[[str, str], None] | None = None  # told (model, plan in one line) when a plan changes
@@ -319,3 +320,16 @@ def _pictures(output: Any) -> list[Image.Image]:
     return list(output.images)
 
 
+def _usable_device(device: str) -> str:
+    """``device`` when this machine has it; a ``FieldError`` naming what it has otherwise (not a driver's
+    traceback from deep inside the first CUDA call)."""
+    kind = torch.device(device)
+    if kind.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FieldError("device", device, "{device} {value}: this machine has no CUDA GPU (or no driver for "
+                             "it); use cpu")
+        if kind.index is not None and kind.index >= count:
+            raise FieldError("device", device, f"{{device}} {{value}}: this machine has {count} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return device
