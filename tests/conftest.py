@@ -77,3 +77,13 @@ def make_comparison(schedule: str = "fp32*2,skip*2", store=None, **settings):
 
     return Study.open(Engine("cpu"), store).compare(RunSettings(model="shapes-dit", **{"steps": 4, **settings}),
                                                     schedule)
+
+
+def decided(value):
+    """A report's part with what each process measures for itself (peak memory) left out: what a search decided
+    and scored, for comparing two runs of it."""
+    if isinstance(value, dict):
+        return {k: decided(v) for k, v in value.items() if k != "peak_gib"}
+    if isinstance(value, list):
+        return [decided(v) for v in value]
+    return value

@@ -7,6 +7,8 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray: pip install ray (requirements-dev.txt has it)")
 
+from conftest import decided  # noqa: E402
+
 from tmpdiff.cache import Cache  # noqa: E402
 from tmpdiff.engine.runner import Engine, RunSettings  # noqa: E402
 from tmpdiff.measure.evaluator import Evaluator  # noqa: E402
@@ -37,7 +39,7 @@ def ray_local():
 def search(evaluator, **kwargs):
     evaluator.costs["shapes-dit"] = COSTS
     report = run_search(evaluator, REQUEST, **kwargs).to_dict()
-    return {k: report[k] for k in ("schedule", "ssim", "pareto", "baselines", "validation", "additivity")}
+    return decided({k: report[k] for k in ("schedule", "ssim", "pareto", "baselines", "validation", "additivity")})
 
 
 def distributed(tmp_path, name):

@@ -57,7 +57,8 @@ class RunSettings:
                                  f"{MAX_PROMPT_CHARS}: {{value}}")
             # Surrounding whitespace changes no image: stripped here, so " red circle" keys as "red circle".
             object.__setattr__(self, name, None if text is None else text.strip())
-        self.call_kwargs()
+        self.spec.call_kwargs(self.resolved_prompt, steps=self.resolved_steps, seed=self.seed, size=self.size,
+                              guidance=self.guidance, negative_prompt=self.negative_prompt, seeded=False)
 
     def call_kwargs(self, device: str | torch.device = "cpu") -> dict[str, Any]:
         """This setting as its pipeline's arguments, with a fresh seeded generator each call."""

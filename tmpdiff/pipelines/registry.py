@@ -98,17 +98,17 @@ class ModelSpec:
         guidance: float | None = None,
         negative_prompt: str = "",
         device: str | torch.device = "cpu",
+        seeded: bool = True,
     ) -> dict[str, Any]:
-        """Arguments for this family's pipeline ``__call__``; every run is seeded."""
+        """Arguments for this family's pipeline ``__call__``; every run is seeded (``seeded=False``: the same checks
+        and arguments without a generator, so that checking settings imports no torch)."""
         if steps <= 0:
             raise FieldError("steps", steps, "{steps} must be a positive number, got {value}")
         size = self.size if size is None else size
         if size <= 0 or size % 16:
             raise FieldError("size", size, "{size} must be a positive multiple of 16, got {value}")
         guidance = self.guidance if guidance is None else guidance
-        import torch
-
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        generator = _seeded_generator(seed) if seeded else None
         if self.family == "dit":
             if size != self.size:
                 raise FieldError("size", size, f"model {self.name!r} draws only {self.size}x{self.size} images, got "
@@ -130,6 +130,12 @@ class ModelSpec:
             if self.is_tiny:
                 kwargs["max_sequence_length"] = 16
         return kwargs
+
+
+def _seeded_generator(seed: int) -> torch.Generator:
+    import torch
+
+    return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
 _SHAPE_LABELS = tuple(
