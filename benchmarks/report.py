@@ -200,12 +200,30 @@ def step_profile(report: dict) -> list[str]:
     return [*lines, ""]
 
 
+def memory_budgets(report: dict) -> list[str]:
+    """Schedules under GPU memory budgets against stock offloading (``benchmarks/memory.py``)."""
+    stock = report["stock"]
+    lines = [f"### Memory budgets: {report['model']} ({report['steps']} steps, {report['size']}², compiled) — "
+             f"{report['device']}, torch {report['torch']}", "",
+             f"Allocator capped per budget; host link {report['host_link_gb_s']} GB/s. Stock: {stock['config']}, "
+             f"{stock['schedule']} at {stock['budget_gib']} GiB: {stock['seconds']:.2f} s, peak {stock['peak_gib']} GiB.",
+             "", "| budget | schedule | seconds | peak GiB | vs stock | SSIM vs unbudgeted |", "|---|---|---|---|---|---|"]
+    for r in report["unbudgeted"] + report["rows"]:
+        budget = "none" if r["budget_gib"] is None else f"{r['budget_gib']:g} GiB"
+        ssim = r.get("ssim_vs_unbudgeted")
+        lines.append(f"| {budget} | `{r['schedule']}` | {r['seconds']:.2f} | {r['peak_gib']} | "
+                     f"{r['speedup_vs_stock']:.2f}x | {'' if ssim is None else f'{ssim:.5f}'} |")
+    return [*lines, ""]
+
+
 def main() -> None:
     print("# tmpdiff step-cost benchmarks\n\nRandom weights (latency and memory only). "
           "Reproduce on a GPU with `bash benchmarks/run_all.sh`.\n")
     for path in sys.argv[1:]:
         report = json.loads(Path(path).read_text())
-        if "shape_bshd" in report:
+        if "stock" in report and "host_link_gb_s" in report:
+            print("\n".join(memory_budgets(report)))
+        elif "shape_bshd" in report:
             print("\n".join(attention_kernels(report)))
         elif "arch" in report and "rows" in report:
             print("\n".join(step_profile(report)))

@@ -14,4 +14,5 @@ python3 -m tmpdiff generate --model flux-dev-random --schedule "bf16*4,fp8*20,bf
 python3 benchmarks/step_costs.py --arch flux --compiled bf16,fp8 --eager "" --out "benchmarks/results/flux_switching_${device}.json"
 python3 benchmarks/end_to_end.py --out "benchmarks/results/end_to_end_${device}.json"
 python3 benchmarks/first_image.py --out "benchmarks/results/first_image_${device}.json"
+python3 benchmarks/memory.py --budgets 24,16,12 --out "benchmarks/results/memory_${device}.json"
 python3 benchmarks/report.py benchmarks/results/*_"${device}".json > benchmarks/RESULTS.md
