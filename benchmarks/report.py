@@ -206,8 +206,9 @@ def memory_budgets(report: dict) -> list[str]:
     lines = [f"### Memory budgets: {report['model']} ({report['steps']} steps, {report['size']}², compiled) — "
              f"{report['device']}, torch {report['torch']}", "",
              f"Allocator capped per budget; host link {report['host_link_gb_s']} GB/s. Stock: {stock['config']}, "
-             f"{stock['schedule']} at {stock['budget_gib']} GiB: {stock['seconds']:.2f} s, peak {stock['peak_gib']} GiB.",
-             "", "| budget | schedule | seconds | peak GiB | vs stock | SSIM vs unbudgeted |", "|---|---|---|---|---|---|"]
+             f"{stock['schedule']} at {stock['budget_gib']} GiB: {stock['seconds']:.2f} s, "
+             f"peak {stock['peak_gib']} GiB.", "",
+             "| budget | schedule | seconds | peak GiB | vs stock | SSIM vs unbudgeted |", "|---|---|---|---|---|---|"]
     for r in report["unbudgeted"] + report["rows"]:
         budget = "none" if r["budget_gib"] is None else f"{r['budget_gib']:g} GiB"
         ssim = r.get("ssim_vs_unbudgeted")
