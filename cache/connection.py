@@ -5,6 +5,7 @@ raises."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from tmpdiff.errors import FieldError, literal, shown
+from tmpdiff.errors import CacheWarning, FieldError, literal, shown
 
 __all__ = ["CacheError", "default_db_path", "make_sqlite_engine", "refuse_foreign_file", "server_timeouts",
            "server_url", "unwritable"]
@@ -56,6 +57,8 @@ def make_sqlite_engine(path: Path, read_only: bool = False) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    _guard_shared_memory(engine, path)
+
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
         # Take the write lock up front: a deferred transaction that upgrades later can fail
@@ -63,6 +66,34 @@ def make_sqlite_engine(path: Path, read_only: bool = False) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _guard_shared_memory(engine: Engine, path: Path) -> None:
+    """SQLite maps the WAL's ``-shm`` file into memory; one cut short under a running process (truncated by another
+    program or a cleanup) makes the next read of a mapped page a SIGBUS that ends the process, even on closing a
+    connection. Before each use, a file smaller than this process has seen is grown back to that size (zeros):
+    the pages exist again, SQLite finds the index's checksums wrong and rebuilds it from the WAL, and the cache goes
+    on instead of the app dying. Said once as a ``CacheWarning``."""
+    shm = Path(f"{path}-shm")
+    seen = [0]
+
+    @event.listens_for(engine, "checkout")
+    def _check(_dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        try:
+            size = shm.stat().st_size
+        except OSError:  # removed (SQLite does, as its last connection closes): nothing mapped is cut short
+            seen[0] = 0
+            return
+        if size < seen[0]:
+            try:
+                os.truncate(shm, seen[0])
+            except OSError as exc:
+                raise CacheError(literal(f"{shm} was cut short under this process and cannot be restored "
+                                         f"({exc.strerror})") + ": restart with a writable {db}") from None
+            warnings.warn(f"{shm.name} was cut short while the cache was open; SQLite rebuilds it from the log",
+                          CacheWarning, stacklevel=2)
+            return
+        seen[0] = size
 
 
 def _switch_to_wal(cursor: Any, patience_s: float = 60.0) -> None:
