@@ -182,6 +182,19 @@ def test_hostile_values_are_refused_with_a_message_and_never_cached(server, serv
     assert len(Cache(server_db).evaluations()) == before
 
 
+def test_an_api_call_with_too_few_values_is_told_which_to_send(server, server_db, capfd):
+    from tmpdiff.cache import Cache
+
+    before = len(Cache(server_db).evaluations())
+    capfd.readouterr()
+    stream = raw_generate(server, '["shapes-dit", "a red square"]')
+    wanted = "/generate takes 7 values (model, prompt, seed, steps, size, guidance, schedule)"
+    assert "event: error" in stream and wanted in stream, stream[-500:]
+    assert "got 2: send all of them" in stream and '"error": null' not in stream
+    assert "Traceback" not in capfd.readouterr().err
+    assert len(Cache(server_db).evaluations()) == before
+
+
 def test_a_search_too_large_for_the_app_is_refused_and_sent_to_the_cli(client):
     from gradio_client.exceptions import AppError
 

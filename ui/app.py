@@ -20,6 +20,7 @@ from tmpdiff.pipelines.registry import ModelSpec
 from tmpdiff.studies.study import Study
 
 from . import blind, panels, search_panel
+from .messages import user_error
 from .state import AppState
 
 __all__ = ["build_ui"]
@@ -41,6 +42,27 @@ def _gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
     except ImportError:
         return fn
     return spaces.GPU(fn)
+
+
+class _Page(gr.Blocks):
+    """The app's Blocks. An API call with too few values is told which it must send, in one line: Gradio's own
+    check raises a plain ``ValueError``, which reaches a caller as ``{"error": null}`` unless every internal
+    error is shown."""
+
+    def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
+        wanted = block_fn.inputs
+        if len(inputs) < len(wanted):
+            names = ", ".join(_parameter_names(block_fn.fn)[:len(wanted)])
+            raise user_error(f"/{block_fn.api_name or block_fn.name} takes {len(wanted)} values ({names}), "
+                             f"got {len(inputs)}: send all of them, in this order")
+        super().validate_inputs(block_fn, inputs)
+
+
+def _parameter_names(fn: Callable[..., Any] | None) -> list[str]:
+    """An endpoint's parameter names, as its API page lists them."""
+    import inspect
+
+    return list(inspect.signature(fn).parameters) if fn is not None else []
 
 
 def _session(request: gr.Request | None) -> str | None:
@@ -76,7 +98,7 @@ def build_ui(study: Study, default_model: str | None = None) -> gr.Blocks:
     choices = [a.name for a in available_precisions(device) if a.status is not Status.UNAVAILABLE]
     w = Widgets()
     # Served files (images, downloads) are deleted an hour after they were made, checked every hour.
-    with gr.Blocks(title="tmpdiff: temporal mixed precision", delete_cache=(3600, 3600)) as demo:
+    with _Page(title="tmpdiff: temporal mixed precision", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# tmpdiff: a precision for every denoising step\n"
                     "Pick a model, give each step a precision, and see what it costs and what it loses.")
         with gr.Row(elem_classes="story-row"):
