@@ -20,8 +20,9 @@ import torch
 from torch._dynamo.utils import counters
 
 from tmpdiff.pipelines import random_weights as realsize
-from tmpdiff.variants.bank import Mode, _copy, bank_for
+from tmpdiff.variants.bank import Mode, bank_for
 from tmpdiff.variants.compile_cache import CompileCache
+from tmpdiff.variants.copies import copy_module
 
 
 def flux_inputs() -> dict:
@@ -133,7 +134,7 @@ def main() -> None:
                     torch.cuda.synchronize()
                     row[label] = time.perf_counter() - start
                 print("PROBE " + json.dumps(row), flush=True)
-            variant = _copy(eager, share=True)
+            variant = copy_module(eager, share=True)
             kwargs = {"fullgraph": True} if args.dynamic == "auto" else {"fullgraph": True, "dynamic": False}
             variant.compile_repeated_blocks(**kwargs)
             if args.block_times:

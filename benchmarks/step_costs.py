@@ -20,7 +20,8 @@ import torch
 
 from tmpdiff import Schedule, apply_schedule, precision_status
 from tmpdiff.pipelines import random_weights as realsize
-from tmpdiff.variants.bank import bank_for, module_bytes
+from tmpdiff.variants.bank import bank_for
+from tmpdiff.variants.copies import module_bytes
 
 
 class DenoiseOnly:

@@ -3,7 +3,9 @@
 Each row is one fresh process (``python -m tmpdiff ...``, or the import alone), timed from before it
 starts to after it exits: imports, weights, reference image, variant builds and all. The cache folder
 starts empty, so the first ``generate`` is cold (compiles, fills the compile cache); later rows reuse it as a
-user's next command would. ``generate --verbose`` rows keep the per-phase seconds the command printed.
+user's next command would. ``generate --verbose`` rows keep the per-phase seconds the command printed, and
+``set_up``: each variant's build by phase (weights, compile-cache loading, Dynamo tracing and guards, Inductor,
+first run, cache saving), CUDA graph captures and warm-up calls.
 
 Rows, in order:
 
@@ -40,7 +42,7 @@ def timed(label: str, command: list[str], env: dict[str, str], timeout: float) -
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if lines:
         printed = json.loads(lines[-1])
-        for key in ("phase_seconds", "seconds", "speedup", "ssim", "cached", "schedule", "steps_run"):
+        for key in ("phase_seconds", "set_up", "seconds", "speedup", "ssim", "cached", "schedule", "steps_run"):
             if key in printed:
                 row[key] = printed[key]
     if "--json" in command and done.returncode == 0:  # a search: what it found and where its seconds went

@@ -142,15 +142,22 @@ def test_generate_verbose_says_where_the_seconds_went(tmp_path):
     import time
 
     start = time.perf_counter()
-    result = cli("generate", "--steps", "4", "--out", str(tmp_path / "v.png"), "--verbose", "--no-cache")
+    result = cli("generate", "--steps", "4", "--schedule", "fp32*2,bf16*2", "--out", str(tmp_path / "v.png"),
+                 "--verbose", "--no-cache")
     wall = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
-    phases = json.loads(result.stdout.strip().splitlines()[-1])["phase_seconds"]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    phases = line["phase_seconds"]
     assert set(phases) == {"start", "imports", "cache_database", "weights", "reference_image", "schedule_image",
                            "vae_decode_in_images", "write"}
     assert all(v >= 0 for v in phases.values()) and phases["imports"] > 0 and phases["weights"] > 0
     accounted = sum(phases.values()) - phases["vae_decode_in_images"]  # VAE decoding is inside the images
     assert 0.75 * wall < accounted < wall  # the phases, the interpreter's start included, are nearly the whole
+    # Inside the schedule's image: the one variant it built (bf16 weights cast from the reference's), by phase.
+    [build] = line["set_up"]["variants"]
+    assert (build["precision"], build["mode"], build["from_cache"]) == ("bf16", "eager", False)
+    assert set(build["phases"]) == {"weights"} and 0 < build["phases"]["weights"] <= build["seconds"]
+    assert build["seconds"] < phases["schedule_image"] and line["set_up"]["graph_capture"] == {}
 
 
 def test_the_command_exits_quickly_yet_runs_exit_handlers_and_flushes(tmp_path):

@@ -92,11 +92,18 @@ def test_warmup_fills_the_cache_and_a_second_process_only_loads(tmp_path):
     cold = json.loads(first.stdout.splitlines()[-1])["variants"][0]
     assert cold["from_cache"] is False and cold["inductor_compilations"] > 0
     assert "compiling fp32 for this model (first time only" in first.stderr
+    [build] = cold["builds"]  # where its seconds went: mostly Inductor, inside Dynamo's backend call
+    spans = {"weights", "load_cache", "dynamo_trace", "guards", "backend", "first_run", "save_cache"}
+    assert spans <= set(build["phases"])
+    assert max(build["phases"], key=build["phases"].get) == "backend"
+    assert 0.8 * build["seconds"] < sum(build["phases"].values()) <= build["seconds"] + 0.01
     [artifacts] = (tmp_path / "compiled").glob("*.bin")
 
     second = warmup(tmp_path)
     warm = json.loads(second.stdout.splitlines()[-1])["variants"][0]
     assert warm["from_cache"] is True and warm["inductor_compilations"] == 0  # Inductor compiled nothing
+    assert "save_cache" not in warm["builds"][0]["phases"]
+    assert warm["builds"][0]["phases"]["backend"] < build["phases"]["backend"] / 2  # loaded, not compiled
     stored = CompileCache(tmp_path).entries()[0]["seconds"]  # what the first compilation cost
     assert f"first time only, ~{stored:.0f} s" in second.stderr
 

@@ -50,6 +50,7 @@ def generate(args: argparse.Namespace, device: str) -> int:
                        "vae_decode_in_images": comparison.evaluation.vae_seconds or 0.0, "write": _lap(clock)})
         PHASES.pop("stored_costs", None)
         line["phase_seconds"] = {k: round(v, 3) for k, v in PHASES.items()}
+        line["set_up"] = engine.set_up.to_dict()  # within the phases: each variant's build, captures, warm-ups
     print(json.dumps(line))
     return kept_or_said(study.evaluator)
 
@@ -123,7 +124,6 @@ def engine_for(args: argparse.Namespace, device: str) -> Engine:
 
 
 def warmup(args: argparse.Namespace, device: str) -> int:
-    from torch._dynamo.utils import counters
     from tqdm import tqdm
 
     from tmpdiff.engine.settings import RunSettings
@@ -144,12 +144,12 @@ def warmup(args: argparse.Namespace, device: str) -> int:
     engine.on_build = lambda precision, mode, expected: bar.set_postfix_str(describe_build(precision, mode, expected))
     rows = []
     for name in bar:
-        misses = counters["inductor"]["fxgraph_cache_miss"]
         builds = engine.warm(settings, name)
         rows.append({"precision": name, "mode": engine.mode.value,
                      "seconds": round(sum(b.seconds for b in builds), 2),
                      "from_cache": all(b.from_cache for b in builds) if builds else None,
-                     "inductor_compilations": counters["inductor"]["fxgraph_cache_miss"] - misses})
+                     "inductor_compilations": sum(b.inductor_compilations for b in builds),
+                     "builds": [b.to_dict() for b in builds]})
     bar.close()
     print(json.dumps({"model": args.model, "size": settings.resolved_size, "device": device,
                       "cache_dir": str(engine.compile_cache.root), "variants": rows}))

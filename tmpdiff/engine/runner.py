@@ -17,7 +17,7 @@ from PIL import Image
 from tmpdiff.engine.budget import OutOfMemory, cuda_index, resolve_budget
 from tmpdiff.engine.settings import Result, RunSettings, batch_call_kwargs
 from tmpdiff.engine.split_app import told_to_followers
-from tmpdiff.engine.timing import timing_vae_decode
+from tmpdiff.engine.timing import SetUpSeconds, timing_vae_decode
 from tmpdiff.engine.turns import TurnLock
 from tmpdiff.errors import FieldError
 from tmpdiff.measure.memory import GIB, MemoryFigures, measuring_peak
@@ -103,6 +103,7 @@ class Engine:
         self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0, "warm_up": 0}
         self._pipes: dict[str, Any] = {}
         self.load_seconds: dict[str, float] = {}  # how long each model's weights took to load (or build)
+        self.set_up = SetUpSeconds()  # where seconds went that no image counts (generate --verbose shows it)
         self._lock = threading.Lock()
         # One pipeline call at a time, in the order they were asked for: a quick image asked for during a long
         # search waits for the search's current image only, and a request that comes while a cancelled
@@ -225,8 +226,9 @@ class Engine:
             self._warm_up(pipe, make_kwargs(), schedule)
         call = self._timed_call(pipe, make_kwargs(), schedule, replay, replay_key)
         if any(b.mode is not Mode.EAGER and not b.from_cache for b in call.handle.builds):
+            self.set_up.repeated_calls += _beyond_builds(call)
             return self._timed_call(pipe, make_kwargs(), schedule)
-        return call._replace(seconds=max(call.seconds - sum(call.handle.build_seconds.values()), 0.0))
+        return call._replace(seconds=_beyond_builds(call))
 
     def _warm_up(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> None:
         """Runs the schedule's precisions that are cold at these shapes for one step each (untimed)."""
@@ -237,7 +239,8 @@ class Engine:
         if not cold:
             return
         warm_up = Schedule(tuple(cold) if len(cold) > 1 else (cold[0], cold[0]))
-        self._timed_call(pipe, {**kwargs, "num_inference_steps": len(warm_up)}, warm_up, counted_as="warm_up")
+        call = self._timed_call(pipe, {**kwargs, "num_inference_steps": len(warm_up)}, warm_up, counted_as="warm_up")
+        self.set_up.warm_up_calls += _beyond_builds(call)
         self._warmed.update((id(pipe), shapes, name) for name in cold)
 
     def _simulated(self, schedule: Schedule) -> list[str]:
@@ -278,6 +281,7 @@ class Engine:
         except torch.OutOfMemoryError:
             raise self._out_of_memory(kwargs, schedule, placer) from None
         seconds = time.perf_counter() - start + handle.replay_correction + (prompts.take_credit() if prompts else 0.0)
+        self.set_up.note(handle)
         for name, count in ((counted_as, handle.denoiser_calls), ("replayed", handle.replayed_calls),
                             ("skipped", handle.skipped_calls)):
             self.calls[name] += count
@@ -309,6 +313,11 @@ class Engine:
         size = kwargs.get("height")
         what = f"a {size}x{size} image with {schedule}" if size else f"an image with {schedule}"
         return OutOfMemory(what, self.budget, placer.plan.line() if placer and placer.plan else "")
+
+
+def _beyond_builds(call: TimedCall) -> float:
+    """A call's seconds beyond the variants built and the graphs captured in it."""
+    return max(call.seconds - sum(call.handle.build_seconds.values()), 0.0)
 
 
 def _pictures(output: Any) -> list[Image.Image]:

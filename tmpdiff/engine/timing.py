@@ -1,15 +1,41 @@
-"""The VAE's decoding timed apart from the rest of a pipeline call."""
+"""The VAE's decoding timed apart from the rest of a pipeline call, and a process's set-up seconds."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["timing_vae_decode"]
+from tmpdiff.variants.bank import BuildInfo
+
+__all__ = ["SetUpSeconds", "timing_vae_decode"]
+
+
+@dataclass
+class SetUpSeconds:
+    """Where an engine's seconds went that no timed image counts: each variant's build (its phases inside), the CUDA
+    graphs captured, the untimed warm-up calls and the timed calls made again because their first run compiled
+    afresh (those two beyond the builds and captures made in them)."""
+
+    builds: list[BuildInfo] = field(default_factory=list)
+    graph_capture: dict[str, float] = field(default_factory=dict)
+    warm_up_calls: float = 0.0
+    repeated_calls: float = 0.0
+
+    def note(self, handle: Any) -> None:
+        """The builds and captures of one pipeline call (its schedule's handle)."""
+        self.builds.extend(handle.builds)
+        for name, seconds in handle.capture_seconds.items():
+            self.graph_capture[name] = self.graph_capture.get(name, 0.0) + seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variants": [build.to_dict() for build in self.builds],
+                "graph_capture": {name: round(seconds, 3) for name, seconds in self.graph_capture.items()},
+                "warm_up_calls": round(self.warm_up_calls, 3), "repeated_calls": round(self.repeated_calls, 3)}
 
 
 @contextmanager

@@ -3,8 +3,8 @@
 Each process of a ``torchrun --nproc-per-node N`` launch loads the pipeline on its own GPU and calls it with the
 same arguments; the denoiser's tokens are split over the processes and attention exchanges heads between them
 (Ulysses: an all-to-all before and after each attention). Every precision variant tmpdiff builds is
-made context-parallel on the same process groups (see ``variants._copy``), so a schedule runs as it would on one
-GPU, each step on all of them.
+made context-parallel on the same process groups (see ``variants.copies.copy_module``), so a schedule runs as it
+would on one GPU, each step on all of them.
 """
 
 from __future__ import annotations

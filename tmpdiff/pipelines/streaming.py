@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from tmpdiff.variants.bank import STREAMING_HOOK
+from tmpdiff.variants.copies import STREAMING_HOOK
 
 __all__ = ["BlockStreamer", "find_blocks", "tensor_bytes"]
 
 
 def _streaming_hook(hook: Any) -> Any:
-    """Marks a hook as a streamer's: a copy of a streamed block drops it (``bank.strip_streaming_hooks``)."""
+    """Marks a hook as a streamer's: a copy of a streamed block drops it (``copies.strip_streaming_hooks``)."""
     setattr(hook, STREAMING_HOOK, True)
     return hook
 

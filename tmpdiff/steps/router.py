@@ -43,6 +43,7 @@ class ScheduleHandle:
         variants: the resident variant modules used, by precision name.
         build_seconds: time spent building (and compiling) variants during this block.
         builds: how each variant built during this block was made (compiled, or loaded from the cache).
+        capture_seconds: time spent capturing CUDA graphs during this block, by precision (within build_seconds).
         denoisers: the pipeline attributes whose calls were switched (``transformer``, ``transformer_2``, ...).
         denoiser_calls, replayed_calls, skipped_calls: the denoiser calls made, answered from the replay
             store instead, and saved by ``skip`` steps, over every pipeline call in the block.
@@ -60,6 +61,7 @@ class ScheduleHandle:
     variants: dict[str, nn.Module] = field(default_factory=dict)
     build_seconds: dict[str, float] = field(default_factory=dict)
     builds: list[BuildInfo] = field(default_factory=list)
+    capture_seconds: dict[str, float] = field(default_factory=dict)
     denoiser_calls: int = 0
     replayed_calls: int = 0
     skipped_calls: int = 0
@@ -303,6 +305,7 @@ class StepRouter:
         output, capturing = bank.call(name, mode, variant, args, kwargs, self.config.cuda_graphs)
         if capturing:  # a CUDA graph was captured in this call: set-up, like a build, not the step's time
             self.handle.build_seconds[name] = self.handle.build_seconds.get(name, 0.0) + capturing
+            self.handle.capture_seconds[name] = self.handle.capture_seconds.get(name, 0.0) + capturing
             self.timer.exclude(capturing)
         return _cast(output, dtype, reference_dtype) if dtype is not None and cast else output
 

@@ -7,8 +7,6 @@ A torchao variant is a copy of the denoiser that *shares* every parameter with t
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import enum
 import tempfile
 import threading
@@ -27,10 +25,12 @@ from torch import nn
 from tmpdiff.steps.precisions import Kind, Precision, Status, get_precision, precision_status
 from tmpdiff.variants import aot
 from tmpdiff.variants.attention import attention_context, mark
+from tmpdiff.variants.build_profile import Phases, compiler_seconds, timed
 from tmpdiff.variants.compile_cache import CompileCache, CompileKey
+from tmpdiff.variants.copies import copy_module, parallel_like, tensor_bytes, tensors_of
 from tmpdiff.variants.graphs import CallGraphs, split_graphs_enabled
 
-__all__ = ["MIN_ROWS", "BuildInfo", "Mode", "VariantBank", "bank_for", "module_bytes"]
+__all__ = ["MIN_ROWS", "BuildInfo", "Mode", "VariantBank", "bank_for"]
 
 
 class Mode(enum.StrEnum):
@@ -63,9 +63,20 @@ class BuildInfo:
     seconds: float
     from_cache: bool
     note: str = ""
+    # Where the seconds went (see build_profile.py): weights (cast or quantized), load_cache, dynamo_trace,
+    # guards, backend, dynamo_other, first_run, save_cache; export and load_packages for ahead-of-time variants.
+    phases: Phases = field(default_factory=dict)
+    inductor_compilations: int = 0  # graphs Inductor compiled afresh (0: everything came from its caches)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision, "mode": self.mode.value, "seconds": round(self.seconds, 3),
+                "from_cache": self.from_cache, "inductor_compilations": self.inductor_compilations,
+                "phases": {name: round(seconds, 3) for name, seconds in self.phases.items()},
+                **({"note": self.note} if self.note else {})}
 
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
+Profile = tuple[Phases, list[int]]  # a build's phases, and Inductor's fresh compilations in a one-item list
 
 # torchao's dynamic-activation kernels need at least this many rows per matmul; smaller
 # inputs (timestep and modulation embeddings at batch 1) stay in the reference precision.
@@ -138,44 +149,52 @@ class VariantBank:
         self._drop_if_moved()
         key = (name, mode)
         if key not in self.variants:
-            start = time.perf_counter()
+            start, phases, compiled = time.perf_counter(), Phases(), [0]
+            eager = self.variants.get((name, Mode.EAGER))
+            if eager is None:
+                with timed(phases, "weights"):
+                    eager = self._make(get_precision(name))
             if mode is Mode.EAGER:
-                variant, from_cache, note = self._make(get_precision(name)), False, ""
+                variant, from_cache, note = eager, False, ""
             else:
                 # A copy that shares the eager variant's (quantized) weights: no second copy.
-                eager = self.variants.get((name, Mode.EAGER)) or self._make(get_precision(name))
                 self.variants.setdefault((name, Mode.EAGER), eager)  # kept: a streamed step runs it
                 build = self._compile if mode is Mode.COMPILED else self._compile_ahead
-                variant, from_cache, note = build(name, eager, example, cache)
+                variant, from_cache, note = build(name, eager, example, cache, (phases, compiled))
             self.variants[key] = variant
             left = self.unswitched_layers() if get_precision(name).kind is Kind.TORCHAO else []
             if left:
                 note = (f"{note}; " if note else "") + (f"{len(left)} Linear layers not called through their forward "
                                                         f"stay in the reference precision: {', '.join(left[:8])}")
-            self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note)
+            self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note, phases,
+                                         compiled[0])
             if self.placer is not None:
                 self.placer.variant_built()  # its real size known: placed within the budget before it runs
         return self.variants[key]
 
-    def _compile(self, name: str, eager: nn.Module, example: Call | None,
-                 cache: CompileCache | None) -> tuple[nn.Module, bool, str]:
-        variant = _copy(eager, share=True)
+    def _compile(self, name: str, eager: nn.Module, example: Call | None, cache: CompileCache | None,
+                 profile: Profile) -> tuple[nn.Module, bool, str]:
+        phases, compiled = profile
+        variant = copy_module(eager, share=True)
         _compile_regionally(variant)
         if example is None:
             return variant, False, "compiles at its first call"
         args, kwargs = example
         key = CompileKey.make(Mode.COMPILED.value, name, variant, args, kwargs, self._device())
-        loaded = cache.load_artifacts(key) if cache else False
+        with timed(phases, "load_cache"):
+            loaded = cache.load_artifacts(key) if cache else False
         start = time.perf_counter()
-        with torch.no_grad(), attention_context(variant):
+        with compiler_seconds(phases) as fresh, torch.no_grad(), attention_context(variant):
             variant(*args, **kwargs)
-        _synchronize(self._device())
+            _synchronize(self._device())
+        compiled[0] += fresh[0]
         if cache and not loaded:
-            cache.save_artifacts(key, time.perf_counter() - start)
+            with timed(phases, "save_cache"):
+                cache.save_artifacts(key, time.perf_counter() - start)
         return variant, loaded, ""
 
-    def _compile_ahead(self, name: str, eager: nn.Module, example: Call | None,
-                       cache: CompileCache | None) -> tuple[nn.Module, bool, str]:
+    def _compile_ahead(self, name: str, eager: nn.Module, example: Call | None, cache: CompileCache | None,
+                       profile: Profile) -> tuple[nn.Module, bool, str]:
         """AoT packages per repeated block class; torch.compile instead, with a warning, for a model
         without repeated blocks or a block that export or AOTInductor cannot take."""
         if example is None:
@@ -187,28 +206,30 @@ class VariantBank:
             why = f"{type(eager).__name__} declares no repeated blocks"
         elif works:
             try:
-                variant = _copy(eager, share=True)
-                return variant, self._apply_packages(name, eager, variant, example, cache), ""
+                variant = copy_module(eager, share=True)
+                return variant, self._apply_packages(name, eager, variant, example, cache, profile[0]), ""
             except aot.AotError as exc:
                 why = str(exc)
         note = f"no ahead-of-time variant ({why}): compiled with torch.compile instead"
         warnings.warn(note, aot.AotWarning, stacklevel=2)
-        variant, loaded, _ = self._compile(name, eager, example, cache)
+        variant, loaded, _ = self._compile(name, eager, example, cache, profile)
         return variant, loaded, note
 
     def _apply_packages(self, name: str, eager: nn.Module, variant: nn.Module, example: Call,
-                        cache: CompileCache | None) -> bool:
+                        cache: CompileCache | None, phases: Phases) -> bool:
         args, kwargs = example
         blocks = aot.repeated_blocks(variant)
-        with aot.capture_block_calls(eager) as calls, torch.no_grad():
+        with timed(phases, "first_run"), aot.capture_block_calls(eager) as calls, torch.no_grad():
             eager(*args, **kwargs)
         key = CompileKey.make(Mode.AOT.value, name, variant, args, kwargs, self._device())
         if cache is not None and cache.has_packages(key, list(blocks)):
             packages, from_cache = {b: cache.package_path(key, b) for b in blocks}, True
         else:
-            packages, from_cache = self._export_blocks(blocks, calls, key, cache), False
-        for block_name, instances in blocks.items():
-            aot.apply_package_(instances, packages[block_name])
+            with timed(phases, "export"):
+                packages, from_cache = self._export_blocks(blocks, calls, key, cache), False
+        with timed(phases, "load_packages"):
+            for block_name, instances in blocks.items():
+                aot.apply_package_(instances, packages[block_name])
         return from_cache
 
     def _export_blocks(self, blocks: dict[str, list[nn.Module]], calls: dict[str, aot.BlockCall],
@@ -219,7 +240,7 @@ class VariantBank:
         for block_name, instances in blocks.items():
             built[block_name] = folder / f"{block_name}.pt2"
             # Export a throwaway copy: unwrapping quantized weights re-parametrizes the module.
-            aot.compile_block(_copy(instances[0], share=True), calls[block_name], built[block_name])
+            aot.compile_block(copy_module(instances[0], share=True), calls[block_name], built[block_name])
         if cache is None:
             return built
         cache.save_packages(key, built, time.perf_counter() - start)
@@ -228,13 +249,13 @@ class VariantBank:
     def memory_bytes(self) -> dict[str, int]:
         """Extra bytes each resident variant holds beyond the reference weights (and, for a
         compiled variant, beyond its eager twin, whose weights it shares)."""
-        reference = {id(t) for t in _tensors(self.reference)}
+        reference = {id(t) for t in tensors_of(self.reference)}
         sizes = {}
         for (name, mode), variant in self.variants.items():
             eager = self.variants.get((name, Mode.EAGER)) if mode is not Mode.EAGER else None
-            shared = reference | ({id(t) for t in _tensors(eager)} if eager is not None else set())
+            shared = reference | ({id(t) for t in tensors_of(eager)} if eager is not None else set())
             key = name if mode is Mode.EAGER else f"{name}+{mode.value}"
-            sizes[key] = sum(_tensor_bytes(t) for t in _tensors(variant) if id(t) not in shared)
+            sizes[key] = sum(tensor_bytes(t) for t in tensors_of(variant) if id(t) not in shared)
         return sizes
 
     def _device(self) -> torch.device:
@@ -247,18 +268,18 @@ class VariantBank:
             raise ValueError(f"precision {precision.name!r} is unavailable on {device}: {status.reason}")
         if precision.kind is Kind.DTYPE:
             if precision.dtype == self.reference_dtype:
-                return _copy(self.reference, share=True)
+                return copy_module(self.reference, share=True)
             # A cast rewrites parameters in place, so this copy must not share them.
-            return _copy(self.reference, share=False).to(precision.dtype)
+            return copy_module(self.reference, share=False).to(precision.dtype)
 
         make_config = precision.config if status.status is Status.REAL else precision.simulate
         assert make_config is not None  # a usable TORCHAO precision has one of the two
-        variant = _copy(self.reference, share=True, parallelize=False)
+        variant = copy_module(self.reference, share=True, parallelize=False)
         self._quantize(variant, make_config(self.reference_dtype), self.layer_filter(precision))
         if precision.attention:
             mark(variant, simulated=status.status is Status.SIMULATED)
         if (parallel := getattr(self.reference, "_parallel_config", None)) is not None:
-            _parallel_like(variant, parallel)  # after quantize_, which may replace the modules hooks sit on
+            parallel_like(variant, parallel)  # after quantize_, which may replace the modules hooks sit on
         return variant.eval()
 
     def _quantize(self, variant: nn.Module, config: Any, takes: Callable[[nn.Module, str], bool]) -> None:
@@ -306,18 +327,6 @@ class VariantBank:
             self.device = device
 
 
-STREAMING_HOOK = "_tmpdiff_streaming"  # marks the hooks of a block streamed from host memory (pipelines.streaming)
-
-
-def strip_streaming_hooks(module: nn.Module) -> None:
-    """Removes the streaming hooks a copy of a streamed module carries over (a variant built from the reference):
-    they are the original's, and a compiled block should not trace them."""
-    for layer in module.modules():
-        for hooks in (layer._forward_pre_hooks, layer._forward_hooks):
-            for key in [k for k, hook in hooks.items() if getattr(hook, STREAMING_HOOK, False)]:
-                del hooks[key]
-
-
 _BANKS: weakref.WeakKeyDictionary[nn.Module, VariantBank] = weakref.WeakKeyDictionary()
 _BANKS_LOCK = threading.Lock()
 
@@ -348,68 +357,6 @@ def record_linear_rows(module: nn.Module) -> Iterator[dict[str, int]]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-def module_bytes(module: nn.Module) -> int:
-    return sum(_tensor_bytes(t) for t in _tensors(module))
-
-
-def _tensors(module: nn.Module) -> list[torch.Tensor]:
-    unique = {id(t): t for t in [*module.parameters(), *module.buffers()]}
-    return list(unique.values())
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> int:
-    """Bytes of a tensor, looking inside torchao's tensor subclasses."""
-    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, nn.Parameter):
-        names, _ = tensor.__tensor_flatten__()
-        return sum(_tensor_bytes(getattr(tensor, n)) for n in names)
-    return tensor.numel() * tensor.element_size()
-
-
-@contextmanager
-def _without_instance_forward(module: nn.Module) -> Iterator[Any]:
-    """Hides hook-installed forwards and hook registries while the module is copied, and yields the module's
-    parallel config (None for most). Only the root's hooks are hidden (they are tmpdiff's own), unless the module
-    is context-parallel: then every module's hooks (the input split, the output gather) and the attention
-    processors' config (which holds process groups) stay behind, and :func:`_copy` makes them again on the copy."""
-    parallel = getattr(module, "_parallel_config", None)
-    modules = list(module.modules()) if parallel is not None else [module]
-    saved: list[tuple[nn.Module, dict[str, Any]]] = [
-        (m, {k: m.__dict__.pop(k) for k in ("forward", "_diffusers_hook") if k in m.__dict__}) for m in modules]
-    holders: list[Any] = [] if parallel is None else [module, *(p for m in modules if getattr(
-        p := getattr(m, "processor", None), "_parallel_config", None) is not None)]
-    for holder in holders:
-        holder._parallel_config = None
-    try:
-        yield parallel
-    finally:
-        for m, attributes in saved:
-            m.__dict__.update(attributes)
-        for holder in holders:
-            holder._parallel_config = parallel
-
-
-def _copy(module: nn.Module, share: bool, parallelize: bool = True) -> nn.Module:
-    """A copy of the module tree; with ``share`` its parameters and buffers are the original objects. A
-    context-parallel module's copy is made context-parallel the same way, on the same process groups (unless
-    ``parallelize`` is False: the caller does it once the copy is finished)."""
-    memo = {id(t): t for t in _tensors(module)} if share else {}
-    with _without_instance_forward(module) as parallel:
-        copied = copy.deepcopy(module, memo)
-    strip_streaming_hooks(copied)
-    if parallel is not None and parallelize:
-        _parallel_like(copied, parallel)
-    return copied
-
-
-def _parallel_like(module: nn.Module, parallel: Any) -> None:
-    if parallel.tensor_parallel_config is not None or parallel.context_parallel_config is None:
-        raise ValueError("tmpdiff runs per-step precisions under context parallelism only, not tensor parallelism: "
-                         "enable_parallelism(config=ContextParallelConfig(...)) on the denoiser")
-    cp = parallel.context_parallel_config
-    enable: Any = module.enable_parallelism  # a diffusers ModelMixin's
-    enable(config=dataclasses.replace(cp, mesh=cp._mesh))  # the reference's groups, none new
 
 
 def _capturable(name: str, device: torch.device) -> bool:
