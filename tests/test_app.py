@@ -657,3 +657,20 @@ def test_a_blind_test_records_each_answer_in_the_cache_and_shows_the_tally(serve
     row = next(r for r in store.evaluations() if r.schedule == "fp32*6,skip*2" and r.seed == 31)
     [counted] = store.blind_tallies([row.id])
     assert (counted.right, counted.wrong, counted.unsure) == (1, 1, 1) and counted.ssim == row.ssim
+
+
+def test_a_first_image_says_that_the_models_weights_are_loading_and_a_second_does_not():
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.pipelines.registry import get_model
+    from tmpdiff.studies.study import Study
+    from tmpdiff.ui import panels
+    from tmpdiff.ui.state import AppState
+
+    app = AppState(Study.open(Engine(device="cpu"), None), get_model("shapes-dit"))
+    said: list[list[str]] = []
+    for seed in (1, 2):
+        said.append([])
+        panels.run_image(app, "shapes-dit", "", seed, 4, 64, 1.0, "fp32*2,skip*2",
+                         lambda fraction, desc="": said[-1].append(desc))
+    assert "loading shapes-dit's weights (once per start)" in said[0]
+    assert not any("weights" in text for text in said[1]) and said[1][-1] == "done"

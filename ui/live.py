@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmpdiff.engine.runner import telling_builds_to
+from tmpdiff.engine.runner import telling_builds_to, telling_loads_to
 from tmpdiff.engine.turns import TurnLock
-from tmpdiff.frontends.words import describe_build
+from tmpdiff.frontends.words import describe_build, describe_load
 from tmpdiff.steps.cancel import Cancelled
 from tmpdiff.studies.algorithms import Point
 from tmpdiff.studies.report import SearchReport
@@ -104,8 +104,9 @@ class LiveSearch:
     def _work(self) -> None:
         told = telling_builds_to(lambda precision, mode, expected: self._events.put(
             ("build", describe_build(precision, mode, expected))))
+        loads = telling_loads_to(lambda model: self._events.put(("build", describe_load(model))))
         try:
-            with told, self._turn():  # this worker thread's builds only, not another user's
+            with told, loads, self._turn():  # this worker thread's builds only, not another user's
                 if self.should_stop():  # stopped or left while it waited for its turn
                     raise Cancelled("the search was stopped before it started")
                 self._outcome["report"] = self.study.search(

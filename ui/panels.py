@@ -18,10 +18,10 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from tmpdiff import Schedule, available_precisions, get_model
-from tmpdiff.engine.runner import telling_builds_to
+from tmpdiff.engine.runner import telling_builds_to, telling_loads_to
 from tmpdiff.engine.turns import on_behalf_of
 from tmpdiff.frontends import plots
-from tmpdiff.frontends.words import describe_build
+from tmpdiff.frontends.words import describe_build, describe_load
 from tmpdiff.measure.cost_tables import load_cost_table, matching_tables
 from tmpdiff.measure.latency import CostTable
 from tmpdiff.measure.records import stable_hash
@@ -46,8 +46,8 @@ Progress = Callable[..., Any]
 
 @contextmanager
 def telling_builds(progress: Progress) -> Iterator[Callable[[str, float], None]]:
-    """While the block runs, a variant being built (compiled, or loaded from the compile cache) shows in the
-    progress bar, at the phase the block last reported through the function it yields."""
+    """While the block runs, a model's weights loading and a variant being built (compiled, or loaded from the
+    compile cache) show in the progress bar, at the phase the block last reported through the function it yields."""
     at = [0.0]
 
     def phase(what: str, fraction: float) -> None:
@@ -55,7 +55,8 @@ def telling_builds(progress: Progress) -> Iterator[Callable[[str, float], None]]
         progress(fraction, desc=what)
 
     with telling_builds_to(lambda precision, mode, expected: progress(at[0], desc=describe_build(precision, mode,
-                                                                                                  expected))):
+                                                                                                  expected))), \
+            telling_loads_to(lambda model: progress(at[0], desc=describe_load(model))):
         yield phase
 
 

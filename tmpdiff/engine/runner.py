@@ -35,7 +35,7 @@ from tmpdiff.variants.compile_cache import CompileCache
 if TYPE_CHECKING:
     from tmpdiff.pipelines.context_parallel import CallMirror
 
-__all__ = ["Engine", "default_device", "device_name", "telling_builds_to"]
+__all__ = ["Engine", "default_device", "device_name", "telling_builds_to", "telling_loads_to"]
 
 
 def default_device() -> str:
@@ -63,6 +63,7 @@ class TimedCall(NamedTuple):
 
 
 _LISTENER: ContextVar[BuildListener | None] = ContextVar("tmpdiff_build_listener", default=None)
+_LOADING: ContextVar[Callable[[str], None] | None] = ContextVar("tmpdiff_load_listener", default=None)
 
 
 @contextmanager
@@ -74,6 +75,17 @@ def telling_builds_to(listener: BuildListener) -> Iterator[None]:
         yield
     finally:
         _LISTENER.reset(token)
+
+
+@contextmanager
+def telling_loads_to(listener: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, in this thread only, ``listener`` hears the name of every model whose weights start
+    loading (the app's progress bar says what a first request waits for)."""
+    token = _LOADING.set(listener)
+    try:
+        yield
+    finally:
+        _LOADING.reset(token)
 
 
 class Engine:
@@ -150,6 +162,8 @@ class Engine:
     def pipeline(self, model: str) -> Any:
         with self._lock:
             if model not in self._pipes:
+                if (listener := _LOADING.get()) is not None:
+                    listener(model)
                 with told_to_followers(self.mirror, {"load": model}):
                     start = time.perf_counter()
                     placed = self.budget is not None and self.split == 1
