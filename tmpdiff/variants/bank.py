@@ -25,7 +25,7 @@ from torch import nn
 from tmpdiff.steps.precisions import Kind, Precision, Status, get_precision, precision_status
 from tmpdiff.variants import aot
 from tmpdiff.variants.attention import attention_context, mark
-from tmpdiff.variants.build_profile import Phases, compiler_seconds, timed
+from tmpdiff.variants.build_profile import BuildProfile, Phases
 from tmpdiff.variants.compile_cache import CompileCache, CompileKey
 from tmpdiff.variants.copies import copy_module, parallel_like, tensor_bytes, tensors_of
 from tmpdiff.variants.graphs import CallGraphs, split_graphs_enabled
@@ -76,7 +76,6 @@ class BuildInfo:
 
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
-Profile = tuple[Phases, list[int]]  # a build's phases, and Inductor's fresh compilations in a one-item list
 
 # torchao's dynamic-activation kernels need at least this many rows per matmul; smaller
 # inputs (timestep and modulation embeddings at batch 1) stay in the reference precision.
@@ -149,10 +148,10 @@ class VariantBank:
         self._drop_if_moved()
         key = (name, mode)
         if key not in self.variants:
-            start, phases, compiled = time.perf_counter(), Phases(), [0]
+            start, profile = time.perf_counter(), BuildProfile()
             eager = self.variants.get((name, Mode.EAGER))
             if eager is None:
-                with timed(phases, "weights"):
+                with profile.timed("weights"):
                     eager = self._make(get_precision(name))
             if mode is Mode.EAGER:
                 variant, from_cache, note = eager, False, ""
@@ -160,41 +159,39 @@ class VariantBank:
                 # A copy that shares the eager variant's (quantized) weights: no second copy.
                 self.variants.setdefault((name, Mode.EAGER), eager)  # kept: a streamed step runs it
                 build = self._compile if mode is Mode.COMPILED else self._compile_ahead
-                variant, from_cache, note = build(name, eager, example, cache, (phases, compiled))
+                variant, from_cache, note = build(name, eager, example, cache, profile)
             self.variants[key] = variant
             left = self.unswitched_layers() if get_precision(name).kind is Kind.TORCHAO else []
             if left:
                 note = (f"{note}; " if note else "") + (f"{len(left)} Linear layers not called through their forward "
                                                         f"stay in the reference precision: {', '.join(left[:8])}")
-            self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note, phases,
-                                         compiled[0])
+            self.builds[key] = BuildInfo(name, mode, time.perf_counter() - start, from_cache, note, profile.phases,
+                                         profile.inductor_compilations)
             if self.placer is not None:
                 self.placer.variant_built()  # its real size known: placed within the budget before it runs
         return self.variants[key]
 
     def _compile(self, name: str, eager: nn.Module, example: Call | None, cache: CompileCache | None,
-                 profile: Profile) -> tuple[nn.Module, bool, str]:
-        phases, compiled = profile
+                 profile: BuildProfile) -> tuple[nn.Module, bool, str]:
         variant = copy_module(eager, share=True)
         _compile_regionally(variant)
         if example is None:
             return variant, False, "compiles at its first call"
         args, kwargs = example
         key = CompileKey.make(Mode.COMPILED.value, name, variant, args, kwargs, self._device())
-        with timed(phases, "load_cache"):
+        with profile.timed("load_cache"):
             loaded = cache.load_artifacts(key) if cache else False
         start = time.perf_counter()
-        with compiler_seconds(phases) as fresh, torch.no_grad(), attention_context(variant):
+        with profile.compiling(), torch.no_grad(), attention_context(variant):
             variant(*args, **kwargs)
             _synchronize(self._device())
-        compiled[0] += fresh[0]
         if cache and not loaded:
-            with timed(phases, "save_cache"):
+            with profile.timed("save_cache"):
                 cache.save_artifacts(key, time.perf_counter() - start)
         return variant, loaded, ""
 
     def _compile_ahead(self, name: str, eager: nn.Module, example: Call | None, cache: CompileCache | None,
-                       profile: Profile) -> tuple[nn.Module, bool, str]:
+                       profile: BuildProfile) -> tuple[nn.Module, bool, str]:
         """AoT packages per repeated block class; torch.compile instead, with a warning, for a model
         without repeated blocks or a block that export or AOTInductor cannot take."""
         if example is None:
@@ -207,7 +204,7 @@ class VariantBank:
         elif works:
             try:
                 variant = copy_module(eager, share=True)
-                return variant, self._apply_packages(name, eager, variant, example, cache, profile[0]), ""
+                return variant, self._apply_packages(name, eager, variant, example, cache, profile), ""
             except aot.AotError as exc:
                 why = str(exc)
         note = f"no ahead-of-time variant ({why}): compiled with torch.compile instead"
@@ -216,18 +213,18 @@ class VariantBank:
         return variant, loaded, note
 
     def _apply_packages(self, name: str, eager: nn.Module, variant: nn.Module, example: Call,
-                        cache: CompileCache | None, phases: Phases) -> bool:
+                        cache: CompileCache | None, profile: BuildProfile) -> bool:
         args, kwargs = example
         blocks = aot.repeated_blocks(variant)
-        with timed(phases, "first_run"), aot.capture_block_calls(eager) as calls, torch.no_grad():
+        with profile.timed("first_run"), aot.capture_block_calls(eager) as calls, torch.no_grad():
             eager(*args, **kwargs)
         key = CompileKey.make(Mode.AOT.value, name, variant, args, kwargs, self._device())
         if cache is not None and cache.has_packages(key, list(blocks)):
             packages, from_cache = {b: cache.package_path(key, b) for b in blocks}, True
         else:
-            with timed(phases, "export"):
+            with profile.timed("export"):
                 packages, from_cache = self._export_blocks(blocks, calls, key, cache), False
-        with timed(phases, "load_packages"):
+        with profile.timed("load_packages"):
             for block_name, instances in blocks.items():
                 aot.apply_package_(instances, packages[block_name])
         return from_cache

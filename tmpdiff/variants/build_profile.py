@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
-__all__ = ["COMPILER_SPANS", "Phases", "compiler_seconds", "timed"]
+__all__ = ["COMPILER_SPANS", "BuildProfile", "Phases"]
 
 # Our name for each span -> the metric PyTorch records it under.
 COMPILER_SPANS = {
@@ -24,36 +25,40 @@ _DYNAMO_TOTAL = "_compile.compile_inner"  # all of the above and Dynamo's own bo
 Phases = dict[str, float]
 
 
-@contextmanager
-def timed(phases: Phases, name: str) -> Iterator[None]:
-    """Adds the block's wall seconds to ``phases[name]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+@dataclass
+class BuildProfile:
+    """One build's phases (seconds by name) and how many graphs Inductor compiled afresh in it."""
 
+    phases: Phases = field(default_factory=dict)
+    inductor_compilations: int = 0
 
-@contextmanager
-def compiler_seconds(phases: Phases, first_call: str = "first_run") -> Iterator[list[int]]:
-    """Times the block (a variant's first call) and splits it: the compiler's spans under their names in
-    ``phases``, the rest under ``first_call`` (running the call itself, cached code loaded). Yields a one-item list
-    that ends holding how many graphs Inductor compiled afresh (FX-graph cache misses) inside the block."""
-    before, misses = _metric_totals(), _inductor_misses()
-    compiled = [0]
-    start = time.perf_counter()
-    try:
-        yield compiled
-    finally:
-        wall = time.perf_counter() - start
-        after = _metric_totals()
-        spent = {name: after.get(metric, 0.0) - before.get(metric, 0.0) for name, metric in COMPILER_SPANS.items()}
-        phases.update({name: seconds for name, seconds in spent.items() if seconds > 0})
-        dynamo = after.get(_DYNAMO_TOTAL, 0.0) - before.get(_DYNAMO_TOTAL, 0.0)
-        phases[first_call] = max(wall - dynamo, 0.0)
-        if dynamo > sum(spent.values()):
-            phases["dynamo_other"] = dynamo - sum(spent.values())
-        compiled[0] = _inductor_misses() - misses
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Adds the block's wall seconds to the phase ``name``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+
+    @contextmanager
+    def compiling(self, first_call: str = "first_run") -> Iterator[None]:
+        """Times the block (a variant's first call) and splits it: the compiler's spans under their names, the rest
+        under ``first_call`` (running the call itself, cached code loaded); counts Inductor's FX-graph cache misses."""
+        before, misses = _metric_totals(), _inductor_misses()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            wall = time.perf_counter() - start
+            after = _metric_totals()
+            spent = {name: after[metric] - before[metric] for name, metric in COMPILER_SPANS.items()}
+            self.phases.update({name: seconds for name, seconds in spent.items() if seconds > 0})
+            dynamo = after[_DYNAMO_TOTAL] - before[_DYNAMO_TOTAL]
+            self.phases[first_call] = max(wall - dynamo, 0.0)
+            if dynamo > sum(spent.values()):
+                self.phases["dynamo_other"] = dynamo - sum(spent.values())
+            self.inductor_compilations += _inductor_misses() - misses
 
 
 def _metric_totals() -> dict[str, float]:
