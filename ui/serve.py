@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tmpdiff.engine.split_app import follow, release_followers
-from tmpdiff.frontends.flags import GPU_MEMORY_HELP
+from tmpdiff.frontends.flags import add_cache_flags, add_compile_flags
 from tmpdiff.frontends.processes import check_processes, refusal_exit, run_over_gpus
 from tmpdiff.frontends.refusals import refused
 
@@ -21,27 +20,18 @@ if TYPE_CHECKING:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None, help="model shown first (default: the trained shapes-dit)")
-    parser.add_argument("--db", default=None,
-                        help="cache database: a file (SQLite; default: in the cache folder) or a PostgreSQL URL")
-    parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="open a public gradio.live link")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile each variant (default: on for CUDA, off on ZeroGPU Spaces)")
-    parser.add_argument("--aot", action="store_true", default=None,
-                        help="ahead-of-time compiled variants: packages built once, loaded in later processes")
-    parser.add_argument("--gpu-memory", type=float, default=None, metavar="GIB", help=GPU_MEMORY_HELP)
+    add_compile_flags(parser)
     parser.add_argument("--analytics", action="store_true",
                         help="let Gradio send its usage analytics (off unless asked for, here or with "
                              "GRADIO_ANALYTICS_ENABLED=True)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
                         help="split each image over N CUDA GPUs of this machine (context parallelism; schedules "
                              "still switch per step): starts N processes through torchrun, the first serves the page")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="tmpdiff cache folder: compiled variants and the default database "
-                             "(default: $TMPDIFF_CACHE_DIR or the user cache folder)")
+    add_cache_flags(parser)
     return parser.parse_args(argv)
 
 

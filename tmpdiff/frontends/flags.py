@@ -40,7 +40,7 @@ def add_cache_flags(parser: argparse.ArgumentParser) -> None:
 def add_compile_flags(parser: argparse.ArgumentParser) -> None:
     """How variants run (``--compile``, ``--aot``) and the memory they may use (``--gpu-memory``)."""
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile each variant (default: on for CUDA)")
+                        help="torch.compile each variant (default: on for CUDA, off on ZeroGPU Spaces)")
     parser.add_argument("--aot", action="store_true", default=None,
                         help="ahead-of-time compiled variants: built once, loaded by later processes")
     parser.add_argument("--gpu-memory", type=float, default=None, metavar="GIB", help=GPU_MEMORY_HELP)
