@@ -110,7 +110,8 @@ def test_a_streamed_quantized_variant_keeps_its_values():
     """Tensor subclasses (torchao's quantized weights) stream through their inner tensors."""
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    from tmpdiff.pipelines.streaming import BlockStreamer, tensor_bytes
+    from tmpdiff.pipelines.streaming import BlockStreamer
+    from tmpdiff.variants.copies import tensor_bytes
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
     blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(64, 64)) for _ in range(2)])

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from tmpdiff.pipelines.placement import Part, Plan, Sizes, plan_placement
-from tmpdiff.pipelines.streaming import BlockStreamer, find_blocks, tensor_bytes
+from tmpdiff.pipelines.streaming import BlockStreamer, find_blocks
 from tmpdiff.steps.precisions import Kind, get_precision
+from tmpdiff.variants.copies import tensor_bytes
 
 __all__ = ["ENCODERS", "Placer", "estimate_working"]
 

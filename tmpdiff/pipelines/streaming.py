@@ -26,23 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from tmpdiff.variants.copies import STREAMING_HOOK
+from tmpdiff.variants.copies import STREAMING_HOOK, tensor_bytes, tensors_of
 
-__all__ = ["BlockStreamer", "find_blocks", "tensor_bytes"]
+__all__ = ["BlockStreamer", "find_blocks"]
 
 
 def _streaming_hook(hook: Any) -> Any:
     """Marks a hook as a streamer's: a copy of a streamed block drops it (``copies.strip_streaming_hooks``)."""
     setattr(hook, STREAMING_HOOK, True)
     return hook
-
-
-def tensor_bytes(tensor: torch.Tensor) -> int:
-    """Bytes a tensor holds (a tensor subclass: its inner tensors)."""
-    inner = _inner_names(tensor)
-    if inner is None:
-        return tensor.numel() * tensor.element_size()
-    return sum(tensor_bytes(getattr(tensor, name)) for name in inner)
 
 
 def _inner_names(tensor: torch.Tensor) -> list[str] | None:
@@ -155,7 +147,7 @@ class BlockStreamer:
 
     def own_bytes(self, index: int) -> int:
         """What block ``index`` holds beyond the tensors kept on the device."""
-        return sum(_bytes(t) for _, _, t in self._own_tensors(self.blocks[index]))
+        return sum(tensor_bytes(t) for _, _, t in self._own_tensors(self.blocks[index]))
 
     def stream(self, indices: Iterable[int]) -> None:
         """Moves these blocks' own tensors to pinned host memory; they come back just for the time they run."""
@@ -191,7 +183,7 @@ class BlockStreamer:
         changed = keep ^ self.keep
         self.keep = keep
         for index, block in list(self._streamed.items()):
-            if any(id(t) in changed for t in _block_tensors(block.module)):
+            if any(id(t) in changed for t in tensors_of(block.module)):
                 self.make_resident([index])
                 self.stream([index])
 
@@ -274,12 +266,3 @@ class BlockStreamer:
         for slot in block.slots:
             slot.release()
         block.on_device = []
-
-
-def _bytes(tensor: torch.Tensor) -> int:
-    return tensor_bytes(tensor)
-
-
-def _block_tensors(module: nn.Module) -> list[torch.Tensor]:
-    return [t for owner in module.modules() for t in [*owner._parameters.values(), *owner._buffers.values()]
-            if t is not None]
