@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +19,16 @@ from tmpdiff.studies.report import SearchReport
 from tmpdiff.studies.request import SearchRequest
 from tmpdiff.studies.study import Study
 
-__all__ = ["LiveSearch", "Update"]
+__all__ = ["LiveSearch", "Update", "saying_set_up"]
+
+
+@contextmanager
+def saying_set_up(say: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, in this thread only, ``say`` hears in words each model's weights loading and each variant
+    being built (compiled, or loaded from the compile cache): another user's never reach it."""
+    with telling_builds_to(lambda precision, mode, expected: say(describe_build(precision, mode, expected))), \
+            telling_loads_to(lambda model: say(describe_load(model))):
+        yield
 
 
 @dataclass
@@ -102,11 +111,8 @@ class LiveSearch:
             yield
 
     def _work(self) -> None:
-        told = telling_builds_to(lambda precision, mode, expected: self._events.put(
-            ("build", describe_build(precision, mode, expected))))
-        loads = telling_loads_to(lambda model: self._events.put(("build", describe_load(model))))
         try:
-            with told, loads, self._turn():  # this worker thread's builds only, not another user's
+            with saying_set_up(lambda text: self._events.put(("build", text))), self._turn():
                 if self.should_stop():  # stopped or left while it waited for its turn
                     raise Cancelled("the search was stopped before it started")
                 self._outcome["report"] = self.study.search(

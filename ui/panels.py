@@ -18,10 +18,8 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from tmpdiff import Schedule, available_precisions, get_model
-from tmpdiff.engine.runner import telling_builds_to, telling_loads_to
 from tmpdiff.engine.turns import on_behalf_of
 from tmpdiff.frontends import plots
-from tmpdiff.frontends.words import describe_build, describe_load
 from tmpdiff.measure.cost_tables import load_cost_table, matching_tables
 from tmpdiff.measure.latency import CostTable
 from tmpdiff.measure.records import stable_hash
@@ -33,6 +31,7 @@ from tmpdiff.studies.history import history
 from . import views
 from .admission import Busy
 from .forms import run_settings
+from .live import saying_set_up
 from .messages import field_message, in_form_words, user_error
 from .served import data_uri, served_file, served_png
 from .state import AppState
@@ -54,9 +53,7 @@ def telling_builds(progress: Progress) -> Iterator[Callable[[str, float], None]]
         at[0] = fraction
         progress(fraction, desc=what)
 
-    with telling_builds_to(lambda precision, mode, expected: progress(at[0], desc=describe_build(precision, mode,
-                                                                                                  expected))), \
-            telling_loads_to(lambda model: progress(at[0], desc=describe_load(model))):
+    with saying_set_up(lambda text: progress(at[0], desc=text)):
         yield phase
 
 
