@@ -51,16 +51,11 @@ def build(args: argparse.Namespace, engine: Engine | None = None) -> Any:
 def make_engine(args: argparse.Namespace) -> Engine:
     """The engine for the app's flags; with ``--parallel N`` inside a launch, split over its processes (every
     process makes this call, the first to serve, the others to follow it)."""
-    from tmpdiff.engine.runner import Engine
-    from tmpdiff.frontends.flags import choose_compile
+    from tmpdiff.frontends.flags import open_engine
     from tmpdiff.pipelines.registry import quiet_libraries
-    from tmpdiff.variants.compile_cache import cache_root, check_cache_dir
 
     quiet_libraries()
-    cache_dir = check_cache_dir(cache_root(args.cache_dir))
-    engine = Engine(device=args.device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir,
-                    gpu_memory=args.gpu_memory)
-    engine.on_plan = lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)
+    engine = open_engine(args, args.device)
     if args.parallel > 1:
         engine.split_over(args.parallel, mirror=True)
     return engine

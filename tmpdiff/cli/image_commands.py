@@ -108,18 +108,13 @@ def target_costs(args: argparse.Namespace) -> CostTable | None:
 
 
 def engine_for(args: argparse.Namespace, device: str) -> Engine:
-    """The engine for a command's compile flags and cache folder, checked up front."""
-    from tmpdiff.engine.runner import Engine
-    from tmpdiff.frontends.flags import choose_compile
+    """The engine for a command's flags (``frontends.flags.open_engine``); each variant build said on stderr."""
+    from tmpdiff.frontends.flags import open_engine
     from tmpdiff.frontends.words import describe_build
-    from tmpdiff.variants.compile_cache import cache_root, check_cache_dir
 
-    cache_dir = check_cache_dir(cache_root(args.cache_dir))
-    engine = Engine(device=device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir,
-                    gpu_memory=getattr(args, "gpu_memory", None))
+    engine = open_engine(args, device)
     engine.on_build = lambda precision, mode, expected: print(describe_build(precision, mode, expected),
                                                               file=sys.stderr, flush=True)
-    engine.on_plan = lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)
     return engine
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["CACHE_DIR_HELP", "DB_HELP", "add_cache_flags", "add_compile_flags", "choose_compile", "open_cache"]
+if TYPE_CHECKING:
+    from tmpdiff.engine.runner import Engine
+
+__all__ = ["CACHE_DIR_HELP", "DB_HELP", "add_cache_flags", "add_compile_flags", "choose_compile", "open_cache",
+           "open_engine"]
 
 
 def choose_compile(compile_flag: bool | None, aot: bool | None) -> bool | str | None:
@@ -48,6 +53,19 @@ def add_compile_flags(parser: argparse.ArgumentParser) -> None:
 
 GPU_MEMORY_HELP = ("GPU memory budget in GiB, honoured by the allocator: what does not fit streams block by block "
                    "from host memory (default: what the GPU has free, less 1 GiB)")
+
+
+def open_engine(args: argparse.Namespace, device: str | None) -> Engine:
+    """The engine for a front end's compile, memory and cache-folder flags, checked up front; its placement plans
+    are said on stderr in one line each."""
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.variants.compile_cache import cache_root, check_cache_dir
+
+    cache_dir = check_cache_dir(cache_root(args.cache_dir))
+    engine = Engine(device=device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir,
+                    gpu_memory=getattr(args, "gpu_memory", None))
+    engine.on_plan = lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)
+    return engine
 
 
 def open_cache(path: str | None, enabled: bool = True, cache_dir: Path | None = None) -> Any:
