@@ -30,7 +30,13 @@ def _to_2(connection: Connection) -> None:
     Base.metadata.create_all(connection, checkfirst=True)
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {1: _to_2}  # from version N to N + 1
+def _to_3(connection: Connection) -> None:
+    """Version 3: the reference's seconds timed beside each image, and which session gave each blind answer."""
+    connection.execute(text("ALTER TABLE evaluations ADD COLUMN reference_seconds FLOAT"))
+    connection.execute(text("ALTER TABLE blind_answers ADD COLUMN session VARCHAR(32)"))
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3}  # from version N to N + 1
 
 
 def ensure_schema(engine: Engine, where: str, read_only: bool = False) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 2  # 1: before memory figures and blind answers (migrations.py)
+SCHEMA_VERSION = 3  # 1: before memory figures and blind answers; 2: before timings side by side (migrations.py)
 
 
 def _now() -> datetime:
@@ -53,6 +53,9 @@ class EvaluationRow(Base):
     # Version 2: the image's peak GPU memory (host, without a GPU) and how its model was placed (None before).
     peak_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     memory: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Version 3: the reference's seconds timed beside this image, in the same process just before it (None before,
+    # and for images timed alone): the measured speed-up divides two seconds of one moment.
+    reference_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class SearchRunRow(Base):
@@ -107,4 +110,6 @@ class BlindAnswerRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id"), index=True)
     answer: Mapped[str] = mapped_column(String(16))
+    # Version 3: which browser session answered, as a salted hash (never the session id itself; None before).
+    session: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=_now)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, distinct, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -129,6 +129,7 @@ class Cache:
             "measured_seconds": record.measured_seconds, "predicted_seconds": record.predicted_seconds,
             "steps_run": list(record.steps_run), "simulated": list(record.simulated),
             "created_at": created_at or datetime.now(UTC), "peak_bytes": record.peak_bytes, "memory": record.memory,
+            "reference_seconds": record.reference_seconds,
         }
         insert = self._insert(EvaluationRow).values(**values)
         statement = insert.on_conflict_do_update(
@@ -241,23 +242,29 @@ class Cache:
         return len(new)
 
     # --- the blind test -----------------------------------------------------------------------
-    def record_blind_answer(self, evaluation_id: int, answer: str) -> None:
-        with Session(self.engine) as session, session.begin():
-            session.add(BlindAnswerRow(evaluation_id=evaluation_id, answer=answer))
+    def record_blind_answer(self, evaluation_id: int, answer: str, session: str | None = None) -> None:
+        """One answer (``right``, ``wrong`` or ``unsure``); ``session``: a tag of who answered, never an id."""
+        with Session(self.engine) as session_, session_.begin():
+            session_.add(BlindAnswerRow(evaluation_id=evaluation_id, answer=answer, session=session))
 
     def blind_tallies(self, evaluation_ids: Sequence[int]) -> list[BlindTally]:
-        """The answers given for each of ``evaluation_ids`` that has any, beside its scores."""
-        counts = (select(BlindAnswerRow.evaluation_id, BlindAnswerRow.answer, func.count())
-                  .where(BlindAnswerRow.evaluation_id.in_(list(evaluation_ids)))
+        """The answers given for each of ``evaluation_ids`` that has any, beside its scores, and from how many
+        sessions."""
+        wanted = BlindAnswerRow.evaluation_id.in_(list(evaluation_ids))
+        counts = (select(BlindAnswerRow.evaluation_id, BlindAnswerRow.answer, func.count()).where(wanted)
                   .group_by(BlindAnswerRow.evaluation_id, BlindAnswerRow.answer))
+        sessions = (select(BlindAnswerRow.evaluation_id, func.count(distinct(BlindAnswerRow.session))).where(wanted)
+                    .group_by(BlindAnswerRow.evaluation_id))
         with Session(self.engine) as session:
             found: dict[int, dict[str, int]] = {}
             for evaluation_id, answer, count in session.execute(counts):
                 found.setdefault(evaluation_id, {})[answer] = count
+            by_session = dict(session.execute(sessions).tuples().all())
             rows = session.scalars(select(EvaluationRow).where(EvaluationRow.id.in_(list(found))))
             return [BlindTally(row.id, row.schedule, row.settings.get("prompt"), row.settings.get("seed"), row.ssim,
                                row.lpips, found[row.id].get("right", 0), found[row.id].get("wrong", 0),
-                               found[row.id].get("unsure", 0)) for row in rows]
+                               found[row.id].get("unsure", 0), int(by_session.get(row.id, 0)))
+                    for row in rows]
 
     # --- internals ------------------------------------------------------------------------
     def _write_image_file(self, png: bytes) -> None:
@@ -289,7 +296,8 @@ def _to_record(row: EvaluationRow, key: EvalKey, png: bytes) -> EvalRecord:
     return EvalRecord(key=key, png=png, ssim=row.ssim, psnr=row.psnr if row.psnr is not None else float("inf"),
                       lpips=row.lpips, lpips_note=row.lpips_note, measured_seconds=row.measured_seconds,
                       predicted_seconds=row.predicted_seconds, steps_run=list(row.steps_run),
-                      simulated=list(row.simulated), peak_bytes=row.peak_bytes, memory=row.memory)
+                      simulated=list(row.simulated), peak_bytes=row.peak_bytes, memory=row.memory,
+                      reference_seconds=row.reference_seconds)
 
 
 def _stored(row: EvaluationRow) -> StoredEvaluation:
@@ -299,4 +307,4 @@ def _stored(row: EvaluationRow) -> StoredEvaluation:
         device_hash=row.device_hash, image_sha256=row.image_sha256, ssim=row.ssim, psnr=row.psnr, lpips=row.lpips,
         lpips_note=row.lpips_note, measured_seconds=row.measured_seconds, predicted_seconds=row.predicted_seconds,
         steps_run=list(row.steps_run), simulated=list(row.simulated), created_at=row.created_at.isoformat(),
-        peak_bytes=row.peak_bytes, memory=row.memory)
+        peak_bytes=row.peak_bytes, memory=row.memory, reference_seconds=row.reference_seconds)

@@ -57,7 +57,7 @@ def same_record(a: EvalRecord, b: EvalRecord) -> bool:
     are one value."""
     def said(r: EvalRecord) -> tuple[Any, ...]:
         return (r.png, r.ssim, finite_or_none(r.psnr), r.lpips, r.lpips_note, r.measured_seconds,
-                r.predicted_seconds, list(r.steps_run), list(r.simulated), r.peak_bytes, r.memory)
+                r.predicted_seconds, list(r.steps_run), list(r.simulated), r.peak_bytes, r.memory, r.reference_seconds)
 
     return said(a) == said(b)
 
@@ -131,6 +131,7 @@ def _parse_entry(entry: Any, where: str) -> Imported:
         png = _checked_png(entry["png_base64"])
         peak, memory = _checked_memory(entry.get("peak_bytes"), entry.get("memory"))
         created_at = _checked_time(entry.get("created_at"))
+        reference_seconds = _optional_seconds(entry.get("reference_seconds"), "reference_seconds")
     except ValueError as exc:  # FieldError (the engine's own checks) is a ValueError too
         words = exc.worded() if hasattr(exc, "worded") else str(exc)
         raise CacheError(literal(f"{where}: {words}"), field="file") from None
@@ -141,8 +142,18 @@ def _parse_entry(entry: Any, where: str) -> Imported:
                         lpips=_float_or_none(entry["lpips"]), lpips_note=entry["lpips_note"],
                         measured_seconds=float(entry["measured_seconds"]),
                         predicted_seconds=_float_or_none(entry["predicted_seconds"]), steps_run=steps_run,
-                        simulated=simulated, peak_bytes=peak, memory=memory)
+                        simulated=simulated, peak_bytes=peak, memory=memory,
+                        reference_seconds=reference_seconds)
     return Imported(record, created_at)
+
+
+def _optional_seconds(value: Any, name: str) -> float | None:
+    """An optional duration (exports written before it was kept have none): a positive finite number or null."""
+    if value is None:
+        return None
+    if not isinstance(value, _NUMBER) or isinstance(value, bool) or not 0.0 < float(value) < 1e9:
+        raise ValueError(f"field {name!r} is {shown(value)}: a number of seconds above 0 and below 1e9, or null")
+    return float(value)
 
 
 def _check_fields(entry: Any) -> None:

@@ -17,10 +17,12 @@ import gradio as gr
 from tmpdiff import MODELS, Schedule, Status, available_precisions, get_model
 from tmpdiff.measure.cost_tables import matching_tables
 from tmpdiff.pipelines.registry import ModelSpec
+from tmpdiff.studies.request import SearchRequest
 from tmpdiff.studies.study import Study
 
 from . import blind, panels, search_panel
 from .messages import user_error
+from .options import PRIVATE, session_of
 from .state import AppState
 
 __all__ = ["build_ui"]
@@ -32,7 +34,6 @@ URL_STATE_JS = """(model, prompt, seed, steps, size, guidance, schedule) => {
     for (const [key, value] of Object.entries(values)) url.searchParams.set(key, value ?? "");
     window.history.replaceState(null, "", url);
 }"""
-PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 def _gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,11 +64,6 @@ def _parameter_names(fn: Callable[..., Any] | None) -> list[str]:
     import inspect
 
     return list(inspect.signature(fn).parameters) if fn is not None else []
-
-
-def _session(request: gr.Request | None) -> str | None:
-    """The browser (or API client) session asking, for per-session limits."""
-    return getattr(request, "session_hash", None) if request is not None else None
 
 
 @dataclass
@@ -111,7 +107,7 @@ def build_ui(study: Study, default_model: str | None = None) -> gr.Blocks:
             with gr.Column(scale=2):
                 _schedule_editor(w, spec, choices)
                 _results(w)
-        _search_tab(w)
+        _search_tab(w, search_panel.default_search(spec, device))
         _history_tab(w)
         blind.tab(w, app)
         _wire_image(w, api, app)
@@ -134,14 +130,14 @@ def _endpoints(app: AppState, spec: ModelSpec) -> SimpleNamespace:
                  size: int = spec.size, guidance: float = spec.guidance, schedule: str = "",
                  progress: gr.Progress = gr.Progress(), request: gr.Request | None = None) -> tuple[Any, ...]:
         return panels.run_image(app, model, prompt, seed, steps, size, guidance, schedule, progress,
-                                _session(request))
+                                session_of(request))
 
     @_gpu
     def search(model: str = spec.name, target_kind: str = "SSIM floor", target: float = 0.9, steps: int = spec.steps,
                ladder: str = "", num_prompts: int = 4, seeds: str = "0,1", progress: gr.Progress = gr.Progress(),
                request: gr.Request | None = None) -> Iterator[tuple[Any, ...]]:
         yield from search_panel.search_updates(app, model, target_kind, target, steps, ladder, num_prompts, seeds,
-                                               progress, _session(request))
+                                               progress, session_of(request))
 
     @_gpu
     def story(progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
@@ -195,10 +191,12 @@ def _schedule_editor(w: Widgets, spec: ModelSpec, choices: list[str]) -> None:
             return
         if len(names) != int(n):
             return
-        with gr.Row(equal_height=True, elem_classes="step-row"):
+        # A Dropdown made inside @gr.render is disabled unless it says it is interactive.
+        with gr.Row(elem_classes="step-row", elem_id="step-boxes"):
             for i, name in enumerate(names):
-                box = gr.Dropdown(choices, value=name if name in choices else choices[0], label=f"{i}",
-                                  min_width=70, container=True, key=f"step-{i}")
+                box = gr.Dropdown(choices, value=name if name in choices else choices[0], label=f"step {i}",
+                                  min_width=72, container=True, interactive=True, key=f"step-{i}",
+                                  elem_classes="step-box")
 
                 def set_step(value: str, current: str, i: int = i) -> str:
                     try:
@@ -210,8 +208,9 @@ def _schedule_editor(w: Widgets, spec: ModelSpec, choices: list[str]) -> None:
 
 
 def _results(w: Widgets) -> None:
-    with gr.Row():
-        w.add(run=gr.Button("Run schedule", variant="primary", elem_id="run", scale=2),
+    with gr.Row(equal_height=True):
+        w.add(run=gr.Button("Run schedule", variant="primary", elem_id="run", scale=1),
+              run_status=gr.HTML(elem_id="run-status", min_height=48, padding=False),
               latency_on=gr.Dropdown([panels.THIS_DEVICE, *matching_tables(w.model.value)],
                                      value=panels.THIS_DEVICE, label="Latency on", scale=1, elem_id="latency-on"))
     w.add(cards=gr.HTML(elem_id="cards"), comparison=gr.State(None))
@@ -229,22 +228,29 @@ def _results(w: Widgets) -> None:
             w.add(image_file=gr.File(label="Image"), schedule_file=gr.File(label="Schedule and metrics (JSON)"))
 
 
-def _search_tab(w: Widgets) -> None:
+def _search_tab(w: Widgets, default: SearchRequest) -> None:
+    ladder = ",".join(default.ladder or ())
     with gr.Tab("Search"):
+        gr.Markdown(f"Its defaults are the search the page opened on ({len(default.prompts)} calibration prompts x "
+                    f"seeds {','.join(map(str, default.seeds))}, ladder {ladder}, SSIM floor {default.target_ssim}):"
+                    " Search runs it step by step, from the cache; change any field to ask another question.",
+                    elem_id="search-defaults-line")
         with gr.Row():
             w.add(target_kind=gr.Radio(["SSIM floor", "Speed-up target"], value="SSIM floor", label="Objective"),
-                  target=gr.Number(value=0.9, label="Target"),
-                  ladder=gr.Textbox(value="", label="Ladder (empty: measured on this device)"),
-                  num_prompts=gr.Number(value=4, step=1, label="Calibration prompts"),
-                  seeds=gr.Textbox(value="0,1", label="Seeds"))
-        w.add(search_button=gr.Button("Search", variant="primary", elem_id="search"),
-              search_field_error=gr.HTML(elem_id="search-field-error-box"),
+                  target=gr.Number(value=default.target_ssim, label="Target"),
+                  ladder=gr.Textbox(value=ladder, label="Ladder (empty: every precision measured on this device)"),
+                  num_prompts=gr.Number(value=len(default.prompts), step=1, label="Calibration prompts"),
+                  seeds=gr.Textbox(value=",".join(map(str, default.seeds)), label="Seeds"))
+        with gr.Row(equal_height=True):
+            w.add(search_button=gr.Button("Search", variant="primary", elem_id="search", scale=1),
+                  search_status=gr.HTML(elem_id="search-status", min_height=48, padding=False))
+        w.add(search_field_error=gr.HTML(elem_id="search-field-error-box"),
               search_warning=gr.HTML(elem_id="search-warning"), compare=gr.HTML(elem_id="compare"),
               search_result=gr.State(None))
         with gr.Row():
             w.add(search_figure=gr.Plot(label="Pareto front of this search (click a point to load its schedule)",
                                         elem_id="search-plot"),
-                  pareto_table=gr.Dataframe(headers=["schedule", "SSIM", "speed-up"], interactive=False,
+                  pareto_table=gr.Dataframe(headers=["schedule", "SSIM", "speed-up (predicted)"], interactive=False,
                                             label="Pick a point to load its schedule", elem_id="pareto-table"))
         with gr.Accordion("Search report (JSON)", open=False):
             w.add(report=gr.JSON(label="Search report", elem_id="report"))
@@ -284,7 +290,8 @@ def _wire_image(w: Widgets, api: SimpleNamespace, app: AppState) -> None:
     # runs one pipeline call at a time, in turn, a search's calls letting waiting images go first.
     w.run.click(api.check_inputs, [*inputs, w.schedule], [w.field_error, w.cards], queue=False, **PRIVATE)
     w.run.click(api.generate, [*inputs, w.schedule], image, api_name="generate", concurrency_limit=None,
-                concurrency_id="generate", trigger_mode="once").then(panels.result_views, shown, views, **PRIVATE)
+                concurrency_id="generate", trigger_mode="once", show_progress_on=w.run_status).then(
+        panels.result_views, shown, views, **PRIVATE)
     w.latency_on.change(panels.result_views, shown, views, **PRIVATE)  # from the kept comparison: nothing runs
     w.add(image_outputs=image)
     for widget in (*inputs, w.schedule):  # the page address always reopens what is on screen
@@ -297,11 +304,11 @@ def _wire_search(w: Widgets, api: SimpleNamespace) -> None:
     w.search_button.click(search_panel.check_search, fields, w.search_field_error, queue=False, **PRIVATE)
     found = w.search_button.click(api.search, fields, [w.schedule, w.report, w.search_figure, w.search_result],
                                   api_name="search", concurrency_limit=None, concurrency_id="search",
-                                  trigger_mode="once")
+                                  trigger_mode="once", show_progress_on=w.search_status)
     found.then(search_panel.search_views, w.search_result, [w.search_warning, w.compare, w.pareto_table], **PRIVATE)
     # The found schedule in every panel.
     found.success(api.generate, [*w.settings(), w.schedule], w.image_outputs, concurrency_id="generate",
-                  **PRIVATE).then(panels.result_views, shown, views, **PRIVATE)
+                  show_progress_on=w.search_status, **PRIVATE).then(panels.result_views, shown, views, **PRIVATE)
     w.pareto_table.select(panels.load_row, w.pareto_table, w.schedule, **PRIVATE)
 
 
@@ -314,5 +321,6 @@ def _wire_history(w: Widgets, api: SimpleNamespace) -> None:
     w.history_axis.change(api.pareto, history, [w.history_plot, w.history_table], **PRIVATE)
     # Picking a row loads its schedule, then its images (a cache hit, so no model call).
     w.history_table.select(panels.load_row, w.history_table, w.schedule, **PRIVATE).then(
-        api.generate, [*inputs, w.schedule], w.image_outputs, concurrency_id="generate", **PRIVATE).then(
+        api.generate, [*inputs, w.schedule], w.image_outputs, concurrency_id="generate",
+        show_progress_on=w.run_status, **PRIVATE).then(
         panels.result_views, shown, views, **PRIVATE)

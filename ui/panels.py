@@ -75,7 +75,8 @@ def run_image(app: AppState, model: str, prompt: str, seed: object, steps: objec
                    "(its folder's free space or permissions); the server's log says why")
     pair = (served_file(comparison.reference.record.png, "image.png"),
             served_file(comparison.evaluation.record.png, "image.png"))
-    return pair, comparison.summary(), comparison
+    caption = f"reference | {comparison.schedule} — {comparison.settings.resolved_prompt}, seed {settings.seed}"
+    return gr.update(value=pair, label=caption), comparison.summary(), comparison
 
 
 def result_views(comparison: Comparison | None, latency_on: str) -> tuple[Any, ...]:

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
+from tmpdiff.pipelines.registry import ModelSpec
 from tmpdiff.steps.cancel import Cancelled
 from tmpdiff.studies.prompts import calibration_prompts
 from tmpdiff.studies.request import SearchRequest
@@ -27,7 +28,7 @@ from .panels import Progress, precision_rows, telling_builds
 from .served import data_uri
 from .state import AppState
 
-__all__ = ["check_search", "search_updates", "search_views", "story_views"]
+__all__ = ["check_search", "default_search", "search_updates", "search_views", "story_views"]
 
 STOP_WAIT_SECONDS = 60.0  # a stopped search ends at its next denoising step; one step of a large model at most
 
@@ -98,11 +99,17 @@ def story_views(app: AppState, progress: Progress) -> tuple[str, go.Figure | Non
             return "", None, precision_rows(app.device, app.evaluator.costs.get(app.spec.name))
     report = app.story.report
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.ladder_notes)
+    floor = report.objective.target_ssim
     head = (f"<div class='story'><h3>On this device ({html.escape(report.costs.device_name or app.device)}"
-            f"): {report.speedup:.2f}x at SSIM {report.ssim:.3f}</h3>"
-            f"<p>A search of {html.escape(report.model)} for the floor SSIM {report.objective.target_ssim} found the "
-            "schedule below; beside it the best uniform or boundary schedule at least as fast, and the reference. "
-            "Speed-ups are predicted from step costs measured here.</p>" + (f"<ul>{notes}</ul>" if notes else ""))
+            f"): {report.speedup:.2f}x predicted at SSIM {report.ssim:.3f}</h3>"
+            f"<p id='story-line'><b>The story:</b> a search of {html.escape(report.model)} gave each of its "
+            f"{report.steps} steps a precision from {', '.join(report.ladder)} so that its images keep SSIM ≥ "
+            f"{floor} against full precision, and found the schedule below.</p>"
+            "<p id='baselines-line'><b>Beside it:</b> the fastest uniform or 16-bit-edges baseline that meets the "
+            "same floor (what you would pick without a search), and the reference.</p>"
+            "<p id='speedups-line'><b>Speed-ups here are predicted</b> from step costs measured on this device; "
+            "run a schedule to measure its image, timed beside the reference.</p>"
+            + (f"<ul>{notes}</ul>" if notes else ""))
     body = views.compare_cards(app.story, _image_uris(app.story))
     return (head + body + "</div>", views.search_plot(report),
             precision_rows(app.device, app.evaluator.costs.get(report.model)))
@@ -114,10 +121,15 @@ def _image_uris(result: SearchResult | None) -> dict[str, str]:
 
 
 def _story_request(app: AppState) -> SearchRequest:
-    """The search on screen when the page opens: small, on the default model, with the rungs that can be
-    real on this kind of device (the ladder check drops any measured no cheaper than the reference)."""
-    spec = app.spec
-    rungs = ("fp8", "skip") if app.device.startswith("cuda") else ("bf16", "skip")
+    """The search on screen when the page opens: the Search tab's defaults (``default_search``)."""
+    return default_search(app.spec, app.device)
+
+
+def default_search(spec: ModelSpec, device: str) -> SearchRequest:
+    """The search the page opens on, and the Search tab's defaults (one question, one answer): small, on the
+    default model, with the rungs that can be real on this kind of device (the ladder check drops any measured no
+    cheaper than the reference)."""
+    rungs = ("fp8", "skip") if device.startswith("cuda") else ("bf16", "skip")
     prompts = tuple(calibration_prompts(spec.labels, 2))
     return SearchRequest(model=spec.name, prompts=prompts, seeds=(0, 1), steps=spec.steps, target_ssim=0.9,
                          ladder=(spec.dtype, *rungs), validation_seeds=(1000,), additivity_samples=0)

@@ -6,14 +6,15 @@ import base64
 import hashlib
 import io
 import os
+import secrets
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from tmpdiff.atomic import write_atomically
 from tmpdiff.engine.frames import write_animation
 
-__all__ = ["data_uri", "png_bytes", "served_file", "served_png"]
+__all__ = ["data_uri", "png_bytes", "served_blind", "served_file", "served_png"]
 
 
 def png_bytes(image: Image.Image, animated: bool = False) -> bytes:
@@ -51,4 +52,24 @@ def served_file(data: bytes, name: str) -> str:
         os.utime(path)  # handed out again: Gradio deletes served files by their age (ctime)
         return str(path)
     write_atomically(path, data)
+    return str(path)
+
+
+BLIND_PADDING = 4096  # most random bytes added to a blind pair's PNG: its size says nothing across pairs
+
+
+def served_blind(png: bytes) -> str:
+    """A blind pair's image, served under a name that says nothing: a random folder (never the content hash other
+    pairs or tabs share) and ``image.png``, re-encoded losslessly with a random-length padding chunk, so neither
+    its address nor its size repeats when the same image comes back in another pair. Pixels are unchanged."""
+    from gradio.utils import get_upload_folder
+
+    with Image.open(io.BytesIO(png)) as image:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("padding", secrets.token_hex(secrets.randbelow(BLIND_PADDING // 2) + 1))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", pnginfo=info)
+    path = Path(get_upload_folder()) / "tmpdiff-blind" / secrets.token_hex(16) / "image.png"
+    path.parent.mkdir(parents=True)
+    write_atomically(path, buffer.getvalue())
     return str(path)

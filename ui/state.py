@@ -9,6 +9,7 @@ from typing import Any
 from tmpdiff.engine.turns import TurnLock
 from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.pipelines.registry import ModelSpec
+from tmpdiff.studies.blind import BlindBook
 from tmpdiff.studies.study import SearchResult, Study
 
 from .admission import Admission
@@ -26,6 +27,7 @@ class AppState:
     # each wait for both (searches still take turns call by call, and let a waiting image go first).
     image_turns: TurnLock = field(default_factory=TurnLock)
     search_turns: TurnLock = field(default_factory=TurnLock)  # one search runs; the others admitted wait in turn
+    blind: BlindBook = field(default_factory=BlindBook)  # the blind test's pairs shown and not yet answered
 
     @property
     def evaluator(self) -> Evaluator:

@@ -14,6 +14,7 @@ from tmpdiff.frontends.plots import COLOURS, timeline
 from tmpdiff.frontends.plots import live_points as live_plot
 from tmpdiff.frontends.plots import search_pareto as search_plot
 from tmpdiff.measure.cost_tables import Prediction
+from tmpdiff.measure.evaluator import Evaluation
 from tmpdiff.measure.metrics import LPIPS_HOW_TO
 from tmpdiff.studies.comparison import Comparison
 from tmpdiff.studies.report import SearchReport
@@ -53,11 +54,16 @@ CSS = """
   margin: 4px 0;}
 .stale {border: 1px dashed #9a6700; background: #fff8c5; color: #7d4e00; border-radius: 6px; padding: 6px 10px;}
 .strip-note {color: #57606a; font-size: 13px;}
-.step-row {flex-wrap: wrap !important; gap: 4px !important;}
+/* The per-step boxes in a grid, several a row (Gradio wraps a row's form fields in one .form). */
+#step-boxes > .form {display: grid !important; grid-template-columns: repeat(auto-fill, minmax(112px, 1fr));
+  gap: 4px !important; width: 100% !important; background: transparent !important; border: none !important;}
+#step-boxes .step-box {min-width: 0 !important; width: auto !important; padding: 6px 8px !important;
+  border: 1px solid #d0d7de !important; border-radius: 6px;}
+#step-boxes .step-box input {min-width: 0 !important;}
 .story-row {flex-wrap: wrap !important;}
 .story-row > * {flex: 1 1 340px !important; min-width: 300px !important;}
-.step-row > * {flex: 0 0 86px !important; min-width: 86px !important;}
 .compare-img {width: 100%; max-width: 256px; image-rendering: pixelated; display: block; margin: 4px 0;}
+.compare-figure {margin: 0;} .compare-figure figcaption {font-size: 12px; color: #57606a;}
 .story h3 {margin: 4px 0;}
 .cards {display: flex; flex-wrap: wrap; gap: 8px; margin: 4px 0;}
 .card {flex: 1 1 120px; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px 10px; background: #fff;}
@@ -69,6 +75,9 @@ CSS = """
 .search-cost {color: #57606a; font-size: 13px; margin-top: 6px;}
 .warning {border-left: 4px solid #d1242f; background: #fff5f5; padding: 8px 12px; border-radius: 4px;}
 #slider img, #diff img {image-rendering: pixelated;}
+#diff img {width: 100% !important; height: 100% !important; object-fit: contain;}  /* a 64 px map drawn large */
+#blind-a img, #blind-b img {image-rendering: pixelated; width: 100% !important; height: 100% !important;
+  object-fit: contain;}  /* judged large: a 64 px image upscaled pixel-exact */
 """
 
 
@@ -79,15 +88,12 @@ def _card(title: str, value: str, note: str = "", tooltip: str = "") -> str:
 
 
 def cards(comparison: Comparison | None, target: Prediction | None = None) -> str:
-    """Speed-up, SSIM, PSNR, LPIPS (or why not) and seconds of one compared schedule, as cards."""
+    """Speed-up (measured, and predicted beside it), SSIM, PSNR, LPIPS (or why not), seconds and memory of one
+    compared schedule, as cards."""
     if comparison is None:
         return ""
     evaluation, record = comparison.evaluation, comparison.evaluation.record
-    row = [_card("speed-up", f"{evaluation.speedup:.2f}x", "measured on this device") if evaluation.has_speed_claim
-           else _card("speed-up", "no claim", "simulated precisions: quality only")]
-    if target is not None:
-        row.append(_card(f"speed-up on {target.device}", f"{target.speedup:.2f}x",
-                         "predicted from measured step costs"))
+    row = speedup_cards(comparison, target)
     frames = evaluation.frames
     ssim_note = (f"mean of {len(frames.frame_ssim)} frames; worst {min(frames.frame_ssim):.3f}" if frames
                  else "vs the full-precision image (1 = same)")
@@ -96,12 +102,57 @@ def cards(comparison: Comparison | None, target: Prediction | None = None) -> st
     row.append(_card("PSNR", "identical" if psnr is None or psnr == float("inf") else f"{psnr:.1f} dB",
                      "higher is closer"))
     row.append(_card("LPIPS", f"{record.lpips:.3f}", "lower is closer") if record.lpips is not None
-               else _card("LPIPS", "n/a", record.lpips_note or "not computed", tooltip=LPIPS_HOW_TO))
-    cached = " (cached)" if evaluation.cached else ""
-    row.append(_card("seconds", f"{record.measured_seconds:.2f} s",
-                     f"reference {evaluation.reference_seconds:.2f} s{cached}"))
+               else _card("LPIPS", "n/a", lpips_in_plain_words(record.lpips_note),
+                          tooltip=f"{record.lpips_note or 'not computed'}. {LPIPS_HOW_TO}"))
+    row.append(_card("seconds", f"{record.measured_seconds:.2f} s", seconds_note(evaluation)))
     row.append(memory_card(record.peak_bytes, record.memory or {}))
     return f"<div class='cards'>{''.join(row)}</div>" + frame_strip(list(frames.frame_ssim) if frames else [])
+
+
+def speedup_cards(comparison: Comparison, target: Prediction | None = None) -> list[str]:
+    """The schedule's speed-up as measured (seconds of one moment) and as predicted from step costs, side by side,
+    each saying which it is; and predicted on another device when one is chosen."""
+    evaluation = comparison.evaluation
+    if not evaluation.has_speed_claim:
+        return [_card("speed-up (measured)", "no claim", "simulated precisions: quality only")]
+    when = "reference timed beside it" if evaluation.timed_beside else "reference timed at another moment"
+    stored = ", stored" if evaluation.cached else ""
+    row = [_card("speed-up (measured)", f"{evaluation.speedup:.2f}x", f"on this device; {when}{stored}")]
+    predicted = comparison.predicted_here
+    row.append(_card("speed-up (predicted)", f"{predicted.speedup:.2f}x", "from step costs measured here")
+               if predicted is not None else _card("speed-up (predicted)", "n/a", unpredicted_note(comparison)))
+    if target is not None:
+        row.append(_card(f"speed-up (predicted on {target.device})", f"{target.speedup:.2f}x",
+                         "from that device's measured step costs"))
+    return row
+
+
+def unpredicted_note(comparison: Comparison) -> str:
+    """Why a schedule has no predicted speed-up here."""
+    table = comparison.costs.here
+    if table is None:
+        return "no step costs measured here yet (a search measures them)"
+    missing = [name for name in comparison.schedule.precisions if name not in table.step_seconds]
+    if missing:
+        return f"no step cost measured here for {', '.join(missing)} (a search with it in its ladder measures it)"
+    return "simulated precisions: no speed claim"
+
+
+def seconds_note(evaluation: Evaluation) -> str:
+    """Where the reference's seconds beside the image's come from."""
+    if evaluation.reference_seconds == evaluation.record.measured_seconds and not evaluation.record.reference_seconds:
+        return "the reference itself"
+    when = "timed beside it" if evaluation.timed_beside else "timed at another moment"
+    return f"reference {evaluation.reference_seconds:.2f} s, {when}"
+
+
+def lpips_in_plain_words(note: str) -> str:
+    """Why LPIPS is missing, in words a person reads at a glance (the technical reason goes in the tooltip)."""
+    if "could not fetch" in note:
+        return "not computed: its model could not be downloaded here (offline?)"
+    if "is not a file" in note:
+        return "not computed: the model file set for it is missing"
+    return "not computed here"
 
 
 MEMORY_WHERE = {"gpu": "GPU, this image", "host": "host memory, this image (no GPU)",
@@ -139,27 +190,36 @@ def frame_strip(frame_ssim: list[float]) -> str:
 
 
 def compare_cards(result: SearchResult | None, images: dict[str, str] | None = None) -> str:
-    """The stakeholder view of a search: the found schedule, the best uniform or baseline schedule at the same or
-    higher speed, and the reference, each with its SSIM and speed-up, and its image (``images``: schedule → a PNG
-    data URI) on the search's first calibration prompt and seed."""
+    """The stakeholder view of a search: the found schedule, the best baseline that meets the same objective (and
+    the best one at least as fast, said as such), and the reference, each with its SSIM and predicted speed-up,
+    and its image (``images``: schedule → a PNG data URI), captioned with the prompt and seed it shows."""
     if result is None:
         return ""
     report = result.report
-    label = "predicted"
     where = report.costs.device_name or "this device"
     columns = [("Found", report.schedule, report.ssim, report.speedup)]
-    rival = report.rival()
-    if rival is not None:
-        columns.append((rival[0], rival[1].schedule, rival[1].quality, rival[1].speedup))
+    columns += [(title, point.schedule, point.quality, point.speedup) for title, point in report.rivals()]
     columns.append(("Reference", report.reference_schedule, 1.0, 1.0))
+    caption = image_caption(result)
     blocks = []
     for title, schedule, ssim_value, speedup in columns:
         image = (images or {}).get(schedule)
-        picture = f"<img class='compare-img' src='{image}' alt='{html.escape(schedule)}'>" if image else ""
+        picture = (f"<figure class='compare-figure'><img class='compare-img' src='{image}' "
+                   f"alt='{html.escape(schedule)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+                   if image else "")
         blocks.append(f"<div><h4>{html.escape(title)}</h4>{picture}<code>{html.escape(schedule)}</code>"
-                      f"<div class='cards'>{_card('speed-up', f'{speedup:.2f}x', f'{label} on {where}')}"
+                      f"<div class='cards'>{_card('speed-up (predicted)', f'{speedup:.2f}x', f'on {where}')}"
                       f"{_card('SSIM', f'{ssim_value:.3f}', 'mean over calibration images')}</div></div>")
     return f"<div class='compare'>{''.join(blocks)}</div>"
+
+
+def image_caption(result: SearchResult) -> str:
+    """What the search's images show: the class or prompt and the seed of its first calibration setting."""
+    request = result.report.request
+    if request is None:
+        return ""
+    settings = request.first_settings
+    return f"{settings.resolved_prompt} · seed {settings.seed}"
 
 
 def search_cost(report: SearchReport | None) -> str:

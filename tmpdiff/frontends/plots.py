@@ -74,20 +74,33 @@ def additivity(report: SearchReport) -> go.Figure | None:
 
 
 def timeline(schedule: str, table: CostTable | None, label: str = "") -> go.Figure:
-    """One bar per step, coloured by precision; its height is the step's cost from ``table`` in ms."""
+    """One bar per step whose precision has a measured cost in ``table`` (its height: that cost in ms), coloured by
+    precision; a step without one is marked "not measured" (an x on the axis, never a 0 ms bar)."""
     import plotly.graph_objects as go
 
     steps = Schedule.parse(schedule).steps
-    heights = [1000 * table.step_seconds[name] if table and name in table.step_seconds else 0.0 for name in steps]
+    costs = table.step_seconds if table else {}
+    unmeasured = sorted({name for name in steps if name not in costs})
     source = label or ("predicted per step from measured step costs" if table else "no step costs measured yet")
+    if unmeasured and table:
+        source += f"; not measured: {', '.join(unmeasured)}"
     figure = go.Figure()
     for name in dict.fromkeys(steps):
         index = [i for i, n in enumerate(steps) if n == name]
-        figure.add_trace(go.Bar(x=index, y=[heights[i] for i in index], name=name,
-                                marker_color=COLOURS.get(name, "#555"),
-                                hovertemplate="step %{x}: " + name + ", %{y:.1f} ms<extra></extra>"))
+        if name in costs:
+            figure.add_trace(go.Bar(x=index, y=[1000 * costs[name]] * len(index), name=name,
+                                    marker_color=COLOURS.get(name, "#555"),
+                                    hovertemplate="step %{x}: " + name + ", %{y:.1f} ms<extra></extra>"))
+        else:
+            figure.add_trace(go.Scatter(x=index, y=[0.0] * len(index), mode="markers", name=f"{name}: not measured",
+                                        marker={"symbol": "x-thin-open", "size": 12, "line": {"width": 2},
+                                                "color": COLOURS.get(name, "#555")},
+                                        hovertemplate="step %{x}: " + name + ", not measured<extra></extra>"))
     figure.update_layout(title={"text": f"{len(steps)} steps: {source}", "font": {"size": 13}},
-                         xaxis_title="step", yaxis_title="ms", barmode="overlay", height=260, bargap=0.1, **LAYOUT)
+                         xaxis_title="step", yaxis_title="ms (predicted)" if table else "ms", barmode="overlay",
+                         height=260, bargap=0.1, **LAYOUT)
+    if not costs:
+        figure.update_yaxes(showticklabels=False)
     return figure
 
 

@@ -67,6 +67,13 @@ class Evaluation:
     def has_speed_claim(self) -> bool:
         return not self.record.simulated
 
+    @property
+    def timed_beside(self) -> bool:
+        """Whether ``reference_seconds`` was timed beside this image (the same process, just before it), or this
+        is the reference itself: a measured speed-up of one moment. False for an image timed alone (a search's,
+        or one stored before such timings were kept), whose speed-up divides seconds of two moments."""
+        return self.record.reference_seconds is not None or self.reference_seconds == self.record.measured_seconds
+
     def summary(self) -> dict[str, Any]:
         r = self.record
         return {
@@ -78,6 +85,7 @@ class Evaluation:
             "reference_seconds": round(self.reference_seconds, 4),
             "vae_decode_seconds": None if self.vae_seconds is None else round(self.vae_seconds, 4),
             "speedup": round(self.speedup, 3) if self.has_speed_claim else None,
+            "speedup_timed_beside_reference": self.timed_beside,
             "simulated": r.simulated, "device": r.key.device["device"], "cached": self.cached,
             "peak_gib": gib(r.peak_bytes), "memory": r.memory,
             **(self._frame_scores() if self.frames else {}),
@@ -167,6 +175,35 @@ class Evaluator:
         raise_if_stopped_here()  # a cancelled search starts no image
         result = self.engine.generate(settings, schedule, replay=self.replay, replay_key=key.setting_hash)
         return self._finish(key, result, reference, table)
+
+    def beside_reference(self, settings: RunSettings, schedule: Schedule,
+                         on_phase: Callable[[str, float], None] | None = None) -> tuple[Evaluation, Evaluation]:
+        """The setting's reference and ``schedule``'s evaluation, timed under the same conditions: a schedule
+        computed here runs whole (no replay) right after a run of the reference that times it (the reference's
+        own first run, when it was made just now), so its measured speed-up divides two seconds of one moment. A
+        stored evaluation keeps the reference seconds timed beside it when it was made. ``on_phase`` hears what
+        runs."""
+        phase = on_phase or (lambda what, fraction: None)
+        reference_schedule = settings.reference_schedule()
+        made_now = (self.key(settings, reference_schedule).digest not in self._references
+                    and self._cached(settings, reference_schedule) is None)
+        phase("reference image (full precision)", 0.1)
+        reference = self.reference(settings)
+        if schedule == reference_schedule:
+            return reference, reference
+        cached = self._cached(settings, schedule)
+        if cached is not None:
+            return reference, cached
+        table = self.cost_table(settings, schedule) if self.predict else None
+        raise_if_stopped_here()
+        if not made_now:
+            phase("timing the reference beside the schedule", 0.3)
+        beside = (reference.record.measured_seconds if made_now
+                  else self.engine.generate(settings, reference_schedule).seconds)
+        raise_if_stopped_here()
+        phase(f"schedule {schedule}", 0.6)
+        result = self.engine.generate(settings, schedule)  # whole, as the reference was timed
+        return reference, self._finish(self.key(settings, schedule), result, reference, table, beside)
 
     def evaluate_all(self, settings: list[RunSettings], schedule: Schedule | str) -> list[Evaluation]:
         """``schedule`` on every setting: one after another, or with ``batch_size`` > 1 several settings
@@ -258,7 +295,7 @@ class Evaluator:
         return compare_video(image, Image.open(io.BytesIO(stored.png)).convert("RGB"))
 
     def _finish(self, key: EvalKey, result: Result, reference: Evaluation | None,
-                table: CostTable | None) -> Evaluation:
+                table: CostTable | None, reference_seconds: float | None = None) -> Evaluation:
         """The record of a computed image, stored; the reference remembered as such."""
         against = reference.image if reference else result.image
         video = bool(result.settings.spec.frames)  # frames as produced: a sheet of square frames
@@ -269,11 +306,12 @@ class Evaluator:
             predicted_seconds=table.predict(result.schedule) if table else None,
             steps_run=result.steps_run, simulated=result.simulated,
             peak_bytes=result.memory.peak_bytes if result.memory else None,
-            memory=result.memory.to_dict() if result.memory else None,
+            memory=result.memory.to_dict() if result.memory else None, reference_seconds=reference_seconds,
         )
         raise_if_stopped_here()  # and keeps nothing that ended after its cancel
         kept = self.store_record(record, self.store) if self.store else None
-        reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
+        if reference_seconds is None:
+            reference_seconds = result.seconds if reference is None else reference.record.measured_seconds
         evaluation = Evaluation(record, result.image, reference_seconds, False, result.vae_seconds, kept,
                                 score_frames=(lambda: quality) if video else None)
         if reference is None:
@@ -349,6 +387,8 @@ class Evaluator:
     def _reference_seconds(self, settings: RunSettings, schedule: Schedule, record: EvalRecord) -> float:
         if schedule == settings.reference_schedule():
             return record.measured_seconds
+        if record.reference_seconds is not None:  # timed beside it when it was made
+            return record.reference_seconds
         return self.reference(settings).record.measured_seconds
 
     @property

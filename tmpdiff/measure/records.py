@@ -79,6 +79,9 @@ class EvalRecord:
     simulated: list[str] = field(default_factory=list)
     peak_bytes: int | None = None  # the image's peak memory (GPU; the host's without one): memory.py
     memory: dict[str, Any] | None = None  # ``MemoryFigures.to_dict()``: where it was measured, the plan, the budget
+    # The reference's seconds timed beside this image (same process, just before it): the measured speed-up's
+    # denominator. None for a reference, an image stored before it was kept, or one timed alone.
+    reference_seconds: float | None = None
 
     def metrics(self) -> dict[str, Any]:
         data = asdict(self)
@@ -112,6 +115,7 @@ class StoredEvaluation:
     created_at: str  # ISO 8601
     peak_bytes: int | None = None  # None: stored before memory was measured
     memory: dict[str, Any] | None = None
+    reference_seconds: float | None = None  # timed beside it (``EvalRecord.reference_seconds``)
 
     @property
     def prompt(self) -> str | None:
@@ -150,6 +154,7 @@ class BlindTally:
     right: int
     wrong: int
     unsure: int
+    sessions: int = 0  # how many browser sessions gave these answers (answers stored before: not counted)
 
     @property
     def answers(self) -> int:

@@ -2,13 +2,20 @@
 precision?", and the answers tallied per schedule beside SSIM and LPIPS.
 
 The pairs come from the cache (stored images only: nothing is computed), each with the reference made on the same
-device; the answers go to the cache, so a test run by many people on a shared cache adds up.
+device; the answers go to the cache, so a test run by many people on a shared cache adds up. A pair is answered
+once: the page answers by the pair's random token, which :class:`BlindBook` takes once, for the session it was
+shown to, within a per-session rate; which image is the reference stays on the server until then.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Sequence
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,20 +24,39 @@ from tmpdiff.errors import FieldError
 from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.measure.records import BlindTally, StoredEvaluation
 
-__all__ = ["ANSWERS", "BlindPair", "BlindStore", "BlindTally", "next_pair", "record_answer", "tallies"]
+__all__ = ["ANSWERS", "BlindBook", "BlindPair", "BlindSetting", "BlindStore", "BlindTally", "blind_settings",
+           "next_pair", "record_answer", "tallies"]
 
 ANSWERS = ("first", "second", "unsure")  # which of the two shown images the person called full precision
+ANSWERS_PER_MINUTE = 30  # a session's bound: a person looks at each pair for seconds, a script would not
 
 
 @dataclass(frozen=True)
 class BlindPair:
-    """Two stored images of one setting shown side by side: a schedule's and its reference's, in random order."""
+    """Two stored images of one setting shown side by side: a schedule's and its reference's, in random order.
+    ``token`` (random) is all the page holds of it."""
 
     evaluation_id: int
     schedule: str
     reference_first: bool
     first_png: bytes
     second_png: bytes
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class BlindSetting:
+    """A setting with pairs to show: the settings, and how many of its stored schedules can be paired."""
+
+    settings: RunSettings
+    settings_hash: str
+    schedules: int
+
+    @property
+    def label(self) -> str:
+        s = self.settings
+        return (f"{s.resolved_prompt} · seed {s.seed} · {s.resolved_steps} steps · {s.resolved_size}px · guidance "
+                f"{s.resolved_guidance:g} ({self.schedules} schedule{'s' if self.schedules != 1 else ''})")
 
 
 class BlindStore(Protocol):
@@ -41,26 +67,53 @@ class BlindStore(Protocol):
 
     def image(self, sha256: str) -> bytes | None: ...
 
-    def record_blind_answer(self, evaluation_id: int, answer: str) -> None: ...
+    def record_blind_answer(self, evaluation_id: int, answer: str, session: str | None = None) -> None: ...
 
     def blind_tallies(self, evaluation_ids: Sequence[int]) -> list[BlindTally]: ...
 
 
+def _pairs_in(rows: Sequence[StoredEvaluation], reference_hash: str
+              ) -> list[tuple[StoredEvaluation, StoredEvaluation]]:
+    """Each stored schedule of one setting but the reference, with the reference stored for the same device."""
+    references = {row.device_hash: row for row in rows if row.schedule_hash == reference_hash}
+    return [(row, references[row.device_hash]) for row in rows
+            if row.schedule_hash != reference_hash and row.device_hash in references
+            and row.image_sha256 != references[row.device_hash].image_sha256]  # an identical pair asks nothing
+
+
 def _candidates(evaluator: Evaluator, store: BlindStore, settings: RunSettings
                 ) -> list[tuple[StoredEvaluation, StoredEvaluation]]:
-    """Each stored schedule of ``settings`` but the reference, with the reference stored for the same device."""
     key = evaluator.key(settings, settings.reference_schedule())
-    rows = store.evaluations(model=settings.model, settings_hash=key.settings_hash)
-    references = {row.device_hash: row for row in rows if row.schedule_hash == key.schedule_hash}
-    return [(row, references[row.device_hash]) for row in rows
-            if row.schedule_hash != key.schedule_hash and row.device_hash in references
-            and row.image_sha256 != references[row.device_hash].image_sha256]  # an identical pair asks nothing
+    return _pairs_in(store.evaluations(model=settings.model, settings_hash=key.settings_hash), key.schedule_hash)
+
+
+def blind_settings(evaluator: Evaluator, store: BlindStore, model: str) -> list[BlindSetting]:
+    """Every setting of ``model`` in the cache with at least one pair to show, most pairs first."""
+    groups: dict[str, list[StoredEvaluation]] = {}
+    for row in store.evaluations(model=model):
+        groups.setdefault(row.settings_hash, []).append(row)
+    found = []
+    for settings_hash, rows in groups.items():
+        try:
+            settings = _settings_of(rows[0].settings)
+        except ValueError:  # a setting this tmpdiff no longer accepts: nothing to show of it
+            continue
+        pairs = _pairs_in(rows, settings.reference_schedule().hash)
+        if pairs:
+            found.append(BlindSetting(settings, settings_hash, len({row.schedule_hash for row, _ in pairs})))
+    return sorted(found, key=lambda s: (-s.schedules, s.label))
+
+
+def _settings_of(stored: dict[str, object]) -> RunSettings:
+    fields = ("model", "prompt", "negative_prompt", "seed", "steps", "size", "guidance")
+    return RunSettings(**{name: stored[name] for name in fields if name in stored})  # type: ignore[arg-type]
 
 
 def next_pair(evaluator: Evaluator, store: BlindStore, settings: RunSettings,
               rng: random.Random | None = None) -> BlindPair | None:
     """A pair to show: among the stored schedules of ``settings`` the one answered least so far (ties at random),
-    in random order; None when the cache holds no schedule of this setting beside its reference."""
+    in random order, with a fresh token; None when the cache holds no schedule of this setting beside its
+    reference."""
     rng = rng or random.SystemRandom()
     candidates = _candidates(evaluator, store, settings)
     if not candidates:
@@ -73,17 +126,22 @@ def next_pair(evaluator: Evaluator, store: BlindStore, settings: RunSettings,
         return None
     reference_first = rng.random() < 0.5
     first, second = (base, image) if reference_first else (image, base)
-    return BlindPair(row.id, row.schedule, reference_first, first, second)
+    return BlindPair(row.id, row.schedule, reference_first, first, second, secrets.token_urlsafe(16))
 
 
-def record_answer(store: BlindStore, pair: BlindPair, answer: str) -> str:
-    """Keeps one person's answer (``first``/``second``: the image they called full precision; ``unsure``) and says
-    whether it was ``right``, ``wrong`` or ``unsure``."""
+def verdict_of(pair: BlindPair, answer: str) -> str:
+    """``right``, ``wrong`` or ``unsure`` for ``answer`` (``first``/``second``: the image called full precision)."""
     if answer not in ANSWERS:
         raise FieldError("answer", answer,
                          f"the blind test's {{answer}} is one of {', '.join(ANSWERS)}, got {{value}}")
-    verdict = "unsure" if answer == "unsure" else "right" if (answer == "first") == pair.reference_first else "wrong"
-    store.record_blind_answer(pair.evaluation_id, verdict)
+    return "unsure" if answer == "unsure" else "right" if (answer == "first") == pair.reference_first else "wrong"
+
+
+def record_answer(store: BlindStore, pair: BlindPair, answer: str, session: str | None = None) -> str:
+    """Keeps one person's answer and says whether it was ``right``, ``wrong`` or ``unsure``. ``session``: who
+    answered, as :meth:`BlindBook.session_tag` words it (never the session id itself)."""
+    verdict = verdict_of(pair, answer)
+    store.record_blind_answer(pair.evaluation_id, verdict, session)
     return verdict
 
 
@@ -91,3 +149,49 @@ def tallies(evaluator: Evaluator, store: BlindStore, settings: RunSettings) -> l
     """The answers of every stored schedule of ``settings`` that has any, most answered first."""
     ids = [row.id for row, _ in _candidates(evaluator, store, settings)]
     return sorted(store.blind_tallies(ids), key=lambda t: -t.answers)
+
+
+class BlindBook:
+    """The pairs shown and not yet answered, by token. An answer is taken once, only for a pair shown to the
+    session answering, and at most ``per_minute`` a session; a refused answer stores nothing."""
+
+    def __init__(self, per_minute: int = ANSWERS_PER_MINUTE, outstanding: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute, self.outstanding, self.clock = per_minute, outstanding, clock
+        self._shown: OrderedDict[str, tuple[str | None, BlindPair]] = OrderedDict()
+        self._answered: dict[str | None, deque[float]] = {}
+        self._salt = secrets.token_bytes(16)
+        self._lock = threading.Lock()
+
+    def show(self, pair: BlindPair, session: str | None) -> None:
+        """Remembers ``pair`` as shown to ``session`` (the oldest unanswered ones go past ``outstanding``)."""
+        with self._lock:
+            self._shown[pair.token] = (session, pair)
+            while len(self._shown) > self.outstanding:
+                self._shown.popitem(last=False)
+
+    def take(self, token: str | None, session: str | None) -> BlindPair:
+        """The pair shown under ``token`` to ``session``, forgotten as it is taken; a ``FieldError`` for a token
+        answered already, never shown (to this session), or an answer over the session's rate."""
+        with self._lock:
+            shown = self._shown.get(token or "")
+            if shown is None or shown[0] != session:
+                raise FieldError("answer", token, "this pair was answered already (or never shown here): answer the "
+                                 "pair on screen, or show the next one")
+            times = self._answered.setdefault(session, deque())
+            now = self.clock()
+            while times and now - times[0] > 60.0:
+                times.popleft()
+            if len(times) >= self.per_minute:
+                raise FieldError("answer", len(times), f"at most {self.per_minute} answers a minute: look at the "
+                                 "next pair a little longer")
+            times.append(now)
+            del self._shown[token or ""]
+            return shown[1]
+
+    def session_tag(self, session: str | None) -> str | None:
+        """``session`` as the cache keeps it: a salted hash (this process's salt), so answers can be counted by
+        session without storing who answered."""
+        if session is None:
+            return None
+        return hashlib.sha256(self._salt + session.encode()).hexdigest()[:32]

@@ -74,6 +74,18 @@ class Comparison:
     def is_video(self) -> bool:
         return bool(self.settings.spec.frames)
 
+    @property
+    def predicted_here(self) -> Prediction | None:
+        """The schedule's speed-up predicted from the step costs measured on this device (None: none measured yet
+        for this setting, a precision without a measured cost, or simulated precisions, which make no claim)."""
+        table = self.costs.here
+        if table is None or not table.has_speed_claim(self.schedule) or self.evaluation.record.simulated:
+            return None
+        try:
+            return target_prediction(table, self.settings.reference_schedule(), self.schedule)
+        except ValueError:  # a precision whose cost was never measured
+            return None
+
     def predicted_on(self, table: CostTable) -> Prediction:
         """The schedule's seconds and speed-up predicted on ``table``'s device (a shipped or given table)."""
         return target_prediction(table, self.settings.reference_schedule(), self.schedule)

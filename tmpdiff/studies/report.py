@@ -134,17 +134,32 @@ class SearchReport:
     def speedup(self) -> float:
         return self.found.speedup
 
-    def rival(self) -> tuple[str, Point] | None:
-        """The baseline to set beside the found schedule, with its title: the best one at least as fast, else
-        (when every baseline is slower) the fastest one, said as such; None when there is none but the reference."""
-        if self.best_baseline_at_speedup is not None:
-            margin = self.best_baseline_at_speedup
-            return "Best baseline as fast or faster", Point(margin.schedule, margin.ssim, margin.speedup)
-        reference = str(Schedule.uniform(self.ladder[0], self.steps)) if self.ladder else None
-        others = [p for p in self.baselines if p.schedule not in (self.schedule, reference)]
-        if not others:
-            return None
-        return "Fastest baseline (slower than the found schedule)", max(others, key=lambda p: p.speedup)
+    def rivals(self) -> list[tuple[str, Point]]:
+        """The baselines to set beside the found schedule, each with a title that says what it is: first the best
+        one that meets the same objective (the fastest at or above the SSIM floor; the closest at or above the
+        speed-up target), then, where it differs, the best one at least as fast as the found schedule. Empty when
+        no baseline but the reference (always shown) and the found schedule was evaluated."""
+        others = [p for p in self.baselines if p.schedule not in (self.schedule, self.reference_schedule)]
+        found: list[tuple[str, Point]] = []
+        floor, target = self.objective.target_ssim, self.objective.target_speedup
+        meeting = [p for p in others if (floor is None or p.quality >= floor)
+                   and (target is None or p.speedup >= target - 1e-9)]
+        if meeting and floor is not None:
+            found.append((f"Best baseline meeting the floor: the fastest with SSIM ≥ {floor:g}",
+                          max(meeting, key=lambda p: (p.speedup, p.quality))))
+        elif meeting and target is not None:
+            found.append((f"Best baseline meeting the target: the closest at ≥ {target:g}x",
+                          max(meeting, key=lambda p: (p.quality, p.speedup))))
+        margin = self.best_baseline_at_speedup
+        if margin is not None and all(p.schedule != margin.schedule for _, p in found):
+            missed = floor is not None and margin.ssim < floor
+            note = (f" (below the {floor:g} floor: no baseline but the reference meets it)" if missed and not meeting
+                    else f" (below the {floor:g} floor)" if missed else "")
+            found.append((f"Best baseline as fast or faster{note}", Point(margin.schedule, margin.ssim,
+                                                                           margin.speedup)))
+        if not found and others:
+            found.append(("Fastest baseline (none meets the objective)", max(others, key=lambda p: p.speedup)))
+        return found
 
     @property
     def reference_schedule(self) -> str:

@@ -103,13 +103,7 @@ class Study:
         engine = self.evaluator.engine
         schedule = engine.check_schedule(schedule, settings)
         self.load_stored_costs(settings)
-        if on_phase:
-            on_phase("reference image (full precision)", 0.1)
-        reference = self.evaluator.reference(settings)
-        if on_phase:
-            on_phase(f"schedule {schedule}", 0.5)
-        evaluation = reference if schedule == settings.reference_schedule() else \
-            self.evaluator.evaluate(settings, schedule)
+        reference, evaluation = self.evaluator.beside_reference(settings, schedule, on_phase)
         if self.evaluator.store is None and self.log is not None and engine.leads:  # a split image: kept once
             for made in [reference] if evaluation is reference else [reference, evaluation]:
                 self.evaluator.store_record(made.record, self.log)
@@ -124,9 +118,8 @@ class Study:
         if report.request is None:
             return SearchResult(report)
         settings = report.request.first_settings
-        rival = report.rival()
-        names = dict.fromkeys(n for n in (report.schedule, rival[1].schedule if rival else None,
-                                          report.reference_schedule) if n)
+        names = dict.fromkeys([report.schedule, *(point.schedule for _, point in report.rivals()),
+                               report.reference_schedule])
         return SearchResult(report, tuple((n, self.evaluator.evaluate(settings, Schedule.parse(n))) for n in names))
 
     def search(self, request: SearchRequest, progress: Progress | None = None,
