@@ -375,8 +375,11 @@ def test_the_page_opens_on_what_tmpdiff_buys_here_with_three_images(server, brow
     open_page(page, server)
     page.wait_for_function("document.querySelectorAll('#story .compare-img').length >= 3", timeout=300_000)
     story = page.locator("#story").inner_text()
-    speedup = float(re.search(r"([0-9.]+)x at SSIM", story).group(1))
+    speedup = float(re.search(r"([0-9.]+)x predicted at SSIM", story).group(1))
     assert speedup > 1.0 and "Found" in story and "Reference" in story
+    for line in ("story-line", "baselines-line", "speedups-line"):  # the story, baselines, speed-ups: a line each
+        assert page.locator(f"#{line}").inner_text().strip()
+    assert "meets the same floor" in story and "seed 0" in story  # the baseline that makes the point; captions
     sources = page.eval_on_selector_all("#story .compare-img", "imgs => imgs.map(i => i.src)")
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     page.get_by_text("Precisions on this device").click()
@@ -393,11 +396,30 @@ def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, server
 
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
     open_page(page, server)
-    run_schedule(page, "fp32*2,int8wo*6")
+    box = page.locator("#schedule textarea")
+    box.fill("fp32*2,int8wo*6")
+    box.press("Enter")
+    page.locator("#run").click()
+    # The image's progress shows beside the Run button, in its status box, not over another widget.
+    page.wait_for_selector("#run-status .progress-text, #run-status .eta-bar", timeout=60_000)
+    page.wait_for_function("document.querySelector('#cards') && "
+                           "document.querySelector('#cards').innerText.includes('SSIM')", timeout=120_000)
     cards = page.locator("#cards").inner_text()
     assert "speed-up" in cards and "SSIM" in cards and "PSNR" in cards and "LPIPS" in cards and "seconds" in cards
-    page.wait_for_function("document.querySelectorAll('#timeline g.point').length > 0", timeout=30_000)
-    assert page.locator("#timeline g.point").count() == 8  # one bar per step
+    assert "speed-up (measured)" in cards and "speed-up (predicted)" in cards  # both, each saying which it is
+    assert "timed beside it" in cards
+    page.wait_for_function("(document.querySelector('#timeline .js-plotly-plot') || {}).data", timeout=30_000)
+    traces = page.evaluate("document.querySelector('#timeline .js-plotly-plot').data"
+                           ".map(t => ({type: t.type, name: t.name, x: t.x, y: t.y}))")
+    bars = [t for t in traces if t["type"] == "bar"]
+    assert all(y > 0 for t in bars for y in t["y"])  # no step drawn as 0 ms
+    unmeasured = [t for t in traces if "not measured" in t["name"]]
+    steps = sorted(x for t in traces for x in t["x"])
+    assert steps == list(range(8))  # every step is either a measured bar or marked "not measured"
+    if not any(t["name"] == "int8wo" for t in bars):  # int8wo's cost is measured by a search that ladders it
+        assert [t["name"] for t in unmeasured] == ["int8wo: not measured"] and unmeasured[0]["x"] == [2, 3, 4, 5, 6, 7]
+    page.wait_for_function("document.querySelector('#slider').innerText.includes('red circle, seed 0')",
+                           timeout=30_000)  # the images name their schedule, class and seed
     assert page.locator("#slider img").count() >= 2 and page.locator("#diff img").count() == 1
     served = [decoded(page, f"#slider img >> nth={i}") for i in range(2)] + [decoded(page, "#diff img")]
     reference, image = engine_pngs(server_db, Schedule.parse("fp32*2,int8wo*6"))
@@ -417,6 +439,74 @@ def test_a_person_runs_a_schedule_and_sees_the_result_at_a_glance(server, server
     shared.close()
     page.close()
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000
+
+
+def step_boxes(page):
+    """Each step's box: (x, y, width, enabled) of its input, in step order."""
+    return page.eval_on_selector_all("#step-boxes input", "xs => xs.map(x => { const r = x.getBoundingClientRect();"
+                                     " return [r.x, r.y, r.width, !x.disabled]; })")
+
+
+def pick_in_step_box(page, step, name):
+    """What a person does: click step ``step``'s box, then the precision in its list."""
+    page.locator("#step-boxes input").nth(step).click()
+    page.locator(f"[role=option][aria-label='{name}']").click()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(("width", "per_row"), [(1400, 6), (420, 2)])
+def test_a_person_picks_a_steps_precision_by_hand_and_the_schedule_strip_and_link_follow(server, browser, width,
+                                                                                           per_row):
+    page = browser.new_page(viewport={"width": width, "height": 1200})
+    open_page(page, server)
+    page.wait_for_function("document.querySelectorAll('#step-boxes input').length === 8", timeout=60_000)
+    boxes = step_boxes(page)
+    assert all(enabled for *_, enabled in boxes)  # every step's box can be used
+    first_row = [b for b in boxes if abs(b[1] - boxes[0][1]) < 2]
+    assert len(first_row) >= per_row and all(b[2] >= 40 for b in boxes)  # a grid of readable boxes, not a column
+    pick_in_step_box(page, 3, "skip")
+    page.wait_for_function("(document.querySelector('#schedule textarea') || {}).value === 'fp32*3,skip,fp32*4'",
+                           timeout=30_000)
+    page.wait_for_function("[...document.querySelectorAll('.schedule-strip span')].map(s => s.innerText)[3] "
+                           "=== 'skip'", timeout=30_000)
+    page.wait_for_function("location.search.includes('schedule=fp32*3%2Cskip%2Cfp32*4')", timeout=30_000)
+    pick_in_step_box(page, 0, "bf16")  # a second box, after the editor was drawn again
+    page.wait_for_function("(document.querySelector('#schedule textarea') || {}).value === "
+                           "'bf16,fp32*2,skip,fp32*4'", timeout=30_000)
+    clipped = page.evaluate("[...document.querySelectorAll('#step-boxes input')]"
+                            ".filter(i => i.scrollWidth > i.clientWidth + 1).map(i => i.value)")
+    assert clipped == []  # every step's precision readable
+    page.locator("#run").click()
+    page.wait_for_function("(document.querySelector('#cards') || {}).innerText.includes('SSIM')", timeout=120_000)
+    page.wait_for_function("document.querySelector('#slider').innerText.includes('bf16,fp32*2,skip,fp32*4')",
+                           timeout=30_000)
+    page.wait_for_function("(document.querySelector('#timeline .js-plotly-plot') || {}).data", timeout=30_000)
+    top, bottom = page.evaluate("['#schedule', '#timeline'].map(s => document.querySelector(s)"
+                                ".getBoundingClientRect()).map((r, i) => window.scrollY + (i ? r.bottom : r.top))")
+    page.screenshot(path=str(ARTIFACTS / f"editor_{width}.png"), full_page=True,
+                    clip={"x": 0, "y": top - 10, "width": width, "height": bottom - top + 20})
+    page.close()
+
+
+@pytest.mark.browser
+def test_the_per_step_editor_works_for_28_and_50_step_models(server, browser):
+    """FLUX.1-dev's 28 steps and Wan's 50: choosing the model redraws the editor (no weights load for that)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    open_page(page, server)
+    for model, steps, reference in (("flux-dev", 28, "bf16"), ("wan2.1-t2v-1.3b", 50, "bf16")):
+        page.get_by_label("Model", exact=True).click()
+        page.locator(f"[role=option][aria-label='{model}']").click()
+        page.wait_for_function(f"document.querySelectorAll('#step-boxes input').length === {steps}",
+                               timeout=60_000)
+        boxes = step_boxes(page)
+        assert all(enabled for *_, enabled in boxes)
+        rows = {round(b[1]) for b in boxes}
+        assert len(rows) <= steps // 5  # several steps a row
+        pick_in_step_box(page, steps - 1, "skip")
+        expected = f"{reference}*{steps - 1},skip"
+        page.wait_for_function(f"(document.querySelector('#schedule textarea') || {{}}).value === '{expected}'",
+                               timeout=30_000)
+    page.close()
 
 
 @pytest.mark.browser
@@ -441,10 +531,19 @@ def test_a_search_tells_its_story_warns_of_a_missed_floor_and_a_picked_point_loa
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
     open_page(page, server)
     page.get_by_role("tab", name="Search").click()
-    page.get_by_label("Ladder (empty: measured on this device)").fill("fp32,skip")
+    defaults = page.locator("#search-defaults-line").inner_text()
+    assert "the search the page opened on" in defaults  # the opening story's search, said in one line
+    assert page.get_by_label("Ladder (empty: every precision measured on this device)").input_value() == \
+        "fp32,bf16,skip" and page.get_by_label("Calibration prompts").input_value() == "2"
+    page.get_by_label("Ladder (empty: every precision measured on this device)").fill("fp32,skip")
     page.get_by_label("Calibration prompts").fill("1")
     page.get_by_label("Seeds").fill("0")
     page.locator("#search").click()
+    # Its progress (and time left) shows beside the Search button, inside the search panel, over no other widget.
+    progress = page.wait_for_selector("#search-status .progress-text, #search-status .eta-bar", timeout=60_000)
+    button, bar = page.locator("#search").bounding_box(), progress.bounding_box()
+    assert bar is not None and abs((bar["y"] + bar["height"] / 2) - (button["y"] + button["height"] / 2)) < 80
+    assert page.locator("#schedule .progress-text, #schedule .eta-bar").count() == 0
     page.wait_for_function("document.querySelector('#compare') && "
                            "document.querySelector('#compare').innerText.includes('Reference')", timeout=300_000)
     compare = page.locator("#compare").inner_text()
@@ -617,46 +716,93 @@ def test_a_widget_changed_after_a_run_starts_no_computation(tmp_path, monkeypatc
     calls = []
     monkeypatch.setattr(Engine, "call_now", lambda *a, **k: calls.append(a))
     for latency_on in (panels.THIS_DEVICE, "flux-dev-h100", "shapes-dit-cpu"):
-        text, timeline, diff, image_file, metrics_file = panels.result_views(comparison, latency_on)
+        text, timeline, diff, image_file, metrics_file, caption = panels.result_views(comparison, latency_on)
+        assert "fp32*2,skip*2: red circle, seed 0" in caption["label"]
         assert "SSIM" in text and image_file and metrics_file
     assert calls == []
 
 
+# Runs before the page's own scripts: keeps a copy of everything the queue's event streams deliver to the page.
+TEE_EVENTS = """window.__events = [];
+const fetchFirst = window.fetch;
+window.fetch = async (...args) => {
+  const response = await fetchFirst(...args);
+  const url = String(args[0] && args[0].url ? args[0].url : args[0]);
+  if (url.includes('queue/data') && response.body) {
+    const reader = response.clone().body.getReader(), text = new TextDecoder();
+    (async () => { for (;;) { const {done, value} = await reader.read(); if (done) break;
+                              window.__events.push(text.decode(value)); } })();
+  }
+  return response;
+};"""
+
+
 @pytest.mark.browser
-def test_a_blind_test_records_each_answer_in_the_cache_and_shows_the_tally(server, server_db, browser):
-    """Stakeholders pick the full-precision image of a pair shown in random order; each answer is kept in the
-    cache and tallied beside the schedule's SSIM."""
+def test_a_blind_test_stays_blind_until_each_answer_and_keeps_one_answer_per_pair(server, server_db, browser):
+    """Stakeholders pick the full-precision image of a pair shown in random order: nothing the browser receives
+    names the reference before the answer (addresses, names and sizes never repeat across pairs, and never match
+    the main tab's), the answer is revealed after each vote, a second vote on one pair is refused and stored
+    nowhere, and each answer is tallied in the cache beside the schedule's SSIM, with its session."""
+    import hashlib
+
     import numpy as np
 
     from tmpdiff.cache import Cache
 
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.add_init_script(TEE_EVENTS)
     open_page(page, server + "?schedule=fp32*6,skip*2&seed=31&prompt=green triangle")
     run_schedule(page, "fp32*6,skip*2")
-    page.get_by_role("tab", name="Blind test").click()
-    page.wait_for_function("(document.querySelector('#blind-note') || {}).innerText === "
-                           "'Which one is full precision?'", timeout=60_000)
     reference = decoded(page, "#slider img >> nth=0")
+    main_tab = {page.locator("#slider img").nth(i).get_attribute("src") for i in range(2)}
+    run_schedule(page, "fp32*4,skip*4")
+    page.wait_for_function("window.__events.join('').includes('process_completed')", timeout=30_000)
+    delivered = page.evaluate("window.__events.length")
+    page.get_by_role("tab", name="Blind test").click()
+    question = "(document.querySelector('#blind-note') || {}).innerText === 'Which one is full precision?'"
+    page.wait_for_function(question, timeout=60_000)
+    setting = page.locator("#blind-setting input").input_value()
+    assert "green triangle" in setting and "seed 31" in setting  # the setting being tested, named
 
-    def answer(right: bool, said: str) -> None:  # each pair comes in a new random order: read it off again
+    shown, bodies = [], []
+    for vote, said in (("#blind-pick-a", ""), ("#blind-pick-b", ""), ("#blind-unsure", "Noted")):
+        sources = [page.locator(f"#blind-{side} img").get_attribute("src") for side in "ab"]
+        shown += sources
+        bodies += [page.request.get(src).body() for src in sources]
+        page.wait_for_timeout(300)  # the stream's last chunk, past the page's own update
+        streamed = "".join(page.evaluate("window.__events")[delivered:])
+        assert "blind" in streamed and "full precision" not in streamed.replace("Which one is full precision?", "")
         first_is_reference = np.array_equal(decoded(page, "#blind-a img"), reference)
-        page.locator("#blind-pick-a" if first_is_reference == right else "#blind-pick-b").click()
-        page.wait_for_function(f"(document.querySelector('#blind-note') || {{}}).innerText.startsWith('{said}')",
+        page.locator(vote).click()
+        page.wait_for_function("!(document.querySelector('#blind-note') || {}).innerText.startsWith('Which')",
                                timeout=60_000)
+        note = page.locator("#blind-note").inner_text()
+        right = (vote == "#blind-pick-a") == first_is_reference
+        assert note.startswith(said or ("Right" if right else "Wrong"))
+        revealed = page.locator("#blind-a" if first_is_reference else "#blind-b").inner_text()
+        assert "full precision" in revealed  # the answer, revealed on the image itself
+        if vote == "#blind-pick-a":  # the same pair again: refused, and nothing is stored for it
+            page.locator("#blind-pick-b").click()
+            page.wait_for_selector("text=answered already", timeout=30_000)
+        delivered = page.evaluate("window.__events.length")
+        page.locator("#blind-next").click()
+        page.wait_for_function(question, timeout=60_000)
 
-    answer(True, "Right")
-    answer(False, "Wrong")
-    page.locator("#blind-unsure").click()
-    page.wait_for_function("(document.querySelector('#blind-note') || {}).innerText.startsWith('Noted')",
-                           timeout=60_000)
+    folders = [src.rsplit("/", 2)[-2] for src in shown]
+    assert len(set(shown)) == 6 and len(set(folders)) == 6  # each image served once, under a name of its own
+    assert not set(shown) & main_tab  # never at an address the main tab's slider used
+    digests = {hashlib.sha256(body).hexdigest() for body in bodies}
+    assert not digests & set(folders) and len({len(b) for b in bodies}) >= 5  # no content hash, sizes vary
     tally = page.locator("#blind-tally").inner_text()
-    assert "fp32*6,skip*2" in tally and "1/2 (50%)" in tally
+    assert "fp32*6,skip*2" in tally or "fp32*4,skip*4" in tally
+    page.locator("#blind-a").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "blind.png"), full_page=True)
     page.close()
     store = Cache(server_db)
-    row = next(r for r in store.evaluations() if r.schedule == "fp32*6,skip*2" and r.seed == 31)
-    [counted] = store.blind_tallies([row.id])
-    assert (counted.right, counted.wrong, counted.unsure) == (1, 1, 1) and counted.ssim == row.ssim
+    rows = [r for r in store.evaluations() if r.schedule in ("fp32*6,skip*2", "fp32*4,skip*4") and r.seed == 31]
+    counted = store.blind_tallies([r.id for r in rows])
+    assert sum(t.answers for t in counted) == 3  # three votes kept, the refused one not
+    assert sum(t.unsure for t in counted) == 1 and {t.sessions for t in counted} == {1}
 
 
 def test_a_first_image_says_that_the_models_weights_are_loading_and_a_second_does_not():

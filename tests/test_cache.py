@@ -113,6 +113,54 @@ def test_a_database_of_another_schema_is_refused(tmp_path):
         Cache(other)
 
 
+def test_a_version_2_cache_is_brought_to_version_3_in_place_keeping_every_row(tmp_path):
+    """The columns version 3 adds (the reference timed beside each image, the session of each blind answer) are
+    added to a version 2 database; its rows, and its blind answers, stay as they were."""
+    import dataclasses
+
+    path = tmp_path / "c.sqlite"
+    store = Cache(path)
+    row_id = store.put(record("fp32*2,skip*2"))
+    store.record_blind_answer(row_id, "right")
+    store.engine.dispose()
+    connection = sqlite3.connect(path)  # what tmpdiff with schema 2 wrote
+    connection.execute("alter table evaluations drop column reference_seconds")
+    connection.execute("alter table blind_answers drop column session")
+    connection.execute("update meta set value = '2' where key = 'schema_version'")
+    connection.commit()
+    connection.close()
+    migrated = Cache(path)
+    kept = migrated.get(record("fp32*2,skip*2").key)
+    assert kept is not None and kept.png == png_bytes() and kept.reference_seconds is None
+    [tally] = migrated.blind_tallies([row_id])
+    assert (tally.right, tally.sessions) == (1, 0)  # answered before sessions were kept: counted, no session
+    timed = dataclasses.replace(record("fp32*3,skip"), reference_seconds=0.7)
+    migrated.put(timed)
+    assert migrated.get(timed.key).reference_seconds == 0.7
+    assert sqlite3.connect(path).execute("select value from meta where key = 'schema_version'").fetchone() == ("3",)
+
+
+def test_the_reference_seconds_timed_beside_an_image_travel_with_its_export(tmp_path):
+    import dataclasses
+
+    source = Cache(tmp_path / "a.sqlite")
+    source.put(dataclasses.replace(record("fp32*2,int8*2"), reference_seconds=1.25))
+    exported = tmp_path / "ex.json"
+    source.export(exported)
+    target = Cache(tmp_path / "b.sqlite")
+    assert target.import_(exported) == 1 and target.import_(exported) == 0
+    assert target.get(record("fp32*2,int8*2").key).reference_seconds == 1.25
+    payload = json.loads(exported.read_text())
+    for bad in (-1, 0, "1.0", 1e12, True):
+        payload["evaluations"][0]["reference_seconds"] = bad
+        exported.write_text(json.dumps(payload))
+        with pytest.raises(CacheError, match="reference_seconds"):
+            Cache(tmp_path / "c.sqlite").import_(exported)
+    payload["evaluations"][0].pop("reference_seconds")  # an export written before it was kept
+    exported.write_text(json.dumps(payload))
+    assert Cache(tmp_path / "d.sqlite").import_(exported) == 1
+
+
 def test_export_import_round_trip_and_validation(tmp_path):
     source = Cache(tmp_path / "a.sqlite")
     source.put(record("fp32*2,int8*2"))

@@ -6,23 +6,36 @@ from tmpdiff.cache import Cache
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.steps.schedule import Schedule
 from tmpdiff.studies.history import history
+from tmpdiff.studies.study import Study
 
 
-def test_history_points_carry_measured_speedups_and_no_claim_for_simulated_precisions(tmp_path):
+def test_history_points_carry_speedups_measured_beside_the_reference_and_predicted_apart(tmp_path):
     store = Cache(tmp_path / "c.sqlite")
-    evaluator = Evaluator(Engine("cpu"), store)
+    study = Study(Evaluator(Engine("cpu"), store), store)
+    evaluator = study.evaluator
     settings = RunSettings(model="shapes-dit", steps=4)
     for schedule in ("fp32*4", "fp32*2,skip*2", "fp32,int4wo*3"):
-        evaluator.evaluate(settings, schedule)
+        study.compare(settings, schedule)  # each timed beside the reference
+    evaluator.evaluate(settings, "fp32*3,skip")  # a search's way: timed alone
     evaluator.evaluate(RunSettings(model="shapes-dit", steps=4, seed=9), "fp32*4")  # another setting: not listed
     points = {p.schedule: p for p in history(evaluator, store, settings)}
-    assert set(points) == {"fp32*4", "fp32*2,skip*2", "fp32,int4wo*3"}
+    assert set(points) == {"fp32*4", "fp32*2,skip*2", "fp32,int4wo*3", "fp32*3,skip"}
     reference = points["fp32*4"]
     assert reference.speedup == pytest.approx(1.0) and reference.uniform and reference.seed == 0
     skipped = points["fp32*2,skip*2"]
-    assert skipped.speedup == pytest.approx(reference.seconds / skipped.seconds) and not skipped.uniform
+    [row] = [r for r in store.evaluations() if r.schedule == "fp32*2,skip*2"]
+    assert row.reference_seconds is not None and row.reference_seconds != reference.seconds  # timed again beside it
+    assert skipped.speedup == pytest.approx(row.reference_seconds / skipped.seconds) and not skipped.uniform
+    assert points["fp32*3,skip"].speedup is None  # timed alone: no measured speed-up of two moments
     assert points["fp32,int4wo*3"].simulated and points["fp32,int4wo*3"].speedup is None  # no speed claim
+    study.evaluator.cost_table(settings, Schedule.parse("fp32*2,skip*2"))  # measured once, as a search does
+    predicted = {p.schedule: p.predicted_speedup for p in history(evaluator, store, settings)}
+    table = evaluator.known_costs(settings)
+    assert predicted["fp32*2,skip*2"] == pytest.approx(table.predict(Schedule.parse("fp32*4")) /
+                                                        table.predict(Schedule.parse("fp32*2,skip*2")))
+    assert predicted["fp32,int4wo*3"] is None  # simulated: no claim, predicted or measured
     assert history(evaluator, None, settings) == []
 
 

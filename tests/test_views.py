@@ -12,8 +12,10 @@ SCHEDULE = "fp32*2,int8wo*4,skip*2"
 COSTS = CostTable(device="cpu", compiled=False, steps=8, step_seconds={"fp32": 0.03, "int8wo": 0.02, "skip": 0.0})
 
 
-def evaluation(schedule=SCHEDULE, ssim=0.93, psnr=31.2, lpips=None, seconds=0.5, simulated=(), frames=None):
-    """An evaluation as the engine hands it back (its key from a real setting)."""
+def evaluation(schedule=SCHEDULE, ssim=0.93, psnr=31.2, lpips=None, seconds=0.5, simulated=(), frames=None,
+               reference_seconds=0.8, lpips_note=None):
+    """An evaluation as the engine hands it back (its key from a real setting); ``reference_seconds``: the
+    reference timed beside it (None: timed alone, the reference's seconds from another moment)."""
     from tmpdiff.engine.runner import Engine
     from tmpdiff.engine.settings import RunSettings
     from tmpdiff.measure.evaluator import Evaluation, Evaluator
@@ -22,9 +24,10 @@ def evaluation(schedule=SCHEDULE, ssim=0.93, psnr=31.2, lpips=None, seconds=0.5,
 
     settings = RunSettings(model="shapes-dit", steps=8)
     key = Evaluator(Engine("cpu")).key(settings, settings.reference_schedule())
-    record = EvalRecord(key=key, png=b"", ssim=ssim, psnr=psnr, lpips=lpips,
-                        lpips_note="LPIPS unavailable: AlexNet weights not found" if lpips is None else "",
-                        measured_seconds=seconds, predicted_seconds=None, simulated=list(simulated))
+    note = lpips_note if lpips_note is not None else "LPIPS unavailable: AlexNet weights not found"
+    record = EvalRecord(key=key, png=b"", ssim=ssim, psnr=psnr, lpips=lpips, lpips_note=note if lpips is None else "",
+                        measured_seconds=seconds, predicted_seconds=None, simulated=list(simulated),
+                        reference_seconds=reference_seconds)
     scores = None if frames is None else (lambda: Quality(ssim, psnr, lpips, frame_ssim=tuple(frames)))
     return Evaluation(record, Image.new("RGB", (8, 8)), 0.8, False, score_frames=scores)
 
@@ -59,24 +62,60 @@ def test_cards_show_each_number_and_say_why_lpips_is_missing():
     from tmpdiff.measure.cost_tables import Prediction
 
     text = views.cards(comparison())
-    for needle in ("1.60x", "measured on this device", "0.930", "31.2 dB", "AlexNet weights not found", "0.50 s"):
+    for needle in ("1.60x", "on this device; reference timed beside it", "0.930", "31.2 dB", "0.50 s",
+                   "reference 0.80 s, timed beside it"):
         assert needle in text
-    assert "title='LPIPS needs torchvision" in text  # the how-to in a tooltip, not a paragraph
+    assert "title='LPIPS unavailable: AlexNet weights not found. LPIPS needs torchvision" in text  # in a tooltip
+    assert "not computed here" in text
+    offline = views.cards(comparison(lpips_note="LPIPS unavailable: could not fetch its AlexNet weights (URLError: "
+                                                "<urlopen error [Errno -3]>)"))
+    card = offline[offline.index("LPIPS</div>"):]
+    card = card[:card.index("</div></div>")]
+    assert "could not be downloaded here (offline?)" in card and "URLError" not in card  # plain words on the card
     simulated = views.cards(comparison(simulated=("int8wo",)))
     assert "no claim" in simulated and "1.60x" not in simulated
     target = views.cards(comparison(), Prediction("NVIDIA H100", 0.4, 1.25, "predicted"))
-    assert "speed-up on NVIDIA H100" in target and "predicted from measured step costs" in target
+    assert "speed-up (predicted on NVIDIA H100)" in target and "1.25x" in target
 
 
-def test_timeline_has_one_bar_per_step_coloured_by_precision_and_sized_by_cost():
-    table = CostTable(device="cpu", compiled=False, steps=8, step_seconds={"fp32": 0.03, "int8wo": 0.02, "skip": 0.0})
+def test_a_measured_and_a_predicted_speedup_stand_side_by_side_each_saying_which_it_is():
+    text = views.cards(comparison())
+    measured, predicted = text.index("speed-up (measured)"), text.index("speed-up (predicted)")
+    assert measured < predicted < text.index("SSIM")
+    expected = (2 * 0.03 + 4 * 0.03 + 2 * 0.03) / (2 * 0.03 + 4 * 0.02 + 2 * 0.0)  # the table's reference / schedule
+    assert f"{expected:.2f}x" in text and "from step costs measured here" in text
+    alone = views.cards(comparison(reference_seconds=None))  # a search's image: the reference of another moment
+    assert "reference timed at another moment" in alone
+    from tmpdiff.studies.comparison import CostPolicy
+
+    unmeasured = views.speedup_cards(dataclasses_replace(comparison(), costs=CostPolicy(CostTable(
+        device="cpu", compiled=False, steps=8, step_seconds={"fp32": 0.03, "skip": 0.0}))))
+    assert "n/a" in unmeasured[1] and "no step cost measured here for int8wo" in unmeasured[1]
+
+
+def dataclasses_replace(value, **changes):
+    import dataclasses
+
+    return dataclasses.replace(value, **changes)
+
+
+def test_timeline_has_a_bar_per_measured_step_and_marks_the_others_not_measured_never_0_ms():
+    table = CostTable(device="cpu", compiled=False, steps=8,
+                      step_seconds={"fp32": 0.03, "int8wo": 0.02, "skip": 0.001})
     figure = views.timeline(SCHEDULE, table)
     bars = {trace.name: list(trace.y) for trace in figure.data}
     assert sum(len(y) for y in bars.values()) == 8
-    assert bars == {"fp32": [30.0, 30.0], "int8wo": [20.0] * 4, "skip": [0.0, 0.0]}
+    assert bars == {"fp32": [30.0, 30.0], "int8wo": [20.0] * 4, "skip": [1.0, 1.0]}
     assert [t.marker.color for t in figure.data] == [views.COLOURS[n] for n in ("fp32", "int8wo", "skip")]
     assert "predicted per step" in figure.layout.title.text
-    assert "no step costs" in views.timeline("fp32*3", None).layout.title.text
+    partial = views.timeline(SCHEDULE, CostTable(device="cpu", compiled=False, steps=8,
+                                                 step_seconds={"fp32": 0.03, "skip": 0.001}))
+    kinds = {t.name: (t.type, list(t.x)) for t in partial.data}
+    assert kinds["int8wo: not measured"] == ("scatter", [2, 3, 4, 5]) and kinds["fp32"][0] == "bar"
+    assert "not measured: int8wo" in partial.layout.title.text
+    assert all(y > 0 for t in partial.data if t.type == "bar" for y in t.y)
+    nothing = views.timeline("fp32*3", None)
+    assert "no step costs" in nothing.layout.title.text and [t.type for t in nothing.data] == ["scatter"]
 
 
 def test_comparison_shows_the_found_schedule_its_best_rival_and_the_reference():
@@ -84,7 +123,24 @@ def test_comparison_shows_the_found_schedule_its_best_rival_and_the_reference():
 
     text = views.compare_cards(SearchResult(report()))
     assert text.index("Found") < text.index("Best baseline") < text.index("Reference")
-    assert "fp32*2,int8wo*6" in text and "fp32*8" in text and "predicted on this device" in text
+    assert "fp32*2,int8wo*6" in text and "fp32*8" in text and "speed-up (predicted)" in text
+    assert "below the 0.9 floor" in text  # the rival at the same speed misses the floor, and says so
+
+
+def test_the_baseline_beside_the_found_schedule_is_the_fastest_that_meets_the_floor():
+    from tmpdiff.studies.algorithms import Point
+
+    baselines = (Point("fp32*8", 1.0, 1.0), Point("fp32*6,skip*2", 0.95, 1.3), Point("fp32*4,skip*4", 0.92, 1.9),
+                 Point("fp32*2,skip*6", 0.7, 3.9))
+    titles = report(baselines=baselines).rivals()
+    assert [p.schedule for _, p in titles] == ["fp32*4,skip*4", "fp32*2,int8wo*6"]
+    assert titles[0][0].startswith("Best baseline meeting the floor") and "below the 0.9 floor" in titles[1][0]
+    from tmpdiff.studies.report import Objective
+
+    speed = report(baselines=baselines, objective=Objective(target_speedup=1.5),
+                   best_baseline_at_speedup=None).rivals()
+    assert [p.schedule for _, p in speed] == ["fp32*4,skip*4"] and "meeting the target" in speed[0][0]
+    assert report(baselines=(Point("fp32*8", 1.0, 1.0),), best_baseline_at_speedup=None).rivals() == []
 
 
 def test_a_failed_validation_is_a_visible_warning():
@@ -149,15 +205,18 @@ def test_a_live_search_streams_its_points_and_hands_back_the_report_or_the_users
         bad.result()
 
 
-def test_when_every_baseline_is_slower_the_fastest_is_shown_and_said_so():
+def test_when_every_baseline_is_slower_the_fastest_that_meets_the_floor_is_shown_and_said_so():
     from tmpdiff.studies.algorithms import Point
     from tmpdiff.studies.study import SearchResult
 
     slower = report(best_baseline_at_speedup=None, baselines=(
         Point("fp32*8", 1.0, 1.0), Point("fp32*6,int8wo*2", 0.97, 1.1), Point("fp32*4,int8wo*4", 0.95, 1.3)))
     text = views.compare_cards(SearchResult(slower))
-    assert "Fastest baseline (slower than the found schedule)" in text and "fp32*4,int8wo*4" in text
-    assert text.index("Found") < text.index("Fastest baseline") < text.index("Reference")
+    assert "Best baseline meeting the floor: the fastest with SSIM ≥ 0.9" in text and "fp32*4,int8wo*4" in text
+    assert text.index("Found") < text.index("Best baseline") < text.index("Reference")
+    below = report(best_baseline_at_speedup=None, baselines=(Point("fp32*8", 1.0, 1.0),
+                                                              Point("fp32*4,int8wo*4", 0.85, 1.3)))
+    assert "Fastest baseline (none meets the objective)" in views.compare_cards(SearchResult(below))
 
 
 def test_a_videos_cards_say_its_worst_frame_and_show_a_strip_per_frame():

@@ -265,14 +265,15 @@ def _history_tab(w: Widgets) -> None:
         with gr.Row():
             w.add(history_plot=gr.Plot(label="Every cached evaluation of this setting (click a point to load its "
                                              "schedule)", elem_id="history-plot"),
-                  history_table=gr.Dataframe(headers=["schedule", "SSIM", "PSNR", "LPIPS", "seconds", "peak GiB",
+                  history_table=gr.Dataframe(headers=["schedule", "SSIM", "PSNR", "LPIPS", "seconds",
+                                                      "speed-up (measured)", "speed-up (predicted)", "peak GiB",
                                                       "prompt", "seed"], interactive=False,
                                              label="Pick a row to load its schedule"))
 
 
 def _shown(w: Widgets) -> tuple[list[Any], list[Any]]:
     """The result views' inputs (the comparison kept, and where latency is predicted) and outputs."""
-    return [w.comparison, w.latency_on], [w.cards, w.timeline, w.diff, w.image_file, w.schedule_file]
+    return [w.comparison, w.latency_on], [w.cards, w.timeline, w.diff, w.image_file, w.schedule_file, w.slider]
 
 
 def _wire_image(w: Widgets, api: SimpleNamespace, app: AppState) -> None:

@@ -75,15 +75,15 @@ def run_image(app: AppState, model: str, prompt: str, seed: object, steps: objec
                    "(its folder's free space or permissions); the server's log says why")
     pair = (served_file(comparison.reference.record.png, "image.png"),
             served_file(comparison.evaluation.record.png, "image.png"))
-    caption = f"reference | {comparison.schedule} — {comparison.settings.resolved_prompt}, seed {settings.seed}"
-    return gr.update(value=pair, label=caption), comparison.summary(), comparison
+    return pair, comparison.summary(), comparison
 
 
 def result_views(comparison: Comparison | None, latency_on: str) -> tuple[Any, ...]:
-    """Cards, timeline, difference map and downloads of the comparison shown: all from the comparison itself (a
-    later change of a setting's widgets computes nothing)."""
+    """Cards, timeline, difference map, downloads and the images' caption (what they show: class or prompt, and
+    seed) of the comparison shown: all from the comparison itself (a later change of a setting's widgets computes
+    nothing)."""
     if comparison is None:
-        return "", plots.timeline("fp32", None), None, None, None
+        return "", plots.timeline("fp32", None), None, None, None, gr.update()
     table, target, label = comparison.costs.here, None, ""
     if latency_on != THIS_DEVICE:
         try:
@@ -97,7 +97,10 @@ def result_views(comparison: Comparison | None, latency_on: str) -> tuple[Any, .
                                  data_uri(comparison.evaluation.image, animated=True))
     label_diff = f"|reference - schedule|: black 0, white {comparison.largest_difference}/255 (the largest difference)"
     diff = gr.update(value=served_png(comparison.difference), label=label_diff)
-    return (text, views.timeline(str(comparison.schedule), table, label), diff, *downloads(comparison))
+    settings = comparison.settings
+    caption = f"reference | {comparison.schedule}: {settings.resolved_prompt}, seed {settings.seed}"
+    return (text, views.timeline(str(comparison.schedule), table, label), diff, *downloads(comparison),
+            gr.update(label=caption))
 
 
 def downloads(comparison: Comparison) -> tuple[str, str]:
@@ -119,7 +122,8 @@ def check_inputs(app: AppState, model: str, prompt: str, seed: object, steps: ob
     return "", gr.update()
 
 
-AXES = ("speed-up", "peak memory")  # the history plot's x axes
+AXES = ("speed-up (measured)", "speed-up (predicted)", "peak memory")  # the history plot's x axes
+AXIS_KEYS = dict(zip(AXES, ("speedup", "predicted_speedup", "peak_gib"), strict=True))
 
 
 def history_views(app: AppState, model: str, prompt: str, seed: object, steps: object, size: object,
@@ -133,10 +137,10 @@ def history_views(app: AppState, model: str, prompt: str, seed: object, steps: o
     except ValueError as exc:
         raise user_error(exc) from None
     points = history(app.evaluator, app.store, settings)
-    table = [[p.schedule, _round(p.ssim), _round(p.psnr), _round(p.lpips), _round(p.seconds),
-              None if p.peak_bytes is None else round(p.peak_bytes / 2**30, 2), p.prompt, p.seed]
-             for p in points[:200]]
-    return plots.history(points, "speedup" if axis == AXES[0] else "peak_gib"), table
+    table = [[p.schedule, _round(p.ssim), _round(p.psnr), _round(p.lpips), _round(p.seconds), _round(p.speedup),
+              _round(p.predicted_speedup), None if p.peak_bytes is None else round(p.peak_bytes / 2**30, 2),
+              p.prompt, p.seed] for p in points[:200]]
+    return plots.history(points, AXIS_KEYS[axis]), table
 
 
 def link_settings(app: AppState, request: gr.Request) -> Any:

@@ -150,6 +150,8 @@ def lpips_in_plain_words(note: str) -> str:
     """Why LPIPS is missing, in words a person reads at a glance (the technical reason goes in the tooltip)."""
     if "could not fetch" in note:
         return "not computed: its model could not be downloaded here (offline?)"
+    if "switched off" in note:
+        return "not computed: downloading its model is switched off here"
     if "is not a file" in note:
         return "not computed: the model file set for it is missing"
     return "not computed here"

@@ -119,22 +119,31 @@ def live_points(points: Sequence[Point], floor: float | None = None) -> go.Figur
     return figure
 
 
-HISTORY_AXES = {"speedup": "measured speed-up vs reference", "peak_gib": "peak memory of the image (GiB)"}
+HISTORY_AXES = {"speedup": "speed-up, measured (reference timed beside each image)",
+                "predicted_speedup": "speed-up, predicted from step costs measured here",
+                "peak_gib": "peak memory of the image (GiB)"}
 
 
 def history(points: Sequence[HistoryPoint], axis: str = "speedup") -> go.Figure:
-    """Quality against measured speed-up (``axis="speedup"``) or the image's peak memory (``"peak_gib"``) for every
-    stored evaluation of one setting (uniform schedules as diamonds); evaluations without a value on that axis (no
-    speed claim for simulated precisions; no memory measured before it was) are left out, not placed."""
+    """Quality against measured speed-up (``axis="speedup"``), predicted speed-up (``"predicted_speedup"``) or the
+    image's peak memory (``"peak_gib"``) for every stored evaluation of one setting (uniform schedules as
+    diamonds); evaluations without a value on that axis (no speed claim for simulated precisions, an image timed
+    alone, no memory measured before it was) are left out, not placed, and the title says how many."""
     import plotly.graph_objects as go
 
     def x(point: HistoryPoint) -> float | None:
         if axis == "speedup":
             return point.speedup
+        if axis == "predicted_speedup":
+            return point.predicted_speedup
         return None if point.peak_bytes is None else point.peak_bytes / 2**30
 
     figure = go.Figure()
-    unit = "x" if axis == "speedup" else " GiB"
+    unit = " GiB" if axis == "peak_gib" else "x"
+    placed = sum(1 for p in points if x(p) is not None and p.ssim is not None)
+    if placed < len(points):
+        figure.update_layout(title={"text": f"{placed} of {len(points)} stored evaluations have this value "
+                                            "(the table lists them all)", "font": {"size": 13}})
     hover = "%{text}<br>%{x:.2f}" + unit + "<br>SSIM %{y:.3f}<extra></extra>"
     for uniform in (True, False):
         part = [p for p in points if p.uniform == uniform and x(p) is not None and p.ssim is not None]

@@ -15,8 +15,10 @@ __all__ = ["HistoryPoint", "HistoryStore", "history"]
 
 @dataclass(frozen=True)
 class HistoryPoint:
-    """One stored evaluation of a setting. ``speedup``: measured against that setting's reference on the same
-    device; None for simulated precisions (no speed claim) or when no reference of that device is stored."""
+    """One stored evaluation of a setting. ``speedup``: measured, against the reference timed beside it (the
+    reference itself: 1); None for simulated precisions (no speed claim) and for an image timed alone (a search's,
+    or one stored before such timings were kept), whose seconds and the reference's are of two moments.
+    ``predicted_speedup``: from the step costs measured on this device, where they cover the schedule."""
 
     schedule: str
     ssim: float | None
@@ -29,6 +31,7 @@ class HistoryPoint:
     seed: int | None
     evaluation_id: int = 0  # the store's row
     peak_bytes: int | None = None  # the image's peak memory (None: stored before it was measured)
+    predicted_speedup: float | None = None
 
     @property
     def uniform(self) -> bool:
@@ -46,16 +49,29 @@ def history(evaluator: Evaluator, store: HistoryStore | None, settings: RunSetti
     end."""
     if store is None:
         return []
-    key = evaluator.key(settings, settings.reference_schedule())
+    reference = settings.reference_schedule()
+    key = evaluator.key(settings, reference)
     rows = store.evaluations(model=settings.model, settings_hash=key.settings_hash)
-    references = {r.device_hash: r.measured_seconds for r in rows if r.schedule_hash == key.schedule_hash}
-    return [_point(row, references.get(row.device_hash)) for row in rows]
+    table = evaluator.known_costs(settings)
+    stored = evaluator.costs.get(settings.model)
+    if table is None and stored is not None and not stored.target and stored.steps == settings.resolved_steps:
+        table = stored
+
+    def predicted(row: StoredEvaluation) -> float | None:
+        if table is None or row.simulated or not table.has_speed_claim(Schedule.parse(row.schedule)):
+            return None
+        try:
+            return table.predict(reference) / table.predict(Schedule.parse(row.schedule))
+        except ValueError:  # a precision whose cost was never measured here
+            return None
+
+    return [_point(row, row.schedule_hash == key.schedule_hash, predicted(row)) for row in rows]
 
 
-def _point(row: StoredEvaluation, reference_seconds: float | None) -> HistoryPoint:
-    claim = not row.simulated and reference_seconds and row.measured_seconds
+def _point(row: StoredEvaluation, is_reference: bool, predicted_speedup: float | None) -> HistoryPoint:
+    beside = row.measured_seconds if is_reference else row.reference_seconds
+    measured = beside / row.measured_seconds if beside and row.measured_seconds and not row.simulated else None
     return HistoryPoint(schedule=row.schedule, ssim=row.ssim, psnr=row.psnr, lpips=row.lpips,
-                        seconds=row.measured_seconds,
-                        speedup=reference_seconds / row.measured_seconds if claim and reference_seconds else None,
-                        simulated=bool(row.simulated), prompt=row.prompt, seed=row.seed, evaluation_id=row.id,
-                        peak_bytes=row.peak_bytes)
+                        seconds=row.measured_seconds, speedup=measured, simulated=bool(row.simulated),
+                        prompt=row.prompt, seed=row.seed, evaluation_id=row.id, peak_bytes=row.peak_bytes,
+                        predicted_speedup=predicted_speedup)
