@@ -40,10 +40,19 @@ from .connection import (
     unwritable,
 )
 from .migrations import ensure_schema
+from .moves import Moved, add_answers, add_runs
 from .schema import BlindAnswerRow, CostTableRow, EvaluationRow, ImageBlob, SearchLinkRow, SearchRunRow
-from .transfer import EXPORT_FORMAT, EXPORT_VERSION, finite_or_none, parse_export, same_record
+from .transfer import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    Imported,
+    ImportedCosts,
+    finite_or_none,
+    parse_export_file,
+    same_record,
+)
 
-__all__ = ["Cache", "CacheError", "default_db_path"]
+__all__ = ["Cache", "CacheError", "Moved", "default_db_path"]
 
 
 class Cache:
@@ -188,12 +197,14 @@ class Cache:
                                     evaluations=len(r.evaluations), finished=r.finished_at is not None) for r in runs]
 
     def put_costs(self, model_hash: str, settings_hash: str, device_hash: str, table: dict[str, Any]) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.execute(self._costs_statement(model_hash, settings_hash, device_hash, table))
+
+    def _costs_statement(self, model_hash: str, settings_hash: str, device_hash: str, table: dict[str, Any]) -> Any:
         statement = self._insert(CostTableRow).values(model_hash=model_hash, settings_hash=settings_hash,
                                                 device_hash=device_hash, table=table)
-        statement = statement.on_conflict_do_update(
+        return statement.on_conflict_do_update(
             index_elements=["model_hash", "settings_hash", "device_hash"], set_={"table": table})
-        with Session(self.engine) as session, session.begin():
-            session.execute(statement)
 
     def get_costs(self, model_hash: str, settings_hash: str, device_hash: str) -> dict[str, Any] | None:
         query = select(CostTableRow.table).where(
@@ -202,26 +213,63 @@ class Cache:
         with Session(self.engine) as session:
             return session.scalar(query)
 
-    # --- moving evaluations between machines ----------------------------------------------
+    # --- moving a cache between machines (transfer.py checks what comes in) ------------------
     def export(self, path: str | os.PathLike[str]) -> int:
-        rows = []
+        """Everything to ``path`` (see ``export_all``); returns how many evaluations."""
+        return self.export_all(path).evaluations
+
+    def export_all(self, path: str | os.PathLike[str]) -> Moved:
+        """Every evaluation (with its image), blind answer, search run and cost table, to one JSON file."""
         with Session(self.engine) as session:
+            evaluations, place = [], {}
             for row in session.scalars(select(EvaluationRow).order_by(EvaluationRow.id)):
                 png = self.image(row.image_sha256)
                 if png is not None:
-                    data = _stored(row).to_dict()
-                    data["png_base64"] = base64.b64encode(png).decode()
-                    rows.append(data)
-        payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "evaluations": rows}
+                    place[row.id] = len(evaluations)
+                    evaluations.append({**_stored(row).to_dict(), "png_base64": base64.b64encode(png).decode()})
+            answers = [{"evaluation": place[a.evaluation_id], "answer": a.answer, "session": a.session,
+                        "created_at": a.created_at.isoformat()}
+                       for a in session.scalars(select(BlindAnswerRow).order_by(BlindAnswerRow.id))
+                       if a.evaluation_id in place]
+            runs = [{"model": r.model, "request": r.request, "result": r.result,
+                     "started_at": r.started_at.isoformat(),
+                     "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                     "evaluations": sorted(place[link.evaluation_id] for link in r.evaluations
+                                           if link.evaluation_id in place)}
+                    for r in session.scalars(select(SearchRunRow).order_by(SearchRunRow.id))]
+            costs = [{"model_hash": c.model_hash, "settings_hash": c.settings_hash, "device_hash": c.device_hash,
+                      "table": c.table} for c in session.scalars(select(CostTableRow).order_by(CostTableRow.id))]
+        payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "evaluations": evaluations,
+                   "blind_answers": answers, "search_runs": runs, "cost_tables": costs}
         write_atomically(Path(path), json.dumps(payload).encode(), durable=True)
-        return len(rows)
+        return Moved(len(evaluations), len(answers), len(runs), len(costs))
 
     def import_(self, path: str | os.PathLike[str], replace: bool = False) -> int:
-        """Validate every entry of an export file, then store the new ones; returns how many were stored.
+        """Everything new in an export (see ``import_all``); returns how many evaluations were stored."""
+        return self.import_all(path, replace).evaluations
 
-        An entry whose evaluation is already stored the same is passed over; one that differs from the
-        stored one is refused (nothing is written) unless ``replace``."""
-        entries = parse_export(Path(path))
+    def import_all(self, path: str | os.PathLike[str], replace: bool = False) -> Moved:
+        """Validate the whole export file, then store what is new of it in one transaction; says how much of each
+        part was stored. An evaluation or cost table stored the same is passed over; one that differs from the
+        stored one is refused (nothing is written) unless ``replace``; an answer or a run already here (the same
+        one, by its content and time) is not added twice, so importing a file again stores nothing."""
+        export = parse_export_file(Path(path))
+        new = self._new_evaluations(export.evaluations, replace, path)
+        costs = self._new_costs(export.cost_tables, replace, path)
+        for entry in new:
+            self._write_image_file(entry.record.png)
+        with Session(self.engine) as session, session.begin():  # all of it, or (on any error) none
+            for entry in new:
+                self._put_in(session, entry.record, entry.created_at)
+            ids = [session.scalar(_key_query(e.record.key).with_only_columns(EvaluationRow.id))
+                   for e in export.evaluations]
+            answers = add_answers(session, export.blind_answers, ids)
+            runs = add_runs(session, export.search_runs, ids)
+            for c in costs:
+                session.execute(self._costs_statement(c.model_hash, c.settings_hash, c.device_hash, c.table))
+        return Moved(len(new), answers, runs, len(costs))
+
+    def _new_evaluations(self, entries: list[Imported], replace: bool, path: Any) -> list[Imported]:
         new, differing = [], []
         for entry in entries:
             stored = self.get(entry.record.key)
@@ -234,12 +282,20 @@ class Cache:
             raise CacheError(literal(f"{len(differing)} entries of {path} differ from evaluations already stored (the "
                                      f"first: {first.model} {first.schedule} seed {first.settings.get('seed')})")
                              + "; nothing was imported: pass {replace} to overwrite them", field="replace")
-        for entry in new:
-            self._write_image_file(entry.record.png)
-        with Session(self.engine) as session, session.begin():  # all of them, or (on any error) none
-            for entry in new:
-                self._put_in(session, entry.record, entry.created_at)
-        return len(new)
+        return new
+
+    def _new_costs(self, tables: list[ImportedCosts], replace: bool, path: Any) -> list[ImportedCosts]:
+        new, differing = [], 0
+        for c in tables:
+            stored = self.get_costs(c.model_hash, c.settings_hash, c.device_hash)
+            if stored is None or (replace and stored != c.table):
+                new.append(c)
+            elif stored != c.table:
+                differing += 1
+        if differing:
+            raise CacheError(literal(f"{differing} cost tables of {path} differ from ones already stored") +
+                             "; nothing was imported: pass {replace} to overwrite them", field="replace")
+        return new
 
     # --- the blind test -----------------------------------------------------------------------
     def record_blind_answer(self, evaluation_id: int, answer: str, session: str | None = None) -> None:

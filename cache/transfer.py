@@ -1,5 +1,7 @@
-"""Moving evaluations between machines: ``Cache.export`` writes every evaluation (images included) to one JSON file;
-``Cache.import_`` checks a whole file against this module's schema before it writes anything.
+"""Moving a cache between machines: ``Cache.export_all`` writes everything a person made or paid for to one JSON file
+(every evaluation with its image, the blind test's answers, the search and sweep runs with the evaluations they
+linked, the measured cost tables); ``Cache.import_all`` checks a whole file against this module's schema before it
+writes anything. Answers and runs point at evaluations by their place in the file, never by a database's ids.
 
 An export is input from another machine, perhaps another person: every entry is checked as the engine would check
 the same values (settings as ``RunSettings``, schedules as ``Schedule.parse``), numbers are finite and in their
@@ -27,10 +29,13 @@ from tmpdiff.steps.schedule import Schedule
 
 from .connection import CacheError
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "Imported", "finite_or_none", "parse_export", "same_record"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "Export", "Imported", "ImportedAnswer", "ImportedCosts", "ImportedRun",
+           "finite_or_none", "parse_export", "parse_export_file", "same_record"]
 
 EXPORT_FORMAT = "tmpdiff-cache-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 1: evaluations only (still read); 2: with blind answers, search runs and cost tables
+READ_VERSIONS = (1, 2)
+BLIND_VERDICTS = ("right", "wrong", "unsure")
 
 MAX_TEXT = 4096  # characters of any text but an image (prompts are bounded tighter, by RunSettings)
 MAX_DIGITS = 20  # of a whole number: a 64-bit value has at most 19; more is an overflow, not a measurement
@@ -62,11 +67,133 @@ def same_record(a: EvalRecord, b: EvalRecord) -> bool:
     return said(a) == said(b)
 
 
+@dataclass(frozen=True)
+class ImportedAnswer:
+    """One blind-test answer of an export: which of its evaluations (by place), the verdict, who and when."""
+
+    evaluation: int
+    answer: str
+    session: str | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ImportedRun:
+    """One search or sweep run of an export, with the places of the evaluations it linked."""
+
+    model: str
+    request: dict[str, Any]
+    result: dict[str, Any] | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    evaluations: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ImportedCosts:
+    """One measured cost table of an export, by the keys it is stored under."""
+
+    model_hash: str
+    settings_hash: str
+    device_hash: str
+    table: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Export:
+    """A whole export file, checked."""
+
+    evaluations: list[Imported]
+    blind_answers: list[ImportedAnswer]
+    search_runs: list[ImportedRun]
+    cost_tables: list[ImportedCosts]
+
+
 def parse_export(path: Path) -> list[Imported]:
-    """Every entry of the export at ``path``, checked; a ``CacheError`` naming the first bad one (and nothing
-    else happens: the caller writes only after this returns)."""
-    entries = _entries(_load(path), path)
-    return [_parse_entry(entry, f"{path} entry {i}") for i, entry in enumerate(entries)]
+    """Every evaluation of the export at ``path``, checked (the whole file is: see ``parse_export_file``)."""
+    return parse_export_file(path).evaluations
+
+
+def parse_export_file(path: Path) -> Export:
+    """The export at ``path``, every part checked; a ``CacheError`` naming the first bad entry (and nothing else
+    happens: the caller writes only after this returns)."""
+    payload = _load(path)
+    entries = _entries(payload, path)
+    evaluations = [_parse_entry(entry, f"{path} entry {i}") for i, entry in enumerate(entries)]
+    count = len(evaluations)
+    return Export(evaluations,
+                  _parsed_list(payload, "blind_answers", path, lambda e: _parse_answer(e, count)),
+                  _parsed_list(payload, "search_runs", path, lambda e: _parse_run(e, count)),
+                  _parsed_list(payload, "cost_tables", path, _parse_costs))
+
+
+def _parsed_list(payload: dict[str, Any], name: str, path: Path, parse: Any) -> list[Any]:
+    """The part ``name`` of an export (absent in version 1: empty), each entry parsed or a ``CacheError``."""
+    entries = payload.get(name, [])
+    if not isinstance(entries, list):
+        raise CacheError(literal(f"{path}: {name!r} must be a list"), field="file")
+    parsed = []
+    for i, entry in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
+            parsed.append(parse(entry))
+        except ValueError as exc:
+            words = exc.worded() if hasattr(exc, "worded") else str(exc)
+            raise CacheError(literal(f"{path} {name} entry {i}: {words}"), field="file") from None
+    return parsed
+
+
+def _place(value: Any, count: int, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
+        raise ValueError(f"field {field!r} is {shown(value)}: the place of an evaluation of this file (0 to "
+                         f"{count - 1})")
+    return value
+
+
+def _short_text(value: Any, field: str, longest: int, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= longest:
+        raise ValueError(f"field {field!r} must be a text of 1 to {longest} characters")
+    return value
+
+
+def _parse_answer(entry: dict[str, Any], count: int) -> ImportedAnswer:
+    if entry.get("answer") not in BLIND_VERDICTS:
+        raise ValueError(f"field 'answer' is {shown(entry.get('answer'))}: one of {', '.join(BLIND_VERDICTS)}")
+    return ImportedAnswer(_place(entry.get("evaluation"), count, "evaluation"), entry["answer"],
+                          _short_text(entry.get("session"), "session", 32, optional=True),
+                          _checked_time(entry.get("created_at")))
+
+
+def _parse_run(entry: dict[str, Any], count: int) -> ImportedRun:
+    if entry.get("model") not in MODELS:
+        raise ValueError(f"unknown model {shown(entry.get('model'))}")
+    _check_object(entry.get("request"), "request")
+    if entry.get("result") is not None:
+        _check_object(entry["result"], "result")
+    places = entry.get("evaluations")
+    if not isinstance(places, list) or len(places) > count:
+        raise ValueError("field 'evaluations' must list places of this file's evaluations")
+    linked = tuple(sorted({_place(v, count, "evaluations") for v in places}))
+    return ImportedRun(entry["model"], entry["request"], entry.get("result"), _checked_time(entry.get("started_at")),
+                       _checked_time(entry.get("finished_at")), linked)
+
+
+def _parse_costs(entry: dict[str, Any]) -> ImportedCosts:
+    from tmpdiff.measure.latency import CostTable
+
+    keys = [str(_short_text(entry.get(name), name, 32)) for name in ("model_hash", "settings_hash", "device_hash")]
+    _check_object(entry.get("table"), "table")
+    try:
+        table = CostTable.from_dict(entry["table"])  # the engine's own reading of a cost table
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"field 'table' is not a cost table ({str(exc)[:200]})") from None
+    seconds = [*table.step_seconds.values(), table.fixed_seconds]
+    if not 0 < table.steps <= 1000 or not all(0.0 <= v < 1e6 for v in seconds):
+        raise ValueError("field 'table' holds a step count or seconds out of range")
+    return ImportedCosts(*keys, entry["table"])
 
 
 def _load(path: Path) -> Any:
@@ -98,9 +225,9 @@ def _entries(payload: Any, path: Path) -> list[Any]:
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise CacheError(literal(f"{path} is not a tmpdiff export: its 'format' is not {EXPORT_FORMAT!r}"),
                          field="file")
-    if payload.get("version") != EXPORT_VERSION:
+    if payload.get("version") not in READ_VERSIONS:
         raise CacheError(literal(f"{path} is export version {shown(payload.get('version'))}; this tmpdiff reads "
-                                 f"{EXPORT_VERSION}"), field="file")
+                                 f"{' and '.join(map(str, READ_VERSIONS))}"), field="file")
     entries = payload.get("evaluations")
     if not isinstance(entries, list):
         raise CacheError(literal(f"{path}: 'evaluations' must be a list"), field="file")

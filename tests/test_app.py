@@ -349,6 +349,8 @@ def run_schedule(page, schedule):
     page.locator("#run").click()
     page.wait_for_function("document.querySelector('#cards') && "
                            "document.querySelector('#cards').innerText.includes('SSIM')", timeout=120_000)
+    page.wait_for_function("([s]) => document.querySelector('#slider').innerText.includes(`reference | ${s}:`)",
+                           arg=[schedule], timeout=120_000)  # this run's result, not the one before
 
 
 def decoded(page, selector):
@@ -762,7 +764,7 @@ def test_a_blind_test_stays_blind_until_each_answer_and_keeps_one_answer_per_pai
     question = "(document.querySelector('#blind-note') || {}).innerText === 'Which one is full precision?'"
     page.wait_for_function(question, timeout=60_000)
     setting = page.locator("#blind-setting input").input_value()
-    assert "green triangle" in setting and "seed 31" in setting  # the setting being tested, named
+    assert "green triangle" in setting and "seed 31" in setting and "(2 schedules)" in setting  # named
 
     shown, bodies = [], []
     for vote, said in (("#blind-pick-a", ""), ("#blind-pick-b", ""), ("#blind-unsure", "Noted")):

@@ -373,3 +373,94 @@ def test_a_shared_memory_file_cut_short_under_a_running_process_costs_a_warning_
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])  # -7 (SIGBUS) before the guard
     kept, rows, said = result.stdout.strip().splitlines()[-1].split(" ", 2)
     assert kept == "True" and rows == "2" and "c.sqlite-shm was cut short" in said  # the reference and this
+
+
+def every_table(store):
+    """Each table of a cache as comparable facts, evaluations named by their keys (ids differ between databases)."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from tmpdiff.cache.schema import BlindAnswerRow, CostTableRow, EvaluationRow, SearchRunRow
+
+    def naive(when):
+        return None if when is None else when.replace(tzinfo=None).isoformat()
+
+    with Session(store.engine) as session:
+        rows = {row.id: row for row in session.scalars(select(EvaluationRow))}
+        key = {i: (r.model, r.settings_hash, r.schedule_hash, r.device_hash) for i, r in rows.items()}
+        evaluations = sorted((key[i], r.image_sha256, r.ssim, r.measured_seconds, r.reference_seconds, r.memory,
+                              naive(r.created_at)) for i, r in rows.items())
+        answers = sorted(((key[a.evaluation_id], a.answer, a.session, naive(a.created_at))
+                          for a in session.scalars(select(BlindAnswerRow))), key=repr)
+        runs = sorted([(r.model, json.dumps(r.request, sort_keys=True), json.dumps(r.result, sort_keys=True),
+                        naive(r.started_at), naive(r.finished_at),
+                        tuple(sorted(key[link.evaluation_id] for link in r.evaluations)))
+                       for r in session.scalars(select(SearchRunRow))], key=repr)
+        costs = sorted((c.model_hash, c.settings_hash, c.device_hash, json.dumps(c.table, sort_keys=True))
+                       for c in session.scalars(select(CostTableRow)))
+    return {"evaluations": evaluations, "blind_answers": answers, "search_runs": runs, "cost_tables": costs}
+
+
+def test_a_cache_moved_by_export_and_import_keeps_every_table_and_a_second_import_adds_nothing(tmp_path):
+    import dataclasses
+
+    from tmpdiff.cache import Moved
+    from tmpdiff.measure.latency import CostTable
+
+    source = Cache(tmp_path / "a.sqlite")
+    ids = [source.put(dataclasses.replace(record(s, ssim=0.8), reference_seconds=1.1))
+           for s in ("fp32*4", "fp32*2,skip*2", "fp32*3,skip")]
+    for answer, session in (("right", "s1"), ("wrong", "s1"), ("unsure", "s2"), ("right", None)):
+        source.record_blind_answer(ids[1], answer, session)
+    run = source.start_search("tiny-sd15", {"ladder": ["fp32", "skip"], "seeds": [0]})
+    for s in ("fp32*2,skip*2", "fp32*3,skip"):
+        source.link_search(run, record(s).key)
+    source.finish_search(run, {"schedule": "fp32*2,skip*2", "ssim": 0.8})
+    source.start_search("tiny-sd15", {"ladder": ["fp32"], "seeds": [1]})  # cancelled: never finished
+    table = CostTable(device="cpu", compiled=False, steps=4, step_seconds={"fp32": 0.03, "skip": 0.001})
+    source.put_costs("abc", "def", "ghi", table.to_dict())
+
+    exported = tmp_path / "all.json"
+    assert source.export_all(exported) == Moved(3, 4, 2, 1)
+    target = Cache(tmp_path / "b.sqlite")
+    assert target.import_all(exported) == Moved(3, 4, 2, 1)
+    assert every_table(target) == every_table(source)  # every table, row for row
+    assert target.import_all(exported) == Moved(0, 0, 0, 0)  # idempotent
+    assert source.import_all(exported) == Moved(0, 0, 0, 0)  # into its own cache: nothing counted twice
+    assert every_table(source) == every_table(target)
+
+    payload = json.loads(exported.read_text())  # an export of version 1 (evaluations only) still imports
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps({"format": payload["format"], "version": 1, "evaluations": payload["evaluations"]}))
+    assert Cache(tmp_path / "c.sqlite").import_all(old) == Moved(3, 0, 0, 0)
+
+
+@pytest.mark.parametrize(("part", "change", "says"), [
+    ("blind_answers", {"answer": "yes"}, "one of right, wrong, unsure"),
+    ("blind_answers", {"evaluation": 7}, "the place of an evaluation"),
+    ("blind_answers", {"session": "x" * 33}, "1 to 32 characters"),
+    ("search_runs", {"evaluations": [0, 99]}, "places? of"),
+    ("search_runs", {"model": "no-such-model"}, "unknown model"),
+    ("search_runs", {"request": "not an object"}, "must be an object"),
+    ("search_runs", {"started_at": "yesterday"}, "ISO 8601"),
+    ("cost_tables", {"table": {"version": 1}}, "not a cost table"),
+    ("cost_tables", {"model_hash": ""}, "1 to 32 characters"),
+])
+def test_every_part_of_an_export_is_checked_before_anything_is_written(tmp_path, part, change, says):
+    from tmpdiff.measure.latency import CostTable
+
+    source = Cache(tmp_path / "a.sqlite")
+    row = source.put(record("fp32*2,skip*2"))
+    source.record_blind_answer(row, "right", "s1")
+    source.link_search(source.start_search("tiny-sd15", {"seeds": [0]}), record("fp32*2,skip*2").key)
+    source.put_costs("abc", "def", "ghi", CostTable(device="cpu", compiled=False, steps=4,
+                                                    step_seconds={"fp32": 0.03}).to_dict())
+    exported = tmp_path / "all.json"
+    source.export_all(exported)
+    payload = json.loads(exported.read_text())
+    payload[part][0].update(change)
+    exported.write_text(json.dumps(payload))
+    target = Cache(tmp_path / "b.sqlite")
+    with pytest.raises(CacheError, match=f"{part} entry 0: .*{says}"):
+        target.import_all(exported)
+    assert every_table(target) == {"evaluations": [], "blind_answers": [], "search_runs": [], "cost_tables": []}

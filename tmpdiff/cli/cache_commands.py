@@ -1,4 +1,5 @@
-"""``tmpdiff cache export|import``: evaluations moved between machines (no torch, no pipeline)."""
+"""``tmpdiff cache export|import``: a cache moved between machines (no torch, no pipeline): evaluations with their
+images, blind answers, search runs and cost tables."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ def cache_command(args: argparse.Namespace) -> int:
     check_outputs(args)
     store = open_cache(args.db, cache_dir=args.cache_dir)
     if args.cache_command == "export":
-        count = store.export(args.file)
-        print(json.dumps({"exported": count, "file": str(args.file)}))
+        moved = store.export_all(args.file).to_dict()
+        print(json.dumps({"exported": moved.pop("evaluations"), **moved, "file": str(args.file)}))
     else:
         if not args.file.is_file():
             raise ValueError(f"no such file: {str(args.file)!r}")
-        count = store.import_(args.file, replace=args.replace)
-        print(json.dumps({"imported": count, "db": store.where}))
+        moved = store.import_all(args.file, replace=args.replace).to_dict()
+        print(json.dumps({"imported": moved.pop("evaluations"), **moved, "db": store.where}))
     return 0
 

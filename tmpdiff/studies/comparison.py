@@ -99,6 +99,8 @@ class Comparison:
         if self.evaluation.record.simulated:
             line["note"] = f"simulated precisions ({', '.join(self.evaluation.record.simulated)}): no speed claim"
         line["costs"] = "measured earlier on this device" if self.costs.here is not None else "none measured yet"
+        predicted = self.predicted_here  # beside the measured "speedup": each figure says which it is
+        line["predicted_speedup"] = None if predicted is None else round(predicted.speedup, 3)
         if self.costs.given is not None:
             line["predicted_on"] = self.predicted_on(self.costs.given).to_dict()
         return line
