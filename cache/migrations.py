@@ -7,13 +7,15 @@ migrate it once.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Connection, insert, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from tmpdiff.errors import literal
+from tmpdiff.errors import CacheWarning, literal
 
 from .connection import CacheError
 from .schema import SCHEMA_VERSION, Base, Meta
@@ -37,6 +39,8 @@ def _to_3(connection: Connection) -> None:
 
 
 STEPS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3}  # from version N to N + 1
+ADDED = {2: "each image's memory and the blind test's answers",
+         3: "the reference's seconds timed beside each image and each blind answer's session"}
 
 
 def ensure_schema(engine: Engine, where: str, read_only: bool = False) -> None:
@@ -57,12 +61,22 @@ def ensure_schema(engine: Engine, where: str, read_only: bool = False) -> None:
         raise CacheError(literal(f"{where} is not a usable {kind} ({exc.orig})") + ": pass another {db}") from None
     if found == SCHEMA_VERSION:
         return
+    if found is not None and found > SCHEMA_VERSION:  # written by a newer tmpdiff (a fleet upgraded before us)
+        raise CacheError(literal(f"{where} holds a cache of schema {found}, written by a newer tmpdiff (this one "
+                                 f"reads schema {SCHEMA_VERSION})") + ": upgrade tmpdiff on this machine "
+                         "(pip install -U tmpdiff), or pass another {db}")
     if found is None or found not in STEPS or read_only:
         why = "open read-only: it cannot be migrated" if read_only and found in STEPS else "pass another {db} " \
             "or move that database away"
         raise CacheError(literal(f"{where} holds a database of another schema (version {found or 'none'}, tmpdiff "
                                  f"needs {SCHEMA_VERSION})") + f": {why}")
-    _in_lock(engine, _migrate)
+    found = _in_lock(engine, _migrate)
+    if found is None or found >= SCHEMA_VERSION:  # another process did it while this one waited for the lock
+        return
+    added = "; ".join(ADDED[v] for v in range(found + 1, SCHEMA_VERSION + 1))
+    warnings.warn(f"the cache {where} was brought from schema {found} to {SCHEMA_VERSION} (added: {added}); a "
+                  f"tmpdiff that reads schema {found} can no longer open it, so upgrade every machine that shares it",
+                  CacheWarning, stacklevel=3)
 
 
 def _version(connection: Connection) -> int | None:
@@ -70,13 +84,13 @@ def _version(connection: Connection) -> int | None:
     return int(value) if value is not None and str(value).isdigit() else None
 
 
-def _in_lock(engine: Engine, work: Callable[[Connection], None]) -> None:
+def _in_lock(engine: Engine, work: Callable[[Connection], Any]) -> Any:
     """``work`` in one transaction that one process at a time holds (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
-    advisory lock held to the transaction's end)."""
+    advisory lock held to the transaction's end); returns what it returns."""
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-        work(connection)
+        return work(connection)
 
 
 def _create(connection: Connection) -> None:
@@ -87,11 +101,13 @@ def _create(connection: Connection) -> None:
         connection.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
 
 
-def _migrate(connection: Connection) -> None:
+def _migrate(connection: Connection) -> int | None:
     """Each step from the stored version to this one (read again under the lock: another process may have done
-    them)."""
+    them); returns the version found under the lock."""
     found = _version(connection)
-    while found is not None and found < SCHEMA_VERSION:
-        STEPS[found](connection)
-        found += 1
+    version = found
+    while version is not None and version < SCHEMA_VERSION:
+        STEPS[version](connection)
+        version += 1
     connection.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+    return found

@@ -47,8 +47,9 @@ def _utc(when: datetime | None) -> datetime | None:
 def add_answers(session: Session, answers: Sequence[ImportedAnswer], ids: Sequence[int | None]) -> int:
     """The answers not yet here, each on the evaluation ``ids[answer.evaluation]`` (its row in this database)."""
     wanted = sorted({i for a in answers if (i := ids[a.evaluation]) is not None})
-    here = {(r.evaluation_id, r.answer, r.session, _utc(r.created_at))
-            for r in session.scalars(select(BlindAnswerRow).where(BlindAnswerRow.evaluation_id.in_(wanted)))}
+    here: set[tuple[int | None, str, str | None, datetime | None]] = {
+        (r.evaluation_id, r.answer, r.session, _utc(r.created_at))
+        for r in session.scalars(select(BlindAnswerRow).where(BlindAnswerRow.evaluation_id.in_(wanted)))}
     added = 0
     for answer in answers:
         evaluation_id = ids[answer.evaluation]

@@ -221,7 +221,8 @@ class Cache:
     def export_all(self, path: str | os.PathLike[str]) -> Moved:
         """Every evaluation (with its image), blind answer, search run and cost table, to one JSON file."""
         with Session(self.engine) as session:
-            evaluations, place = [], {}
+            evaluations: list[dict[str, Any]] = []
+            place: dict[int, int] = {}
             for row in session.scalars(select(EvaluationRow).order_by(EvaluationRow.id)):
                 png = self.image(row.image_sha256)
                 if png is not None:

@@ -184,7 +184,8 @@ def _parse_run(entry: dict[str, Any], count: int) -> ImportedRun:
 def _parse_costs(entry: dict[str, Any]) -> ImportedCosts:
     from tmpdiff.measure.latency import CostTable
 
-    keys = [str(_short_text(entry.get(name), name, 32)) for name in ("model_hash", "settings_hash", "device_hash")]
+    model_hash, settings_hash, device_hash = (str(_short_text(entry.get(name), name, 32))
+                                              for name in ("model_hash", "settings_hash", "device_hash"))
     _check_object(entry.get("table"), "table")
     try:
         table = CostTable.from_dict(entry["table"])  # the engine's own reading of a cost table
@@ -193,7 +194,7 @@ def _parse_costs(entry: dict[str, Any]) -> ImportedCosts:
     seconds = [*table.step_seconds.values(), table.fixed_seconds]
     if not 0 < table.steps <= 1000 or not all(0.0 <= v < 1e6 for v in seconds):
         raise ValueError("field 'table' holds a step count or seconds out of range")
-    return ImportedCosts(*keys, entry["table"])
+    return ImportedCosts(model_hash, settings_hash, device_hash, entry["table"])
 
 
 def _load(path: Path) -> Any:

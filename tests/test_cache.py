@@ -129,7 +129,11 @@ def test_a_version_2_cache_is_brought_to_version_3_in_place_keeping_every_row(tm
     connection.execute("update meta set value = '2' where key = 'schema_version'")
     connection.commit()
     connection.close()
-    migrated = Cache(path)
+    from tmpdiff.errors import CacheWarning
+
+    with pytest.warns(CacheWarning, match=r"brought from schema 2 to 3 \(added: the reference's seconds.*can no "
+                                          r"longer open it"):
+        migrated = Cache(path)
     kept = migrated.get(record("fp32*2,skip*2").key)
     assert kept is not None and kept.png == png_bytes() and kept.reference_seconds is None
     [tally] = migrated.blind_tallies([row_id])
@@ -138,6 +142,22 @@ def test_a_version_2_cache_is_brought_to_version_3_in_place_keeping_every_row(tm
     migrated.put(timed)
     assert migrated.get(timed.key).reference_seconds == 0.7
     assert sqlite3.connect(path).execute("select value from meta where key = 'schema_version'").fetchone() == ("3",)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        Cache(path)  # migrated once: said once
+
+
+def test_a_cache_written_by_a_newer_tmpdiff_is_refused_in_plain_words(tmp_path):
+    path = tmp_path / "c.sqlite"
+    Cache(path).engine.dispose()
+    connection = sqlite3.connect(path)
+    connection.execute("update meta set value = '9' where key = 'schema_version'")
+    connection.commit()
+    connection.close()
+    with pytest.raises(CacheError, match="schema 9, written by a newer tmpdiff .* upgrade tmpdiff on this machine"):
+        Cache(path)
 
 
 def test_the_reference_seconds_timed_beside_an_image_travel_with_its_export(tmp_path):
