@@ -110,3 +110,41 @@ def test_a_blind_image_is_served_under_a_random_name_with_its_pixels_and_a_size_
     assert len({len(b) for b in blobs}) >= 5  # sizes vary: a size says nothing across pairs
     original = np.asarray(Image.open(io.BytesIO(png)))
     assert all(np.array_equal(np.asarray(Image.open(io.BytesIO(b))), original) for b in blobs)  # lossless
+
+
+def test_the_tabs_answer_is_kept_once_and_a_cache_that_refuses_it_still_reveals_the_pair(tmp_path):
+    import sqlite3
+
+    import gradio as gr
+
+    from tmpdiff.pipelines.registry import get_model
+    from tmpdiff.studies.study import Study
+    from tmpdiff.ui import blind as tab
+    from tmpdiff.ui.state import AppState
+
+    store = Cache(tmp_path / "c.sqlite")
+    app = AppState(Study(Evaluator(Engine("cpu"), store), store), get_model("shapes-dit"))
+    settings = RunSettings(model="shapes-dit", steps=4, seed=5)
+    for schedule in ("fp32*4", "fp32*2,skip*2"):
+        app.evaluator.evaluate(settings, schedule)
+    picker, first, second, token, note, rows = tab.open_tab(app, "shapes-dit", "", 5, 4, 64, 3.0, session="s1")
+    assert token and "Which one" in note and picker["value"] and first["label"] == "A"
+    with pytest.raises(gr.Error, match="one of first, second, unsure"):
+        tab.answer(app, token, "left", "shapes-dit", picker["value"], "s1")  # refused before the pair is used up
+    first, second, cleared, said, rows = tab.answer(app, token, "unsure", "shapes-dit", picker["value"], "s1")
+    assert cleared is None and "full precision" in first["label"] + second["label"] and "can't tell" in said
+    with pytest.raises(gr.Error, match="answered already"):
+        tab.answer(app, token, "first", "shapes-dit", picker["value"], "s1")
+    [counted] = store.blind_tallies([e.id for e in store.evaluations() if e.schedule == "fp32*2,skip*2"])
+    assert (counted.answers, counted.unsure, counted.sessions) == (1, 1, 1)
+
+    *_, token, _, _ = tab.show_pair(app, "shapes-dit", picker["value"], "s1")
+
+    def refused(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    store.record_blind_answer = refused
+    first, second, _, said, _ = tab.answer(app, token, "first", "shapes-dit", picker["value"], "s1")
+    assert "full precision" in first["label"] + second["label"]  # revealed all the same
+    [counted] = store.blind_tallies([e.id for e in store.evaluations() if e.schedule == "fp32*2,skip*2"])
+    assert counted.answers == 1 and app.evaluator.not_kept == 1  # not counted, and said

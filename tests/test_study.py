@@ -56,3 +56,28 @@ def test_a_sweep_is_a_logged_run_with_its_evaluations_linked(tmp_path):
     assert run.request["kind"] == "sweep" and run.finished and run.evaluations == len(rows) == 2
     assert run.result["evaluations"] == 2 and run.result["schedules"]
     assert study.evaluator.replay is None  # the sweep's replay store was its own view's, not the shared evaluator's
+
+
+def test_a_search_on_a_cache_that_refuses_every_write_finishes_and_says_so_once(tmp_path):
+    """Search runs, their links and cost tables are guarded like images: the log is what a read-only cache costs,
+    never the search."""
+    import sqlite3
+
+    from tmpdiff.errors import CacheWarning
+    from tmpdiff.studies.request import SearchRequest
+
+    class ReadOnly(Cache):
+        def _refuse(self, *args, **kwargs):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+        put = start_search = link_search = finish_search = put_costs = _refuse
+
+    store = ReadOnly(tmp_path / "c.sqlite")
+    study = Study(Evaluator(Engine("cpu"), store), store)
+    request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=4, ladder=("fp32", "skip"),
+                            target_ssim=0.8, validation_seeds=(1000,))
+    with pytest.warns(CacheWarning, match="could not be written.*readonly database") as said:
+        report = study.search(request)
+    assert report.schedule and report.evaluations > 0
+    assert len([w for w in said if issubclass(w.category, CacheWarning)]) == 1  # one warning, not one a write
+    assert study.evaluator.not_kept > 3 and store.search_runs() == []

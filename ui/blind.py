@@ -14,7 +14,15 @@ from typing import Any
 import gradio as gr
 
 from tmpdiff.engine.settings import RunSettings
-from tmpdiff.studies.blind import BlindSetting, blind_settings, next_pair, record_answer, tallies
+from tmpdiff.studies.blind import (
+    BlindSetting,
+    blind_settings,
+    check_answer,
+    next_pair,
+    record_answer,
+    tallies,
+    verdict_of,
+)
 
 from .forms import run_settings
 from .messages import in_form_words, user_error
@@ -81,11 +89,17 @@ def answer(app: AppState, token: str | None, choice: str, model: str, settings_h
     """Keeps the answer (once per pair shown), and reveals which image was which; "Next pair" shows another."""
     if app.store is None:
         raise _no_store()
+    store = app.store
     try:
+        check_answer(choice)  # a bad choice is refused before the pair is used up
         pair = app.blind.take(token, session)
-        verdict = record_answer(app.store, pair, choice, app.blind.session_tag(session))
     except ValueError as exc:
         raise user_error(in_form_words(exc)) from None
+    verdict = app.evaluator.kept(lambda: record_answer(store, pair, choice, app.blind.session_tag(session)))
+    if not isinstance(verdict, str):  # the cache refused the write: the answer is revealed, not counted
+        gr.Warning("your answer could not be kept in the cache (the database refused the write; the server's log "
+                   "says why): it is not in the tally")
+        verdict = verdict_of(pair, choice)
     chosen = _settings_by_hash(app, model).get(settings_hash or "")
     rows = tally_rows(app, chosen.settings) if chosen else []
     reference, schedule = "full precision", f"schedule {pair.schedule}"

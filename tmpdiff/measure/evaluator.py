@@ -15,7 +15,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -34,6 +34,9 @@ from tmpdiff.steps.schedule import Schedule
 from tmpdiff.variants.bank import Mode
 
 __all__ = ["Evaluation", "Evaluator"]
+
+T = TypeVar("T")
+_NOT_KEPT = object()  # what ``Evaluator.kept`` returns for a write the store refused
 
 
 @dataclass(frozen=True)
@@ -324,16 +327,21 @@ class Evaluator:
         counted (``not_kept``) and told once as a ``CacheWarning``."""
         if store is None:
             return False
+        return self.kept(lambda: store.put(record)) is not _NOT_KEPT
+
+    def kept(self, write: Callable[[], T]) -> T | object:
+        """``write()``'s result, or ``_NOT_KEPT`` when the store refused it: a cache that cannot be written (a
+        read-only or full disk, a database gone away) costs the cache, not the work. The failure is counted
+        (``not_kept``) and told once as a ``CacheWarning``."""
         try:
-            store.put(record)
-        except Exception as exc:  # the store's own errors (SQLite, PostgreSQL, OSError): none may lose the image
+            return write()
+        except Exception as exc:  # the store's own errors (SQLite, PostgreSQL, OSError): none may lose the work
             message = f"the cache could not be written ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             if message != self.store_error:
                 warnings.warn(f"{message}: results are shown but not kept; check the database and its folder",
-                              CacheWarning, stacklevel=3)
+                              CacheWarning, stacklevel=4)
             self._not_kept.update(count=self.not_kept + 1, reason=message)
-            return False
-        return True
+            return _NOT_KEPT
 
     @property
     def not_kept(self) -> int:

@@ -25,7 +25,7 @@ from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.measure.records import BlindTally, StoredEvaluation
 
 __all__ = ["ANSWERS", "BlindBook", "BlindPair", "BlindSetting", "BlindStore", "BlindTally", "blind_settings",
-           "next_pair", "record_answer", "tallies"]
+           "check_answer", "next_pair", "record_answer", "tallies", "verdict_of"]
 
 ANSWERS = ("first", "second", "unsure")  # which of the two shown images the person called full precision
 ANSWERS_PER_MINUTE = 30  # a session's bound: a person looks at each pair for seconds, a script would not
@@ -129,11 +129,17 @@ def next_pair(evaluator: Evaluator, store: BlindStore, settings: RunSettings,
     return BlindPair(row.id, row.schedule, reference_first, first, second, secrets.token_urlsafe(16))
 
 
-def verdict_of(pair: BlindPair, answer: str) -> str:
-    """``right``, ``wrong`` or ``unsure`` for ``answer`` (``first``/``second``: the image called full precision)."""
+def check_answer(answer: str) -> str:
+    """``answer`` if it is one of ``ANSWERS``; a ``FieldError`` otherwise."""
     if answer not in ANSWERS:
         raise FieldError("answer", answer,
                          f"the blind test's {{answer}} is one of {', '.join(ANSWERS)}, got {{value}}")
+    return answer
+
+
+def verdict_of(pair: BlindPair, answer: str) -> str:
+    """``right``, ``wrong`` or ``unsure`` for ``answer`` (``first``/``second``: the image called full precision)."""
+    check_answer(answer)
     return "unsure" if answer == "unsure" else "right" if (answer == "first") == pair.reference_first else "wrong"
 
 

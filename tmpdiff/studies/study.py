@@ -141,7 +141,8 @@ class Study:
             finish(_failed(exc))
             raise
         if self.log is not None and self.target_costs is None:
-            self.log.put_costs(*cost_key, self.evaluator.costs[request.model].to_dict())
+            log, table = self.log, self.evaluator.costs[request.model].to_dict()
+            self.evaluator.kept(lambda: log.put_costs(*cost_key, table))
         finish(report.summary())
         return report
 
@@ -170,9 +171,12 @@ class Study:
                                                                       Callable[[dict[str, Any] | None], None]]:
         """Starts a run in the log; returns how to link an evaluation to it and how to close it with its result
         (None: cancelled, logged with how many evaluations it had linked)."""
-        log, run_id = self.log, None
+        # Each write to the log is guarded like an image's: a cache that cannot be written costs the log, never
+        # the search (``Evaluator.kept`` counts it and warns once).
+        log, run_id, kept = self.log, None, self.evaluator.kept
         if log is not None:
-            run_id = log.start_search(model, request)
+            started = kept(lambda: log.start_search(model, request))
+            run_id = started if isinstance(started, int) else None
         linked: set[str] = set()
 
         def link(settings: RunSettings, schedule: Schedule) -> None:
@@ -180,12 +184,12 @@ class Study:
             if log is not None and run_id is not None:
                 key = self.evaluator.key(settings, schedule)
                 linked.add(key.digest)
-                log.link_search(run_id, key)
+                kept(lambda: log.link_search(run_id, key))
 
         def finish(result: dict[str, Any] | None) -> None:
             if log is not None and run_id is not None:
-                log.finish_search(run_id, result if result is not None else
-                                  {"cancelled": True, "evaluations_linked": len(linked)})
+                kept(lambda: log.finish_search(run_id, result if result is not None else
+                                               {"cancelled": True, "evaluations_linked": len(linked)}))
 
         return link, finish
 
