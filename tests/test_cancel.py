@@ -290,3 +290,53 @@ def test_a_cancel_mid_image_writes_nothing_after_it_and_a_failed_search_is_close
         Study(evaluator, store).search(dataclasses.replace(REQUEST, seeds=(7,)))
     run = store.search_runs()[0]
     assert run.finished and run.result == {"failed": "RuntimeError: the GPU fell off the bus"}
+
+
+@pytest.mark.parametrize("phase", ["costs", "baselines", "search", "validation"])
+def test_a_search_closed_by_the_page_in_any_phase_stops_there_and_writes_nothing_after(tmp_path, monkeypatch, phase):
+    """The app's search generator is closed (the page went away, or the request was cancelled) while ``phase``
+    runs: the search stops within a denoising step of it, and neither the engine nor the cache does anything after
+    the close returns. Costs and baselines come before any point is plotted, and are covered too."""
+    from contextlib import contextmanager
+
+    from tmpdiff.pipelines.registry import get_model
+    from tmpdiff.studies import procedure
+    from tmpdiff.ui import search_panel
+    from tmpdiff.ui.state import AppState
+
+    running, reached, rows_then = [], threading.Event(), []
+    original_phase = procedure.PhaseMeter.phase
+
+    @contextmanager
+    def watched(self, name):
+        running.append(name)
+        with original_phase(self, name):
+            yield
+        running.pop()
+
+    original_call = Engine.call_now
+
+    def calling(self, *args, **kwargs):
+        if running and running[-1] == phase and not reached.is_set():
+            rows_then.append(len(store.evaluations()))
+            reached.set()
+            time.sleep(2.0)  # a phase as short as one image still has the close land inside it
+        return original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(procedure.PhaseMeter, "phase", watched)
+    monkeypatch.setattr(Engine, "call_now", calling)
+    store = Cache(tmp_path / "c.sqlite")
+    app = AppState(Study(Evaluator(Engine("cpu"), store, measures_costs=True), store), get_model("shapes-dit"))
+    updates = search_panel.search_updates(app, "shapes-dit", "SSIM floor", 0.9, 8, "fp32,skip", 1, "0",
+                                          lambda *a, **k: None)
+    for _ in updates:
+        if reached.is_set():
+            break
+    assert reached.is_set(), f"the search ended before its {phase} phase"
+    updates.close()  # what Gradio does when the page goes away or the request is cancelled
+    calls, rows = app.evaluator.engine.calls["denoiser"], len(store.evaluations())
+    time.sleep(1.5)
+    assert app.evaluator.engine.calls["denoiser"] == calls and len(store.evaluations()) == rows
+    assert rows - rows_then[0] <= 1  # closed in that phase: at most the image that was running was kept
+    [run] = store.search_runs()
+    assert run.finished and run.result.get("cancelled") is True

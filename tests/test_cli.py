@@ -203,8 +203,13 @@ def test_generate_computes_two_images_and_predicts_only_from_a_stored_cost_table
     store.put_costs(*study.settings_cost_key(settings), table.to_dict())  # as a search of this setting leaves it
     calls.clear()
     assert cli.main([*common, "--schedule", "fp32*3,int8wo", "--out", str(tmp_path / "b.png")]) == 0
-    assert calls == ["fp32*3,int8wo"]  # the reference came from the cache
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["predicted_seconds"] == pytest.approx(
+    # The reference's pixels came from the cache; it ran again only to be timed beside the new image.
+    assert calls == ["fp32*4", "fp32*3,int8wo"]
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert printed["speedup_timed_beside_reference"] is True
+    assert printed["speedup"] == pytest.approx(printed["reference_seconds"] / printed["seconds"], rel=1e-2)
+    assert printed["predicted_speedup"] == pytest.approx((4 * 0.02) / (3 * 0.02 + 0.01), rel=1e-3)
+    assert printed["predicted_seconds"] == pytest.approx(
         table.predict(Schedule.parse("fp32*3,int8wo")), abs=1e-4)
 
 

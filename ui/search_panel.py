@@ -49,12 +49,17 @@ def search_updates(app: AppState, model: str, target_kind: str, target: object, 
 
 def _search_updates(app: AppState, request: SearchRequest, progress: Progress) -> Iterator[tuple[Any, ...]]:
     search_run = LiveSearch(app.study, request, turns=app.search_turns)
+    drawn = 0
     try:
+        # Every update suspends the generator, points or not: only a suspended generator can be closed when the
+        # page goes away or the request is cancelled (costs and baselines come before any point).
         for update in search_run.updates():
             if update.message:
                 progress(update.fraction, desc=update.message, unit="evaluations")
-            if update.points:
-                yield gr.update(), gr.update(), views.live_plot(update.points, request.target_ssim), gr.update()
+            plot = gr.update()
+            if len(update.points) > drawn:
+                drawn, plot = len(update.points), views.live_plot(update.points, request.target_ssim)
+            yield gr.update(), gr.update(), plot, gr.update()
     finally:
         # The page was closed or the run ended: the worker stops at its next denoising step; wait for it,
         # so the next request finds the pipeline free.
