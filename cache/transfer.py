@@ -255,7 +255,11 @@ def _parse_entry(entry: Any, where: str) -> Imported:
         schedule = Schedule.parse(entry["schedule"])
         settings = _checked_settings(entry["settings"], entry["model"], len(schedule))
         steps_run = _step_names(entry["steps_run"], "steps_run", len(schedule), exact=True)
+        if steps_run != list(schedule.steps):  # the engine records the precision each step ran: the schedule's
+            raise ValueError(f"field 'steps_run' ({shown(','.join(steps_run))}) is not the schedule's steps")
         simulated = _step_names(entry["simulated"], "simulated", len(schedule), exact=False)
+        if not set(simulated) <= set(schedule.precisions):
+            raise ValueError(f"field 'simulated' names precisions the schedule has not ({shown(simulated)})")
         png = _checked_png(entry["png_base64"])
         peak, memory = _checked_memory(entry.get("peak_bytes"), entry.get("memory"))
         created_at = _checked_time(entry.get("created_at"))
@@ -299,9 +303,14 @@ def _check_fields(entry: Any) -> None:
             raise ValueError(f"field {name!r} is {shown(value)}, outside [{low}, {high if high is not None else '∞'}]")
     if entry["model"] not in MODELS:
         raise ValueError(f"unknown model {shown(entry['model'])}")
-    if len(entry["model_hash"]) > 64:
-        raise ValueError("field 'model_hash' is longer than a hash")
+    if not 0 < len(entry["model_hash"]) <= 64 or not entry["model_hash"].isalnum():
+        raise ValueError(f"field 'model_hash' is {shown(entry['model_hash'])}: a hash of 1 to 64 letters and digits")
     _check_object(entry["device"], "device")
+    device = entry["device"]
+    if not isinstance(device.get("device"), str) or not all(
+            isinstance(v, str | int | float | bool) or v is None for v in device.values()):
+        raise ValueError(f"field 'device' ({shown(device)}) is not a device fingerprint: it names its 'device' and "
+                         "holds plain values")
 
 
 def _checked_settings(settings: dict[str, Any], model: str, steps: int) -> dict[str, Any]:
@@ -310,6 +319,11 @@ def _checked_settings(settings: dict[str, Any], model: str, steps: int) -> dict[
     extra = set(settings) - known - {"frames"}
     if extra:
         raise ValueError(f"settings hold unknown keys ({shown(sorted(extra))})")
+    kinds = {"prompt": (str, type(None)), "negative_prompt": (str,), "seed": (int,), "steps": (int,), "size": (int,),
+             "guidance": (int, float), "frames": (int,)}
+    for name, types in kinds.items():
+        if name in settings and (not isinstance(settings[name], types) or isinstance(settings[name], bool)):
+            raise ValueError(f"settings' {name!r} is {shown(settings[name])}, of the wrong type")
     if settings.get("model") != model:
         raise ValueError(f"settings are for model {shown(settings.get('model'))}, the entry for {shown(model)}")
     canonical = RunSettings(**{k: settings[k] for k in known if k in settings}).to_dict()
@@ -345,11 +359,41 @@ def _checked_png(text: str) -> bytes:
     return png
 
 
+MEMORY_KEYS = {"peak_gib", "where", "resident_gib", "plan", "budget_gib"}  # ``MemoryFigures.to_dict()``
+MEMORY_WHERE = ("gpu", "host", "host-process")
+MOST_GIB = 16384.0  # more memory than any one machine holds: a typo or a forgery, not a measurement
+
+
+def _gib_or_none(value: Any, field: str, low: float = 0.0) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, _NUMBER) or isinstance(value, bool) or not low <= value <= MOST_GIB:
+        raise ValueError(f"'memory.{field}' is {shown(value)}: GiB from {low:g} to {MOST_GIB:g}, or null")
+    return float(value)
+
+
 def _checked_memory(peak: Any, memory: Any) -> tuple[int | None, dict[str, Any] | None]:
+    """The peak and the memory record as the engine writes them (``MemoryFigures.to_dict``), agreeing."""
     if not (peak is None or (isinstance(peak, int) and not isinstance(peak, bool) and 0 <= peak < 1 << 50)):
-        raise ValueError("'peak_bytes' must be a whole number of bytes")
-    if memory is not None:
-        _check_object(memory, "memory")
+        raise ValueError(f"'peak_bytes' is {shown(peak)}: a whole number of bytes from 0 to 2**50 - 1, or null")
+    if memory is None:
+        return peak, None
+    _check_object(memory, "memory")
+    if not set(memory) <= MEMORY_KEYS:
+        raise ValueError(f"'memory' holds unknown keys ({shown(sorted(set(memory) - MEMORY_KEYS))})")
+    if memory.get("where", "gpu") not in MEMORY_WHERE:
+        raise ValueError(f"'memory.where' is {shown(memory.get('where'))}: one of {', '.join(MEMORY_WHERE)}")
+    peak_gib = _gib_or_none(memory.get("peak_gib"), "peak_gib")
+    if (peak_gib is None) != (peak is None) or (peak is not None and abs(peak / 2**30 - (peak_gib or 0.0)) > 0.01):
+        raise ValueError(f"'memory.peak_gib' ({shown(peak_gib)}) does not agree with 'peak_bytes' ({shown(peak)})")
+    _gib_or_none(memory.get("budget_gib"), "budget_gib", low=0.01)
+    resident = memory.get("resident_gib") or {}
+    if not isinstance(resident, dict) or not all(isinstance(k, str) and len(k) <= MAX_STEP_NAME for k in resident):
+        raise ValueError("'memory.resident_gib' must map part names to GiB")
+    for size in resident.values():
+        _gib_or_none(size, "resident_gib")
+    if not isinstance(memory.get("plan", ""), str):
+        raise ValueError("'memory.plan' must be a text")
     return peak, memory
 
 

@@ -196,6 +196,7 @@ def test_export_import_round_trip_and_validation(tmp_path):
     with pytest.raises(CacheError, match="entry 0: malformed schedule token"):
         target.import_(exported)
     payload["evaluations"][0]["schedule"] = "fp32*4"
+    payload["evaluations"][0]["steps_run"] = ["fp32"] * 4
     payload["evaluations"][0]["png_base64"] = "bm90IGEgcG5n"
     exported.write_text(json.dumps(payload))
     with pytest.raises(CacheError, match="not a PNG"):
@@ -484,3 +485,44 @@ def test_every_part_of_an_export_is_checked_before_anything_is_written(tmp_path,
     with pytest.raises(CacheError, match=f"{part} entry 0: .*{says}"):
         target.import_all(exported)
     assert every_table(target) == {"evaluations": [], "blind_answers": [], "search_runs": [], "cost_tables": []}
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"memory": {"peak_gib": 1.0, "budget_gib": 1e300}}, "memory.budget_gib"),
+    ({"memory": {"peak_gib": 5.0}}, "does not agree with 'peak_bytes'"),
+    ({"memory": {"peak_gib": 1.0, "where": "moon"}}, "memory.where"),
+    ({"memory": {"peak_gib": 1.0, "secret": 1}}, "unknown keys"),
+    ({"memory": {"peak_gib": 1.0, "resident_gib": {"fp8": -3}}}, "memory.resident_gib"),
+    ({"peak_bytes": -1}, "from 0 to 2\\*\\*50 - 1"),
+    ({"peak_bytes": 2**50}, "from 0 to 2\\*\\*50 - 1"),
+    ({"settings": {"guidance": "3"}}, "'guidance' is '3', of the wrong type"),
+    ({"device": {"x": "y"}}, "not a device fingerprint"),
+    ({"device": {"device": "cpu", "nested": {"a": 1}}}, "not a device fingerprint"),
+    ({"model_hash": ""}, "model_hash"),
+    ({"steps_run": ["fp32", "fp32", "fp32", "fp32"], "schedule": "fp32*2,skip*2"}, "not the schedule's steps"),
+    ({"simulated": ["int8"]}, "names precisions the schedule has not"),
+])
+def test_an_import_checks_nested_objects_and_facts_that_must_agree(tmp_path, change, says):
+    source = Cache(tmp_path / "a.sqlite")
+    source.put(dataclasses_replace(record("fp32*2,skip*2"), peak_bytes=2**30,
+                                   memory={"peak_gib": 1.0, "where": "gpu", "plan": ""}))
+    exported = tmp_path / "ex.json"
+    source.export(exported)
+    payload = json.loads(exported.read_text())
+    entry = payload["evaluations"][0]
+    for name, value in change.items():
+        if isinstance(value, dict) and name in ("settings", "device") and "x" not in value:
+            entry[name] = {**entry[name], **value} if name == "settings" else value
+        else:
+            entry[name] = value
+    exported.write_text(json.dumps(payload))
+    target = Cache(tmp_path / "b.sqlite")
+    with pytest.raises(CacheError, match=f"entry 0: .*{says}"):
+        target.import_(exported)
+    assert target.evaluations() == []
+
+
+def dataclasses_replace(value, **changes):
+    import dataclasses
+
+    return dataclasses.replace(value, **changes)
