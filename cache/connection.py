@@ -129,8 +129,14 @@ def server_url(location: str) -> Any:
 
 
 def refuse_foreign_file(path: Path) -> None:
+    """Refuses, before anything opens, waits on or writes beside it, a path that is not an SQLite file or a new
+    one: a folder, something not a regular file (a FIFO would hang the open, a device would be written beside),
+    a file of another kind."""
     if path.is_dir():
         raise CacheError(f"{{db}} {literal(repr(str(path)))} is a folder: give a file path")
+    if path.exists() and not path.is_file():
+        raise CacheError(f"{{db}} {literal(repr(str(path)))} is not a regular file (a pipe, a device or a socket): "
+                         "give the path of an SQLite file, or of a new one")
     if path.exists() and path.stat().st_size > 0:
         with path.open("rb") as handle:
             if handle.read(16) != SQLITE_HEADER:

@@ -526,3 +526,15 @@ def dataclasses_replace(value, **changes):
     import dataclasses
 
     return dataclasses.replace(value, **changes)
+
+
+def test_a_db_that_is_not_a_regular_file_is_refused_before_anything_waits_or_is_written_beside_it(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.sqlite"
+    os.mkfifo(fifo)
+    with pytest.raises(CacheError, match="is not a regular file"):
+        Cache(fifo)  # opening a FIFO for reading would wait for a writer forever
+    with pytest.raises(CacheError, match="is not a regular file"):
+        Cache("/dev/null")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.sqlite"]  # nothing made beside it

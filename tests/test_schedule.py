@@ -59,3 +59,15 @@ def test_replace_and_precisions():
     s = Schedule.uniform("fp32", 4).replace([1, 2], "int8")
     assert str(s) == "fp32,int8*2,fp32"
     assert s.precisions == ("fp32", "int8")
+
+
+def test_a_count_of_any_length_gets_the_projects_own_message():
+    import pytest
+
+    from tmpdiff import Schedule
+
+    for digits in (5, 5000, 100_000):
+        with pytest.raises(ValueError, match="takes it past 1000 steps") as refused:
+            Schedule.parse("fp32*" + "9" * digits)
+        assert "set_int_max_str_digits" not in str(refused.value) and len(str(refused.value)) < 300
+    assert str(Schedule.parse("fp32*" + "0" * 5000 + "2")) == "fp32*2"  # leading zeros are still a count

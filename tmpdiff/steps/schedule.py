@@ -146,7 +146,11 @@ def _expand_token(token: str, room: int) -> list[str]:
                          "e.g. 'fp8*4'")
     name, count = match.group(1), match.group(2)
     get_precision(name, "schedule")
-    repeat = 1 if count is None else int(count)
+    digits = (count or "").lstrip("0")
+    if len(digits) > len(str(MAX_STEPS)):  # never handed to int(): thousands of digits get Python's own hint
+        raise FieldError("schedule", token, f"{{schedule}} token {{value}} takes it past {MAX_STEPS} steps, the most "
+                         "a schedule may have")
+    repeat = 1 if count is None else int(digits or "0")
     if repeat <= 0:
         raise FieldError("schedule", token, f"{{schedule}} token {{value}} repeats {repeat} times: counts must be "
                          "at least 1")
