@@ -822,3 +822,27 @@ def test_a_first_image_says_that_the_models_weights_are_loading_and_a_second_doe
                          lambda fraction, desc="": said[-1].append(desc))
     assert "loading shapes-dit's weights (once per start)" in said[0]
     assert not any("weights" in text for text in said[1]) and said[1][-1] == "done"
+
+
+@pytest.mark.browser
+def test_the_largest_seed_round_trips_exactly_through_the_page_and_its_link(server, browser):
+    top = 2**63 - 1  # a browser's numbers are doubles: this one would come back as ...776000
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    open_page(page, f"{server}?seed={top}&schedule=fp32*6,skip*2")
+    page.wait_for_function(f"(document.querySelector('#seed textarea, #seed input') || {{}}).value === '{top}'",
+                           timeout=30_000)
+    page.locator("#run").click()
+    page.wait_for_function(f"document.querySelector('#slider').innerText.includes('seed {top}')", timeout=120_000)
+    assert f"seed={top}" in page.url  # the link reopens the same seed
+    page.close()
+
+
+def test_a_seed_that_is_not_a_number_is_told_through_the_api_not_an_empty_error(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Seed must be a number"):
+        client.predict(seed="abc", api_name="/generate")
+    with pytest.raises(AppError, match="more digits than any seed may"):
+        client.predict(seed="9" * 5000, api_name="/generate")
+    pair, metrics = client.predict(seed=str(2**63 - 1), schedule="fp32*8", api_name="/generate")
+    assert metrics["seed"] == 2**63 - 1

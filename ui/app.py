@@ -126,7 +126,7 @@ def _endpoints(app: AppState, spec: ModelSpec) -> SimpleNamespace:
     signatures; the work is in the panels."""
 
     @_gpu
-    def generate(model: str = spec.name, prompt: str = "", seed: int = 0, steps: int = spec.steps,
+    def generate(model: str = spec.name, prompt: str = "", seed: int | str = 0, steps: int = spec.steps,
                  size: int = spec.size, guidance: float = spec.guidance, schedule: str = "",
                  progress: gr.Progress = gr.Progress(), request: gr.Request | None = None) -> tuple[Any, ...]:
         return panels.run_image(app, model, prompt, seed, steps, size, guidance, schedule, progress,
@@ -143,11 +143,11 @@ def _endpoints(app: AppState, spec: ModelSpec) -> SimpleNamespace:
     def story(progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         return search_panel.story_views(app, progress)
 
-    def pareto(model: str, prompt: str, seed: int, steps: int, size: int, guidance: float,
+    def pareto(model: str, prompt: str, seed: int | str, steps: int, size: int, guidance: float,
                axis: str = panels.AXES[0]) -> tuple[Any, ...]:
         return panels.history_views(app, model, prompt, seed, steps, size, guidance, axis)
 
-    def check_inputs(model: str, prompt: str, seed: int, steps: int, size: int, guidance: float,
+    def check_inputs(model: str, prompt: str, seed: int | str, steps: int, size: int, guidance: float,
                      schedule: str) -> tuple[Any, ...]:
         return panels.check_inputs(app, model, prompt, seed, steps, size, guidance, schedule)
 
@@ -163,7 +163,8 @@ def _settings_column(w: Widgets, spec: ModelSpec, device: str) -> None:
     w.add(model_info=gr.Markdown(panels.describe(spec)))
     w.add(prompt=gr.Textbox(value=spec.example_prompt, label="Prompt (or class name)"))
     with gr.Row():
-        w.add(seed=gr.Number(value=0, step=1, label="Seed", minimum=0),
+        # A text box, not a Number: a browser's numbers are doubles, and seeds run to 2**63 - 1.
+        w.add(seed=gr.Textbox(value="0", label="Seed", max_lines=1, elem_id="seed"),
               steps=gr.Slider(1, MAX_STEPS, value=spec.steps, step=1, label="Steps"))
     with gr.Row():
         w.add(size=gr.Number(value=spec.size, step=1, label="Size (px)"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.errors import FieldError
 from tmpdiff.limits import APP_SEARCH_WORK, finite
@@ -35,11 +37,19 @@ def search_request(model: str, target_kind: str, target: object, steps: object, 
     )
 
 
+INTEGER = re.compile(r"\s*[+-]?\d{1,40}\s*")  # a whole number written out (the seed box, a link's ?seed=)
+
+
 def whole(value: object, field: str) -> int:
     """A number field's value as a whole number; a ``FieldError`` for NaN, infinities, fractions and empty fields
-    (JSON clients can send all of them). An integer is kept as it is: 2**63 - 1 is no float."""
+    (JSON clients can send all of them). An integer, or one written out in digits (a text box, a link), is kept
+    exactly: 2**63 - 1 is no float. Longer digit strings are refused without being converted."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if isinstance(value, str) and INTEGER.fullmatch(value):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        raise FieldError(field, value, f"{{{field}}} has more digits than any {field} may, got {{value}}")
     number = finite(value, field)
     if not number.is_integer():
         raise FieldError(field, value, f"{{{field}}} must be a whole number, got {{value}}")
