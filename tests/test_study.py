@@ -81,3 +81,13 @@ def test_a_search_on_a_cache_that_refuses_every_write_finishes_and_says_so_once(
     assert report.schedule and report.evaluations > 0
     assert len([w for w in said if issubclass(w.category, CacheWarning)]) == 1  # one warning, not one a write
     assert study.evaluator.not_kept > 3 and store.search_runs() == []
+
+
+def test_a_reference_served_again_is_said_cached_whether_from_memory_or_the_store(tmp_path):
+    store = Cache(tmp_path / "c.sqlite")
+    settings = RunSettings(model="shapes-dit", steps=4)
+    study = Study(Evaluator(Engine("cpu"), store), store)
+    assert study.compare(settings, "fp32*4").summary()["cached"] is False  # made now
+    assert study.compare(settings, "fp32*4").summary()["cached"] is True  # from this process's memory
+    other = Study(Evaluator(Engine("cpu"), store), store)
+    assert other.compare(settings, "fp32*4").summary()["cached"] is True  # from the store, as the CLI sees it

@@ -192,8 +192,8 @@ class Evaluator:
                     and self._cached(settings, reference_schedule) is None)
         phase("reference image (full precision)", 0.1)
         reference = self.reference(settings)
-        if schedule == reference_schedule:
-            return reference, reference
+        if schedule == reference_schedule:  # made earlier (this process or the store): a cache hit, either way
+            return reference, reference if made_now else dataclasses.replace(reference, cached=True)
         cached = self._cached(settings, schedule)
         if cached is not None:
             return reference, cached
