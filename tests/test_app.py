@@ -846,3 +846,15 @@ def test_a_seed_that_is_not_a_number_is_told_through_the_api_not_an_empty_error(
         client.predict(seed="9" * 5000, api_name="/generate")
     pair, metrics = client.predict(seed=str(2**63 - 1), schedule="fp32*8", api_name="/generate")
     assert metrics["seed"] == 2**63 - 1
+
+
+def test_a_value_a_widget_cannot_read_is_told_not_an_empty_error(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="could not read a value it was sent .*slider.*'abc'.* it takes model, "
+                                       "prompt, seed, steps"):
+        client.predict(steps="abc", api_name="/generate")
+    with pytest.raises(AppError, match="Size must be a number"):  # read, then refused by the form's own check
+        client.predict(size="x", api_name="/generate")
+    with pytest.raises(AppError, match="Guidance must be a number"):  # read, then refused by the form's own check
+        client.predict(guidance=[1, 2], api_name="/generate")

@@ -46,9 +46,20 @@ def _gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _Page(gr.Blocks):
-    """The app's Blocks. An API call with too few values is told which it must send, in one line: Gradio's own
-    check raises a plain ``ValueError``, which reaches a caller as ``{"error": null}`` unless every internal
-    error is shown."""
+    """The app's Blocks. An API call with too few values is told which it must send, in one line, and a value a
+    widget cannot read (``steps="abc"``) is told which and why: Gradio's own checks raise plain errors, which reach
+    a caller as ``{"error": null}`` unless every internal error is shown."""
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception as exc:  # Gradio's processing errors and pydantic's: the caller's value, not our bug
+            names = _parameter_names(block_fn.fn)
+            why = " ".join(str(exc).split())[:300]
+            raise user_error(f"/{block_fn.api_name or block_fn.name} could not read a value it was sent ({why}); "
+                             f"it takes {', '.join(names[:len(block_fn.inputs)])}") from None
 
     def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
         wanted = block_fn.inputs
