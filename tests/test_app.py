@@ -858,3 +858,54 @@ def test_a_value_a_widget_cannot_read_is_told_not_an_empty_error(client):
         client.predict(size="x", api_name="/generate")
     with pytest.raises(AppError, match="Guidance must be a number"):  # read, then refused by the form's own check
         client.predict(guidance=[1, 2], api_name="/generate")
+
+
+def test_a_request_body_over_the_cap_is_refused_before_it_is_read(server):
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(server)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.putrequest("POST", "/gradio_api/queue/join")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(100 * 2**20))  # announced, never sent: nothing is waited for
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and b"larger than 2 MiB" in response.read()
+    connection.close()
+
+
+def test_a_body_without_a_length_is_counted_as_it_comes_and_cut_off_at_the_cap():
+    import asyncio
+
+    from tmpdiff.ui.body_cap import BodyCap
+
+    async def app(scope, receive, send):  # an endpoint that reads its whole body, then answers
+        heard = []
+        while True:
+            message = await receive()
+            heard.append(message["type"])
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": ",".join(heard).encode()})
+
+    def run(chunks):
+        incoming, sent = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                          for i, c in enumerate(chunks)], []
+
+        async def receive():
+            return incoming.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "headers": [(b"transfer-encoding", b"chunked")]}
+        asyncio.run(BodyCap(app, max_bytes=2**20)(scope, receive, send))
+        return sent, incoming
+
+    sent, unread = run([b" " * 2**19] * 8)  # 4 MiB in eight pieces
+    assert sent[0]["status"] == 413 and len(sent) == 2  # the app's own answer dropped
+    assert len(unread) == 5  # the rest was never read
+    sent, _ = run([b" " * 2**19] * 2)  # 1 MiB: within the cap
+    assert sent[0]["status"] == 200

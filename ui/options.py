@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.middleware import Middleware
+
+from .body_cap import BodyCap
 from .views import CSS, PAGE_JS
 
-# Uploads are small (a schedule file at most): anything larger is refused before it is stored.
-LAUNCH_OPTIONS = {"css": CSS, "js": PAGE_JS, "max_file_size": "1mb"}
+# Uploads are small (a schedule file at most): anything larger is refused before it is stored, and every request
+# body over 2 MiB before it is read (body_cap.py).
+LAUNCH_OPTIONS = {"css": CSS, "js": PAGE_JS, "max_file_size": "1mb",
+                  "app_kwargs": {"middleware": [Middleware(BodyCap)]}}
 # Images and searches set no queue limit of their own (admission.py bounds them per session and in all,
 # with a wait estimate); everything else runs one at a time; at most 32 waiting, then "queue is full".
 QUEUE_OPTIONS = {"default_concurrency_limit": 1, "max_size": 32}
