@@ -119,7 +119,8 @@ def server_url(location: str) -> Any:
         return None
     try:
         url = make_url(location)
-    except ArgumentError:
+        url.port  # noqa: B018 - a port that is not a number ("[::1") fails here, not at the first connect
+    except (ArgumentError, ValueError):
         raise CacheError(f"{{db}} {literal(shown(location))} is neither a file path nor a database URL such as "
                          "postgresql+psycopg://user@host/db") from None
     if url.get_backend_name() != "postgresql":

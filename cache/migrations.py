@@ -70,7 +70,13 @@ def ensure_schema(engine: Engine, where: str, read_only: bool = False) -> None:
             "or move that database away"
         raise CacheError(literal(f"{where} holds a database of another schema (version {found or 'none'}, tmpdiff "
                                  f"needs {SCHEMA_VERSION})") + f": {why}")
-    found = _in_lock(engine, _migrate)
+    try:
+        found = _in_lock(engine, _migrate)
+    except (OperationalError, DatabaseError) as exc:  # a read-only file or role, a database gone away: in words
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise CacheError(literal(f"{where} holds a cache of schema {found} that could not be brought to schema "
+                                 f"{SCHEMA_VERSION} ({reason})") + ": give this tmpdiff write access to it once, "
+                         "or pass another {db}") from None
     if found is None or found >= SCHEMA_VERSION:  # another process did it while this one waited for the lock
         return
     added = "; ".join(ADDED[v] for v in range(found + 1, SCHEMA_VERSION + 1))

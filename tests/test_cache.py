@@ -538,3 +538,34 @@ def test_a_db_that_is_not_a_regular_file_is_refused_before_anything_waits_or_is_
     with pytest.raises(CacheError, match="is not a regular file"):
         Cache("/dev/null")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.sqlite"]  # nothing made beside it
+
+
+def test_a_cache_that_cannot_be_migrated_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from tmpdiff.cache import migrations
+
+    path = tmp_path / "c.sqlite"
+    Cache(path).engine.dispose()
+    connection = sqlite3.connect(path)
+    connection.execute("alter table evaluations drop column reference_seconds")
+    connection.execute("alter table blind_answers drop column session")
+    connection.execute("update meta set value = '2' where key = 'schema_version'")
+    connection.commit()
+    connection.close()
+
+    def read_only(connection):  # what a read-only file or database role answers to ALTER TABLE
+        raise OperationalError("ALTER TABLE", {}, sqlite3.OperationalError("attempt to write a readonly database"))
+
+    monkeypatch.setitem(migrations.STEPS, 2, read_only)
+    with pytest.raises(CacheError) as refused:
+        Cache(path)
+    message = str(refused.value)
+    assert ("schema 2" in message or "version 2" in message) and "\n" not in message and "Traceback" not in message
+    assert "read-only" in message or "write access" in message
+
+
+def test_a_database_url_that_cannot_be_parsed_is_told_as_such():
+    for url in ("postgresql+psycopg://[::1", "postgresql+psycopg://user@host:port/db"):
+        with pytest.raises(CacheError, match="neither a file path nor a database URL"):
+            Cache(url)
