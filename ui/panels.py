@@ -22,6 +22,7 @@ from tmpdiff.engine.turns import on_behalf_of
 from tmpdiff.frontends import plots
 from tmpdiff.measure.cost_tables import load_cost_table, matching_tables
 from tmpdiff.measure.latency import CostTable
+from tmpdiff.measure.memory import gib
 from tmpdiff.measure.records import stable_hash
 from tmpdiff.pipelines.registry import ModelSpec
 from tmpdiff.steps.precisions import may_lead
@@ -138,7 +139,7 @@ def history_views(app: AppState, model: str, prompt: str, seed: object, steps: o
         raise user_error(exc) from None
     points = history(app.evaluator, app.store, settings)
     table = [[p.schedule, _round(p.ssim), _round(p.psnr), _round(p.lpips), _round(p.seconds), _round(p.speedup),
-              _round(p.predicted_speedup), None if p.peak_bytes is None else round(p.peak_bytes / 2**30, 2),
+              _round(p.predicted_speedup), gib(p.peak_bytes),
               p.prompt, p.seed] for p in points[:200]]
     return plots.history(points, AXIS_KEYS[axis]), table
 

@@ -15,6 +15,7 @@ from tmpdiff.frontends.plots import live_points as live_plot
 from tmpdiff.frontends.plots import search_pareto as search_plot
 from tmpdiff.measure.cost_tables import Prediction
 from tmpdiff.measure.evaluator import Evaluation
+from tmpdiff.measure.memory import gib
 from tmpdiff.measure.metrics import LPIPS_HOW_TO
 from tmpdiff.studies.comparison import Comparison
 from tmpdiff.studies.report import SearchReport
@@ -169,7 +170,7 @@ def memory_card(peak_bytes: int | None, memory: dict[str, Any]) -> str:
     budget = memory.get("budget_gib")
     note = MEMORY_WHERE.get(str(memory.get("where", "gpu")), "")
     note += f"; budget {budget:.1f} GiB" if isinstance(budget, int | float) else ""
-    return _card("peak memory", f"{peak_bytes / 2**30:.2f} GiB", note, tooltip=str(memory.get("plan") or ""))
+    return _card("peak memory", f"{gib(peak_bytes):.2f} GiB", note, tooltip=str(memory.get("plan") or ""))
 
 
 def video_pair(reference_uri: str, schedule_uri: str) -> str:
