@@ -103,12 +103,23 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path):
         Cache(bad)
 
 
-def test_a_database_of_another_schema_is_refused(tmp_path):
-    other = tmp_path / "other.sqlite"
-    connection = sqlite3.connect(other)
-    connection.execute("create table people (name text)")
+def rewritten(path, *statements):
+    """The SQLite file at ``path`` after ``statements`` (as another tmpdiff, or a person, would have left it)."""
+    connection = sqlite3.connect(path)
+    for statement in statements:
+        connection.execute(statement)
     connection.commit()
     connection.close()
+
+
+AS_SCHEMA_2 = ("alter table evaluations drop column reference_seconds",
+               "alter table blind_answers drop column session",
+               "update meta set value = '2' where key = 'schema_version'")
+
+
+def test_a_database_of_another_schema_is_refused(tmp_path):
+    other = tmp_path / "other.sqlite"
+    rewritten(other, "create table people (name text)")
     with pytest.raises(CacheError, match="another schema"):
         Cache(other)
 
@@ -123,12 +134,7 @@ def test_a_version_2_cache_is_brought_to_version_3_in_place_keeping_every_row(tm
     row_id = store.put(record("fp32*2,skip*2"))
     store.record_blind_answer(row_id, "right")
     store.engine.dispose()
-    connection = sqlite3.connect(path)  # what tmpdiff with schema 2 wrote
-    connection.execute("alter table evaluations drop column reference_seconds")
-    connection.execute("alter table blind_answers drop column session")
-    connection.execute("update meta set value = '2' where key = 'schema_version'")
-    connection.commit()
-    connection.close()
+    rewritten(path, *AS_SCHEMA_2)  # what tmpdiff with schema 2 wrote
     from tmpdiff.errors import CacheWarning
 
     with pytest.warns(CacheWarning, match=r"brought from schema 2 to 3 \(added: the reference's seconds.*can no "
@@ -152,10 +158,7 @@ def test_a_version_2_cache_is_brought_to_version_3_in_place_keeping_every_row(tm
 def test_a_cache_written_by_a_newer_tmpdiff_is_refused_in_plain_words(tmp_path):
     path = tmp_path / "c.sqlite"
     Cache(path).engine.dispose()
-    connection = sqlite3.connect(path)
-    connection.execute("update meta set value = '9' where key = 'schema_version'")
-    connection.commit()
-    connection.close()
+    rewritten(path, "update meta set value = '9' where key = 'schema_version'")
     with pytest.raises(CacheError, match="schema 9, written by a newer tmpdiff .* upgrade tmpdiff on this machine"):
         Cache(path)
 
@@ -547,12 +550,7 @@ def test_a_cache_that_cannot_be_migrated_is_one_line_not_a_traceback(tmp_path, m
 
     path = tmp_path / "c.sqlite"
     Cache(path).engine.dispose()
-    connection = sqlite3.connect(path)
-    connection.execute("alter table evaluations drop column reference_seconds")
-    connection.execute("alter table blind_answers drop column session")
-    connection.execute("update meta set value = '2' where key = 'schema_version'")
-    connection.commit()
-    connection.close()
+    rewritten(path, *AS_SCHEMA_2)
 
     def read_only(connection):  # what a read-only file or database role answers to ALTER TABLE
         raise OperationalError("ALTER TABLE", {}, sqlite3.OperationalError("attempt to write a readonly database"))
