@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tmpdiff.engine.settings import RunSettings
+from tmpdiff.engine.settings import STORED_FIELDS, RunSettings
 from tmpdiff.errors import literal, shown
 from tmpdiff.measure.records import EvalKey, EvalRecord
 from tmpdiff.pipelines.registry import MODELS
@@ -315,8 +315,7 @@ def _check_fields(entry: Any) -> None:
 
 def _checked_settings(settings: dict[str, Any], model: str, steps: int) -> dict[str, Any]:
     """``settings`` as the engine keys them: the same dict ``RunSettings(...).to_dict()`` makes, or refused."""
-    known = {"model", "prompt", "negative_prompt", "seed", "steps", "size", "guidance"}
-    extra = set(settings) - known - {"frames"}
+    extra = set(settings) - set(STORED_FIELDS) - {"frames"}
     if extra:
         raise ValueError(f"settings hold unknown keys ({shown(sorted(extra))})")
     kinds = {"prompt": (str, type(None)), "negative_prompt": (str,), "seed": (int,), "steps": (int,), "size": (int,),
@@ -326,7 +325,7 @@ def _checked_settings(settings: dict[str, Any], model: str, steps: int) -> dict[
             raise ValueError(f"settings' {name!r} is {shown(settings[name])}, of the wrong type")
     if settings.get("model") != model:
         raise ValueError(f"settings are for model {shown(settings.get('model'))}, the entry for {shown(model)}")
-    canonical = RunSettings(**{k: settings[k] for k in known if k in settings}).to_dict()
+    canonical = RunSettings.of_stored(settings).to_dict()
     if canonical != settings:
         differing = sorted(k for k in set(canonical) | set(settings) if canonical.get(k) != settings.get(k))
         raise ValueError(f"settings are not as the engine writes them (differing: {', '.join(differing)})")

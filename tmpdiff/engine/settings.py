@@ -17,7 +17,10 @@ from tmpdiff.steps.schedule import Schedule
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Result", "RunSettings", "batch_call_kwargs"]
+__all__ = ["STORED_FIELDS", "Result", "RunSettings", "batch_call_kwargs"]
+
+
+STORED_FIELDS = ("model", "prompt", "negative_prompt", "seed", "steps", "size", "guidance")  # what to_dict() keys
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,11 @@ class RunSettings:
     def batch_key(self) -> tuple[str, int, int, float, str]:
         """Everything but prompt and seed: settings with the same key can share one pipeline call."""
         return self.model, self.resolved_steps, self.resolved_size, self.resolved_guidance, self.negative_prompt
+
+    @classmethod
+    def of_stored(cls, stored: dict[str, Any]) -> RunSettings:
+        """The settings a stored ``to_dict()`` names (its derived ``frames`` left out), checked as any others."""
+        return cls(**{name: stored[name] for name in STORED_FIELDS if name in stored})
 
     def reference_schedule(self) -> Schedule:
         return Schedule.uniform(self.spec.dtype, self.resolved_steps)

@@ -95,18 +95,13 @@ def blind_settings(evaluator: Evaluator, store: BlindStore, model: str) -> list[
     found = []
     for settings_hash, rows in groups.items():
         try:
-            settings = _settings_of(rows[0].settings)
+            settings = RunSettings.of_stored(rows[0].settings)
         except ValueError:  # a setting this tmpdiff no longer accepts: nothing to show of it
             continue
         pairs = _pairs_in(rows, settings.reference_schedule().hash)
         if pairs:
             found.append(BlindSetting(settings, settings_hash, len({row.schedule_hash for row, _ in pairs})))
     return sorted(found, key=lambda s: (-s.schedules, s.label))
-
-
-def _settings_of(stored: dict[str, object]) -> RunSettings:
-    fields = ("model", "prompt", "negative_prompt", "seed", "steps", "size", "guidance")
-    return RunSettings(**{name: stored[name] for name in fields if name in stored})  # type: ignore[arg-type]
 
 
 def next_pair(evaluator: Evaluator, store: BlindStore, settings: RunSettings,
