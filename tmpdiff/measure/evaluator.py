@@ -188,10 +188,10 @@ class Evaluator:
         runs."""
         phase = on_phase or (lambda what, fraction: None)
         reference_schedule = settings.reference_schedule()
-        made_now = (self.key(settings, reference_schedule).digest not in self._references
-                    and self._cached(settings, reference_schedule) is None)
+        known = self.key(settings, reference_schedule).digest in self._references
         phase("reference image (full precision)", 0.1)
         reference = self.reference(settings)
+        made_now = not known and not reference.cached  # neither in this process's memory nor in the store
         if schedule == reference_schedule:  # made earlier (this process or the store): a cache hit, either way
             return reference, reference if made_now else dataclasses.replace(reference, cached=True)
         cached = self._cached(settings, schedule)
