@@ -22,8 +22,10 @@ def evaluation(schedule=SCHEDULE, ssim=0.93, psnr=31.2, lpips=None, seconds=0.5,
     from tmpdiff.measure.metrics import Quality
     from tmpdiff.measure.records import EvalRecord
 
+    from tmpdiff.steps.schedule import Schedule
+
     settings = RunSettings(model="shapes-dit", steps=8)
-    key = Evaluator(Engine("cpu")).key(settings, settings.reference_schedule())
+    key = Evaluator(Engine("cpu")).key(settings, Schedule.coerce(schedule))
     note = lpips_note if lpips_note is not None else "LPIPS unavailable: AlexNet weights not found"
     record = EvalRecord(key=key, png=b"", ssim=ssim, psnr=psnr, lpips=lpips, lpips_note=note if lpips is None else "",
                         measured_seconds=seconds, predicted_seconds=None, simulated=list(simulated),

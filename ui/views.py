@@ -141,7 +141,7 @@ def unpredicted_note(comparison: Comparison) -> str:
 
 def seconds_note(evaluation: Evaluation) -> str:
     """Where the reference's seconds beside the image's come from."""
-    if evaluation.reference_seconds == evaluation.record.measured_seconds and not evaluation.record.reference_seconds:
+    if evaluation.is_reference:
         return "the reference itself"
     when = "timed beside it" if evaluation.timed_beside else "timed at another moment"
     return f"reference {evaluation.reference_seconds:.2f} s, {when}"

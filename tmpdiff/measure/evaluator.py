@@ -27,7 +27,7 @@ from tmpdiff.measure.latency import CostTable, measure_costs, timed_run
 from tmpdiff.measure.memory import gib
 from tmpdiff.measure.metrics import Quality, compare, compare_video
 from tmpdiff.measure.records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint, stable_hash
-from tmpdiff.pipelines.registry import config_hash
+from tmpdiff.pipelines.registry import config_hash, get_model
 from tmpdiff.steps.cancel import raise_if_stopped_here
 from tmpdiff.steps.replay import ReplayStore
 from tmpdiff.steps.schedule import Schedule
@@ -71,11 +71,16 @@ class Evaluation:
         return not self.record.simulated
 
     @property
+    def is_reference(self) -> bool:
+        """Whether this is its setting's reference: every step in its model's reference precision."""
+        return set(self.schedule.steps) == {get_model(self.record.key.model).dtype}
+
+    @property
     def timed_beside(self) -> bool:
         """Whether ``reference_seconds`` was timed beside this image (the same process, just before it), or this
         is the reference itself: a measured speed-up of one moment. False for an image timed alone (a search's,
         or one stored before such timings were kept), whose speed-up divides seconds of two moments."""
-        return self.record.reference_seconds is not None or self.reference_seconds == self.record.measured_seconds
+        return self.record.reference_seconds is not None or self.is_reference
 
     def summary(self) -> dict[str, Any]:
         r = self.record
