@@ -21,7 +21,6 @@ def evaluation(schedule=SCHEDULE, ssim=0.93, psnr=31.2, lpips=None, seconds=0.5,
     from tmpdiff.measure.evaluator import Evaluation, Evaluator
     from tmpdiff.measure.metrics import Quality
     from tmpdiff.measure.records import EvalRecord
-
     from tmpdiff.steps.schedule import Schedule
 
     settings = RunSettings(model="shapes-dit", steps=8)
