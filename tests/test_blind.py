@@ -148,3 +148,11 @@ def test_the_tabs_answer_is_kept_once_and_a_cache_that_refuses_it_still_reveals_
     assert "full precision" in first["label"] + second["label"]  # revealed all the same
     [counted] = store.blind_tallies([e.id for e in store.evaluations() if e.schedule == "fp32*2,skip*2"])
     assert counted.answers == 1 and app.evaluator.not_kept == 1  # not counted, and said
+
+
+def test_the_sessions_a_book_remembers_are_bounded_least_recent_first():
+    book = BlindBook(outstanding=2)
+    for session in ("a", "b", "c"):
+        book.show(pair(session), session)
+        book.take(session, session)
+    assert list(book._answered) == ["b", "c"]

@@ -61,14 +61,17 @@ def open_tab(app: AppState, model: str, prompt: str, seed: object, steps: object
         wanted = None
     chosen = wanted if wanted in choices else next(iter(choices), None)
     picker = gr.update(choices=[(s.label, h) for h, s in choices.items()], value=chosen)
-    return (picker, *show_pair(app, model, chosen, session))
+    return (picker, *_pair_of(app, model, choices.get(chosen or ""), session))
 
 
 def show_pair(app: AppState, model: str, settings_hash: str | None, session: str | None = None) -> tuple[Any, ...]:
     """The next pair of the chosen setting (stored images only: nothing is computed), and its tally."""
+    return _pair_of(app, model, _settings_by_hash(app, model).get(settings_hash or ""), session)
+
+
+def _pair_of(app: AppState, model: str, chosen: BlindSetting | None, session: str | None) -> tuple[Any, ...]:
     if app.store is None:
         raise _no_store()
-    chosen = _settings_by_hash(app, model).get(settings_hash or "")
     if chosen is None:
         return (gr.update(value=None, label="A"), gr.update(value=None, label="B"), None,
                 f"<p id='blind-note'>No schedule of {html.escape(model)} is in the cache beside its reference yet: "

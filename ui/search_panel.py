@@ -98,7 +98,7 @@ def story_views(app: AppState, progress: Progress) -> tuple[str, go.Figure | Non
         try:
             with telling_builds(progress) as phase:
                 phase("measuring this device and searching the default model (once)", 0.05)
-                app.story = app.study.showcase(app.study.search(_story_request(app)))
+                app.story = app.study.showcase(app.study.search(default_search(app.spec, app.device)))
         except (ValueError, Cancelled) as exc:
             LOG.warning("no opening comparison: %s", exc)
             return "", None, precision_rows(app.device, app.evaluator.costs.get(app.spec.name))
@@ -123,11 +123,6 @@ def story_views(app: AppState, progress: Progress) -> tuple[str, go.Figure | Non
 def _image_uris(result: SearchResult | None) -> dict[str, str]:
     """A search's images as lossless PNG data URIs, by schedule."""
     return {name: data_uri(evaluation.image) for name, evaluation in (result.images if result else ())}
-
-
-def _story_request(app: AppState) -> SearchRequest:
-    """The search on screen when the page opens: the Search tab's defaults (``default_search``)."""
-    return default_search(app.spec, app.device)
 
 
 def default_search(spec: ModelSpec, device: str) -> SearchRequest:

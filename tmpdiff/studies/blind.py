@@ -154,13 +154,14 @@ def tallies(evaluator: Evaluator, store: BlindStore, settings: RunSettings) -> l
 
 class BlindBook:
     """The pairs shown and not yet answered, by token. An answer is taken once, only for a pair shown to the
-    session answering, and at most ``per_minute`` a session; a refused answer stores nothing."""
+    session answering, and at most ``per_minute`` a session; a refused answer stores nothing. At most
+    ``outstanding`` pairs and as many sessions' recent answers are kept, the least recent going first."""
 
     def __init__(self, per_minute: int = ANSWERS_PER_MINUTE, outstanding: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute, self.outstanding, self.clock = per_minute, outstanding, clock
         self._shown: OrderedDict[str, tuple[str | None, BlindPair]] = OrderedDict()
-        self._answered: dict[str | None, deque[float]] = {}
+        self._answered: OrderedDict[str | None, deque[float]] = OrderedDict()  # by session, least recent first
         self._salt = secrets.token_bytes(16)
         self._lock = threading.Lock()
 
@@ -180,6 +181,9 @@ class BlindBook:
                 raise FieldError("answer", token, "this pair was answered already (or never shown here): answer the "
                                  "pair on screen, or show the next one")
             times = self._answered.setdefault(session, deque())
+            self._answered.move_to_end(session)
+            while len(self._answered) > self.outstanding:  # sessions long gone: their bound has lapsed anyway
+                self._answered.popitem(last=False)
             now = self.clock()
             while times and now - times[0] > 60.0:
                 times.popleft()
