@@ -69,31 +69,92 @@ def make_sqlite_engine(path: Path, read_only: bool = False) -> Engine:
 
 
 def _guard_shared_memory(engine: Engine, path: Path) -> None:
-    """SQLite maps the WAL's ``-shm`` file into memory; one cut short under a running process (truncated by another
-    program or a cleanup) makes the next read of a mapped page a SIGBUS that ends the process, even on closing a
-    connection. Before each use, a file smaller than this process has seen is grown back to that size (zeros):
-    the pages exist again, SQLite finds the index's checksums wrong and rebuilds it from the WAL, and the cache goes
-    on instead of the app dying. Said once as a ``CacheWarning``."""
+    """SQLite maps the WAL's ``-shm`` file into memory, and the kernel ends the process (SIGBUS) at the next touch
+    of a mapped page the file no longer backs: one cut short under a running process (truncated by another program
+    or a cleanup), or one made immutable (``chattr +i``: ext4 refuses writes through the mapping). Before each use,
+    a file smaller than this process has seen is grown back to that size (zeros): the pages exist again, SQLite
+    finds the index's checksums wrong and rebuilds it from the WAL, and the cache goes on (said once as a
+    ``CacheWarning``). One that cannot be grown back, or is immutable, is cut loose: this process's mappings of it
+    become private memory with the same bytes, so nothing it does later (closing included) can fault, and every
+    later use of the cache is refused in words."""
     shm = Path(f"{path}-shm")
     seen = [0]
+    lost: list[str] = []
 
     @event.listens_for(engine, "checkout")
     def _check(_dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if lost:
+            raise CacheError(lost[0])
         try:
             size = shm.stat().st_size
         except OSError:  # removed (SQLite does, as its last connection closes): nothing mapped is cut short
             seen[0] = 0
             return
-        if size < seen[0]:
+        if _unwritable_in_place(shm):
+            lost.append(literal(f"{shm} is immutable or append-only (chattr +i or +a)") +
+                        ": SQLite cannot share the cache through it, so this process stops using it; make the file "
+                        "writable again (chattr -i -a) and restart with that {db}")
+        elif size < seen[0]:
             try:
                 os.truncate(shm, seen[0])
             except OSError as exc:
-                raise CacheError(literal(f"{shm} was cut short under this process and cannot be restored "
-                                         f"({exc.strerror})") + ": restart with a writable {db}") from None
-            warnings.warn(f"{shm.name} was cut short while the cache was open; SQLite rebuilds it from the log",
-                          CacheWarning, stacklevel=2)
-            return
+                lost.append(literal(f"{shm} was cut short under this process and cannot be restored "
+                                    f"({exc.strerror})") + ": restart with a writable {db}")
+            else:
+                warnings.warn(f"{shm.name} was cut short while the cache was open; SQLite rebuilds it from the log",
+                              CacheWarning, stacklevel=2)
+                return
+        if lost:
+            _detach_mappings(shm)
+            raise CacheError(lost[0])
         seen[0] = size
+
+
+FS_IOC_GETFLAGS = 0x80086601  # Linux's inode flags ioctl (x86-64 and arm64)
+IMMUTABLE_OR_APPEND = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL
+
+
+def _unwritable_in_place(file: Path) -> bool:
+    """Whether ``file`` carries an inode flag under which a write through a shared mapping faults (Linux only)."""
+    import array
+    import fcntl
+
+    flags = array.array("i", [0])
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+    except OSError:  # a file system without inode flags (tmpfs on older kernels, overlay...)
+        return False
+    finally:
+        os.close(fd)
+    return bool(flags[0] & IMMUTABLE_OR_APPEND)
+
+
+def _detach_mappings(file: Path) -> None:
+    """Replaces each of this process's mappings of ``file`` by private anonymous memory holding the file's current
+    bytes (zeros past its end), at the same addresses, so SQLite's pointers stay valid and never fault."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    map_fixed = 0x10
+    name = str(file.resolve())
+    with open("/proc/self/maps") as maps, open(file, "rb") as handle:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or fields[5].rstrip("\n").removesuffix(" (deleted)") != name:
+                continue
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            data = os.pread(handle.fileno(), end - start, int(fields[2], 16))
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | map_fixed
+            if libc.mmap(start, end - start, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0) != start:
+                raise OSError(ctypes.get_errno(), f"could not detach {file}")
+            ctypes.memmove(start, data, len(data))
 
 
 def _switch_to_wal(cursor: Any, patience_s: float = 60.0) -> None:

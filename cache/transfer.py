@@ -13,6 +13,7 @@ in a file and NULL in the database mean identical images (infinite PSNR), as ``i
 from __future__ import annotations
 
 import base64
+import codecs
 import io
 import json
 import math
@@ -214,12 +215,39 @@ def _load(path: Path) -> Any:
         return value
 
     try:
-        return json.loads(path.read_text(), parse_constant=no_constants, parse_int=bounded_int,
+        return json.loads(_read_checked(path), parse_constant=no_constants, parse_int=bounded_int,
                           parse_float=finite_float)
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise CacheError(literal(f"{path} is not a tmpdiff export ({exc})"), field="file") from None
     except RecursionError:
         raise CacheError(literal(f"{path} is not a tmpdiff export (nested too deeply)"), field="file") from None
+
+
+CHUNK = 2**20
+LONGEST_RUN = MAX_PNG_BYTES * 4 // 3 + CHUNK  # between two quotes: a base64 image at most
+
+
+def _read_checked(path: Path) -> str:
+    """The file's text, read a chunk at a time and refused at the first chunk no export can hold, so that junk
+    costs at most a chunk or an image's length of memory, not the whole file: an export opens with ``{``, is
+    UTF-8 (``json.dumps`` writes ASCII), has no megabyte of bare whitespace, and no run without a quote longer
+    than an image's base64."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    parts: list[str] = []
+    since_quote = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            if not parts and not chunk.lstrip().startswith(b"{"):
+                raise ValueError("it does not open with '{'")
+            if not chunk.strip():
+                raise ValueError("it holds a megabyte of bare whitespace")
+            quote = chunk.rfind(b'"')
+            since_quote = len(chunk) - 1 - quote if quote >= 0 else since_quote + len(chunk)
+            if since_quote > LONGEST_RUN:
+                raise ValueError(f"it holds over {LONGEST_RUN} bytes without a quote, more than an image's text")
+            parts.append(decoder.decode(chunk))  # a UnicodeDecodeError at the first chunk that is not text
+    parts.append(decoder.decode(b"", final=True))
+    return "".join(parts)
 
 
 def _entries(payload: Any, path: Path) -> list[Any]:

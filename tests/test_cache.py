@@ -1,6 +1,7 @@
 """The SQLite cache: hits without the model, concurrency, crashes, foreign files, export/import."""
 
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -372,6 +373,30 @@ def test_an_import_that_overflows_is_one_line_and_changes_nothing(tmp_path):
     assert Cache(tmp_path / "b.sqlite").evaluations() == []
 
 
+@pytest.mark.parametrize(("junk", "said"), [
+    (b" " * 2**27, "does not open with '{'"),
+    (b"{" + b" " * 2**27 + b"}", "megabyte of bare whitespace"),
+    (b'{"format": "' + bytes(range(128, 256)) * 2**19, "decode"),
+])
+def test_junk_posing_as_an_export_is_refused_after_a_chunk_not_read_whole(tmp_path, junk, said):
+    import tracemalloc
+
+    from tmpdiff.cache.transfer import parse_export_file
+
+    path = tmp_path / "junk.json"
+    path.write_bytes(junk)
+    del junk
+    tracemalloc.start()
+    try:
+        with pytest.raises(CacheError, match="is not a tmpdiff export") as refused:
+            parse_export_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert said in str(refused.value)
+    assert peak < 8 * 2**20, peak  # a couple of megabyte chunks, not the 128 MiB file
+
+
 CUT_SHORT = """
 import os, sys, warnings
 from tmpdiff.cache import Cache
@@ -397,6 +422,51 @@ def test_a_shared_memory_file_cut_short_under_a_running_process_costs_a_warning_
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])  # -7 (SIGBUS) before the guard
     kept, rows, said = result.stdout.strip().splitlines()[-1].split(" ", 2)
     assert kept == "True" and rows == "2" and "c.sqlite-shm was cut short" in said  # the reference and this
+
+
+MADE_IMMUTABLE = """
+import subprocess, sys
+from tmpdiff.cache import Cache
+from tmpdiff.cache.connection import CacheError
+from tmpdiff.engine.runner import Engine
+from tmpdiff.engine.settings import RunSettings
+from tmpdiff.measure.evaluator import Evaluator
+
+path = sys.argv[1]
+evaluator = Evaluator(Engine("cpu"), Cache(path))
+settings = RunSettings(model="shapes-dit", steps=4)
+evaluator.evaluate(settings, "fp32*4")
+subprocess.run(["chattr", "+i", path + "-shm"], check=True)  # writes through SQLite's mapping now fault
+try:
+    evaluator.evaluate(settings, "fp32*2,skip*2")
+except CacheError as exc:
+    print("refused:", exc)
+"""
+
+
+def _can_make_immutable(folder):
+    probe = folder / "probe"
+    probe.touch()
+    made = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0 if shutil.which(
+        "chattr") else False
+    if made:
+        subprocess.run(["chattr", "-i", str(probe)], check=True)
+    return made
+
+
+def test_a_shared_memory_file_made_immutable_under_a_running_process_is_refused_in_words_not_a_sigbus(tmp_path):
+    if not _can_make_immutable(tmp_path):
+        pytest.skip("needs chattr and the right to set the immutable flag (root on ext4, xfs or btrfs)")
+    path = tmp_path / "c.sqlite"
+    try:
+        result = subprocess.run([sys.executable, "-c", MADE_IMMUTABLE, str(path)], capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", f"{path}-shm"], capture_output=True)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])  # -7 (SIGBUS) before the guard
+    said = result.stdout.strip().splitlines()[-1]
+    assert said.startswith("refused:") and "c.sqlite-shm is immutable" in said and "chattr -i" in said
+    assert len(Cache(path).evaluations()) == 1  # the cache is whole again once the flag is gone
 
 
 def every_table(store):

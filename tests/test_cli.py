@@ -113,6 +113,19 @@ def test_search_plans_with_the_deployment_devices_costs(tmp_path):
     assert json.loads(result.stdout.strip().splitlines()[-1])["speedup_label"].startswith("predicted on NVIDIA")
 
 
+def test_an_unreachable_speedup_is_said_in_the_users_terms_on_a_line_of_its_own(tmp_path):
+    costs = _table_for(tmp_path, "shapes-dit", {"fp32": 10.0, "skip": 1.0})
+    result = cli("search", "--steps", "4", "--ladder", "fp32,skip", "--num-prompts", "1", "--seeds", "0",
+                 "--target-speedup", "9", "--costs", str(costs), "--no-cache", "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.rstrip().splitlines()[-1]  # the progress bar was closed first: the refusal starts its line
+    fastest = (0.01 + 4 * 0.010) / (0.01 + 0.010 + 3 * 0.001)  # fp32,skip*3 against fp32*4, fixed seconds too
+    assert last == (f"error: a 9x speed-up (--target-speedup) is out of reach on the ladder fp32, skip: its fastest "
+                    f"schedule, fp32,skip*3, is predicted at {fastest:.2f}x: ask for at most {fastest:.2f}x, or add a "
+                    "cheaper rung to the ladder")
+    assert "target_speedup" not in last
+
+
 def test_storage_and_path_mistakes_are_one_line_exit_2_before_any_work(tmp_path):
     from tmpdiff.cli.entry import main
 

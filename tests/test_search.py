@@ -7,6 +7,7 @@ import pytest
 from tmpdiff import Schedule
 from tmpdiff.studies.algorithms import (
     Point,
+    UnreachableTarget,
     additive_plan,
     additivity_check,
     bisection_search,
@@ -69,7 +70,7 @@ def test_speedup_target_is_met_with_best_quality_found():
     assert found.cost <= target
     uniform_fits = [s for s in uniform_schedules(steps, LADDER) if oracle.cost(s) <= target]
     assert all(found.degradation <= oracle.degradation(s) for s in uniform_fits)
-    with pytest.raises(ValueError, match="reaches the target"):
+    with pytest.raises(UnreachableTarget):
         speedup_search(steps, LADDER, oracle, 0.1)
 
 
@@ -201,5 +202,6 @@ def test_engine_messages_name_fields_and_each_front_end_says_them_in_its_own_wor
 
 def test_an_unreachable_speedup_target_with_skip_last_names_the_cheapest_schedule():
     oracle = Additive(6)
-    with pytest.raises(ValueError, match=r"the cheapest, bf16,skip\*5, costs .* lower target_speedup"):
+    with pytest.raises(UnreachableTarget, match=r"the cheapest, bf16,skip\*5, costs") as info:
         speedup_search(6, ["bf16", "fp8", "skip"], oracle, 0.01)
+    assert str(info.value.cheapest) == "bf16,skip*5" and info.value.target_cost == 0.01

@@ -45,7 +45,8 @@ def search(args: argparse.Namespace, device: str) -> int:
         report = study.search(request, progress=progress)
     except KeyboardInterrupt:
         return _interrupted(bar, "search")
-    bar.close()
+    finally:
+        bar.close()  # a refusal's line then starts a line of its own, not the bar's
     args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     _tell(report, request, _written_plots(report, args.json), target)
     return kept_or_said(study.evaluator)

@@ -145,6 +145,16 @@ def _sweep(schedule: Schedule, loss: float, rank: dict[str, int], rung: str, mea
     return schedule, loss
 
 
+class UnreachableTarget(ValueError):
+    """No schedule of the ladder costs as little as the target: the cheapest and its cost, for the caller to word
+    in its user's terms (a speed-up over the reference)."""
+
+    def __init__(self, cheapest: Schedule, cheapest_cost: float, target_cost: float) -> None:
+        self.cheapest, self.cheapest_cost, self.target_cost = cheapest, cheapest_cost, target_cost
+        super().__init__(f"no schedule costs {target_cost:.4g} or less: the cheapest, {cheapest}, costs "
+                         f"{cheapest_cost:.4g}")
+
+
 def speedup_search(
     steps: int,
     ladder: Sequence[str],
@@ -176,10 +186,7 @@ def speedup_search(
     fitting = [(loss, s) for s, loss in seen.items() if oracle.cost(s) <= target_cost]
     if not fitting:
         cheapest = uniform_schedules(steps, [ladder[0], ladder[-1]])[-1]  # skip keeps the first step computed
-        raise ValueError(
-            f"no schedule on the ladder {', '.join(ladder)} reaches the target: the cheapest, {cheapest}, costs "
-            f"{oracle.cost(cheapest):.4g}, the target is {target_cost:.4g}: lower target_speedup or add a cheaper rung"
-        )
+        raise UnreachableTarget(cheapest, oracle.cost(cheapest), target_cost)
     loss, schedule = min(fitting, key=lambda item: (item[0], oracle.cost(item[1])))
     return SearchOutcome(schedule, loss, oracle.cost(schedule), len(seen), best.trace if best else [])
 

@@ -15,6 +15,7 @@ from typing import Any
 from tmpdiff.engine.budget import OutOfMemory
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
+from tmpdiff.errors import FieldError
 from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.measure.latency import CostTable
 from tmpdiff.steps.cancel import cancellable
@@ -25,6 +26,7 @@ from tmpdiff.studies.algorithms import (
     BUDGET_ITERATIONS,
     Point,
     SearchOutcome,
+    UnreachableTarget,
     additivity_check,
     bisection_search,
     boundary_ks,
@@ -223,8 +225,15 @@ def _search(oracle: ModelOracle, request: SearchRequest, steps: int, ladder: lis
     """The bisection for a quality floor, or the floor search for a speed-up target."""
     if request.target_ssim is not None:
         return bisection_search(steps, ladder, oracle, 1 - request.target_ssim, should_stop=should_stop)
-    target_cost = reference_cost / float(request.target_speedup or 1)
-    return speedup_search(steps, ladder, oracle, target_cost, should_stop=should_stop)
+    target = float(request.target_speedup or 1)
+    try:
+        return speedup_search(steps, ladder, oracle, reference_cost / target, should_stop=should_stop)
+    except UnreachableTarget as exc:
+        best = reference_cost / exc.cheapest_cost
+        raise FieldError("target_speedup", request.target_speedup, (
+            f"a {target:g}x speed-up ({{target_speedup}}) is out of reach on the ladder {', '.join(ladder)}: its "
+            f"fastest schedule, {exc.cheapest}, is predicted at {best:.2f}x: ask for at most {best:.2f}x, or add a "
+            "cheaper rung to the ladder")) from None
 
 
 def _additivity_and_planner(oracle: ModelOracle, request: SearchRequest, meter: PhaseMeter, outcome: SearchOutcome,
