@@ -10,7 +10,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 	$(BIN)/python -m pip install -qq -r requirements-dev.txt
-	$(BIN)/python -m pip install -qq --no-deps -e .
+	$(BIN)/python -m pip install -qq --no-deps -e . --config-settings editable_mode=strict
 	touch $(STAMP)
 
 app: $(STAMP)

@@ -11,10 +11,6 @@ pay only for what they touch.
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
-import importlib.util
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,27 +31,6 @@ __all__ = [
     "DEFAULT_MODEL", "MODELS", "PRECISIONS", "Availability", "ModelSpec", "Schedule", "ScheduleHandle", "Status",
     "apply_schedule", "available_precisions", "get_model", "load_pipeline", "precision_status",
 ]
-
-
-class _CheckoutFinder:
-    """A checkout used without installing it (``PYTHONPATH=$PWD``, as the GPU machines run it): the store and the
-    app live beside the package, in ``cache/`` and ``ui/``, as ``pip install`` maps them (``pyproject.toml``)."""
-
-    ROOT = Path(__file__).resolve().parent.parent
-    NAMES = {"tmpdiff.cache": "cache", "tmpdiff.ui": "ui"}
-
-    @classmethod
-    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        folder = cls.NAMES.get(name)
-        if folder is None:
-            return None
-        return importlib.util.spec_from_file_location(name, cls.ROOT / folder / "__init__.py",
-                                                      submodule_search_locations=[str(cls.ROOT / folder)])
-
-
-_INSTALLED = (Path(__file__).parent / "ui" / "__init__.py").exists()  # a wheel's tmpdiff/ui
-if not _INSTALLED and all((_CheckoutFinder.ROOT / f / "__init__.py").exists() for f in ("ui", "cache")):
-    sys.meta_path.insert(0, _CheckoutFinder)
 
 
 def __getattr__(name: str) -> Any:

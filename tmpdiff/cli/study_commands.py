@@ -153,11 +153,11 @@ def _search_evaluator(args: argparse.Namespace, device: str, store: Any) -> Any:
     from functools import partial
 
     from tmpdiff.cache import Cache, default_db_path
-    from tmpdiff.studies.ray_workers import DistributedEvaluator, start_ray
+    from tmpdiff.studies.ray_workers import DistributedEvaluator, StoreFactory, start_ray
 
     workers = start_ray(args.ray, args.workers, device)
     location = None if store is None else (args.db or str(default_db_path(args.cache_dir)))
-    factory = partial(Cache, location) if location else _no_store
+    factory: StoreFactory = partial(Cache, location) if location else _no_store
     return DistributedEvaluator(engine, store, factory, workers)
 
 
