@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tmpdiff.variants import attention
+from tmpdiff.steps import attention
 
 SHAPE = (1, 4608, 24, 128)  # batch, tokens, heads, head size (FlashAttention's layout)
 

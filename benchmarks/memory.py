@@ -23,8 +23,8 @@ import torch
 
 from tmpdiff.engine.runner import Engine, device_name
 from tmpdiff.engine.settings import RunSettings
-from tmpdiff.measure.memory import GIB
 from tmpdiff.measure.metrics import ssim
+from tmpdiff.memory.meter import GIB
 
 SCHEDULES = ("bf16*28", "bf16*4,fp8*20,bf16*4", "fp8*28")
 

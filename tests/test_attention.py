@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tmpdiff import Status, apply_schedule, get_model, precision_status
-from tmpdiff.variants import attention
+from tmpdiff.steps import attention
 
 STEPS = 4
 

@@ -130,7 +130,7 @@ def test_storage_and_path_mistakes_are_one_line_exit_2_before_any_work(tmp_path)
     from tmpdiff.cli.entry import main
 
     nested = tmp_path / "nested.json"
-    nested.write_text("[" * 100_000 + "]" * 100_000)
+    nested.write_text('{"evaluations": ' + "[" * 100_000 + "]" * 100_000 + "}")
     spec = tmp_path / "s.toml"
     spec.write_text('[[grid]]\nmodels = ["shapes-dit"]\nschedules = ["reference"]\nsteps = 2\n')
     db = str(tmp_path / "c.sqlite")

@@ -7,7 +7,7 @@ import torch
 
 from tmpdiff import apply_schedule
 from tmpdiff.pipelines.tiny import tiny_wan
-from tmpdiff.steps.switch import denoisers_of
+from tmpdiff.switching.switch import denoisers_of
 
 CALL = {"prompt": "a red cat", "negative_prompt": "", "height": 16, "width": 16, "num_frames": 5,
         "num_inference_steps": 4, "guidance_scale": 3.0, "max_sequence_length": 16, "output_type": "np"}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tmpdiff import Status, apply_schedule, available_precisions, get_model, load_pipeline, precision_status
-from tmpdiff.steps.switch import denoiser_of
+from tmpdiff.switching.switch import denoiser_of
 
 pytestmark = pytest.mark.gpu
 STEPS = 4
@@ -115,7 +115,7 @@ def test_batched_calibration_images_on_gpu_make_half_the_calls_and_match_one_by_
 
 
 def test_fp8a8_runs_flashattention3_fp8_close_to_fp8_linears_alone(flux):
-    from tmpdiff.variants import attention
+    from tmpdiff.steps import attention
 
     works, why = attention.fp8_attention_available()
     if not works:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tmpdiff import apply_schedule, get_model
-from tmpdiff.steps.switch import denoiser_of
+from tmpdiff.switching.switch import denoiser_of
 from tmpdiff.variants.bank import bank_for
 from tmpdiff.variants.graphs import graphs_enabled, signature
 

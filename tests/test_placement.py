@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tmpdiff.errors import FieldError
-from tmpdiff.pipelines.placement import GIB, Part, Sizes, plan_placement
+from tmpdiff.memory.placement import GIB, Part, Sizes, plan_placement
 
 MIB = 1 << 20
 
@@ -87,7 +87,8 @@ def tiny_flux_pair():
 
 
 def test_streamed_blocks_give_the_resident_image_bit_for_bit_and_live_on_the_host_between_calls():
-    from tmpdiff.pipelines.streaming import BlockStreamer, find_blocks
+    from tmpdiff.memory.streaming import BlockStreamer
+    from tmpdiff.variants.copies import find_blocks
 
     resident, streamed = tiny_flux_pair()
     blocks = find_blocks(streamed.transformer)
@@ -110,7 +111,7 @@ def test_a_streamed_quantized_variant_keeps_its_values():
     """Tensor subclasses (torchao's quantized weights) stream through their inner tensors."""
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    from tmpdiff.pipelines.streaming import BlockStreamer
+    from tmpdiff.memory.streaming import BlockStreamer
     from tmpdiff.variants.copies import tensor_bytes
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
@@ -190,9 +191,9 @@ def test_out_of_memory_is_one_answer_and_the_app_serves_the_next_image(tmp_path,
 
 
 def test_a_search_with_one_schedule_out_of_memory_finishes_without_it(monkeypatch):
-    from tmpdiff.engine.budget import OutOfMemory
     from tmpdiff.engine.runner import Engine
     from tmpdiff.measure.evaluator import Evaluator
+    from tmpdiff.memory.budget import OutOfMemory
     from tmpdiff.studies.procedure import run_search
     from tmpdiff.studies.request import SearchRequest
 
@@ -235,7 +236,7 @@ def test_the_engine_under_a_placement_gives_the_unplaced_image_with_variants_bui
 
     from tmpdiff.engine.runner import Engine
     from tmpdiff.engine.settings import RunSettings
-    from tmpdiff.pipelines.placer import Placer
+    from tmpdiff.memory.placer import Placer
 
     settings = RunSettings(model="tiny-flux", steps=4, size=32)
     schedule = "fp32,int8wo*2,fp32"

@@ -8,7 +8,7 @@ from conftest import TINY, decided
 from tmpdiff import apply_schedule, get_model, load_pipeline
 from tmpdiff.measure.latency import CostTable
 from tmpdiff.steps.replay import ReplayStore
-from tmpdiff.steps.switch import denoiser_of
+from tmpdiff.switching.switch import denoiser_of
 
 STEPS = 4
 REFERENCE = "fp32*4"

@@ -9,7 +9,7 @@ from conftest import TINY
 from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
 from tmpdiff import apply_schedule, get_model
-from tmpdiff.steps.switch import denoiser_of
+from tmpdiff.switching.switch import denoiser_of
 from tmpdiff.variants.bank import MIN_FEATURES
 
 STEPS = 4

@@ -17,14 +17,14 @@ if TYPE_CHECKING:
     from tmpdiff.pipelines.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_model, load_pipeline
     from tmpdiff.steps.precisions import PRECISIONS, Availability, Status, available_precisions, precision_status
     from tmpdiff.steps.schedule import Schedule
-    from tmpdiff.steps.switch import ScheduleHandle, apply_schedule
+    from tmpdiff.switching.switch import ScheduleHandle, apply_schedule
 
 _WHERE = {
     "DEFAULT_MODEL": "pipelines.registry", "MODELS": "pipelines.registry", "ModelSpec": "pipelines.registry",
     "get_model": "pipelines.registry", "load_pipeline": "pipelines.registry", "PRECISIONS": "steps.precisions",
     "Availability": "steps.precisions", "Status": "steps.precisions", "available_precisions": "steps.precisions",
-    "precision_status": "steps.precisions", "Schedule": "steps.schedule", "ScheduleHandle": "steps.switch",
-    "apply_schedule": "steps.switch",
+    "precision_status": "steps.precisions", "Schedule": "steps.schedule", "ScheduleHandle": "switching.switch",
+    "apply_schedule": "switching.switch",
 }
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""The Gradio front end (widgets ↔ engine calls). Launch the Blocks with
+"""Layer 12, ui (``ui/``, installed as ``tmpdiff.ui``): the Gradio front end (widgets ↔ engine calls), the only
+package that imports Gradio; it may import every layer. Launch the Blocks with
 ``.queue(**QUEUE_OPTIONS).launch(**LAUNCH_OPTIONS)`` (queue bounds, stylesheet, page script, upload limit);
 ``serve.main`` (``app.py``, ``tmpdiff-app``) does. Names load on first use, so ``serve`` starts without Gradio.
 """

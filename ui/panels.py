@@ -22,8 +22,8 @@ from tmpdiff.engine.turns import on_behalf_of
 from tmpdiff.frontends import plots
 from tmpdiff.measure.cost_tables import load_cost_table, matching_tables
 from tmpdiff.measure.latency import CostTable
-from tmpdiff.measure.memory import gib
 from tmpdiff.measure.records import stable_hash
+from tmpdiff.memory.meter import gib
 from tmpdiff.pipelines.registry import ModelSpec
 from tmpdiff.steps.precisions import may_lead
 from tmpdiff.studies.comparison import Comparison

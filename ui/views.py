@@ -15,8 +15,8 @@ from tmpdiff.frontends.plots import live_points as live_plot
 from tmpdiff.frontends.plots import search_pareto as search_plot
 from tmpdiff.measure.cost_tables import Prediction
 from tmpdiff.measure.evaluator import Evaluation
-from tmpdiff.measure.memory import gib
 from tmpdiff.measure.metrics import LPIPS_HOW_TO
+from tmpdiff.memory.meter import gib
 from tmpdiff.studies.comparison import Comparison
 from tmpdiff.studies.report import SearchReport
 from tmpdiff.studies.study import SearchResult

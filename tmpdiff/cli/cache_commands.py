@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tmpdiff.cli.entry import check_outputs
+from tmpdiff.cli.outcome import check_outputs
 from tmpdiff.frontends.flags import open_cache
 
 __all__ = ["cache_command"]

@@ -10,22 +10,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from tmpdiff.cli.outcome import check_outputs
 from tmpdiff.cli.parser import build_parser
 from tmpdiff.frontends.processes import check_processes, refusal_exit, run_over_gpus
 from tmpdiff.frontends.refusals import EXIT_USAGE, refused, say
 from tmpdiff.pipelines.registry import MODELS
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_NOT_KEPT", "PHASES", "check_outputs", "kept_or_said", "leave", "main", "run"]
-
-
-
-EXIT_INTERRUPTED = 130
-EXIT_NOT_KEPT = 3  # the command worked, but some of its results could not be kept in the cache it was given
-
-
-PHASES: dict[str, float] = {}  # where a command's seconds went (generate --verbose)
+__all__ = ["leave", "main", "run"]
 
 
 def run() -> None:
@@ -62,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # --help and argument mistakes end here, before any heavy import
     started = time.perf_counter()
+    phases: dict[str, float] = {}  # where the command's seconds went (generate --verbose)
     age = _process_age()
     if age is not None:
-        PHASES["start"] = age  # the interpreter and this module
+        phases["start"] = age  # the interpreter and this module
     if args.command in ("cache", "models"):  # moving evaluations, listing the registry: no torch, no pipeline
         return _in_one_line(lambda: _without_torch(args))
     from tmpdiff.engine.runner import default_device
@@ -72,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("generate", "search", "sweep"):
         from tmpdiff.studies import study  # noqa: F401  (the engine's other heavy imports, counted here)
-    PHASES["imports"] = time.perf_counter() - started  # torch, diffusers and the engine: paid once a process
+    phases["imports"] = time.perf_counter() - started  # torch, diffusers and the engine: paid once a process
 
     quiet_libraries()
-    return _in_one_line(lambda: _command(args, _checked_device(args.device) or default_device(), argv))
+    return _in_one_line(lambda: _command(args, _checked_device(args.device) or default_device(), argv,
+                                             phases))
 
 
 def _without_torch(args: argparse.Namespace) -> int:
@@ -111,7 +105,7 @@ def _in_one_line(command: Callable[[], int]) -> int:
 
 
 
-def _command(args: argparse.Namespace, device: str, argv: list[str] | None) -> int:
+def _command(args: argparse.Namespace, device: str, argv: list[str] | None, phases: dict[str, float]) -> int:
     from tmpdiff.frontends.words import precision_table
 
     check_outputs(args)
@@ -136,7 +130,7 @@ def _command(args: argparse.Namespace, device: str, argv: list[str] | None) -> i
             return run_over_gpus(args.parallel, device, "tmpdiff", argv)
         from tmpdiff.cli.image_commands import generate
 
-        return generate(args, device)
+        return generate(args, device, phases)
     return 0
 
 
@@ -158,28 +152,4 @@ def _checked_device(device: str | None) -> str | None:
     if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     return device
-
-
-def kept_or_said(evaluator: Any, code: int = 0) -> int:
-    """``code``, or when results the user asked to cache could not be kept: one line on stderr (how many, and the
-    store's reason) and ``EXIT_NOT_KEPT``."""
-    if not evaluator.not_kept:
-        return code
-    say(f"error: {evaluator.not_kept} result(s) were computed but could not be kept in the cache "
-        f"({evaluator.store_error}); check the database and its folder, then run again to store them")
-    return EXIT_NOT_KEPT
-
-
-def check_outputs(args: argparse.Namespace) -> None:
-    """Output paths checked before any work, so that no result is computed only to be lost."""
-    for flag in ("out", "json", "csv"):
-        path = getattr(args, flag, None)
-        if path is None:
-            continue
-        if path.is_dir():
-            raise ValueError(f"--{flag} {str(path)!r} is a folder: name a file in it")
-        if not path.parent.exists():
-            raise ValueError(f"--{flag} folder {str(path.parent)!r} does not exist")
-    if getattr(args, "cache_command", None) == "export" and not args.file.parent.exists():
-        raise ValueError(f"export folder {str(args.file.parent)!r} does not exist")
 

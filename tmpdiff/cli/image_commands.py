@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tmpdiff.cli.entry import PHASES, kept_or_said
+from tmpdiff.cli.outcome import kept_or_said
 from tmpdiff.frontends.flags import open_cache
 from tmpdiff.pipelines.registry import MODELS
 
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 __all__ = ["engine_for", "generate", "save_result", "target_costs", "warmup"]
 
 
-def generate(args: argparse.Namespace, device: str) -> int:
+def generate(args: argparse.Namespace, device: str, phases: dict[str, float]) -> int:
+    """One image beside its reference; ``phases`` (the process's start and imports so far) gets where the rest of
+    the seconds went, printed with ``--verbose``."""
     from tmpdiff.engine.settings import RunSettings
     from tmpdiff.studies.study import Study
 
@@ -35,21 +37,21 @@ def generate(args: argparse.Namespace, device: str) -> int:
         _split_over_processes(engine, settings, args.parallel)
     clock = [time.perf_counter()]
     store = open_cache(args.db, not args.no_cache, args.cache_dir)
-    PHASES["cache_database"] = _lap(clock)
+    phases["cache_database"] = _lap(clock)
     study = Study.open(engine, store)
     comparison = study.compare(settings, schedule, given,
-                               on_phase=lambda what, _: PHASES.update({_phase_name(what): _lap(clock)}))
-    PHASES["schedule_image"] = _lap(clock)
+                               on_phase=lambda what, _: phases.update({_phase_name(what): _lap(clock)}))
+    phases["schedule_image"] = _lap(clock)
     if not engine.leads:
         return 0
     save_result(comparison.evaluation.image, args.out, video)
     line = {**comparison.summary(), "out": str(args.out)}
     if args.verbose:
         weights = engine.load_seconds.get(settings.model, 0.0)
-        PHASES.update({"weights": weights, "reference_image": max(PHASES.pop("reference_image", 0.0) - weights, 0.0),
+        phases.update({"weights": weights, "reference_image": max(phases.pop("reference_image", 0.0) - weights, 0.0),
                        "vae_decode_in_images": comparison.evaluation.vae_seconds or 0.0, "write": _lap(clock)})
-        PHASES.pop("stored_costs", None)
-        line["phase_seconds"] = {k: round(v, 3) for k, v in PHASES.items()}
+        phases.pop("stored_costs", None)
+        line["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
         line["set_up"] = engine.set_up.to_dict()  # within the phases: each variant's build, captures, warm-ups
     print(json.dumps(line))
     return kept_or_said(study.evaluator)

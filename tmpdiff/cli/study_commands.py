@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tmpdiff.cli.entry import EXIT_INTERRUPTED, kept_or_said
 from tmpdiff.cli.image_commands import engine_for, target_costs
+from tmpdiff.cli.outcome import EXIT_INTERRUPTED, kept_or_said
 from tmpdiff.errors import worded
 from tmpdiff.frontends.flags import open_cache
 from tmpdiff.frontends.refusals import flag_of

@@ -14,21 +14,21 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from PIL import Image
 
-from tmpdiff.engine.budget import OutOfMemory, cuda_index, resolve_budget
 from tmpdiff.engine.settings import Result, RunSettings, batch_call_kwargs
 from tmpdiff.engine.split_app import told_to_followers
 from tmpdiff.engine.timing import SetUpSeconds, timing_vae_decode
 from tmpdiff.engine.turns import TurnLock
 from tmpdiff.errors import FieldError
-from tmpdiff.measure.memory import GIB, MemoryFigures, measuring_peak
-from tmpdiff.pipelines.placement import Plan
-from tmpdiff.pipelines.placer import Placer, estimate_working
-from tmpdiff.pipelines.prompt_cache import keeping_prompts
+from tmpdiff.memory.budget import OutOfMemory, cuda_index, resolve_budget
+from tmpdiff.memory.meter import GIB, MemoryFigures, measuring_peak
+from tmpdiff.memory.placement import Plan
+from tmpdiff.memory.placer import Placer, estimate_working
+from tmpdiff.memory.prompt_cache import keeping_prompts
 from tmpdiff.pipelines.registry import load_pipeline
 from tmpdiff.steps.precisions import Status, computes, precision_status
 from tmpdiff.steps.replay import ReplayStore
 from tmpdiff.steps.schedule import Schedule
-from tmpdiff.steps.switch import apply_schedule
+from tmpdiff.switching.switch import apply_schedule
 from tmpdiff.variants.bank import BuildInfo, Mode
 from tmpdiff.variants.compile_cache import CompileCache
 
@@ -98,7 +98,7 @@ class Engine:
         cache_dir: the tmpdiff cache folder that keeps compiled variants across processes
             (default: ``$TMPDIFF_CACHE_DIR`` or the user cache folder).
         gpu_memory: the GPU memory budget in GiB (``budget.py``): honoured by the allocator, and by a placement plan
-            per model that streams what does not fit (``pipelines.placer``); default: what the GPU has free.
+            per model that streams what does not fit (``memory.placer``); default: what the GPU has free.
     """
 
     def __init__(self, device: str | None = None, compile: bool | str | None = None,

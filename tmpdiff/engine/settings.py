@@ -10,7 +10,7 @@ from PIL import Image
 
 from tmpdiff.errors import FieldError
 from tmpdiff.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE, finite
-from tmpdiff.measure.memory import MemoryFigures
+from tmpdiff.memory.meter import MemoryFigures
 from tmpdiff.pipelines.registry import DEFAULT_MODEL, ModelSpec, get_model
 from tmpdiff.steps.schedule import Schedule
 

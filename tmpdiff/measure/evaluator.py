@@ -24,9 +24,9 @@ from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import Result, RunSettings
 from tmpdiff.errors import CacheWarning
 from tmpdiff.measure.latency import CostTable, measure_costs, timed_run
-from tmpdiff.measure.memory import gib
 from tmpdiff.measure.metrics import Quality, compare, compare_video
 from tmpdiff.measure.records import EvalKey, EvalRecord, EvaluationStore, device_fingerprint, stable_hash
+from tmpdiff.memory.meter import gib
 from tmpdiff.pipelines.registry import config_hash, get_model
 from tmpdiff.steps.cancel import raise_if_stopped_here
 from tmpdiff.steps.replay import ReplayStore

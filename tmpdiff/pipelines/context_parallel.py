@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tmpdiff.steps.switch import denoisers_of
+from tmpdiff.switching.switch import denoisers_of
 
 __all__ = ["CallMirror", "decode_call_kwargs", "enable_context_parallel", "encode_call_kwargs",
            "init_process_group", "is_main_process", "leave_process_group", "split_degree"]

@@ -256,7 +256,7 @@ def config_hash(name: str) -> str:
 def load_pipeline(name: str, device: str | torch.device = "cpu", host: bool = False) -> Any:
     """A stock diffusers pipeline for the registry entry ``name`` on ``device``, in its reference dtype; with
     ``host`` its weights stay in host memory, for a memory budget's placement to put on ``device``
-    (``pipelines.placer``)."""
+    (``memory.placer``)."""
     import torch
 
     spec = get_model(name)

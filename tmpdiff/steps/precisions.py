@@ -71,7 +71,7 @@ class Precision:
         dynamic_activation: activations are quantized per call, so layers whose input has
             fewer than ``MIN_ROWS`` rows (timestep and modulation embeddings) are left alone.
         group_size: the weight group size; layers whose ``in_features`` it does not divide are left alone.
-        attention: ``"fp8"`` when the step's attention also runs in fp8 (see ``tmpdiff.variants.attention``).
+        attention: ``"fp8"`` when the step's attention also runs in fp8 (see ``tmpdiff.steps.attention``).
         graphs: its compiled calls are known to replay as CUDA graphs (``tmpdiff.variants.graphs``). Only rungs
             checked on a GPU say so: a capture that fails (int8's did, on an H200) leaves the process's CUDA state
             unusable.
@@ -89,7 +89,7 @@ class Precision:
     dynamic_activation: bool = False
     group_size: int | None = None
     extrapolates: bool = False  # a non-computing step that predicts its output instead of reusing it
-    attention: str | None = None  # "fp8": attention runs in fp8 too (tmpdiff.variants.attention), not only the linears
+    attention: str | None = None  # "fp8": attention runs in fp8 too (tmpdiff.steps.attention), not only the linears
     graphs: bool = False
 
     @property
@@ -318,7 +318,7 @@ def _with_attention(precision: Precision, linears: Availability, device: str) ->
                             f"{linears.reason}; attention simulated by rounding q, k and v to fp8")
     import torch
 
-    from tmpdiff.variants.attention import fp8_attention_available
+    from tmpdiff.steps.attention import fp8_attention_available
 
     works, why = fp8_attention_available(torch.device(device).index or 0)
     if not works:

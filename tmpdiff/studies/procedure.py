@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tmpdiff.engine.budget import OutOfMemory
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.errors import FieldError
 from tmpdiff.measure.evaluator import Evaluator
 from tmpdiff.measure.latency import CostTable
+from tmpdiff.memory.budget import OutOfMemory
 from tmpdiff.steps.cancel import cancellable
 from tmpdiff.steps.precisions import PRECISIONS, Status, computes, precision_status
 from tmpdiff.steps.replay import ReplayStore

@@ -14,20 +14,20 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from tmpdiff.steps.attention import attention_context, mark
 from tmpdiff.steps.precisions import Kind, Precision, Status, get_precision, precision_status
 from tmpdiff.variants import aot
-from tmpdiff.variants.attention import attention_context, mark
 from tmpdiff.variants.build_profile import BuildProfile, Phases
 from tmpdiff.variants.compile_cache import CompileCache, CompileKey
-from tmpdiff.variants.copies import copy_module, parallel_like, tensor_bytes, tensors_of
+from tmpdiff.variants.copies import copy_module, find_blocks, parallel_like, tensor_bytes, tensors_of
 from tmpdiff.variants.graphs import CallGraphs, split_graphs_enabled
 
 __all__ = ["MIN_ROWS", "BuildInfo", "Mode", "VariantBank", "bank_for"]
@@ -83,6 +83,16 @@ MIN_ROWS = 16
 MIN_FEATURES = 16
 
 
+class BankHome(Protocol):
+    """Where a bank's bytes live under a memory budget (``memory.placer.Placer``), as the bank sees it: told of each
+    variant built, and asked to bring a block of the reference onto the device while a variant is quantized from
+    it. The bank holds one, typed, so variants import nothing from the memory layer above them."""
+
+    def variant_built(self) -> None: ...
+
+    def reference_onloaded(self, bank: VariantBank, index: int) -> AbstractContextManager[None]: ...
+
+
 @dataclass
 class VariantBank:
     """The variants of one denoiser, keyed by (precision, mode)."""
@@ -94,8 +104,18 @@ class VariantBank:
     lock: threading.RLock = field(default_factory=threading.RLock)
     device: torch.device | None = None
     graphs: CallGraphs = field(default_factory=CallGraphs)
-    home: torch.device | None = None  # where the denoiser lives when some of its blocks stream (placer.py)
-    placer: Any = None  # the pipeline's placer under a memory budget: told of every variant built
+    home: torch.device | None = None  # where the denoiser lives when some of its blocks stream (``settle_in``)
+    placer: BankHome | None = None  # the pipeline's placer under a memory budget: told of every variant built
+
+    def settle_in(self, device: torch.device, placer: BankHome) -> None:
+        """Under a memory budget: the denoiser lives on ``device`` (though some blocks stream) and ``placer``
+        places what it builds."""
+        self.home, self.placer = device, placer
+
+    def tensors_moved(self) -> None:
+        """Some of the bank's tensors moved between the host and the device: captured CUDA graphs point at the old
+        addresses, so they go."""
+        self.graphs.clear()
 
     @property
     def reference_dtype(self) -> torch.dtype:
@@ -287,8 +307,6 @@ class VariantBank:
         if self.placer is None:
             quantize_(variant, config, filter_fn=takes)
             return
-        from tmpdiff.pipelines.streaming import find_blocks
-
         names = {id(module): name for name, module in variant.named_modules()}
         inside: set[str] = set()
         for index, block in enumerate(find_blocks(variant)):

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["STREAMING_HOOK", "copy_module", "module_bytes", "parallel_like", "strip_streaming_hooks", "tensor_bytes",
-           "tensors_of"]
+__all__ = ["STREAMING_HOOK", "copy_module", "find_blocks", "module_bytes", "parallel_like", "strip_streaming_hooks",
+           "tensor_bytes", "tensors_of"]
 
-STREAMING_HOOK = "_tmpdiff_streaming"  # marks the hooks of a block streamed from host memory (pipelines.streaming)
+STREAMING_HOOK = "_tmpdiff_streaming"  # marks the hooks of a block streamed from host memory (memory.streaming)
 
 
 def strip_streaming_hooks(module: nn.Module) -> None:
@@ -25,6 +25,23 @@ def strip_streaming_hooks(module: nn.Module) -> None:
         for hooks in (layer._forward_pre_hooks, layer._forward_hooks):
             for key in [k for k, hook in hooks.items() if getattr(hook, STREAMING_HOOK, False)]:
                 del hooks[key]
+
+
+def find_blocks(module: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of ``module``, in the order they are defined: the classes a diffusers model declares as
+    repeated, else the elements of its largest ``ModuleList``s (a text encoder's layers, a UNet's stages)."""
+    declared = set(getattr(module, "_repeated_blocks", None) or ())
+    if declared:
+        return [m for m in module.modules() if type(m).__name__ in declared]
+    total = sum(p.numel() for p in module.parameters()) or 1
+    lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)
+             and sum(p.numel() for p in m.parameters()) >= 0.2 * total]
+    outer = [m for m in lists if not any(m is not other and _contains(other, m) for other in lists)]
+    return [block for blocks in outer for block in blocks]
+
+
+def _contains(outer: nn.Module, inner: nn.Module) -> bool:
+    return any(m is inner for m in outer.modules())
 
 
 def module_bytes(module: nn.Module) -> int:

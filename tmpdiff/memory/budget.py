@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from tmpdiff.errors import FieldError, literal
-from tmpdiff.measure.memory import GIB, gib
+from tmpdiff.memory.meter import GIB, gib
 
 __all__ = ["MARGIN", "OutOfMemory", "resolve_budget"]
 

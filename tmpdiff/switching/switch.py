@@ -25,8 +25,8 @@ from diffusers.hooks import HookRegistry
 from torch import nn
 
 from tmpdiff.steps.replay import ReplayStore
-from tmpdiff.steps.router import DenoiserHook, ScheduleHandle, StepRouter, SwitchConfig
 from tmpdiff.steps.schedule import Schedule
+from tmpdiff.switching.router import DenoiserHook, ScheduleHandle, StepRouter, SwitchConfig
 from tmpdiff.variants.bank import Mode, bank_for
 from tmpdiff.variants.compile_cache import CompileCache
 from tmpdiff.variants.graphs import graphs_enabled
@@ -112,7 +112,7 @@ def apply_schedule(
             the step's time; ``graphs.py``); default ``$TMPDIFF_CUDA_GRAPHS``, else on. Ignored off CUDA; a
             context-parallel denoiser's calls only with ``$TMPDIFF_CUDA_GRAPHS=all``.
         eager: precisions that run eager (no compiled copy, no graph) whatever ``compile`` says: those a memory
-            budget streams block by block (``pipelines.placer``).
+            budget streams block by block (``memory.placer``).
 
     Example:
         >>> with apply_schedule(pipe, "bf16*2,int8wo*2") as handle:  # doctest: +SKIP

@@ -28,7 +28,7 @@ from torch import nn
 
 from tmpdiff.variants.copies import STREAMING_HOOK, tensor_bytes, tensors_of
 
-__all__ = ["BlockStreamer", "find_blocks"]
+__all__ = ["BlockStreamer"]
 
 
 def _streaming_hook(hook: Any) -> Any:
@@ -43,23 +43,6 @@ def _inner_names(tensor: torch.Tensor) -> list[str] | None:
         return None
     names, _ = tensor.__tensor_flatten__()
     return list(names)
-
-
-def find_blocks(module: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of ``module``, in the order they are defined: the classes a diffusers model declares as
-    repeated, else the elements of its largest ``ModuleList``s (a text encoder's layers, a UNet's stages)."""
-    declared = set(getattr(module, "_repeated_blocks", None) or ())
-    if declared:
-        return [m for m in module.modules() if type(m).__name__ in declared]
-    total = sum(p.numel() for p in module.parameters()) or 1
-    lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)
-             and sum(p.numel() for p in m.parameters()) >= 0.2 * total]
-    outer = [m for m in lists if not any(m is not other and _contains(other, m) for other in lists)]
-    return [block for blocks in outer for block in blocks]
-
-
-def _contains(outer: nn.Module, inner: nn.Module) -> bool:
-    return any(m is inner for m in outer.modules())
 
 
 @dataclass

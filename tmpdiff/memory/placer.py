@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from tmpdiff.pipelines.placement import Part, Plan, Sizes, plan_placement
-from tmpdiff.pipelines.streaming import BlockStreamer, find_blocks
+from tmpdiff.memory.placement import Part, Plan, Sizes, plan_placement
+from tmpdiff.memory.streaming import BlockStreamer
 from tmpdiff.steps.precisions import Kind, get_precision
-from tmpdiff.variants.copies import tensor_bytes
+from tmpdiff.variants.bank import VariantBank
+from tmpdiff.variants.copies import find_blocks, tensor_bytes
 
 __all__ = ["ENCODERS", "Placer", "estimate_working"]
 
@@ -48,14 +49,13 @@ class Placer:
     """Places one pipeline's parts on ``device`` within ``budget`` bytes (None: everything on the device)."""
 
     def __init__(self, pipe: Any, device: torch.device, budget: int | None, working: int = 0) -> None:
-        from tmpdiff.steps.switch import denoisers_of
+        from tmpdiff.switching.switch import denoisers_of
         from tmpdiff.variants.bank import bank_for
 
         self.pipe, self.device, self.budget = pipe, device, budget
         self.banks = {name: bank_for(module) for name, module in denoisers_of(pipe)}
         for bank in self.banks.values():
-            bank.home = device
-            bank.placer = self
+            bank.settle_in(device, self)
         self.encoders = {n: m for n in ENCODERS if isinstance(m := getattr(pipe, n, None), nn.Module)}
         self.vae = getattr(pipe, "vae", None)
         self.working = working
@@ -153,7 +153,7 @@ class Placer:
             _to_device(self._module(name), kept, self.device)
         if moved:  # captured CUDA graphs point at tensors that moved
             for bank in self.banks.values():
-                bank.graphs.clear()
+                bank.tensors_moved()
 
     def _streamer(self, name: str) -> BlockStreamer | None:
         if name not in self.streamers:
@@ -165,7 +165,7 @@ class Placer:
         return self.streamers[name]
 
     @contextmanager
-    def reference_onloaded(self, bank: Any, index: int) -> Iterator[None]:
+    def reference_onloaded(self, bank: VariantBank, index: int) -> Iterator[None]:
         """Block ``index`` of ``bank``'s reference on the device for the block (a variant quantized from it)."""
         owner = next(n for n, b in self.banks.items() if b is bank)
         streamer = self.streamers.get(self._variant_name(owner, _reference_name(bank)))
