@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from tmpdiff.atomic import write_atomically
 from tmpdiff.errors import CacheWarning, literal, shown
 from tmpdiff.measure.records import BlindTally, EvalKey, EvalRecord, StoredEvaluation, StoredSearchRun
+from tmpdiff.memory.meter import MemoryFigures
 
 from .connection import (
     CacheError,
@@ -137,7 +138,8 @@ class Cache:
             "psnr": finite_or_none(record.psnr), "lpips": record.lpips, "lpips_note": record.lpips_note,
             "measured_seconds": record.measured_seconds, "predicted_seconds": record.predicted_seconds,
             "steps_run": list(record.steps_run), "simulated": list(record.simulated),
-            "created_at": created_at or datetime.now(UTC), "peak_bytes": record.peak_bytes, "memory": record.memory,
+            "created_at": created_at or datetime.now(UTC), "peak_bytes": record.peak_bytes,
+            "memory": record.memory.to_dict() if record.memory else None,
             "reference_seconds": record.reference_seconds,
         }
         insert = self._insert(EvaluationRow).values(**values)
@@ -353,7 +355,8 @@ def _to_record(row: EvaluationRow, key: EvalKey, png: bytes) -> EvalRecord:
     return EvalRecord(key=key, png=png, ssim=row.ssim, psnr=row.psnr if row.psnr is not None else float("inf"),
                       lpips=row.lpips, lpips_note=row.lpips_note, measured_seconds=row.measured_seconds,
                       predicted_seconds=row.predicted_seconds, steps_run=list(row.steps_run),
-                      simulated=list(row.simulated), peak_bytes=row.peak_bytes, memory=row.memory,
+                      simulated=list(row.simulated), peak_bytes=row.peak_bytes,
+                      memory=MemoryFigures.from_dict(row.memory, row.peak_bytes),
                       reference_seconds=row.reference_seconds)
 
 
@@ -364,4 +367,5 @@ def _stored(row: EvaluationRow) -> StoredEvaluation:
         device_hash=row.device_hash, image_sha256=row.image_sha256, ssim=row.ssim, psnr=row.psnr, lpips=row.lpips,
         lpips_note=row.lpips_note, measured_seconds=row.measured_seconds, predicted_seconds=row.predicted_seconds,
         steps_run=list(row.steps_run), simulated=list(row.simulated), created_at=row.created_at.isoformat(),
-        peak_bytes=row.peak_bytes, memory=row.memory, reference_seconds=row.reference_seconds)
+        peak_bytes=row.peak_bytes, memory=MemoryFigures.from_dict(row.memory, row.peak_bytes),
+        reference_seconds=row.reference_seconds)

@@ -25,6 +25,7 @@ from typing import Any
 from tmpdiff.engine.settings import STORED_FIELDS, RunSettings
 from tmpdiff.errors import literal, shown
 from tmpdiff.measure.records import EvalKey, EvalRecord
+from tmpdiff.memory.meter import MEMORY_WHERE, MemoryFigures
 from tmpdiff.pipelines.registry import MODELS
 from tmpdiff.steps.schedule import Schedule
 
@@ -387,7 +388,6 @@ def _checked_png(text: str) -> bytes:
 
 
 MEMORY_KEYS = {"peak_gib", "where", "resident_gib", "plan", "budget_gib"}  # ``MemoryFigures.to_dict()``
-MEMORY_WHERE = ("gpu", "host", "host-process")
 MOST_GIB = 16384.0  # more memory than any one machine holds: a typo or a forgery, not a measurement
 
 
@@ -399,7 +399,7 @@ def _gib_or_none(value: Any, field: str, low: float = 0.0) -> float | None:
     return float(value)
 
 
-def _checked_memory(peak: Any, memory: Any) -> tuple[int | None, dict[str, Any] | None]:
+def _checked_memory(peak: Any, memory: Any) -> tuple[int | None, MemoryFigures | None]:
     """The peak and the memory record as the engine writes them (``MemoryFigures.to_dict``), agreeing."""
     if not (peak is None or (isinstance(peak, int) and not isinstance(peak, bool) and 0 <= peak < 1 << 50)):
         raise ValueError(f"'peak_bytes' is {shown(peak)}: a whole number of bytes from 0 to 2**50 - 1, or null")
@@ -421,7 +421,7 @@ def _checked_memory(peak: Any, memory: Any) -> tuple[int | None, dict[str, Any] 
         _gib_or_none(size, "resident_gib")
     if not isinstance(memory.get("plan", ""), str):
         raise ValueError("'memory.plan' must be a text")
-    return peak, memory
+    return peak, MemoryFigures.from_dict(memory, peak)
 
 
 def _check_object(value: Any, field: str) -> None:

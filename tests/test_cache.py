@@ -15,6 +15,7 @@ from tmpdiff.cache import Cache, CacheError
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.evaluator import Evaluator
+from tmpdiff.memory.meter import MemoryFigures
 
 
 def test_put_get_and_upsert(tmp_path):
@@ -578,7 +579,7 @@ def test_every_part_of_an_export_is_checked_before_anything_is_written(tmp_path,
 def test_an_import_checks_nested_objects_and_facts_that_must_agree(tmp_path, change, says):
     source = Cache(tmp_path / "a.sqlite")
     source.put(dataclasses_replace(record("fp32*2,skip*2"), peak_bytes=2**30,
-                                   memory={"peak_gib": 1.0, "where": "gpu", "plan": ""}))
+                                   memory=MemoryFigures(2**30, "gpu")))
     exported = tmp_path / "ex.json"
     source.export(exported)
     payload = json.loads(exported.read_text())

@@ -216,9 +216,11 @@ def _entries_without_ids(path):
 def test_an_export_imports_into_its_own_database_as_nothing_and_into_an_empty_one_as_every_row(location, tmp_path):
     import dataclasses
 
+    from tmpdiff.memory.meter import MemoryFigures
+
     source = Cache(location)
     identical = dataclasses.replace(record("fp32*4", seed=9), ssim=1.0, psnr=float("inf"), lpips=0.0,
-                                    peak_bytes=123456, memory={"peak_gib": 0.0, "where": "host"})
+                                    peak_bytes=123456, memory=MemoryFigures(123456, "host"))
     for each in (record(seed=0), record("fp32*2,skip*2", seed=1), identical):
         source.put(each)
     first = tmp_path / "first.json"

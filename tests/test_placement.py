@@ -236,6 +236,7 @@ def test_the_engine_under_a_placement_gives_the_unplaced_image_with_variants_bui
 
     from tmpdiff.engine.runner import Engine
     from tmpdiff.engine.settings import RunSettings
+    from tmpdiff.memory.budget import Budget
     from tmpdiff.memory.placer import Placer
 
     settings = RunSettings(model="tiny-flux", steps=4, size=32)
@@ -250,7 +251,8 @@ def test_the_engine_under_a_placement_gives_the_unplaced_image_with_variants_bui
     placer = engine.placers["tiny-flux"] = Placer(pipe, torch.device("cpu"), None)
     everything = placer.prepare(["fp32", "int8wo"], 0)  # no budget: the whole pipeline's bytes
     block = placer.sizes().parts["fp32"].largest_block
-    engine.budget = placer.budget = everything.peak - 4 * block  # the reference cannot all stay
+    engine.budget = Budget(everything.peak - 4 * block, given=True)  # the reference cannot all stay
+    placer.set_budget(engine.budget.bytes)
     plans = []
     engine.on_plan = lambda model, line: plans.append(line)
     placed = engine.generate(settings, schedule)

@@ -16,7 +16,7 @@ from tmpdiff.frontends.plots import search_pareto as search_plot
 from tmpdiff.measure.cost_tables import Prediction
 from tmpdiff.measure.evaluator import Evaluation
 from tmpdiff.measure.metrics import LPIPS_HOW_TO
-from tmpdiff.memory.meter import gib
+from tmpdiff.memory.meter import MEMORY_WHERE, MemoryFigures, gib
 from tmpdiff.studies.comparison import Comparison
 from tmpdiff.studies.report import SearchReport
 from tmpdiff.studies.study import SearchResult
@@ -106,7 +106,7 @@ def cards(comparison: Comparison | None, target: Prediction | None = None) -> st
                else _card("LPIPS", "n/a", lpips_in_plain_words(record.lpips_note),
                           tooltip=f"{record.lpips_note or 'not computed'}. {LPIPS_HOW_TO}"))
     row.append(_card("seconds", f"{record.measured_seconds:.2f} s", seconds_note(evaluation)))
-    row.append(memory_card(record.peak_bytes, record.memory or {}))
+    row.append(memory_card(record.peak_bytes, record.memory))
     return f"<div class='cards'>{''.join(row)}</div>" + frame_strip(list(frames.frame_ssim) if frames else [])
 
 
@@ -158,19 +158,15 @@ def lpips_in_plain_words(note: str) -> str:
     return "not computed here"
 
 
-MEMORY_WHERE = {"gpu": "GPU, this image", "host": "host memory, this image (no GPU)",
-                "host-process": "host memory, the process's peak so far"}
-
-
-def memory_card(peak_bytes: int | None, memory: dict[str, Any]) -> str:
+def memory_card(peak_bytes: int | None, memory: MemoryFigures | None) -> str:
     """The image's peak memory, where it was measured, and the budget and placement it ran under (the plan in the
     tooltip)."""
     if peak_bytes is None:
         return _card("peak memory", "n/a", "not measured (stored before memory was)")
-    budget = memory.get("budget_gib")
-    note = MEMORY_WHERE.get(str(memory.get("where", "gpu")), "")
-    note += f"; budget {budget:.1f} GiB" if isinstance(budget, int | float) else ""
-    return _card("peak memory", f"{gib(peak_bytes):.2f} GiB", note, tooltip=str(memory.get("plan") or ""))
+    figures = memory or MemoryFigures(peak_bytes)
+    note = MEMORY_WHERE.get(figures.where, "")
+    note += f"; budget {gib(figures.budget_bytes, digits=1):.1f} GiB" if figures.budget_bytes is not None else ""
+    return _card("peak memory", f"{gib(peak_bytes):.2f} GiB", note, tooltip=figures.plan)
 
 
 def video_pair(reference_uri: str, schedule_uri: str) -> str:

@@ -19,8 +19,8 @@ from tmpdiff.engine.split_app import told_to_followers
 from tmpdiff.engine.timing import SetUpSeconds, timing_vae_decode
 from tmpdiff.engine.turns import TurnLock
 from tmpdiff.errors import FieldError
-from tmpdiff.memory.budget import OutOfMemory, cuda_index, resolve_budget
-from tmpdiff.memory.meter import GIB, MemoryFigures, measuring_peak
+from tmpdiff.memory.budget import OutOfMemory, resolve_budget
+from tmpdiff.memory.meter import MemoryFigures, measuring_peak
 from tmpdiff.memory.placement import Plan
 from tmpdiff.memory.placer import Placer, estimate_working
 from tmpdiff.memory.prompt_cache import keeping_prompts
@@ -104,7 +104,7 @@ class Engine:
     def __init__(self, device: str | None = None, compile: bool | str | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, gpu_memory: float | None = None) -> None:
         self.device = _usable_device(device or default_device())
-        self.budget, self.budget_given = resolve_budget(gpu_memory, self.device)
+        self.budget = resolve_budget(gpu_memory, self.device)
         self.placers: dict[str, Placer] = {}  # per model, under a budget (CUDA, one process an image)
         self.on_plan: Callable[[str, str], None] | None = None  # told (model, plan in one line) when a plan changes
         self.mode = Mode.coerce(compile, torch.device(self.device))
@@ -142,13 +142,9 @@ class Engine:
     def set_gpu_memory(self, gpu_memory: float | None) -> None:
         """A new budget for this engine's next calls (GiB; None: all of the GPU), planned for at the next call: a
         benchmark measures several budgets in one process."""
-        if self.device.startswith("cuda") and gpu_memory is None:
-            torch.cuda.set_per_process_memory_fraction(1.0, cuda_index(self.device))
-            self.budget, self.budget_given = torch.cuda.mem_get_info(self.device)[1] - GIB, False
-        else:
-            self.budget, self.budget_given = resolve_budget(gpu_memory, self.device)
+        self.budget = resolve_budget(gpu_memory, self.device)
         for placer in self.placers.values():
-            placer.budget = self.budget
+            placer.set_budget(self.budget.bytes)
 
     @property
     def leads(self) -> bool:
@@ -166,10 +162,10 @@ class Engine:
                     listener(model)
                 with told_to_followers(self.mirror, {"load": model}):
                     start = time.perf_counter()
-                    placed = self.budget is not None and self.split == 1
+                    placed = self.budget.bytes is not None and self.split == 1
                     pipe = load_pipeline(model, self.device, host=placed)
                     if placed:
-                        self.placers[model] = Placer(pipe, torch.device(self.device), self.budget)
+                        self.placers[model] = Placer(pipe, torch.device(self.device), self.budget.bytes)
                     if self.split > 1:
                         from tmpdiff.pipelines.context_parallel import enable_context_parallel
 
@@ -303,7 +299,7 @@ class Engine:
         if placer is not None and peak is not None:
             placer.observed(peak)
         memory = MemoryFigures(peak, meter.where, placer.resident_by_part() if placer else {},
-                               placer.plan.line() if placer and placer.plan else "", self.budget)
+                               placer.plan.line() if placer and placer.plan else "", self.budget.bytes)
         return TimedCall(images, handle, seconds, vae["seconds"], memory)
 
     def _placed(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Placer | None, Plan | None]:
@@ -321,12 +317,12 @@ class Engine:
 
     def _out_of_memory(self, kwargs: dict[str, Any], schedule: Schedule, placer: Placer | None) -> OutOfMemory:
         """Running out of memory is an answer: what was taken is freed, the next plan leaves more working room."""
-        if placer is not None and placer.plan is not None:
-            placer.working = int(placer.working * 1.25) + GIB // 2
+        if placer is not None:
+            placer.ran_out()
         torch.cuda.empty_cache()
         size = kwargs.get("height")
         what = f"a {size}x{size} image with {schedule}" if size else f"an image with {schedule}"
-        return OutOfMemory(what, self.budget, placer.plan.line() if placer and placer.plan else "")
+        return OutOfMemory(what, self.budget.bytes, placer.plan.line() if placer and placer.plan else "")
 
 
 def _beyond_builds(call: TimedCall) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from tmpdiff.memory.meter import gib
 from tmpdiff.steps.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def history(points: Sequence[HistoryPoint], axis: str = "speedup") -> go.Figure:
             return point.speedup
         if axis == "predicted_speedup":
             return point.predicted_speedup
-        return None if point.peak_bytes is None else point.peak_bytes / 2**30
+        return gib(point.peak_bytes)
 
     figure = go.Figure()
     unit = " GiB" if axis == "peak_gib" else "x"

@@ -95,7 +95,7 @@ class Evaluation:
             "speedup": round(self.speedup, 3) if self.has_speed_claim else None,
             "speedup_timed_beside_reference": self.timed_beside,
             "simulated": r.simulated, "device": r.key.device["device"], "cached": self.cached,
-            "peak_gib": gib(r.peak_bytes), "memory": r.memory,
+            "peak_gib": gib(r.peak_bytes), "memory": r.memory.to_dict() if r.memory else None,
             **(self._frame_scores() if self.frames else {}),
         }
 
@@ -143,7 +143,7 @@ class Evaluator:
             model=settings.model, model_hash=self.model_hash(settings.model), settings=settings.to_dict(),
             schedule=str(schedule), schedule_hash=schedule.hash,
             device=device_fingerprint(self.engine.device, self.engine.mode, self.engine.split,
-                                      self.engine.budget if self.engine.budget_given else None),
+                                      self.engine.budget.given_bytes),
         )
 
     def model_hash(self, model: str) -> str:
@@ -241,7 +241,7 @@ class Evaluator:
         table = measure_costs(timed_run(self.engine, settings), reference, sorted(set(precisions) - {reference}),
                               steps=max(steps, 2), device=self.engine.device, compiled=self.compiled,
                               table=self.known_costs(settings), warm_reference_only=True)
-        table.budget_gib = gib(self.engine.budget) if self.engine.budget_given else None  # streamed steps cost more
+        table.budget_gib = gib(self.engine.budget.given_bytes)  # streamed steps cost more
         self._tables[(settings.model, steps, settings.resolved_size)] = table
         return table
 
@@ -274,7 +274,7 @@ class Evaluator:
                 table = measure_costs(timed_run(self.engine, settings), settings.spec.dtype, sorted(missing),
                                       steps=steps, device=self.engine.device, compiled=self.compiled, table=table,
                                       warm_reference_only=True)
-                table.budget_gib = gib(self.engine.budget) if self.engine.budget_given else None
+                table.budget_gib = gib(self.engine.budget.given_bytes)
                 self._tables[shape] = table
             self.costs[settings.model] = table
             return table
@@ -314,7 +314,7 @@ class Evaluator:
             predicted_seconds=table.predict(result.schedule) if table else None,
             steps_run=result.steps_run, simulated=result.simulated,
             peak_bytes=result.memory.peak_bytes if result.memory else None,
-            memory=result.memory.to_dict() if result.memory else None, reference_seconds=reference_seconds,
+            memory=result.memory, reference_seconds=reference_seconds,
         )
         raise_if_stopped_here()  # and keeps nothing that ended after its cancel
         kept = self.store_record(record, self.store) if self.store else None

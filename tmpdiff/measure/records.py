@@ -12,6 +12,8 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from tmpdiff.memory.meter import MemoryFigures, gib
+
 __all__ = ["BlindTally", "EvalKey", "EvalRecord", "EvaluationStore", "StoredEvaluation", "StoredSearchRun",
            "device_fingerprint", "stable_hash"]
 
@@ -35,7 +37,7 @@ def device_fingerprint(device: str, mode: str, split: int = 1, budget: int | Non
     return {"device": name, "torch": torch.__version__, "torchao": torchao.__version__,
             "diffusers": diffusers.__version__, "compiled": mode != "eager",
             **({"mode": str(mode)} if mode == "aot" else {}), **({"split_over": split} if split > 1 else {}),
-            **({"budget_gib": round(budget / 2**30, 2)} if budget is not None else {})}
+            **({"budget_gib": gib(budget)} if budget is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class EvalRecord:
     steps_run: list[str] = field(default_factory=list)
     simulated: list[str] = field(default_factory=list)
     peak_bytes: int | None = None  # the image's peak memory (GPU; the host's without one): memory.py
-    memory: dict[str, Any] | None = None  # ``MemoryFigures.to_dict()``: where it was measured, the plan, the budget
+    memory: MemoryFigures | None = None  # where it was measured, the plan, the budget (JSON only in the store)
     # The reference's seconds timed beside this image (same process, just before it): the measured speed-up's
     # denominator. None for a reference, an image stored before it was kept, or one timed alone.
     reference_seconds: float | None = None
@@ -114,7 +116,7 @@ class StoredEvaluation:
     simulated: list[str]
     created_at: str  # ISO 8601
     peak_bytes: int | None = None  # None: stored before memory was measured
-    memory: dict[str, Any] | None = None
+    memory: MemoryFigures | None = None
     reference_seconds: float | None = None  # timed beside it (``EvalRecord.reference_seconds``)
 
     @property

@@ -1,21 +1,37 @@
 """A GPU memory budget: how many bytes an engine may use (``--gpu-memory GIB``), honoured by the allocator itself,
 and the one-line answer an image gets when it does not fit.
 
-Without ``--gpu-memory`` the budget is what the device has free when the engine starts, less a margin, so a 24 GB
-card plans for what it has. Given one, the process's CUDA allocator is capped to it
+Without ``--gpu-memory`` the budget is what the device has for this process (free now, plus what this process's
+allocator already holds), less a margin, so a 24 GB card plans for what it has; the same meaning at an engine's start
+and when a budget is taken away later. Given one, the process's CUDA allocator is capped to it
 (``torch.cuda.set_per_process_memory_fraction``), so a 24 GiB run on a larger GPU is the real thing.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from tmpdiff.errors import FieldError, literal
 from tmpdiff.memory.meter import GIB, gib
 
-__all__ = ["MARGIN", "OutOfMemory", "resolve_budget"]
+__all__ = ["MARGIN", "Budget", "OutOfMemory", "resolve_budget"]
 
 MARGIN = GIB  # left free for the CUDA context, other libraries and the allocator's own slack (default budget only)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The GPU bytes an engine may use (None: no GPU, nothing to plan) and whether the user gave them (then the
+    allocator is capped to them, and images and costs are keyed by them)."""
+
+    bytes: int | None = None
+    given: bool = False
+
+    @property
+    def given_bytes(self) -> int | None:
+        """The budget the user set, or None when there is none (the default budget is not a setting)."""
+        return self.bytes if self.given else None
 
 
 class OutOfMemory(FieldError):
@@ -28,8 +44,8 @@ class OutOfMemory(FieldError):
                          "{size} or fewer precisions in the {schedule}")
 
 
-def resolve_budget(gpu_memory: float | None, device: str) -> tuple[int | None, bool]:
-    """The budget in bytes for ``device`` and whether the user gave it; caps the allocator to a given one.
+def resolve_budget(gpu_memory: float | None, device: str) -> Budget:
+    """The budget for ``device``; caps the allocator to a given one, and lifts a cap when given none.
 
     Raises:
         FieldError: of ``gpu_memory`` for a value that is not a positive number of GiB this GPU has, or one given
@@ -39,12 +55,13 @@ def resolve_budget(gpu_memory: float | None, device: str) -> tuple[int | None, b
         if gpu_memory is not None:
             raise FieldError("gpu_memory", gpu_memory, "{gpu_memory} budgets a CUDA GPU's memory: on the CPU leave it "
                              "out")
-        return None, False
+        return Budget()
     import torch
 
     free, total = torch.cuda.mem_get_info(device)
     if gpu_memory is None:
-        return max(free - MARGIN, 0), False
+        torch.cuda.set_per_process_memory_fraction(1.0, cuda_index(device))
+        return Budget(max(free + torch.cuda.memory_reserved(device) - MARGIN, 0))
     try:
         value = float(gpu_memory)
     except (TypeError, ValueError):
@@ -54,7 +71,7 @@ def resolve_budget(gpu_memory: float | None, device: str) -> tuple[int | None, b
                          f"GPU's {total / GIB:.1f}, got {{value}}")
     budget = int(value * GIB)
     torch.cuda.set_per_process_memory_fraction(budget / total, cuda_index(device))
-    return budget, True
+    return Budget(budget, given=True)
 
 
 def cuda_index(device: str) -> int:

@@ -11,16 +11,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-__all__ = ["GIB", "MemoryFigures", "PeakMeter", "gib", "measuring_peak"]
+__all__ = ["GIB", "MEMORY_WHERE", "MemoryFigures", "PeakMeter", "bytes_of", "gib", "measuring_peak"]
 
 GIB = 1 << 30
 
 
-def gib(value: int | float | None) -> float | None:
-    """Bytes as GiB, rounded for people (None stays None)."""
-    return None if value is None else round(value / GIB, 2)
+# Where a peak was measured, in the words a memory card uses.
+MEMORY_WHERE = {"gpu": "GPU, this image", "host": "host memory, this image (no GPU)",
+                "host-process": "host memory, the process's peak so far"}
+
+
+@overload
+def gib(value: None, digits: int = 2) -> None: ...
+@overload
+def gib(value: int | float, digits: int = 2) -> float: ...
+def gib(value: int | float | None, digits: int = 2) -> float | None:
+    """Bytes as GiB, rounded for people (None stays None): the one bytes-to-GiB conversion."""
+    return None if value is None else round(value / GIB, digits)
+
+
+def bytes_of(gib_value: int | float | str | None) -> int | None:
+    """GiB (as a record or a file says them) back to bytes; None stays None."""
+    return None if gib_value is None else int(float(gib_value) * GIB)
 
 
 @dataclass(frozen=True)
@@ -54,9 +68,8 @@ class MemoryFigures:
             return None
         data = data or {}
         resident = {str(k): int(float(v) * GIB) for k, v in (data.get("resident_gib") or {}).items()}
-        budget = data.get("budget_gib")
         return cls(peak_bytes, str(data.get("where", "gpu")), resident, str(data.get("plan", "")),
-                   None if budget is None else int(float(budget) * GIB))
+                   bytes_of(data.get("budget_gib")))
 
 
 class PeakMeter:

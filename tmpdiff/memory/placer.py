@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tmpdiff.memory.meter import GIB
 from tmpdiff.memory.placement import Part, Plan, Sizes, plan_placement
 from tmpdiff.memory.streaming import BlockStreamer
 from tmpdiff.steps.precisions import Kind, get_precision
@@ -75,6 +76,15 @@ class Placer:
         self._schedule = tuple(dict.fromkeys(p for p in precisions if get_precision(p).computes))
         self._in_use = tuple(self._parts_for())
         return self._replan()
+
+    def set_budget(self, budget: int | None) -> None:
+        """A new budget (bytes; None: everything on the device), planned for at the next call."""
+        self.budget = budget
+
+    def ran_out(self) -> None:
+        """A call ran out of memory under the current plan: the next plan leaves more working room."""
+        if self.plan is not None:
+            self.working = int(self.working * 1.25) + GIB // 2
 
     def variant_built(self) -> None:
         """A variant was just built: its real size is known; plan again (inside the call that built it)."""

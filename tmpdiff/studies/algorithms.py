@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tmpdiff.memory.meter import gib
 from tmpdiff.steps.cancel import Cancelled
 from tmpdiff.steps.precisions import may_lead
 from tmpdiff.steps.schedule import Schedule
@@ -61,7 +62,7 @@ class Point:
     def to_dict(self) -> dict[str, float | str]:
         data: dict[str, float | str] = {"schedule": self.schedule, "ssim": self.quality, "speedup": self.speedup}
         if self.peak_bytes is not None:
-            data["peak_gib"] = round(self.peak_bytes / 2**30, 3)
+            data["peak_gib"] = gib(self.peak_bytes, digits=3)
         return data
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from tmpdiff.errors import literal, worded
 from tmpdiff.measure.latency import CostTable
+from tmpdiff.memory.meter import bytes_of
 from tmpdiff.steps.schedule import Schedule
 from tmpdiff.studies.algorithms import Point
 from tmpdiff.studies.request import SearchRequest
@@ -246,4 +247,4 @@ def _request(data: dict[str, Any] | None) -> SearchRequest | None:
 
 def _points(rows: list[dict[str, Any]]) -> tuple[Point, ...]:
     return tuple(Point(r["schedule"], float(r["ssim"]), float(r["speedup"]),
-                       None if r.get("peak_gib") is None else int(float(r["peak_gib"]) * 2**30)) for r in rows)
+                       bytes_of(r.get("peak_gib"))) for r in rows)
