@@ -1,5 +1,7 @@
 """One image from one setting: one timed pipeline call, build time left out."""
 
+import numpy as np
+
 from tmpdiff.engine.runner import Engine
 from tmpdiff.engine.settings import RunSettings
 
@@ -53,3 +55,24 @@ def test_precisions_cold_at_these_shapes_warm_up_once_for_a_step_each():
     batch = batch_call_kwargs([settings, RunSettings(model="shapes-dit", steps=6, seed=1)], "cpu")
     engine._warm_up(pipe, batch, Schedule.parse("fp32*6"))
     assert engine.calls["warm_up"] - before == 6  # a batch of two is other shapes: cold again
+
+
+def test_two_engines_in_one_process_hold_one_pipeline_at_a_time_and_closing_lets_go_of_it():
+    """Memory is given back: an engine's pipeline and its variants go when the engine is closed or dropped (the
+    process's table of variant banks used to keep every denoiser ever loaded, and on a GPU its memory)."""
+    import gc
+    import weakref
+
+    settings = RunSettings(model="shapes-dit", steps=4)
+    first = Engine("cpu", compile=False)
+    first.generate(settings, "fp32*2,int8wo*2")  # a quantized variant built beside the reference
+    denoiser = weakref.ref(first._pipes["shapes-dit"].transformer)
+    first.close()
+    assert denoiser() is None  # closed: the pipeline and its bank are gone while the engine lives
+    image = first.generate(settings, "fp32*4").image  # and it still works, loading the model again
+    second = Engine("cpu", compile=False)
+    again = weakref.ref(first._pipes["shapes-dit"].transformer)
+    assert np.array_equal(np.asarray(second.generate(settings, "fp32*4").image), np.asarray(image))
+    del first
+    gc.collect()
+    assert again() is None  # dropped: the same, without a close

@@ -139,6 +139,21 @@ class Engine:
         self.split = processes
         self.mirror = CallMirror() if mirror else None
 
+    def close(self) -> None:
+        """Lets go of every loaded pipeline, its variants, placer and streamed blocks, and hands the GPU memory and
+        pinned host memory they held back (the app switching models, a benchmark measuring one setting after
+        another). The engine stays usable: the next image loads its model again."""
+        import gc
+
+        with self._lock:
+            self._pipes.clear()
+            self.placers.clear()
+            self.load_seconds.clear()
+            self._warmed.clear()
+        gc.collect()  # a pipeline's modules refer to each other (hooks, shared tensors): cycles, not counts
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
     def set_gpu_memory(self, gpu_memory: float | None) -> None:
         """A new budget for this engine's next calls (GiB; None: all of the GPU), planned for at the next call: a
         benchmark measures several budgets in one process."""

@@ -95,9 +95,11 @@ class BankHome(Protocol):
 
 @dataclass
 class VariantBank:
-    """The variants of one denoiser, keyed by (precision, mode)."""
+    """The variants of one denoiser, keyed by (precision, mode). It holds its denoiser weakly: the process's table
+    of banks is keyed by the denoiser, so a strong reference would keep every pipeline ever loaded (and its GPU
+    memory) alive; when the pipeline goes, its bank and variants go with it."""
 
-    reference: nn.Module
+    denoiser: weakref.ref[nn.Module]
     variants: dict[tuple[str, Mode], nn.Module] = field(default_factory=dict)
     builds: dict[tuple[str, Mode], BuildInfo] = field(default_factory=dict)
     linear_rows: dict[str, int] | None = None
@@ -106,6 +108,14 @@ class VariantBank:
     graphs: CallGraphs = field(default_factory=CallGraphs)
     home: torch.device | None = None  # where the denoiser lives when some of its blocks stream (``settle_in``)
     placer: BankHome | None = None  # the pipeline's placer under a memory budget: told of every variant built
+
+    @property
+    def reference(self) -> nn.Module:
+        """The denoiser itself (the reference precision's variant)."""
+        module = self.denoiser()
+        if module is None:
+            raise RuntimeError("the denoiser of this variant bank was freed; load the pipeline again")
+        return module
 
     def settle_in(self, device: torch.device, placer: BankHome) -> None:
         """Under a memory budget: the denoiser lives on ``device`` (though some blocks stream) and ``placer``
@@ -350,7 +360,7 @@ def bank_for(module: nn.Module) -> VariantBank:
     """The one bank of ``module``'s variants for this process."""
     with _BANKS_LOCK:
         if module not in _BANKS:
-            _BANKS[module] = VariantBank(module)
+            _BANKS[module] = VariantBank(weakref.ref(module))
         return _BANKS[module]
 
 
