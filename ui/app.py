@@ -17,10 +17,11 @@ import gradio as gr
 from tmpdiff import MODELS, Schedule, Status, available_precisions, get_model
 from tmpdiff.measure.cost_tables import matching_tables
 from tmpdiff.pipelines.registry import ModelSpec
-from tmpdiff.studies.request import SearchRequest
+from tmpdiff.studies.request import DEFAULT_SSIM_FLOOR, SearchRequest
 from tmpdiff.studies.study import Study
 
 from . import blind, panels, search_panel
+from .forms import SPEEDUP_TARGET, SSIM_FLOOR
 from .messages import user_error
 from .options import PRIVATE, session_of
 from .state import AppState
@@ -144,8 +145,9 @@ def _endpoints(app: AppState, spec: ModelSpec) -> SimpleNamespace:
                                 session_of(request))
 
     @_gpu
-    def search(model: str = spec.name, target_kind: str = "SSIM floor", target: float = 0.9, steps: int = spec.steps,
-               ladder: str = "", num_prompts: int = 4, seeds: str = "0,1", progress: gr.Progress = gr.Progress(),
+    def search(model: str = spec.name, target_kind: str = SSIM_FLOOR, target: float = DEFAULT_SSIM_FLOOR,
+               steps: int = spec.steps, ladder: str = "", num_prompts: int = 4, seeds: str = "0,1",
+               progress: gr.Progress = gr.Progress(),
                request: gr.Request | None = None) -> Iterator[tuple[Any, ...]]:
         yield from search_panel.search_updates(app, model, target_kind, target, steps, ladder, num_prompts, seeds,
                                                progress, session_of(request))
@@ -248,7 +250,7 @@ def _search_tab(w: Widgets, default: SearchRequest) -> None:
                     " Search runs it step by step, from the cache; change any field to ask another question.",
                     elem_id="search-defaults-line")
         with gr.Row():
-            w.add(target_kind=gr.Radio(["SSIM floor", "Speed-up target"], value="SSIM floor", label="Objective"),
+            w.add(target_kind=gr.Radio([SSIM_FLOOR, SPEEDUP_TARGET], value=SSIM_FLOOR, label="Objective"),
                   target=gr.Number(value=default.target_ssim, label="Target"),
                   ladder=gr.Textbox(value=ladder, label="Ladder (empty: every precision measured on this device)"),
                   num_prompts=gr.Number(value=len(default.prompts), step=1, label="Calibration prompts"),

@@ -11,6 +11,8 @@ from tmpdiff.pipelines.registry import get_model
 from tmpdiff.studies.prompts import calibration_prompts
 from tmpdiff.studies.request import SearchRequest, parse_seeds
 
+SSIM_FLOOR, SPEEDUP_TARGET = "SSIM floor", "Speed-up target"  # the search tab's objectives, as its radio says them
+
 __all__ = ["run_settings", "search_request", "whole"]
 
 
@@ -27,7 +29,7 @@ def search_request(model: str, target_kind: str, target: object, steps: object, 
     prompt_count, step_count = whole(num_prompts, "prompts"), whole(steps, "steps")
     seed_values = parse_seeds(seeds)
     _check_search_work(prompt_count, len(seed_values), step_count)
-    floor = target_kind == "SSIM floor"
+    floor = target_kind == SSIM_FLOOR
     return SearchRequest(
         model=model, prompts=tuple(calibration_prompts(spec.labels, prompt_count)), seeds=seed_values,
         steps=step_count, ladder=tuple(x.strip() for x in ladder.split(",") if x.strip()) or None,

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from tmpdiff.pipelines.registry import ModelSpec
 from tmpdiff.steps.cancel import Cancelled
 from tmpdiff.studies.prompts import calibration_prompts
-from tmpdiff.studies.request import SearchRequest
+from tmpdiff.studies.request import DEFAULT_SSIM_FLOOR, SearchRequest
 from tmpdiff.studies.study import SearchResult
 
 from . import views
@@ -131,5 +131,6 @@ def default_search(spec: ModelSpec, device: str) -> SearchRequest:
     cheaper than the reference)."""
     rungs = ("fp8", "skip") if device.startswith("cuda") else ("bf16", "skip")
     prompts = tuple(calibration_prompts(spec.labels, 2))
-    return SearchRequest(model=spec.name, prompts=prompts, seeds=(0, 1), steps=spec.steps, target_ssim=0.9,
-                         ladder=(spec.dtype, *rungs), validation_seeds=(1000,), additivity_samples=0)
+    return SearchRequest(model=spec.name, prompts=prompts, seeds=(0, 1), steps=spec.steps,
+                         target_ssim=DEFAULT_SSIM_FLOOR, ladder=(spec.dtype, *rungs), validation_seeds=(1000,),
+                         additivity_samples=0)

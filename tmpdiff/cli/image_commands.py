@@ -109,12 +109,12 @@ def target_costs(args: argparse.Namespace) -> CostTable | None:
     return load_cost_table(args.costs, args.model) if args.costs else None
 
 
-def engine_for(args: argparse.Namespace, device: str) -> Engine:
+def engine_for(args: argparse.Namespace, device: str, compile: bool | str | None = None) -> Engine:
     """The engine for a command's flags (``frontends.flags.open_engine``); each variant build said on stderr."""
     from tmpdiff.frontends.flags import open_engine
     from tmpdiff.frontends.words import describe_build
 
-    engine = open_engine(args, device)
+    engine = open_engine(args, device, compile)
     engine.on_build = lambda precision, mode, expected: print(describe_build(precision, mode, expected),
                                                               file=sys.stderr, flush=True)
     return engine
@@ -126,14 +126,14 @@ def warmup(args: argparse.Namespace, device: str) -> int:
     from tmpdiff.engine.settings import RunSettings
     from tmpdiff.frontends.words import describe_build
     from tmpdiff.pipelines.registry import get_model
+    from tmpdiff.steps.precisions import PRECISIONS, computes
 
     spec = get_model(args.model)
     names = [n.strip() for n in (args.precisions or spec.dtype).split(",")]
-    if any(not n for n in names) or "skip" in names:
+    if any(not n for n in names) or any(n in PRECISIONS and not computes(n) for n in names):
         raise ValueError(f"--precisions must name precisions to compile, e.g. 'bf16,fp8', got {args.precisions!r} "
-                         "('skip' has nothing to compile)")
-    args.compile = True  # warming up means compiling, on the CPU too
-    engine = engine_for(args, device)
+                         "(skip and extrap call no denoiser: they have nothing to compile)")
+    engine = engine_for(args, device, compile="aot" if args.aot else True)  # warming up compiles, on the CPU too
     settings = RunSettings(model=args.model, size=args.size, steps=2)
     for name in names:
         engine.check_schedule(f"{name}*2", settings)  # every name known and usable here, before any work

@@ -9,6 +9,7 @@ from typing import Any
 
 from tmpdiff.frontends.flags import CACHE_DIR_HELP, DB_HELP, GPU_MEMORY_HELP, add_cache_flags, add_compile_flags
 from tmpdiff.pipelines.registry import DEFAULT_MODEL
+from tmpdiff.studies.request import DEFAULT_SSIM_FLOOR
 
 __all__ = ["build_parser"]
 
@@ -55,7 +56,8 @@ def _search(commands: Any) -> None:
     search.add_argument("--size", type=int, default=None)
     search.add_argument("--guidance", type=float, default=None)
     objective = search.add_mutually_exclusive_group()
-    objective.add_argument("--target-ssim", type=float, default=None, help="quality floor: mean SSIM (default 0.9)")
+    objective.add_argument("--target-ssim", type=float, default=None,
+                           help=f"quality floor: mean SSIM (default {DEFAULT_SSIM_FLOOR})")
     objective.add_argument("--target-speedup", type=float, default=None, help="speed target, e.g. 1.5")
     search.add_argument("--ladder", default=None, help="e.g. 'fp32,int8wo,skip' (default: measured here)")
     search.add_argument("--prompts", type=Path, default=None, help="text file, one prompt per line, or a TSV")

@@ -13,6 +13,7 @@ from tmpdiff.cli.outcome import EXIT_INTERRUPTED, kept_or_said
 from tmpdiff.errors import worded
 from tmpdiff.frontends.flags import open_cache
 from tmpdiff.frontends.refusals import flag_of
+from tmpdiff.studies.request import DEFAULT_SSIM_FLOOR
 
 if TYPE_CHECKING:
     from tmpdiff.measure.latency import CostTable
@@ -65,7 +66,7 @@ def _search_request(args: argparse.Namespace) -> SearchRequest:
         validation_seeds=parse_seeds(args.validation_seeds, "validation_seeds"),
         steps=args.steps, size=args.size, guidance=args.guidance,
         ladder=tuple(args.ladder.split(",")) if args.ladder else None,
-        target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else 0.9,
+        target_ssim=args.target_ssim if args.target_ssim is not None or args.target_speedup else DEFAULT_SSIM_FLOOR,
         target_speedup=args.target_speedup, exhaustive=args.exhaustive, replay=not args.no_replay,
         probe_stride=args.probe_stride, batch_size=args.batch_size, additivity_samples=args.additivity_samples,
     )

@@ -55,14 +55,16 @@ GPU_MEMORY_HELP = ("GPU memory budget in GiB, honoured by the allocator: what do
                    "from host memory (default: what the GPU has free, less 1 GiB)")
 
 
-def open_engine(args: argparse.Namespace, device: str | None) -> Engine:
-    """The engine for a front end's compile, memory and cache-folder flags, checked up front; its placement plans
-    are said on stderr in one line each."""
+def open_engine(args: argparse.Namespace, device: str | None, compile: bool | str | None = None) -> Engine:
+    """The engine for a front end's compile, memory and cache-folder flags, checked up front (``compile``, when
+    given, overrides the flags: warming up always compiles); its placement plans are said on stderr in one line
+    each."""
     from tmpdiff.engine.runner import Engine
     from tmpdiff.variants.compile_cache import cache_root, check_cache_dir
 
     cache_dir = check_cache_dir(cache_root(args.cache_dir))
-    engine = Engine(device=device, compile=choose_compile(args.compile, args.aot), cache_dir=cache_dir,
+    mode = compile if compile is not None else choose_compile(args.compile, args.aot)
+    engine = Engine(device=device, compile=mode, cache_dir=cache_dir,
                     gpu_memory=getattr(args, "gpu_memory", None))
     engine.on_plan = lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)
     return engine

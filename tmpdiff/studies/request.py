@@ -15,6 +15,7 @@ from tmpdiff.steps.precisions import get_precision, may_lead
 __all__ = ["EXHAUSTIVE_LIMIT", "SearchRequest", "parse_seeds"]
 
 EXHAUSTIVE_LIMIT = 4096  # schedules an exhaustive search may evaluate
+DEFAULT_SSIM_FLOOR = 0.9  # the quality floor a search aims at when the user names no objective
 
 
 @dataclass(frozen=True)
