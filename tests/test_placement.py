@@ -135,7 +135,7 @@ def test_every_evaluation_carries_its_peak_memory_and_the_store_keeps_it(tmp_pat
     store = Cache(tmp_path / "c.sqlite")
     comparison = make_comparison(store=store)
     record = comparison.evaluation.record
-    assert record.peak_bytes > 0 and record.memory["where"] in ("host", "host-process")  # no GPU here
+    assert record.peak_bytes > 0 and record.memory.where in ("host", "host-process")  # no GPU here
     assert comparison.summary()["peak_gib"] == round(record.peak_bytes / 2**30, 2)
     stored = store.get(record.key)
     assert stored.peak_bytes == record.peak_bytes and stored.memory == record.memory

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -46,6 +46,13 @@ def estimate_working(pipe: Any, size: int, frames: int = 0) -> int:
     return activations + decode + SLACK
 
 
+class VariantKey(NamedTuple):
+    """A denoiser variant's part: which denoiser of the pipeline (``transformer``, ``unet``...) and precision."""
+
+    owner: str
+    precision: str
+
+
 class Placer:
     """Places one pipeline's parts on ``device`` within ``budget`` bytes (None: everything on the device)."""
 
@@ -66,6 +73,7 @@ class Placer:
         self._schedule: tuple[str, ...] = ()
         self._planned: tuple[Any, ...] | None = None
         self._sizes: Sizes | None = None
+        self._variant_keys: dict[str, VariantKey] = {}  # a variant part's name → whose and which precision
         self._weighed: dict[int, Part] = {}  # parts weighed so far, by module (tensors move, they do not change)
 
     # --- planning -------------------------------------------------------------------------------
@@ -101,8 +109,8 @@ class Placer:
         """Precisions whose variant streams in the current plan (they run eager)."""
         if self.plan is None:
             return frozenset()
-        return frozenset(name.rsplit("/", 1)[-1] for name in self.plan.streamed_bytes if self.plan.streams(name)
-                         and name not in self.encoders and name != "vae")
+        return frozenset(self._variant_keys[name].precision for name in self.plan.streamed_bytes
+                         if self.plan.streams(name) and name in self._variant_keys)
 
     def _replan(self) -> Plan:
         sizes = self.sizes()
@@ -196,15 +204,19 @@ class Placer:
         return list(dict.fromkeys([_reference_name(bank), *(name for name, _ in bank.variants), *self._schedule]))
 
     def _variant_name(self, owner: str, precision: str) -> str:
-        return precision if len(self.banks) == 1 else f"{owner}/{precision}"
+        """The part's name in plans and memory cards (the precision; ``owner/precision`` with two denoisers), kept
+        with its typed key so nothing parses it back."""
+        name = precision if len(self.banks) == 1 else f"{owner}/{precision}"
+        self._variant_keys[name] = VariantKey(owner, precision)
+        return name
 
     def _module(self, name: str) -> nn.Module | None:
         if name in self.encoders:
             return self.encoders[name]
         if name == "vae":
             return self.vae if isinstance(self.vae, nn.Module) else None
-        owner, precision = (next(iter(self.banks)), name) if "/" not in name else name.split("/", 1)
-        return self._variant(self.banks[owner], precision)
+        key = self._variant_keys[name]
+        return self._variant(self.banks[key.owner], key.precision)
 
     @staticmethod
     def _variant(bank: Any, precision: str) -> nn.Module | None:

@@ -12,6 +12,13 @@ between resident and streamed as it learns sizes (``make_resident`` / ``stream``
 ``.data`` (plain tensors) or a tensor subclass's inner tensors (``__tensor_flatten__``: torchao's quantized
 weights), so the module objects, and every reference to their parameters, stay as they are.
 
+Why plain torch hooks here while the switch (``switching.switch``) uses diffusers' ``HookRegistry``: the switch's
+hooks belong to the stock pipeline's denoiser and must order with diffusers' own hooks (caching, offloading) on
+that one module, which is what the registry is for. A streamer's hooks sit on repeated blocks of every variant,
+copies included: a copy of a streamed block must drop them (``copies.strip_streaming_hooks``, by the mark this
+module sets) and a compiled block must not trace them. The registry replaces a module's ``forward`` and travels
+with ``copy.copy``, which would carry the reference's streaming into each variant built from it.
+
 Numerics are untouched: a streamed block computes with the same values, so an image is bit for bit the resident
 one in eager mode (streamed blocks always run eager).
 """
