@@ -137,7 +137,7 @@ def history(points: Sequence[HistoryPoint], axis: str = "speedup") -> go.Figure:
             return point.speedup
         if axis == "predicted_speedup":
             return point.predicted_speedup
-        return gib(point.peak_bytes)
+        return gib(point.peak_bytes, digits=None)
 
     figure = go.Figure()
     unit = " GiB" if axis == "peak_gib" else "x"

@@ -24,12 +24,15 @@ MEMORY_WHERE = {"gpu": "GPU, this image", "host": "host memory, this image (no G
 
 
 @overload
-def gib(value: None, digits: int = 2) -> None: ...
+def gib(value: None, digits: int | None = 2) -> None: ...
 @overload
-def gib(value: int | float, digits: int = 2) -> float: ...
-def gib(value: int | float | None, digits: int = 2) -> float | None:
-    """Bytes as GiB, rounded for people (None stays None): the one bytes-to-GiB conversion."""
-    return None if value is None else round(value / GIB, digits)
+def gib(value: int | float, digits: int | None = 2) -> float: ...
+def gib(value: int | float | None, digits: int | None = 2) -> float | None:
+    """Bytes as GiB, rounded for people (``digits=None``: exact, for a plot's axis; None stays None): the one
+    bytes-to-GiB conversion."""
+    if value is None:
+        return None
+    return value / GIB if digits is None else round(value / GIB, digits)
 
 
 def bytes_of(gib_value: int | float | str | None) -> int | None:
