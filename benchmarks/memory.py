@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tmpdiff.engine.runner import Engine, device_name
+from tmpdiff.engine.runner import Engine, device_name, telling_plans_to
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.metrics import ssim
 from tmpdiff.memory.meter import GIB
@@ -112,16 +112,16 @@ def main() -> None:
         print(json.dumps(result["stock"]), flush=True)
     plans: list[str] = []
     engine = Engine("cuda", compile=args.compile)
-    engine.on_plan = lambda model, line: plans.append(line)
-    free = ours(engine, settings, None, plans)
-    result["unbudgeted"], result["rows"] = [_public(r, result) for r in free], []
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for budget in budgets:  # each budget's rows written as they come: a long run keeps what it measured
-        for row, unbudgeted in zip(ours(engine, settings, budget, plans), free, strict=True):
-            row["ssim_vs_unbudgeted"] = round(ssim(row["image"], unbudgeted["image"]), 5)
-            row["bit_equal_to_unbudgeted"] = bool(np.array_equal(row["image"], unbudgeted["image"]))
-            result["rows"].append(_public(row, result))
+    with telling_plans_to(lambda model, line: plans.append(line)):  # every plan of the runs below, to their rows
+        free = ours(engine, settings, None, plans)
+        result["unbudgeted"], result["rows"] = [_public(r, result) for r in free], []
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+        for budget in budgets:  # each budget's rows written as they come: a long run keeps what it measured
+            for row, unbudgeted in zip(ours(engine, settings, budget, plans), free, strict=True):
+                row["ssim_vs_unbudgeted"] = round(ssim(row["image"], unbudgeted["image"]), 5)
+                row["bit_equal_to_unbudgeted"] = bool(np.array_equal(row["image"], unbudgeted["image"]))
+                result["rows"].append(_public(row, result))
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "unbudgeted")}))
 
 

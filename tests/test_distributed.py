@@ -111,7 +111,7 @@ def test_a_distributed_search_measures_costs_on_an_actor_and_never_loads_the_mod
     assert report["costs_source"] == "measured on a Ray actor"
     assert set(report["costs"]["step_seconds"]) == {"fp32", "skip"}
     assert report["costs"]["step_seconds"]["skip"] < report["costs"]["step_seconds"]["fp32"]
-    assert evaluator.engine._pipes == {}
+    assert evaluator.engine.load_seconds(REQUEST.model) == 0.0  # never loaded here
 
 
 def test_a_search_says_where_its_costs_came_from(tmp_path):

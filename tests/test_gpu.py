@@ -187,7 +187,7 @@ def test_cuda_graphs_replay_each_compiled_variant_with_the_image_of_plain_compil
 def test_the_mixed_flux_schedule_runs_within_24_gib_and_gives_the_unbudgeted_image():
     """The target schedule on a FLUX.1-dev-sized pipeline under a 24 GiB allocator cap (the real thing on a larger
     GPU): its peak stays within the budget, and eager its image is bit for bit the unbudgeted one."""
-    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.runner import Engine, telling_plans_to
     from tmpdiff.engine.settings import RunSettings
 
     if torch.cuda.get_device_capability() < (8, 9):
@@ -196,12 +196,12 @@ def test_the_mixed_flux_schedule_runs_within_24_gib_and_gives_the_unbudgeted_ima
     schedule = "bf16*4,fp8*20,bf16*4"
     budgeted = Engine("cuda", compile=False, gpu_memory=24)
     plans = []
-    budgeted.on_plan = lambda model, line: plans.append(line)
-    within = budgeted.generate(settings, schedule)
+    with telling_plans_to(lambda model, line: plans.append(line)):
+        within = budgeted.generate(settings, schedule)
     assert within.memory is not None and within.memory.peak_bytes <= 24 << 30, within.memory
     assert plans and "streamed" in plans[-1] and within.steps_run == ["bf16"] * 4 + ["fp8"] * 20 + ["bf16"] * 4
     image = np.asarray(within.image)
-    budgeted.placers.clear()
+    budgeted.close()
     del budgeted, within
     torch.cuda.empty_cache()
     free = Engine("cuda", compile=False)

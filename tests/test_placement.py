@@ -234,7 +234,7 @@ def test_the_engine_under_a_placement_gives_the_unplaced_image_with_variants_bui
     placed once its size is known, and the image is bit for bit the one made without a plan."""
     import numpy as np
 
-    from tmpdiff.engine.runner import Engine
+    from tmpdiff.engine.runner import Engine, telling_plans_to
     from tmpdiff.engine.settings import RunSettings
     from tmpdiff.memory.budget import Budget
     from tmpdiff.memory.placer import Placer
@@ -242,20 +242,20 @@ def test_the_engine_under_a_placement_gives_the_unplaced_image_with_variants_bui
     settings = RunSettings(model="tiny-flux", steps=4, size=32)
     schedule = "fp32,int8wo*2,fp32"
     plain = Engine("cpu", compile=False)
-    plain._pipes["tiny-flux"] = deep_tiny_flux()
+    plain.adopt("tiny-flux", deep_tiny_flux())
     want = plain.generate(settings, schedule)
 
     monkeypatch.setattr("tmpdiff.engine.runner.estimate_working", lambda *a, **k: 0)
     engine = Engine("cpu", compile=False)
-    pipe = engine._pipes["tiny-flux"] = deep_tiny_flux()
-    placer = engine.placers["tiny-flux"] = Placer(pipe, torch.device("cpu"), None)
+    pipe = deep_tiny_flux()
+    placer = engine.adopt("tiny-flux", pipe, Placer(pipe, torch.device("cpu"), None)).placer
     everything = placer.prepare(["fp32", "int8wo"], 0)  # no budget: the whole pipeline's bytes
     block = placer.sizes().parts["fp32"].largest_block
     engine.budget = Budget(everything.peak - 4 * block, given=True)  # the reference cannot all stay
     placer.set_budget(engine.budget.bytes)
     plans = []
-    engine.on_plan = lambda model, line: plans.append(line)
-    placed = engine.generate(settings, schedule)
+    with telling_plans_to(lambda model, line: plans.append(line)):
+        placed = engine.generate(settings, schedule)
     assert np.array_equal(np.asarray(placed.image), np.asarray(want.image))
     assert placed.steps_run == want.steps_run == ["fp32", "int8wo", "int8wo", "fp32"]
     assert placer.plan is not None and placer.plan.streams("fp32") and "streamed" in plans[-1]

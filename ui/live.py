@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmpdiff.engine.runner import telling_builds_to, telling_loads_to
+from tmpdiff.engine.runner import telling_builds_to, telling_loads_to, telling_plans_to
 from tmpdiff.engine.turns import TurnLock
 from tmpdiff.frontends.words import describe_build, describe_load
 from tmpdiff.steps.cancel import Cancelled
@@ -25,9 +26,11 @@ __all__ = ["LiveSearch", "Update", "saying_set_up"]
 @contextmanager
 def saying_set_up(say: Callable[[str], None]) -> Iterator[None]:
     """Within the block, in this thread only, ``say`` hears in words each model's weights loading and each variant
-    being built (compiled, or loaded from the compile cache): another user's never reach it."""
+    being built (compiled, or loaded from the compile cache): another user's never reach it. A placement plan under
+    a memory budget goes to the server's log (stderr), one line each, as the command line says it."""
     with telling_builds_to(lambda precision, mode, expected: say(describe_build(precision, mode, expected))), \
-            telling_loads_to(lambda model: say(describe_load(model))):
+            telling_loads_to(lambda model: say(describe_load(model))), \
+            telling_plans_to(lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)):
         yield
 
 

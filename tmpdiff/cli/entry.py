@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tmpdiff.cli.outcome import check_outputs
 from tmpdiff.cli.parser import build_parser
@@ -106,6 +107,19 @@ def _in_one_line(command: Callable[[], int]) -> int:
 
 
 def _command(args: argparse.Namespace, device: str, argv: list[str] | None, phases: dict[str, float]) -> int:
+    """The command, with the engine's set-up (each variant built, each placement plan) said on stderr."""
+    from tmpdiff.engine.runner import telling_builds_to, telling_plans_to
+    from tmpdiff.frontends.words import describe_build
+
+    def say_build(precision: str, mode: Any, expected: float | None) -> None:
+        print(describe_build(precision, mode, expected), file=sys.stderr, flush=True)
+
+    with telling_builds_to(say_build), \
+            telling_plans_to(lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)):
+        return _run_command(args, device, argv, phases)
+
+
+def _run_command(args: argparse.Namespace, device: str, argv: list[str] | None, phases: dict[str, float]) -> int:
     from tmpdiff.frontends.words import precision_table
 
     check_outputs(args)

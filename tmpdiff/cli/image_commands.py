@@ -47,7 +47,7 @@ def generate(args: argparse.Namespace, device: str, phases: dict[str, float]) ->
     save_result(comparison.evaluation.image, args.out, video)
     line = {**comparison.summary(), "out": str(args.out)}
     if args.verbose:
-        weights = engine.load_seconds.get(settings.model, 0.0)
+        weights = engine.load_seconds(settings.model)
         phases.update({"weights": weights, "reference_image": max(phases.pop("reference_image", 0.0) - weights, 0.0),
                        "vae_decode_in_images": comparison.evaluation.vae_seconds or 0.0, "write": _lap(clock)})
         phases.pop("stored_costs", None)
@@ -110,19 +110,17 @@ def target_costs(args: argparse.Namespace) -> CostTable | None:
 
 
 def engine_for(args: argparse.Namespace, device: str, compile: bool | str | None = None) -> Engine:
-    """The engine for a command's flags (``frontends.flags.open_engine``); each variant build said on stderr."""
+    """The engine for a command's flags (``frontends.flags.open_engine``); what it says of its set-up goes where
+    ``entry`` points the engine's listeners (stderr)."""
     from tmpdiff.frontends.flags import open_engine
-    from tmpdiff.frontends.words import describe_build
 
-    engine = open_engine(args, device, compile)
-    engine.on_build = lambda precision, mode, expected: print(describe_build(precision, mode, expected),
-                                                              file=sys.stderr, flush=True)
-    return engine
+    return open_engine(args, device, compile)
 
 
 def warmup(args: argparse.Namespace, device: str) -> int:
     from tqdm import tqdm
 
+    from tmpdiff.engine.runner import telling_builds_to
     from tmpdiff.engine.settings import RunSettings
     from tmpdiff.frontends.words import describe_build
     from tmpdiff.pipelines.registry import get_model
@@ -138,10 +136,11 @@ def warmup(args: argparse.Namespace, device: str) -> int:
     for name in names:
         engine.check_schedule(f"{name}*2", settings)  # every name known and usable here, before any work
     bar = tqdm(names, unit="precision", desc="warmup", file=sys.stderr)
-    engine.on_build = lambda precision, mode, expected: bar.set_postfix_str(describe_build(precision, mode, expected))
     rows = []
     for name in bar:
-        builds = engine.warm(settings, name)
+        with telling_builds_to(lambda precision, mode, expected: bar.set_postfix_str(
+                describe_build(precision, mode, expected))):
+            builds = engine.warm(settings, name)
         rows.append({"precision": name, "mode": engine.mode.value,
                      "seconds": round(sum(b.seconds for b in builds), 2),
                      "from_cache": all(b.from_cache for b in builds) if builds else None,

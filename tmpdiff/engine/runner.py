@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -35,7 +36,8 @@ from tmpdiff.variants.compile_cache import CompileCache
 if TYPE_CHECKING:
     from tmpdiff.pipelines.context_parallel import CallMirror
 
-__all__ = ["Engine", "default_device", "device_name", "telling_builds_to", "telling_loads_to"]
+__all__ = ["Engine", "LoadedModel", "default_device", "device_name", "telling_builds_to", "telling_loads_to",
+           "telling_plans_to"]
 
 
 def default_device() -> str:
@@ -62,8 +64,12 @@ class TimedCall(NamedTuple):
     memory: MemoryFigures
 
 
+# The one way the engine tells of its set-up: listeners set for a block of code, in its thread (its context) only,
+# so two users of a shared engine never hear each other's; a command sets them around its whole run.
+PlanListener = Callable[[str, str], None]
 _LISTENER: ContextVar[BuildListener | None] = ContextVar("tmpdiff_build_listener", default=None)
 _LOADING: ContextVar[Callable[[str], None] | None] = ContextVar("tmpdiff_load_listener", default=None)
+_PLANS: ContextVar[PlanListener | None] = ContextVar("tmpdiff_plan_listener", default=None)
 
 
 @contextmanager
@@ -78,6 +84,17 @@ def telling_builds_to(listener: BuildListener) -> Iterator[None]:
 
 
 @contextmanager
+def telling_plans_to(listener: PlanListener) -> Iterator[None]:
+    """Within the block, in this thread only, ``listener`` hears (model, the plan in one line) each time a model's
+    placement plan under a memory budget is made or changes."""
+    token = _PLANS.set(listener)
+    try:
+        yield
+    finally:
+        _PLANS.reset(token)
+
+
+@contextmanager
 def telling_loads_to(listener: Callable[[str], None]) -> Iterator[None]:
     """Within the block, in this thread only, ``listener`` hears the name of every model whose weights start
     loading (the app's progress bar says what a first request waits for)."""
@@ -86,6 +103,17 @@ def telling_loads_to(listener: Callable[[str], None]) -> Iterator[None]:
         yield
     finally:
         _LOADING.reset(token)
+
+
+@dataclass
+class LoadedModel:
+    """One model this engine has loaded: its pipeline, the placer that places it under a budget (None: no
+    placement), and how long its weights took to load or build."""
+
+    name: str
+    pipe: Any
+    placer: Placer | None = None
+    load_seconds: float = 0.0
 
 
 class Engine:
@@ -105,16 +133,12 @@ class Engine:
                  cache_dir: str | os.PathLike[str] | None = None, gpu_memory: float | None = None) -> None:
         self.device = _usable_device(device or default_device())
         self.budget = resolve_budget(gpu_memory, self.device)
-        self.placers: dict[str, Placer] = {}  # per model, under a budget (CUDA, one process an image)
-        self.on_plan: Callable[[str, str], None] | None = None  # told (model, plan in one line) when a plan changes
         self.mode = Mode.coerce(compile, torch.device(self.device))
         self.compile_cache = CompileCache(cache_dir)
-        self.on_build: BuildListener | None = None  # the process's default listener (the CLI's); see telling_builds_to
         # Denoiser calls over every run of this engine: made, answered by replay, saved by `skip`.
         # Warm-up calls (see _warm_up) are counted apart, in "warm_up".
         self.calls: dict[str, int] = {"denoiser": 0, "replayed": 0, "skipped": 0, "warm_up": 0}
-        self._pipes: dict[str, Any] = {}
-        self.load_seconds: dict[str, float] = {}  # how long each model's weights took to load (or build)
+        self._models: dict[str, LoadedModel] = {}  # by model name; a placer per model under a budget
         self.set_up = SetUpSeconds()  # where seconds went that no image counts (generate --verbose shows it)
         self._lock = threading.Lock()
         # One pipeline call at a time, in the order they were asked for: a quick image asked for during a long
@@ -146,9 +170,7 @@ class Engine:
         import gc
 
         with self._lock:
-            self._pipes.clear()
-            self.placers.clear()
-            self.load_seconds.clear()
+            self._models.clear()
             self._warmed.clear()
         gc.collect()  # a pipeline's modules refer to each other (hooks, shared tensors): cycles, not counts
         if self.device.startswith("cuda"):
@@ -158,8 +180,9 @@ class Engine:
         """A new budget for this engine's next calls (GiB; None: all of the GPU), planned for at the next call: a
         benchmark measures several budgets in one process."""
         self.budget = resolve_budget(gpu_memory, self.device)
-        for placer in self.placers.values():
-            placer.set_budget(self.budget.bytes)
+        for loaded in self._models.values():
+            if loaded.placer is not None:
+                loaded.placer.set_budget(self.budget.bytes)
 
     @property
     def leads(self) -> bool:
@@ -172,15 +195,14 @@ class Engine:
 
     def pipeline(self, model: str) -> Any:
         with self._lock:
-            if model not in self._pipes:
+            if model not in self._models:
                 if (listener := _LOADING.get()) is not None:
                     listener(model)
                 with told_to_followers(self.mirror, {"load": model}):
                     start = time.perf_counter()
                     placed = self.budget.bytes is not None and self.split == 1
                     pipe = load_pipeline(model, self.device, host=placed)
-                    if placed:
-                        self.placers[model] = Placer(pipe, torch.device(self.device), self.budget.bytes)
+                    placer = Placer(pipe, torch.device(self.device), self.budget.bytes) if placed else None
                     if self.split > 1:
                         from tmpdiff.pipelines.context_parallel import enable_context_parallel
 
@@ -188,13 +210,25 @@ class Engine:
                             enable_context_parallel(pipe, self.split)
                         except ValueError as exc:
                             raise ValueError(f"model {model!r}: {exc}") from None
-                    self._pipes[model] = pipe
-                    self.load_seconds[model] = time.perf_counter() - start
-            return self._pipes[model]
+                    self.adopt(model, pipe, placer, time.perf_counter() - start)
+            return self._models[model].pipe
+
+    def adopt(self, model: str, pipe: Any, placer: Placer | None = None, load_seconds: float = 0.0) -> LoadedModel:
+        """Makes ``pipe`` this engine's pipeline of ``model`` (``pipeline`` does, once loaded; a test or a
+        benchmark may hand one in)."""
+        self._models[model] = LoadedModel(model, pipe, placer, load_seconds)
+        return self._models[model]
 
     def loaded(self, model: str) -> Any:
         """The pipeline of ``model`` already loaded in this engine."""
-        return self._pipes[model]
+        return self._models[model].pipe
+
+    def load_seconds(self, model: str) -> float:
+        """How long ``model``'s weights took to load or build in this engine (0: not loaded here)."""
+        return self._models[model].load_seconds if model in self._models else 0.0
+
+    def _loaded_as(self, pipe: Any) -> LoadedModel | None:
+        return next((loaded for loaded in self._models.values() if loaded.pipe is pipe), None)
 
     def check_schedule(self, schedule: Schedule | str, settings: RunSettings) -> Schedule:
         """The schedule, validated against the settings' steps and this device."""
@@ -283,7 +317,7 @@ class Engine:
             from tmpdiff.pipelines.context_parallel import encode_call_kwargs
             from tmpdiff.steps.cancel import agreeing
 
-            model = next(name for name, loaded in self._pipes.items() if loaded is pipe)
+            model = self._loaded_as(pipe).name  # type: ignore[union-attr]  # a split app calls its own pipelines
             message = {"call": model, "kwargs": encode_call_kwargs(kwargs), "schedule": str(schedule),
                        "counted_as": counted_as}
             # No replay: a hit in one process would skip the exchanges the others make.
@@ -299,7 +333,7 @@ class Engine:
         try:
             with measuring_peak(self.device) as meter, torch.no_grad(), \
                     apply_schedule(pipe, schedule, compile=self.mode, cache=self.compile_cache,
-                                   on_build=_LISTENER.get() or self.on_build, replay=replay, replay_key=replay_key,
+                                   on_build=_LISTENER.get(), replay=replay, replay_key=replay_key,
                                    eager=placer.streamed_precisions() if placer else ()) as handle, \
                     timing_vae_decode(pipe, self.device) as vae:
                 images = _pictures(pipe(**kwargs))
@@ -319,15 +353,16 @@ class Engine:
 
     def _placed(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Placer | None, Plan | None]:
         """The pipeline's parts placed for ``schedule`` within the budget (a placement plan made, or kept)."""
-        model = next((name for name, loaded in self._pipes.items() if loaded is pipe), None)
-        placer = self.placers.get(model) if model is not None else None
-        if placer is None:
+        loaded = self._loaded_as(pipe)
+        placer = loaded.placer if loaded is not None else None
+        if loaded is None or placer is None:
             return None, None
         before = placer.plan
         working = estimate_working(pipe, int(kwargs.get("height") or 64), int(kwargs.get("num_frames") or 0))
         plan = placer.prepare(schedule.precisions, working)
-        if self.on_plan is not None and (before is None or plan.line() != before.line()):
-            self.on_plan(str(model), plan.line())
+        told = _PLANS.get()
+        if told is not None and (before is None or plan.line() != before.line()):
+            told(loaded.name, plan.line())
         return placer, plan
 
     def _out_of_memory(self, kwargs: dict[str, Any], schedule: Schedule, placer: Placer | None) -> OutOfMemory:

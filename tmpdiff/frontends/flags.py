@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,8 +56,7 @@ GPU_MEMORY_HELP = ("GPU memory budget in GiB, honoured by the allocator: what do
 
 def open_engine(args: argparse.Namespace, device: str | None, compile: bool | str | None = None) -> Engine:
     """The engine for a front end's compile, memory and cache-folder flags, checked up front (``compile``, when
-    given, overrides the flags: warming up always compiles); its placement plans are said on stderr in one line
-    each."""
+    given, overrides the flags: warming up always compiles)."""
     from tmpdiff.engine.runner import Engine
     from tmpdiff.variants.compile_cache import cache_root, check_cache_dir
 
@@ -66,7 +64,6 @@ def open_engine(args: argparse.Namespace, device: str | None, compile: bool | st
     mode = compile if compile is not None else choose_compile(args.compile, args.aot)
     engine = Engine(device=device, compile=mode, cache_dir=cache_dir,
                     gpu_memory=getattr(args, "gpu_memory", None))
-    engine.on_plan = lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)
     return engine
 
 

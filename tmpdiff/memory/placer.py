@@ -21,7 +21,7 @@ from tmpdiff.memory.placement import Part, Plan, Sizes, plan_placement
 from tmpdiff.memory.streaming import BlockStreamer
 from tmpdiff.steps.precisions import Kind, get_precision
 from tmpdiff.variants.bank import VariantBank
-from tmpdiff.variants.copies import find_blocks, tensor_bytes
+from tmpdiff.variants.copies import find_blocks, inner_tensor_names, owned_tensors, tensor_bytes
 
 __all__ = ["ENCODERS", "Placer", "estimate_working"]
 
@@ -253,12 +253,7 @@ def _reference_name(bank: Any) -> str:
 
 
 def _tensors(module: nn.Module, skip: set[int] | None = None) -> dict[int, int]:
-    found: dict[int, int] = {}
-    for owner in module.modules():
-        for tensor in [*owner._parameters.values(), *owner._buffers.values()]:
-            if tensor is not None and id(tensor) not in found and (skip is None or id(tensor) not in skip):
-                found[id(tensor)] = tensor_bytes(tensor)
-    return found
+    return {id(tensor): tensor_bytes(tensor) for _, _, tensor in owned_tensors(module, skip)}
 
 
 def _part(name: str, kind: str, module: nn.Module) -> Part:
@@ -276,19 +271,18 @@ def _to_device(module: nn.Module | None, only: set[int] | None, device: torch.de
     """Moves ``module``'s tensors (those whose ids are in ``only``; None: all) onto ``device`` in place."""
     if module is None:
         return
-    for owner in module.modules():
-        for tensor in [*owner._parameters.values(), *owner._buffers.values()]:
-            if tensor is not None and (only is None or id(tensor) in only):
-                _move(tensor, device)
+    for _, _, tensor in owned_tensors(module):
+        if only is None or id(tensor) in only:
+            _move(tensor, device)
 
 
 def _move(tensor: torch.Tensor, device: torch.device) -> None:
-    flatten = None if type(tensor) in (torch.Tensor, nn.Parameter) else getattr(tensor, "__tensor_flatten__", None)
-    if flatten is None:
+    names = inner_tensor_names(tensor)
+    if names is None:
         if tensor.device != device:
             tensor.data = tensor.data.to(device)
         return
-    for inner in flatten()[0]:
+    for inner in names:
         value = getattr(tensor, inner)
         if value.device != device:
             setattr(tensor, inner, value.to(device))

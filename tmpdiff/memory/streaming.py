@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tmpdiff.variants.copies import STREAMING_HOOK, tensor_bytes, tensors_of
+from tmpdiff.variants.copies import STREAMING_HOOK, inner_tensor_names, owned_tensors, tensor_bytes, tensors_of
 
 __all__ = ["BlockStreamer"]
 
@@ -42,14 +42,6 @@ def _streaming_hook(hook: Any) -> Any:
     """Marks a hook as a streamer's: a copy of a streamed block drops it (``copies.strip_streaming_hooks``)."""
     setattr(hook, STREAMING_HOOK, True)
     return hook
-
-
-def _inner_names(tensor: torch.Tensor) -> list[str] | None:
-    """The attribute names of a tensor subclass's inner tensors (None for a plain tensor)."""
-    if type(tensor) in (torch.Tensor, nn.Parameter) or not hasattr(tensor, "__tensor_flatten__"):
-        return None
-    names, _ = tensor.__tensor_flatten__()
-    return list(names)
 
 
 @dataclass
@@ -66,7 +58,7 @@ class _Slot:
         return sum(t.numel() * t.element_size() for t in self.host.values())
 
     def to_host(self, pinned: bool) -> None:
-        inner = _inner_names(self.tensor)
+        inner = inner_tensor_names(self.tensor)
         sources = {"": self.tensor.data} if inner is None else {n: getattr(self.tensor, n) for n in inner}
         for key, source in sources.items():
             source = source.detach()
@@ -197,13 +189,7 @@ class BlockStreamer:
 
     # --- while the module runs --------------------------------------------------------------
     def _own_tensors(self, module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
-        found, seen = [], set(self.keep)
-        for owner in module.modules():
-            for name, tensor in [*owner._parameters.items(), *owner._buffers.items()]:
-                if tensor is not None and id(tensor) not in seen:
-                    seen.add(id(tensor))
-                    found.append((owner, name, tensor))
-        return found
+        return list(owned_tensors(module, skip=set(self.keep)))
 
     def _before(self, index: int) -> Any:
         @_streaming_hook

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["STREAMING_HOOK", "copy_module", "find_blocks", "module_bytes", "parallel_like", "strip_streaming_hooks",
-           "tensor_bytes", "tensors_of"]
+__all__ = ["STREAMING_HOOK", "copy_module", "find_blocks", "inner_tensor_names", "module_bytes", "owned_tensors",
+           "parallel_like", "strip_streaming_hooks", "tensor_bytes", "tensors_of"]
 
 STREAMING_HOOK = "_tmpdiff_streaming"  # marks the hooks of a block streamed from host memory (memory.streaming)
 
@@ -55,10 +55,31 @@ def tensors_of(module: nn.Module) -> list[torch.Tensor]:
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
     """Bytes of a tensor, looking inside torchao's tensor subclasses."""
-    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, nn.Parameter):
-        names, _ = tensor.__tensor_flatten__()
+    names = inner_tensor_names(tensor)
+    if names is not None:
         return sum(tensor_bytes(getattr(tensor, n)) for n in names)
     return tensor.numel() * tensor.element_size()
+
+
+def inner_tensor_names(tensor: torch.Tensor) -> list[str] | None:
+    """The attribute names of a tensor subclass's inner tensors (torchao's quantized weights: their data and
+    scales), or None for a plain tensor: the one test of "is this a wrapper tensor" in the project."""
+    if type(tensor) in (torch.Tensor, nn.Parameter) or not hasattr(tensor, "__tensor_flatten__"):
+        return None
+    names, _ = tensor.__tensor_flatten__()
+    return list(names)
+
+
+def owned_tensors(module: nn.Module, skip: set[int] | None = None) -> Iterator[tuple[nn.Module, str, torch.Tensor]]:
+    """Each parameter and buffer of ``module`` and its submodules once (a tensor shared between layers, or with
+    another variant, is met once), with the module that holds it and its name there; ids in ``skip`` left out.
+    The one walk over modules' own tensors: placing, streaming and weighing all go through it."""
+    seen = set(skip or ())
+    for owner in module.modules():
+        for name, tensor in [*owner._parameters.items(), *owner._buffers.items()]:
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                yield owner, name, tensor
 
 
 @contextmanager
