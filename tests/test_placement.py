@@ -261,3 +261,42 @@ def test_the_engine_under_a_placement_gives_the_unplaced_image_with_variants_bui
     assert placer.plan is not None and placer.plan.streams("fp32") and "streamed" in plans[-1]
     assert placer.streamers["fp32"].onloads > 0  # blocks came in to run, and to be quantized
     assert placed.memory.plan == placer.plan.line()
+
+
+def mixed_reads(bf16_steps: int, steps: int = 28) -> dict[str, int]:
+    """How often each part runs for one image of ``bf16*k`` and ``fp8`` at the other steps (encoders once)."""
+    return {"bf16": bf16_steps, "fp8": steps - bf16_steps, "text_encoder_2": 1, "vae": 1}
+
+
+def test_residency_goes_to_the_bytes_an_image_reads_most_and_never_streams_more_than_cheapest_first():
+    once_each = {name: 1 for name in IN_USE}  # the former policy: the cheapest variant first, whatever it runs
+    for budget in range(10, 30, 2):
+        for bf16_steps in range(28):
+            reads = mixed_reads(bf16_steps)
+            plan = plan_placement(flux_like(), IN_USE, budget * GIB, reads)
+            former = plan_placement(flux_like(), IN_USE, budget * GIB, once_each)
+            assert plan.peak <= budget * GIB
+            assert plan.per_image == plan.streamed_per_image(reads) <= former.streamed_per_image(reads)
+    # Mostly 16-bit steps: the reference's blocks are kept before the cheaper variant's.
+    reads = mixed_reads(24)
+    plan = plan_placement(flux_like(), IN_USE, 20 * GIB, reads)
+    former = plan_placement(flux_like(), IN_USE, 20 * GIB, once_each)
+    assert len(plan.resident["bf16"]) > len(former.resident["bf16"])
+    assert plan.streamed_per_image(reads) < former.streamed_per_image(reads)
+
+
+def test_a_plan_says_what_an_image_streams_beside_the_reference_planned_alone_under_the_same_budget():
+    from tmpdiff.memory.placement import plan_beside_reference
+
+    ref_in_use = ["bf16", "text_encoder_2", "vae"]
+    for budget in (12, 16, 20, 24, 28):
+        reads = mixed_reads(8)  # bf16*4,fp8*20,bf16*4
+        plan = plan_beside_reference(flux_like(), IN_USE, budget * GIB, reads, "bf16", 28)
+        alone = plan_placement(flux_like(), ref_in_use, budget * GIB, {"bf16": 28, "text_encoder_2": 1, "vae": 1})
+        assert plan.reference_per_image == alone.per_image == alone.streamed_per_image({"bf16": 28,
+                                                                                       "text_encoder_2": 1})
+        fewer = plan.per_image <= plan.reference_per_image
+        assert fewer == (budget <= 22), (budget, plan.per_image / GIB, plan.reference_per_image / GIB)
+        said = plan.line()
+        assert ("more than the reference alone" in said) == (not fewer), said
+        assert f"{plan.per_image / GIB:.0f} GiB streamed an image" in said

@@ -2,23 +2,27 @@
 that carries it out and keeps it true as variants are built.
 
 The plan is made per (model, the schedule's precisions, budget). Everything that fits stays on the GPU; what does
-not streams block by block from pinned host memory (``streaming.py``). The text encoders run once per prompt (their
-outputs are kept: ``prompt_cache.py``), so they stream first; then the denoiser variants are filled in, the one that
-costs the fewest bytes first, and what the budget leaves after the resident variants is filled with blocks of the
-next one, so a bigger budget streams fewer bytes a step. A tensor a resident variant reads (a quantized variant
-shares every tensor it does not quantize with the reference) stays on the GPU even when another variant streams
-its block. A plan that cannot fit even streaming is refused before any work, saying what would fit.
+not streams block by block from pinned host memory (``streaming.py``). Residency goes to the bytes an image reads
+most: a block's bytes times the calls that read them (``reads``: a variant runs at each of its schedule's steps, a
+text encoder once a prompt, so the encoders stream first and a variant of 20 steps is kept before one of 8). Among
+parts read equally often, the one that costs the fewest bytes is kept first; a block that does not fit is passed
+over for smaller ones after it, so a bigger budget streams fewer bytes an image. A tensor a resident variant reads
+(a quantized variant shares every tensor it does not quantize with the reference) stays on the GPU even when another
+variant streams its block. A plan that cannot fit even streaming is refused before any work, saying what would fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from tmpdiff.errors import FieldError
 
-__all__ = ["GIB", "Part", "Plan", "Sizes", "plan_placement"]
+__all__ = ["GIB", "Part", "Plan", "Sizes", "plan_beside_reference", "plan_placement"]
 
 GIB = 1 << 30
 Tensors = dict[int, int]  # tensor id -> bytes (a tensor two parts share counts once where both are resident)
@@ -72,6 +76,8 @@ class Plan:
     resident_bytes: int = 0
     blocks: dict[str, int] = field(default_factory=dict)  # per part, how many blocks it has
     kept: frozenset[int] = frozenset()  # the ids of the tensors on the GPU
+    per_image: int | None = None  # bytes streamed for one image of the schedule it was made for
+    reference_per_image: int | None = None  # the same for the reference schedule planned alone, under this budget
 
     def streams(self, part: str) -> bool:
         return self.streamed_bytes.get(part, 0) > 0
@@ -91,7 +97,21 @@ class Plan:
                 placed.append(f"{name} {len(kept)}/{total} blocks resident, "
                               f"{self.streamed_bytes[name] / GIB:.1f} GiB streamed a call")
         return (f"budget {self.budget / GIB:.1f} GiB: " + "; ".join(placed) +
-                f" (~{self.peak / GIB:.1f} GiB peak)")
+                f" (~{self.peak / GIB:.1f} GiB peak{self._per_image_words()})")
+
+    def _per_image_words(self) -> str:
+        """How many bytes an image streams, beside the reference's under the same budget (when they differ)."""
+        if not self.per_image or self.reference_per_image is None:
+            return ""
+        said = f"; {self.per_image / GIB:.0f} GiB streamed an image"
+        if self.per_image > self.reference_per_image:
+            return said + (f", more than the reference alone ({self.reference_per_image / GIB:.0f} GiB): this "
+                           "budget holds too little for its precisions beside each other")
+        return said + f", the reference alone {self.reference_per_image / GIB:.0f} GiB"
+
+    def streamed_per_image(self, reads: Mapping[str, int]) -> int:
+        """Bytes copied to the GPU for one image: each part's streamed bytes a call times the calls that read it."""
+        return sum(self.streamed_bytes.get(name, 0) * count for name, count in reads.items())
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget_gib": None if self.budget is None else round(self.budget / GIB, 2), "line": self.line(),
@@ -99,8 +119,10 @@ class Plan:
                 "peak_estimate_gib": round(self.peak / GIB, 2)}
 
 
-def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None) -> Plan:
-    """The plan for the parts ``in_use`` (variants, encoders, VAE) under ``budget`` bytes.
+def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None,
+                   reads: Mapping[str, int] | None = None) -> Plan:
+    """The plan for the parts ``in_use`` (variants, encoders, VAE) under ``budget`` bytes, keeping resident the
+    bytes read most often: ``reads`` says how many times each part runs for an image (default: once each).
 
     Raises:
         FieldError: of ``gpu_memory``, when even streaming every block cannot fit; it says the least that would.
@@ -108,9 +130,7 @@ def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None) -> P
     parts = [sizes.parts[name] for name in dict.fromkeys(in_use) if name in sizes.parts]
     everything = _everything(parts, sizes.working)
     if budget is None or everything.peak <= budget:
-        return everything if budget is None else Plan(budget, everything.resident, everything.streamed_bytes,
-                                                      everything.peak, everything.resident_bytes,
-                                                      everything.blocks, everything.kept)
+        return everything if budget is None else replace(everything, budget=budget, per_image=0)
     resident: Tensors = {}
     for part in parts:
         resident.update(part.fixed)
@@ -122,26 +142,90 @@ def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None) -> P
                          f"stream {sum(resident.values()) / GIB:.1f}, streaming buffers {buffers / GIB:.1f}, working "
                          f"memory {sizes.working / GIB:.1f}); give more {{gpu_memory}}, fewer precisions or a "
                          "smaller size")
+    count = {part.name: (reads or {}).get(part.name, 1) for part in parts}
+    fills = (_fill_by_worth, partial(_fill_part_by_part, by_reads=True), partial(_fill_part_by_part, by_reads=False))
+    plans = [_plan(parts, fill(parts, dict(resident), budget - floor, count), buffers, sizes.working, budget)
+             for fill in fills]
+    best = min(plans, key=lambda plan: plan.streamed_per_image(count))  # no one greedy order is always best
+    return replace(best, per_image=best.streamed_per_image(count))
+
+
+def plan_beside_reference(sizes: Sizes, in_use: Sequence[str], budget: int | None, reads: Mapping[str, int],
+                          reference: str, steps: int) -> Plan:
+    """The plan for a schedule (``reads``), with the bytes the reference schedule (the ``reference`` part at each
+    of the ``steps``) would stream planned alone under the same budget: what a comparison measures against."""
+    plan = plan_placement(sizes, in_use, budget, reads)
+    if budget is None or reference not in sizes.parts:
+        return plan
+    alone = {name: steps if name == reference else reads.get(name, 1) for name in in_use
+             if name in sizes.parts and (name == reference or sizes.parts[name].kind != "variant")}
+    baseline = plan_placement(sizes, list(alone), budget, alone)
+    return replace(plan, reference_per_image=baseline.per_image)
+
+
+Kept = tuple[dict[str, list[int]], Tensors]  # per part, the indices of its blocks kept; every tensor on the GPU
+
+
+def _fill_part_by_part(parts: list[Part], resident: Tensors, room: int, reads: dict[str, int],
+                       by_reads: bool = True) -> Kept:
+    """The blocks kept on the GPU part by part: the most-read part first (``by_reads``), then the one whose blocks
+    cost the fewest bytes, encoders last; a block that does not fit is passed over for later ones."""
     kept: dict[str, list[int]] = {part.name: [] for part in parts}
-    # Encoders run once per prompt: they are the last to be kept; the cheapest variant the first.
-    order = sorted(parts, key=lambda p: (p.kind == "encoder", _marginal(p, range(len(p.blocks)), resident)))
-    room = budget - floor
-    for part in order:
+
+    def marginal(part: Part) -> int:
+        return sum({t: s for block in part.blocks for t, s in block.items() if t not in resident}.values())
+
+    for part in sorted(parts, key=lambda p: (-reads[p.name] if by_reads else 0, p.kind == "encoder", marginal(p))):
         for index, block in enumerate(part.blocks):
             cost = sum(size for tensor, size in block.items() if tensor not in resident)
-            if cost > room:
-                break
+            if cost <= room:
+                room -= cost
+                resident.update(block)
+                kept[part.name].append(index)
+    return kept, resident
+
+
+def _fill_by_worth(parts: list[Part], resident: Tensors, room: int, reads: dict[str, int]) -> Kept:
+    """The blocks kept on the GPU, chosen greedily by the bytes of streaming an image saves per byte of room: a
+    tensor is worth its size times the calls that read it (the sum over the parts that hold it: a tensor a
+    quantized variant shares with the reference saves streaming for both)."""
+    weight: dict[int, int] = {}
+    for part in parts:
+        for tensor in {t for block in part.blocks for t in block}:
+            weight[tensor] = weight.get(tensor, 0) + reads[part.name]
+
+    def cost_and_worth(block: Tensors) -> tuple[int, float]:
+        cost = sum(size for tensor, size in block.items() if tensor not in resident)
+        saved = sum(size * weight[tensor] for tensor, size in block.items() if tensor not in resident)
+        return cost, saved / cost if cost else math.inf
+
+    rank = {part.name: i for i, part in enumerate(parts)}
+    heap = [(-cost_and_worth(block)[1], part.kind == "encoder", rank[part.name], index, part.name)
+            for part in parts for index, block in enumerate(part.blocks)]
+    heapq.heapify(heap)
+    by_name = {part.name: part for part in parts}
+    kept: dict[str, list[int]] = {part.name: [] for part in parts}
+    passed_over: list[tuple[str, int]] = []
+    while heap:
+        worth, encoder, order, index, name = heapq.heappop(heap)
+        block = by_name[name].blocks[index]
+        cost, now = cost_and_worth(block)
+        if now < -worth - 1e-9:  # shared tensors became resident since it was ranked: rank it again
+            heapq.heappush(heap, (-now, encoder, order, index, name))
+            continue
+        if cost > room:
+            passed_over.append((name, index))
+            continue
+        room -= cost
+        resident.update(block)
+        kept[name].append(index)
+    for name, index in passed_over:  # what became cheaper once the tensors it shares were kept
+        cost, _ = cost_and_worth(by_name[name].blocks[index])
+        if cost <= room:
             room -= cost
-            resident.update(block)
-            kept[part.name].append(index)
-    return _plan(parts, kept, resident, buffers, sizes.working, budget)
-
-
-def _marginal(part: Part, indices: Any, resident: Tensors) -> int:
-    seen: Tensors = {}
-    for index in indices:
-        seen.update({t: s for t, s in part.blocks[index].items() if t not in resident})
-    return sum(seen.values())
+            resident.update(by_name[name].blocks[index])
+            kept[name].append(index)
+    return {name: sorted(indices) for name, indices in kept.items()}, resident
 
 
 def _everything(parts: list[Part], working: int) -> Plan:
@@ -155,8 +239,8 @@ def _everything(parts: list[Part], working: int) -> Plan:
                 total + working, total, {p.name: len(p.blocks) for p in parts}, frozenset(resident))
 
 
-def _plan(parts: list[Part], kept: dict[str, list[int]], resident: Tensors, buffers: int, working: int,
-          budget: int) -> Plan:
+def _plan(parts: list[Part], filled: Kept, buffers: int, working: int, budget: int) -> Plan:
+    kept, resident = filled
     streamed = {}
     for part in parts:
         held = set(kept[part.name])

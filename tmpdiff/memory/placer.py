@@ -9,6 +9,7 @@ estimated.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from tmpdiff.memory.meter import GIB
-from tmpdiff.memory.placement import Part, Plan, Sizes, plan_placement
+from tmpdiff.memory.placement import Part, Plan, Sizes, plan_beside_reference
 from tmpdiff.memory.streaming import BlockStreamer
 from tmpdiff.steps.precisions import Kind, get_precision
 from tmpdiff.variants.bank import VariantBank
@@ -71,6 +72,8 @@ class Placer:
         self.streamers: dict[str, BlockStreamer] = {}
         self._in_use: tuple[str, ...] = ()
         self._schedule: tuple[str, ...] = ()
+        self._reads: dict[str, int] = {}  # per part, the calls that read it for one image (see _reads_of)
+        self._steps = 0  # the schedule's length: the reference schedule's calls
         self._planned: tuple[Any, ...] | None = None
         self._sizes: Sizes | None = None
         self._variant_keys: dict[str, VariantKey] = {}  # a variant part's name → whose and which precision
@@ -83,7 +86,19 @@ class Placer:
         self.working = max(self.working, working)
         self._schedule = tuple(dict.fromkeys(p for p in precisions if get_precision(p).computes))
         self._in_use = tuple(self._parts_for())
+        self._reads = self._reads_of(precisions)
+        self._steps = len(precisions)
         return self._replan()
+
+    def _reads_of(self, precisions: Sequence[str]) -> dict[str, int]:
+        """How many times each part runs for one image of the schedule: a variant at each of its steps, every
+        other part in use once (an encoder runs once a prompt), a variant the schedule does not use never."""
+        steps = Counter(p for p in precisions if get_precision(p).computes)
+        reads = dict.fromkeys(self._in_use, 1)
+        for owner in self.banks:
+            for precision in self._precisions_in(owner):
+                reads[self._variant_name(owner, precision)] = steps.get(precision, 0)
+        return reads
 
     def set_budget(self, budget: int | None) -> None:
         """A new budget (bytes; None: everything on the device), planned for at the next call."""
@@ -114,10 +129,13 @@ class Placer:
 
     def _replan(self) -> Plan:
         sizes = self.sizes()
-        key = (self._in_use, self.budget, self.working, tuple(sorted((n, p.nbytes) for n, p in sizes.parts.items())))
+        key = (self._in_use, self.budget, self.working, tuple(sorted(self._reads.items())),
+               tuple(sorted((n, p.nbytes) for n, p in sizes.parts.items())))
         if self.plan is not None and key == self._planned:
             return self.plan
-        plan = plan_placement(sizes, self._in_use, self.budget)
+        owner, bank = next(iter(self.banks.items()))
+        reference = self._variant_name(owner, _reference_name(bank))
+        plan = plan_beside_reference(sizes, self._in_use, self.budget, self._reads, reference, self._steps)
         self._apply(plan, sizes)
         self.plan, self._planned, self._sizes = plan, key, sizes
         return plan
