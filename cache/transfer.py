@@ -387,7 +387,8 @@ def _checked_png(text: str) -> bytes:
     return png
 
 
-MEMORY_KEYS = {"peak_gib", "where", "resident_gib", "plan", "budget_gib"}  # ``MemoryFigures.to_dict()``
+# ``MemoryFigures.to_dict()``'s keys
+MEMORY_KEYS = {"peak_gib", "where", "resident_gib", "plan", "budget_gib", "host_peak_gib", "pinned_gib"}
 MOST_GIB = 16384.0  # more memory than any one machine holds: a typo or a forgery, not a measurement
 
 
@@ -414,6 +415,8 @@ def _checked_memory(peak: Any, memory: Any) -> tuple[int | None, MemoryFigures |
     if (peak_gib is None) != (peak is None) or (peak is not None and abs(peak / 2**30 - (peak_gib or 0.0)) > 0.01):
         raise ValueError(f"'memory.peak_gib' ({shown(peak_gib)}) does not agree with 'peak_bytes' ({shown(peak)})")
     _gib_or_none(memory.get("budget_gib"), "budget_gib", low=0.01)
+    _gib_or_none(memory.get("host_peak_gib"), "host_peak_gib")
+    _gib_or_none(memory.get("pinned_gib"), "pinned_gib")
     resident = memory.get("resident_gib") or {}
     if not isinstance(resident, dict) or not all(isinstance(k, str) and len(k) <= MAX_STEP_NAME for k in resident):
         raise ValueError("'memory.resident_gib' must map part names to GiB")

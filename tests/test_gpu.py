@@ -199,6 +199,7 @@ def test_the_mixed_flux_schedule_runs_within_24_gib_and_gives_the_unbudgeted_ima
     with telling_plans_to(lambda model, line: plans.append(line)):
         within = budgeted.generate(settings, schedule)
     assert within.memory is not None and within.memory.peak_bytes <= 24 << 30, within.memory
+    assert within.memory.pinned_bytes > 0 and within.memory.host_peak_bytes > within.memory.pinned_bytes  # host too
     assert plans and "streamed" in plans[-1] and within.steps_run == ["bf16"] * 4 + ["fp8"] * 20 + ["bf16"] * 4
     image = np.asarray(within.image)
     budgeted.close()

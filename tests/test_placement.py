@@ -137,8 +137,10 @@ def test_every_evaluation_carries_its_peak_memory_and_the_store_keeps_it(tmp_pat
     record = comparison.evaluation.record
     assert record.peak_bytes > 0 and record.memory.where in ("host", "host-process")  # no GPU here
     assert comparison.summary()["peak_gib"] == round(record.peak_bytes / 2**30, 2)
+    assert record.memory.host_peak_bytes >= record.peak_bytes and record.memory.pinned_bytes == 0  # no streaming
     stored = store.get(record.key)
-    assert stored.peak_bytes == record.peak_bytes and stored.memory == record.memory
+    assert stored.peak_bytes == record.peak_bytes and stored.memory.where == record.memory.where
+    assert abs(stored.memory.host_peak_bytes - record.memory.host_peak_bytes) <= 0.005 * 2**30  # kept as GiB
     assert all(row.peak_bytes for row in store.evaluations())
     card = views.cards(comparison)
     assert "peak memory" in card and f"{record.peak_bytes / 2**30:.2f} GiB" in card
@@ -269,7 +271,7 @@ def mixed_reads(bf16_steps: int, steps: int = 28) -> dict[str, int]:
 
 
 def test_residency_goes_to_the_bytes_an_image_reads_most_and_never_streams_more_than_cheapest_first():
-    once_each = {name: 1 for name in IN_USE}  # the former policy: the cheapest variant first, whatever it runs
+    once_each = dict.fromkeys(IN_USE, 1)  # the former policy: the cheapest variant first, whatever it runs
     for budget in range(10, 30, 2):
         for bf16_steps in range(28):
             reads = mixed_reads(bf16_steps)

@@ -232,3 +232,17 @@ def test_every_precision_of_the_registry_has_its_own_colour():
 
     assert set(PRECISIONS) <= set(views.COLOURS)
     assert len(set(views.COLOURS.values())) == len(views.COLOURS)
+
+
+def test_the_memory_card_shows_the_hosts_peak_and_pinned_bytes_beside_a_gpu_peak():
+    from tmpdiff.memory.meter import GIB, MemoryFigures
+    from tmpdiff.ui.views import memory_card
+
+    figures = MemoryFigures(20 * GIB, "gpu", plan="budget 24.0 GiB: bf16 resident", budget_bytes=24 * GIB,
+                            host_peak_bytes=31 * GIB, pinned_bytes=12 * GIB)
+    card = memory_card(figures.peak_bytes, figures)
+    assert "20.00 GiB" in card and "budget 24.0 GiB" in card and "host 31.0 GiB" in card
+    assert "12.00 GiB of it pinned for streamed blocks" in card and "bf16 resident" in card
+    plain = memory_card(GIB, MemoryFigures(GIB, "host", host_peak_bytes=GIB))
+    assert "host memory, this image" in plain and "pinned" not in plain  # without a GPU the peak is the host's
+    assert MemoryFigures.from_dict(figures.to_dict(), figures.peak_bytes) == figures  # as the store keeps it

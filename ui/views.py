@@ -166,7 +166,14 @@ def memory_card(peak_bytes: int | None, memory: MemoryFigures | None) -> str:
     figures = memory or MemoryFigures(peak_bytes)
     note = MEMORY_WHERE.get(figures.where, "")
     note += f"; budget {gib(figures.budget_bytes, digits=1):.1f} GiB" if figures.budget_bytes is not None else ""
-    return _card("peak memory", f"{gib(peak_bytes):.2f} GiB", note, tooltip=figures.plan)
+    host = ""
+    if figures.where == "gpu" and figures.host_peak_bytes is not None:
+        host = f"host memory: {gib(figures.host_peak_bytes):.2f} GiB peak"
+        if figures.pinned_bytes:
+            host += f", {gib(figures.pinned_bytes):.2f} GiB of it pinned for streamed blocks"
+        note += f"; host {gib(figures.host_peak_bytes, digits=1):.1f} GiB"
+    return _card("peak memory", f"{gib(peak_bytes):.2f} GiB", note,
+                 tooltip=" · ".join(part for part in (figures.plan, host) if part))
 
 
 def video_pair(reference_uri: str, schedule_uri: str) -> str:

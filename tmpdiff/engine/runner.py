@@ -348,7 +348,8 @@ class Engine:
         if placer is not None and peak is not None:
             placer.observed(peak)
         memory = MemoryFigures(peak, meter.where, placer.resident_by_part() if placer else {},
-                               placer.plan.line() if placer and placer.plan else "", self.budget.bytes)
+                               placer.plan.line() if placer and placer.plan else "", self.budget.bytes,
+                               meter.host_peak(), placer.pinned_bytes() if placer else 0)
         return TimedCall(images, handle, seconds, vae["seconds"], memory)
 
     def _placed(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule) -> tuple[Placer | None, Plan | None]:

@@ -51,6 +51,9 @@ class MemoryFigures:
         resident: bytes on the GPU when the call began, per part (each precision's variant, the encoders, the VAE).
         plan: the placement the call ran under, in one line (empty: everything resident, no budget).
         budget_bytes: the memory budget it was planned for (None: none).
+        host_peak_bytes: the process's resident-set peak during the call (host memory, beside a GPU peak; the same
+            as ``peak_bytes`` without a GPU; None where the system does not say).
+        pinned_bytes: page-locked host memory holding streamed blocks when the call ran (never swapped out).
     """
 
     peak_bytes: int | None
@@ -58,11 +61,14 @@ class MemoryFigures:
     resident: dict[str, int] = field(default_factory=dict)
     plan: str = ""
     budget_bytes: int | None = None
+    host_peak_bytes: int | None = None
+    pinned_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"peak_gib": gib(self.peak_bytes), "where": self.where,
                 "resident_gib": {name: gib(size) for name, size in self.resident.items()}, "plan": self.plan,
-                "budget_gib": gib(self.budget_bytes)}
+                "budget_gib": gib(self.budget_bytes), "host_peak_gib": gib(self.host_peak_bytes),
+                "pinned_gib": gib(self.pinned_bytes)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, peak_bytes: int | None) -> MemoryFigures | None:
@@ -72,7 +78,8 @@ class MemoryFigures:
         data = data or {}
         resident = {str(k): int(float(v) * GIB) for k, v in (data.get("resident_gib") or {}).items()}
         return cls(peak_bytes, str(data.get("where", "gpu")), resident, str(data.get("plan", "")),
-                   bytes_of(data.get("budget_gib")))
+                   bytes_of(data.get("budget_gib")), bytes_of(data.get("host_peak_gib")),
+                   bytes_of(data.get("pinned_gib")) or 0)
 
 
 class PeakMeter:
@@ -81,13 +88,15 @@ class PeakMeter:
     def __init__(self, device: str) -> None:
         self.device = device
         self.where = "gpu" if device.startswith("cuda") else "host"
+        self.host_since_start = False
 
     def start(self) -> None:
+        self.host_since_start = _reset_host_peak()  # the host's peak is measured beside a GPU's too
         if self.where == "gpu":
             import torch
 
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif not _reset_host_peak():
+        elif not self.host_since_start:
             self.where = "host-process"
 
     def peak(self) -> int | None:
@@ -95,6 +104,10 @@ class PeakMeter:
             import torch
 
             return int(torch.cuda.max_memory_allocated(self.device))
+        return _host_peak()
+
+    def host_peak(self) -> int | None:
+        """The process's resident-set peak since ``start`` (since it began, where the system allows no reset)."""
         return _host_peak()
 
 

@@ -140,6 +140,10 @@ class Placer:
         self.plan, self._planned, self._sizes = plan, key, sizes
         return plan
 
+    def pinned_bytes(self) -> int:
+        """Page-locked host memory holding the blocks that stream now."""
+        return sum(streamer.streamed_bytes() for streamer in self.streamers.values() if streamer.cuda)
+
     def resident_by_part(self) -> dict[str, int]:
         """Bytes each part in use has on the device under the current plan (a shared tensor counts in each)."""
         if self.plan is None or self._sizes is None:
