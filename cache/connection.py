@@ -110,32 +110,31 @@ def _guard_shared_memory(engine: Engine, path: Path) -> None:
         seen[0] = size
 
 
-FS_IOC_GETFLAGS = 0x80086601  # Linux's inode flags ioctl (x86-64 and arm64)
-IMMUTABLE_OR_APPEND = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL
+STATX_ATTR_IMMUTABLE, STATX_ATTR_APPEND = 0x10, 0x20
 
 
 def _unwritable_in_place(file: Path) -> bool:
-    """Whether ``file`` carries an inode flag under which a write through a shared mapping faults (Linux only)."""
-    import array
-    import fcntl
+    """Whether ``file`` carries an inode flag under which a write through a shared mapping faults (Linux's
+    ``statx`` attributes). Asked by path, never by opening the file: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, and SQLite locks the ``-shm`` file so processes share it safely."""
+    import ctypes
 
-    flags = array.array("i", [0])
     try:
-        fd = os.open(file, os.O_RDONLY)
-    except OSError:
+        statx = ctypes.CDLL(None, use_errno=True).statx
+    except (AttributeError, OSError):  # not glibc 2.28+ on Linux: nothing to ask
         return False
-    try:
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
-    except OSError:  # a file system without inode flags (tmpfs on older kernels, overlay...)
+    buffer = ctypes.create_string_buffer(256)
+    at_fdcwd, basic_stats = -100, 0x7FF
+    if statx(at_fdcwd, str(file).encode(), 0, basic_stats, buffer) != 0:
         return False
-    finally:
-        os.close(fd)
-    return bool(flags[0] & IMMUTABLE_OR_APPEND)
+    attributes = int.from_bytes(buffer.raw[8:16], "little")
+    return bool(attributes & (STATX_ATTR_IMMUTABLE | STATX_ATTR_APPEND))
 
 
 def _detach_mappings(file: Path) -> None:
-    """Replaces each of this process's mappings of ``file`` by private anonymous memory holding the file's current
-    bytes (zeros past its end), at the same addresses, so SQLite's pointers stay valid and never fault."""
+    """Replaces each of this process's mappings of ``file`` by private anonymous memory holding the bytes the file
+    still has (zeros past its end), at the same addresses, so SQLite's pointers stay valid and never fault. The
+    bytes are read through the mapping itself (only pages the file still backs), so the file is never opened."""
     import ctypes
     import mmap
 
@@ -144,17 +143,23 @@ def _detach_mappings(file: Path) -> None:
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     map_fixed = 0x10
     name = str(file.resolve())
-    with open("/proc/self/maps") as maps, open(file, "rb") as handle:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            if len(fields) < 6 or fields[5].rstrip("\n").removesuffix(" (deleted)") != name:
-                continue
-            start, end = (int(part, 16) for part in fields[0].split("-"))
-            data = os.pread(handle.fileno(), end - start, int(fields[2], 16))
-            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | map_fixed
-            if libc.mmap(start, end - start, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0) != start:
-                raise OSError(ctypes.get_errno(), f"could not detach {file}")
-            ctypes.memmove(start, data, len(data))
+    try:
+        size = file.stat().st_size
+    except OSError:
+        size = 0
+    with open("/proc/self/maps") as maps:
+        lines = maps.readlines()
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[5].rstrip("\n").removesuffix(" (deleted)") != name:
+            continue
+        start, end = (int(part, 16) for part in fields[0].split("-"))
+        backed = max(0, min(end - start, size - int(fields[2], 16)))
+        data = ctypes.string_at(start, backed)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | map_fixed
+        if libc.mmap(start, end - start, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0) != start:
+            raise OSError(ctypes.get_errno(), f"could not detach {file}")
+        ctypes.memmove(start, data, len(data))
 
 
 def _switch_to_wal(cursor: Any, patience_s: float = 60.0) -> None:

@@ -89,6 +89,7 @@ class EvalRecord:
         data = asdict(self)
         data.pop("png")
         data.pop("key")
+        data["memory"] = self.memory.to_dict() if self.memory else None
         return data
 
 
@@ -128,7 +129,7 @@ class StoredEvaluation:
         return self.settings.get("seed")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "memory": self.memory.to_dict() if self.memory else None}
 
 
 @dataclass(frozen=True)
