@@ -105,6 +105,16 @@ def telling_loads_to(listener: Callable[[str], None]) -> Iterator[None]:
         _LOADING.reset(token)
 
 
+def _collect_dropped_pipelines() -> None:
+    """Frees what engines dropped without ``close`` still hold on the GPU before a model loads: a pipeline's modules
+    refer to each other (hooks, banks, shared tensors), so Python frees them only when its cycle collector runs,
+    and a big tensor does not count towards running it. Cheap beside loading weights."""
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 @dataclass
 class LoadedModel:
     """One model this engine has loaded: its pipeline, the placer that places it under a budget (None: no
@@ -172,9 +182,10 @@ class Engine:
         with self._lock:
             self._models.clear()
             self._warmed.clear()
-        gc.collect()  # a pipeline's modules refer to each other (hooks, shared tensors): cycles, not counts
         if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+            _collect_dropped_pipelines()
+        else:
+            gc.collect()  # a pipeline's modules refer to each other (hooks, shared tensors): cycles, not counts
 
     def set_gpu_memory(self, gpu_memory: float | None) -> None:
         """A new budget for this engine's next calls (GiB; None: all of the GPU), planned for at the next call: a
@@ -198,6 +209,8 @@ class Engine:
             if model not in self._models:
                 if (listener := _LOADING.get()) is not None:
                     listener(model)
+                if self.device.startswith("cuda"):
+                    _collect_dropped_pipelines()
                 with told_to_followers(self.mirror, {"load": model}):
                     start = time.perf_counter()
                     placed = self.budget.bytes is not None and self.split == 1
