@@ -4,7 +4,8 @@ from tmpdiff import PRECISIONS, Status, available_precisions, precision_status
 
 def test_registry_has_the_canonical_names():
     assert list(PRECISIONS) == [
-        "fp32", "bf16", "fp16", "fp8", "int8", "fp8wo", "int8wo", "int4wo", "mxfp8", "nvfp4", "fp8a8", "skip",
+        "fp32", "bf16", "fp16", "fp8", "int8", "fp8wo", "int8wo", "int4wo", "mxfp8", "nvfp4", "fp8a8", "fp8r",
+        "skip",
         "extrap",
     ]
 

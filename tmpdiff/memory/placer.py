@@ -256,7 +256,7 @@ class Placer:
         entry = get_precision(precision)
         reference = self._weigh(name, "variant", bank.reference)
         ratio = entry.bits / (torch.finfo(bank.reference_dtype).bits)
-        takes = bank.layer_filter(entry) if entry.kind is Kind.TORCHAO else None
+        takes = bank.layer_filter(entry) if entry.kind.quantizes_linears else None
         quantized = {id(m.weight) for n, m in bank.reference.named_modules() if takes is not None and takes(m, n)}
 
         def scaled(tensors: dict[int, int]) -> dict[int, int]:

@@ -40,6 +40,13 @@ class Kind(enum.StrEnum):
     DTYPE = "dtype"  # cast the whole denoiser
     TORCHAO = "torchao"  # torchao quantize_ on the Linear layers
     SKIP = "skip"  # no denoiser call: reuse the previous step's output
+    RESIDUAL = "residual"  # fp8 weights plus an fp8 residual, rebuilt to the model's dtype at each call
+
+    @property
+    def quantizes_linears(self) -> bool:
+        """Whether the variant replaces some Linear layers' weights (so the layers a call runs are recorded first,
+        and layers used outside their forward are left alone)."""
+        return self in (Kind.TORCHAO, Kind.RESIDUAL)
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,8 @@ _ENTRIES = (
         config=_fp8_dynamic, simulate=_fp8_dynamic_sim, min_capability=(9, 0), dynamic_activation=True,
         attention="fp8", graphs=True,
     ),
+    Precision("fp8r", Kind.RESIDUAL, 16, "fp8 weights + an fp8 residual, rebuilt to the model's dtype at each "
+              "call: 16-bit quality from the fp8 rung's bytes plus as many again"),
     Precision("skip", Kind.SKIP, 0, "no denoiser call: reuse the previous step's model output"),
     Precision("extrap", Kind.SKIP, 0, "no denoiser call: the model output extrapolated to this step's timestep "
               "from the last two computed steps (first order; plain reuse after only one)", extrapolates=True),
@@ -297,6 +306,12 @@ def _status(name: str, device: str) -> Availability:
         return Availability(name, Status.REAL, "no computation at all")
     if precision.kind is Kind.DTYPE:
         return Availability(name, Status.REAL, f"native {precision.dtype} arithmetic")
+    if precision.kind is Kind.RESIDUAL:
+        try:
+            torch.ones(1, device=device).to(torch.float8_e4m3fn).float()
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            return Availability(name, Status.UNAVAILABLE, f"this torch cannot hold float8_e4m3fn on {device} ({exc})")
+        return Availability(name, Status.REAL, "fp8 data and residual rebuilt to the model's dtype at each call")
     hardware_reason = _missing_hardware(precision, torch.device(device))
     if hardware_reason is None:
         error = _probe(precision.config, device)

@@ -29,6 +29,7 @@ from tmpdiff.variants.build_profile import BuildProfile, Phases
 from tmpdiff.variants.compile_cache import CompileCache, CompileKey
 from tmpdiff.variants.copies import copy_module, find_blocks, parallel_like, tensor_bytes, tensors_of
 from tmpdiff.variants.graphs import CallGraphs, split_graphs_enabled
+from tmpdiff.variants.residual import make_residual
 
 __all__ = ["MIN_ROWS", "BuildInfo", "Mode", "VariantBank", "bank_for"]
 
@@ -134,7 +135,7 @@ class VariantBank:
     def needs_rows(self, name: str) -> bool:
         """Whether a call must be recorded before ``name`` is built: which Linear layers run through their own
         forward (only those are quantized), and with how many rows (dynamic activations need enough)."""
-        return get_precision(name).kind is Kind.TORCHAO and self.linear_rows is None
+        return get_precision(name).kind.quantizes_linears and self.linear_rows is None
 
     def unswitched_layers(self) -> list[str]:
         """Linear layers never called through their own forward in the recorded call (their weights are used
@@ -191,7 +192,7 @@ class VariantBank:
                 build = self._compile if mode is Mode.COMPILED else self._compile_ahead
                 variant, from_cache, note = build(name, eager, example, cache, profile)
             self.variants[key] = variant
-            left = self.unswitched_layers() if get_precision(name).kind is Kind.TORCHAO else []
+            left = self.unswitched_layers() if get_precision(name).kind.quantizes_linears else []
             if left:
                 note = (f"{note}; " if note else "") + (f"{len(left)} Linear layers not called through their forward "
                                                         f"stay in the reference precision: {', '.join(left[:8])}")
@@ -298,6 +299,10 @@ class VariantBank:
                 return copy_module(self.reference, share=True)
             # A cast rewrites parameters in place, so this copy must not share them.
             return copy_module(self.reference, share=False).to(precision.dtype)
+        if precision.kind is Kind.RESIDUAL:
+            variant = copy_module(self.reference, share=True, parallelize=False)
+            make_residual(variant, self.layer_filter(precision), self._fp8_halves())
+            return variant.eval()
 
         make_config = precision.config if status.status is Status.REAL else precision.simulate
         assert make_config is not None  # a usable TORCHAO precision has one of the two
@@ -308,6 +313,23 @@ class VariantBank:
         if (parallel := getattr(self.reference, "_parallel_config", None)) is not None:
             parallel_like(variant, parallel)  # after quantize_, which may replace the modules hooks sit on
         return variant.eval()
+
+    def _fp8_halves(self) -> Callable[[str], tuple[torch.Tensor, torch.Tensor] | None]:
+        """An fp8 variant's data and scales of a Linear layer by name (``fp8``'s, else ``fp8wo``'s, where one is
+        built with real kernels: torchao's fp8 tensors, one scale a row): the residual rung shares them instead of
+        a copy, so beside that variant it adds only its residual."""
+        built = [self.variants.get((name, Mode.EAGER)) for name in ("fp8", "fp8wo")]
+        fp8 = next((variant for variant in built if variant is not None), None)
+        layers = dict(fp8.named_modules()) if fp8 is not None else {}
+
+        def halves(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+            weight = getattr(layers.get(name), "weight", None)
+            data, scale = getattr(weight, "qdata", None), getattr(weight, "scale", None)
+            if data is None or scale is None or data.dtype != torch.float8_e4m3fn or scale.numel() != data.shape[0]:
+                return None  # simulated fp8, or per-tensor scales: the rung quantizes its own first half
+            return data, scale.reshape(-1, 1).float()
+
+        return halves
 
     def _quantize(self, variant: nn.Module, config: Any, takes: Callable[[nn.Module, str], bool]) -> None:
         """``quantize_`` on the variant; under a placer block by block, each of the reference's blocks on the device
