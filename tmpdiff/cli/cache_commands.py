@@ -7,14 +7,14 @@ import argparse
 import json
 
 from tmpdiff.cli.outcome import check_outputs
-from tmpdiff.frontends.flags import open_cache
+from tmpdiff.frontends.flags import open_store
 
 __all__ = ["cache_command"]
 
 
 def cache_command(args: argparse.Namespace) -> int:
     check_outputs(args)
-    store = open_cache(args.db, cache_dir=args.cache_dir)
+    store = open_store(args.db, cache_dir=args.cache_dir)
     if args.cache_command == "export":
         moved = store.export_all(args.file).to_dict()
         print(json.dumps({"exported": moved.pop("evaluations"), **moved, "file": str(args.file)}))

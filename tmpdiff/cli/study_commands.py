@@ -16,6 +16,8 @@ from tmpdiff.frontends.refusals import flag_of
 from tmpdiff.studies.request import DEFAULT_SSIM_FLOOR
 
 if TYPE_CHECKING:
+    from tmpdiff.cache import Cache
+    from tmpdiff.measure.evaluator import Evaluator
     from tmpdiff.measure.latency import CostTable
     from tmpdiff.studies.report import SearchReport
     from tmpdiff.studies.request import SearchRequest
@@ -142,7 +144,7 @@ def _interrupted(bar: Any, command: str) -> int:
     return EXIT_INTERRUPTED
 
 
-def _search_evaluator(args: argparse.Namespace, device: str, store: Any) -> Any:
+def _search_evaluator(args: argparse.Namespace, device: str, store: Cache | None) -> Evaluator:
     """The evaluator of a search or sweep: in this process, or spread over Ray actors with --workers/--ray."""
     from tmpdiff.measure.evaluator import Evaluator
 

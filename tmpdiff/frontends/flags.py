@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tmpdiff.cache import Cache
     from tmpdiff.engine.runner import Engine
 
 __all__ = ["CACHE_DIR_HELP", "DB_HELP", "add_cache_flags", "add_compile_flags", "choose_compile", "open_cache",
-           "open_engine"]
+           "open_engine", "open_store"]
 
 
 def choose_compile(compile_flag: bool | None, aot: bool | None) -> bool | str | None:
@@ -67,10 +68,13 @@ def open_engine(args: argparse.Namespace, device: str | None, compile: bool | st
     return engine
 
 
-def open_cache(path: str | None, enabled: bool = True, cache_dir: Path | None = None) -> Any:
+def open_cache(path: str | None, enabled: bool = True, cache_dir: Path | None = None) -> Cache | None:
     """The cache store, or None with --no-cache."""
-    if not enabled:
-        return None
+    return open_store(path, cache_dir) if enabled else None
+
+
+def open_store(path: str | None, cache_dir: Path | None = None) -> Cache:
+    """The cache store at ``--db`` (default: ``tmpdiff.sqlite`` in the cache folder)."""
     from tmpdiff.cache import Cache, default_db_path
 
     return Cache(path or default_db_path(cache_dir))
