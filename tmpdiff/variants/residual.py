@@ -71,14 +71,17 @@ def make_residual(variant: nn.Module, takes: Callable[[nn.Module, str], bool],
     for name, module in list(variant.named_modules()):
         if not isinstance(module, nn.Linear) or not takes(module, name):
             continue
-        weight = module.weight.detach()
         shared = fp8_of(name) if fp8_of is not None else None
+        # Made where the fp8 half lives (a variant built under a budget may sit on the GPU, its reference on the host).
+        weight = module.weight.detach().to(shared[0].device) if shared is not None else module.weight.detach()
         values, scale = shared if shared is not None else fp8_rows(weight)
         missed = weight.float() - values.float() * scale
         residual, residual_scale = fp8_rows(missed)
         parent_name, _, child = name.rpartition(".")
         parent = variant.get_submodule(parent_name) if parent_name else variant
-        setattr(parent, child, ResidualLinear(values, scale, residual, residual_scale, module.bias, weight.dtype))
+        bias = module.bias if module.bias is None or module.bias.device == values.device else nn.Parameter(
+            module.bias.detach().to(values.device), requires_grad=False)
+        setattr(parent, child, ResidualLinear(values, scale, residual, residual_scale, bias, weight.dtype))
         replaced += 1
     return replaced
 
