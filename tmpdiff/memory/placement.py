@@ -18,13 +18,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from tmpdiff.errors import FieldError
 
-__all__ = ["GIB", "Part", "Plan", "Sizes", "plan_beside_reference", "plan_placement"]
+__all__ = ["GIB", "Part", "PartKind", "Plan", "Sizes", "plan_beside_reference", "plan_placement"]
 
 GIB = 1 << 30
+PartKind = Literal["variant", "encoder", "vae"]  # a denoiser's variant runs each step, an encoder once a prompt
 Tensors = dict[int, int]  # tensor id -> bytes (a tensor two parts share counts once where both are resident)
 
 
@@ -36,7 +37,7 @@ class Part:
     repeated block's tensors, in the order they run (each may stream)."""
 
     name: str
-    kind: str  # "variant", "encoder" or "vae"
+    kind: PartKind
     fixed: Tensors
     blocks: tuple[Tensors, ...] = ()
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tmpdiff.memory.meter import GIB
-from tmpdiff.memory.placement import Part, Plan, Sizes, plan_beside_reference
+from tmpdiff.memory.placement import Part, PartKind, Plan, Sizes, plan_beside_reference
 from tmpdiff.memory.streaming import BlockStreamer
 from tmpdiff.steps.precisions import Kind, get_precision
 from tmpdiff.variants.bank import VariantBank
@@ -166,7 +166,7 @@ class Placer:
             parts["vae"] = Part("vae", "vae", _tensors(self.vae))
         return Sizes(parts, self.working)
 
-    def _weigh(self, name: str, kind: str, module: nn.Module) -> Part:
+    def _weigh(self, name: str, kind: PartKind, module: nn.Module) -> Part:
         if id(module) not in self._weighed:
             self._weighed[id(module)] = _part(name, kind, module)
         return self._weighed[id(module)]
@@ -278,7 +278,7 @@ def _tensors(module: nn.Module, skip: set[int] | None = None) -> dict[int, int]:
     return {id(tensor): tensor_bytes(tensor) for _, _, tensor in owned_tensors(module, skip)}
 
 
-def _part(name: str, kind: str, module: nn.Module) -> Part:
+def _part(name: str, kind: PartKind, module: nn.Module) -> Part:
     blocks = find_blocks(module)
     inside = [_tensors(block) for block in blocks]
     held = {t for block in inside for t in block}
