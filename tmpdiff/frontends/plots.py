@@ -25,7 +25,7 @@ __all__ = ["COLOURS", "additivity", "history", "live_points", "search_pareto", "
 COLOURS = {
     "fp32": "#1f3b73", "bf16": "#2f6db5", "fp16": "#4f8fd6", "fp8": "#e0782b", "int8": "#d9a21b",
     "fp8wo": "#f0a868", "int8wo": "#e8c35a", "int4wo": "#c0392b", "mxfp8": "#8e44ad", "nvfp4": "#6c3483",
-    "fp8a8": "#b3541e", "skip": "#9e9e9e",
+    "fp8a8": "#b3541e", "fp8r": "#16a085", "skip": "#9e9e9e",
     "extrap": "#bdbdbd",
 }
 HOVER = "%{text}<br>speed-up %{x:.2f}x<br>SSIM %{y:.3f}<extra></extra>"
