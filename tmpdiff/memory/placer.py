@@ -129,7 +129,7 @@ class Placer:
 
     def _replan(self) -> Plan:
         sizes = self.sizes()
-        key = (self._in_use, self.budget, self.working, tuple(sorted(self._reads.items())),
+        key = (self._in_use, self.budget, self.working, self._steps, tuple(sorted(self._reads.items())),
                tuple(sorted((n, p.nbytes) for n, p in sizes.parts.items())))
         if self.plan is not None and key == self._planned:
             return self.plan
