@@ -4,6 +4,7 @@ raises."""
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -113,15 +114,26 @@ def _guard_shared_memory(engine: Engine, path: Path) -> None:
 STATX_ATTR_IMMUTABLE, STATX_ATTR_APPEND = 0x10, 0x20
 
 
+@functools.cache
+def _statx() -> Any:
+    """glibc's ``statx`` (2.28+, Linux), looked up once: every checkout of a cache connection asks it; None
+    elsewhere."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).statx
+    except (AttributeError, OSError):
+        return None
+
+
 def _unwritable_in_place(file: Path) -> bool:
     """Whether ``file`` carries an inode flag under which a write through a shared mapping faults (Linux's
     ``statx`` attributes). Asked by path, never by opening the file: closing any descriptor of a file drops every
     POSIX lock this process holds on it, and SQLite locks the ``-shm`` file so processes share it safely."""
     import ctypes
 
-    try:
-        statx = ctypes.CDLL(None, use_errno=True).statx
-    except (AttributeError, OSError):  # not glibc 2.28+ on Linux: nothing to ask
+    statx = _statx()
+    if statx is None:  # nothing to ask
         return False
     buffer = ctypes.create_string_buffer(256)
     at_fdcwd, basic_stats = -100, 0x7FF

@@ -25,7 +25,7 @@ from typing import Any
 from tmpdiff.engine.settings import STORED_FIELDS, RunSettings
 from tmpdiff.errors import literal, shown
 from tmpdiff.measure.records import EvalKey, EvalRecord
-from tmpdiff.memory.meter import MEMORY_WHERE, MemoryFigures
+from tmpdiff.memory.meter import MEMORY_WHERE, MemoryFigures, gib
 from tmpdiff.pipelines.registry import MODELS
 from tmpdiff.steps.schedule import Schedule
 
@@ -412,7 +412,8 @@ def _checked_memory(peak: Any, memory: Any) -> tuple[int | None, MemoryFigures |
     if memory.get("where", "gpu") not in MEMORY_WHERE:
         raise ValueError(f"'memory.where' is {shown(memory.get('where'))}: one of {', '.join(MEMORY_WHERE)}")
     peak_gib = _gib_or_none(memory.get("peak_gib"), "peak_gib")
-    if (peak_gib is None) != (peak is None) or (peak is not None and abs(peak / 2**30 - (peak_gib or 0.0)) > 0.01):
+    agrees = peak is None or abs(gib(peak, digits=None) - (peak_gib or 0.0)) <= 0.01
+    if (peak_gib is None) != (peak is None) or not agrees:
         raise ValueError(f"'memory.peak_gib' ({shown(peak_gib)}) does not agree with 'peak_bytes' ({shown(peak)})")
     _gib_or_none(memory.get("budget_gib"), "budget_gib", low=0.01)
     _gib_or_none(memory.get("host_peak_gib"), "host_peak_gib")

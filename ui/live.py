@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 from tmpdiff.engine.runner import telling_builds_to, telling_loads_to, telling_plans_to
 from tmpdiff.engine.turns import TurnLock
+from tmpdiff.frontends.refusals import tell_plan
 from tmpdiff.frontends.words import describe_build, describe_load
 from tmpdiff.steps.cancel import Cancelled
 from tmpdiff.studies.algorithms import Point
@@ -30,7 +30,7 @@ def saying_set_up(say: Callable[[str], None]) -> Iterator[None]:
     a memory budget goes to the server's log (stderr), one line each, as the command line says it."""
     with telling_builds_to(lambda precision, mode, expected: say(describe_build(precision, mode, expected))), \
             telling_loads_to(lambda model: say(describe_load(model))), \
-            telling_plans_to(lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)):
+            telling_plans_to(tell_plan):
         yield
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from tmpdiff.cli.outcome import check_outputs
 from tmpdiff.cli.parser import build_parser
 from tmpdiff.frontends.processes import check_processes, refusal_exit, run_over_gpus
-from tmpdiff.frontends.refusals import EXIT_USAGE, refused, say
+from tmpdiff.frontends.refusals import EXIT_USAGE, refused, say, tell_plan
 from tmpdiff.pipelines.registry import MODELS
 
 __all__ = ["leave", "main", "run"]
@@ -114,8 +114,7 @@ def _command(args: argparse.Namespace, device: str, argv: list[str] | None, phas
     def say_build(precision: str, mode: Any, expected: float | None) -> None:
         print(describe_build(precision, mode, expected), file=sys.stderr, flush=True)
 
-    with telling_builds_to(say_build), \
-            telling_plans_to(lambda model, line: print(f"plan for {model}: {line}", file=sys.stderr, flush=True)):
+    with telling_builds_to(say_build), telling_plans_to(tell_plan):
         return _run_command(args, device, argv, phases)
 
 

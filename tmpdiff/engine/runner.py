@@ -105,14 +105,15 @@ def telling_loads_to(listener: Callable[[str], None]) -> Iterator[None]:
         _LOADING.reset(token)
 
 
-def _collect_dropped_pipelines() -> None:
-    """Frees what engines dropped without ``close`` still hold on the GPU before a model loads: a pipeline's modules
-    refer to each other (hooks, banks, shared tensors), so Python frees them only when its cycle collector runs,
-    and a big tensor does not count towards running it. Cheap beside loading weights."""
+def _collect_dropped_pipelines(device: str) -> None:
+    """Frees what dropped pipelines still hold: a pipeline's modules refer to each other (hooks, banks, shared
+    tensors), so Python frees them only when its cycle collector runs, and a big tensor does not count towards
+    running it; on a GPU the allocator's cache is handed back too. Cheap beside loading weights."""
     import gc
 
     gc.collect()
-    torch.cuda.empty_cache()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -177,15 +178,10 @@ class Engine:
         """Lets go of every loaded pipeline, its variants, placer and streamed blocks, and hands the GPU memory and
         pinned host memory they held back (the app switching models, a benchmark measuring one setting after
         another). The engine stays usable: the next image loads its model again."""
-        import gc
-
         with self._lock:
             self._models.clear()
             self._warmed.clear()
-        if self.device.startswith("cuda"):
-            _collect_dropped_pipelines()
-        else:
-            gc.collect()  # a pipeline's modules refer to each other (hooks, shared tensors): cycles, not counts
+        _collect_dropped_pipelines(self.device)
 
     def set_gpu_memory(self, gpu_memory: float | None) -> None:
         """A new budget for this engine's next calls (GiB; None: all of the GPU), planned for at the next call: a
@@ -209,8 +205,8 @@ class Engine:
             if model not in self._models:
                 if (listener := _LOADING.get()) is not None:
                     listener(model)
-                if self.device.startswith("cuda"):
-                    _collect_dropped_pipelines()
+                if self.device.startswith("cuda"):  # what engines dropped without ``close`` still hold
+                    _collect_dropped_pipelines(self.device)
                 with told_to_followers(self.mirror, {"load": model}):
                     start = time.perf_counter()
                     placed = self.budget.bytes is not None and self.split == 1

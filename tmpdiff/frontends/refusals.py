@@ -8,7 +8,7 @@ import sys
 from tmpdiff.errors import FieldError
 from tmpdiff.frontends.processes import refusal_exit
 
-__all__ = ["EXIT_USAGE", "flag_of", "in_cli_words", "refused", "say"]
+__all__ = ["EXIT_USAGE", "flag_of", "in_cli_words", "refused", "say", "tell_plan"]
 
 EXIT_USAGE = 2
 
@@ -17,6 +17,12 @@ def say(line: str) -> None:
     """One line on stderr, from one process: the first of a ``--parallel`` launch speaks for all of them."""
     if os.environ.get("RANK", "0") == "0":
         print(line, file=sys.stderr)
+
+
+def tell_plan(model: str, line: str) -> None:
+    """A model's placement plan, one line on stderr (``plan for flux-dev: budget 24.0 GiB: ...``): the command
+    line's and the app server's log, from every process (each plans its own GPU)."""
+    print(f"plan for {model}: {line}", file=sys.stderr, flush=True)
 
 
 def refused(exc: ValueError) -> int:

@@ -76,7 +76,7 @@ class MemoryFigures:
         if data is None and peak_bytes is None:
             return None
         data = data or {}
-        resident = {str(k): int(float(v) * GIB) for k, v in (data.get("resident_gib") or {}).items()}
+        resident = {str(k): bytes_of(v) or 0 for k, v in (data.get("resident_gib") or {}).items()}
         return cls(peak_bytes, str(data.get("where", "gpu")), resident, str(data.get("plan", "")),
                    bytes_of(data.get("budget_gib")), bytes_of(data.get("host_peak_gib")),
                    bytes_of(data.get("pinned_gib")) or 0)
@@ -88,15 +88,14 @@ class PeakMeter:
     def __init__(self, device: str) -> None:
         self.device = device
         self.where = "gpu" if device.startswith("cuda") else "host"
-        self.host_since_start = False
 
     def start(self) -> None:
-        self.host_since_start = _reset_host_peak()  # the host's peak is measured beside a GPU's too
+        host_since_start = _reset_host_peak()  # the host's peak is measured beside a GPU's too
         if self.where == "gpu":
             import torch
 
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif not self.host_since_start:
+        elif not host_since_start:
             self.where = "host-process"
 
     def peak(self) -> int | None:

@@ -21,10 +21,10 @@ from functools import partial
 from typing import Any, Literal
 
 from tmpdiff.errors import FieldError
+from tmpdiff.memory.meter import GIB, gib
 
 __all__ = ["GIB", "Part", "PartKind", "Plan", "Sizes", "plan_beside_reference", "plan_placement"]
 
-GIB = 1 << 30
 PartKind = Literal["variant", "encoder", "vae"]  # a denoiser's variant runs each step, an encoder once a prompt
 Tensors = dict[int, int]  # tensor id -> bytes (a tensor two parts share counts once where both are resident)
 
@@ -115,9 +115,9 @@ class Plan:
         return sum(self.streamed_bytes.get(name, 0) * count for name, count in reads.items())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget_gib": None if self.budget is None else round(self.budget / GIB, 2), "line": self.line(),
-                "streamed_gib": {k: round(v / GIB, 2) for k, v in self.streamed_bytes.items() if v},
-                "peak_estimate_gib": round(self.peak / GIB, 2)}
+        return {"budget_gib": gib(self.budget), "line": self.line(),
+                "streamed_gib": {k: gib(v) for k, v in self.streamed_bytes.items() if v},
+                "peak_estimate_gib": gib(self.peak)}
 
 
 def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None,

@@ -286,7 +286,7 @@ def _part(name: str, kind: PartKind, module: nn.Module) -> Part:
 
 
 def _ids(streamer: BlockStreamer) -> set[int]:
-    return {t for block in streamer.blocks for t in _tensors(block)}
+    return {id(tensor) for block in streamer.blocks for _, _, tensor in owned_tensors(block)}
 
 
 def _to_device(module: nn.Module | None, only: set[int] | None, device: torch.device) -> None:

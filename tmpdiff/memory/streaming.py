@@ -189,7 +189,7 @@ class BlockStreamer:
 
     # --- while the module runs --------------------------------------------------------------
     def _own_tensors(self, module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
-        return list(owned_tensors(module, skip=set(self.keep)))
+        return list(owned_tensors(module, skip=self.keep))
 
     def _before(self, index: int) -> Any:
         @_streaming_hook
