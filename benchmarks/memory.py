@@ -26,7 +26,8 @@ from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.metrics import ssim
 from tmpdiff.memory.meter import GIB
 
-SCHEDULES = ("bf16*28", "bf16*4,fp8*20,bf16*4", "fp8*28")
+EDGED = "bf16*4,fp8*20,bf16*4"
+SCHEDULES = ("bf16*28", "bf16*4,fp8*20,bf16*4", "fp8r*4,fp8*20,fp8r*4", "fp8*28")
 
 
 def host_link() -> float:
@@ -70,25 +71,37 @@ def stock(settings: RunSettings, budget: int) -> dict[str, Any]:
     return row
 
 
-def ours(engine: Engine, settings: RunSettings, budget: float | None, plans: list[str]) -> list[dict[str, Any]]:
+def ours(engine: Engine, settings: RunSettings, budget: float | None, plans: list[str],
+         schedules: list[str]) -> list[dict[str, Any]]:
     engine.set_gpu_memory(budget)
     rows = []
-    for schedule in SCHEDULES:
+    for schedule in schedules:
         result = engine.generate(settings, schedule)  # the engine warms cold precisions up before it times
         assert result.memory is not None
+        placer = engine.placer(settings.model)
+        streamed = placer.plan.per_image if placer is not None and placer.plan is not None else None
         rows.append({"schedule": schedule, "budget_gib": budget, "seconds": round(result.seconds, 3),
                      "peak_gib": round((result.memory.peak_bytes or 0) / GIB, 2), "plan": plans[-1] if plans else "",
+                     "host_peak_gb": round((result.memory.host_peak_bytes or 0) / 1e9, 2),
+                     "pinned_gb": round(result.memory.pinned_bytes / 1e9, 2),
+                     "streamed_gb_per_image": round(streamed / 1e9, 2) if streamed is not None else None,
                      "image": np.asarray(result.image)})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "image"}), flush=True)
     return rows
 
 
-def _public(row: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    """A row as the results file keeps it: no pixels, and its speed-up against the stock baseline."""
+def _public(row: dict[str, Any], result: dict[str, Any], unbudgeted: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A row as the results file keeps it: no pixels, its speed-up against the stock baseline, and its transfer
+    floor (the bytes it streams an image at the measured host link, or its unbudgeted seconds, whichever is larger)
+    with the fraction of it reached."""
     public = {k: v for k, v in row.items() if k != "image"}
     base = result.get("stock", {}).get("seconds")
     if base:
         public["speedup_vs_stock"] = round(base / row["seconds"], 2)
+    if unbudgeted is not None and row.get("streamed_gb_per_image") is not None:
+        floor = max(row["streamed_gb_per_image"] / result["host_link_gb_s"], unbudgeted["seconds"])
+        public["floor_seconds"] = round(floor, 3)
+        public["fraction_of_floor"] = round(floor / row["seconds"], 3)
     return public
 
 
@@ -98,11 +111,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--budgets", default="24,16,12", help="GiB, comma-separated")
+    parser.add_argument("--schedules", default=";".join(SCHEDULES), help="';'-separated schedules")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--stock", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",") if b]
+    schedules = [s for s in args.schedules.split(";") if s]
     settings = RunSettings(model=args.model, steps=args.steps, size=args.size)
     result: dict[str, Any] = {"device": device_name("cuda"), "torch": torch.__version__, "model": args.model,
                               "size": args.size, "steps": args.steps, "compiled": args.compile,
@@ -113,14 +128,22 @@ def main() -> None:
     plans: list[str] = []
     engine = Engine("cuda", compile=args.compile)
     with telling_plans_to(lambda model, line: plans.append(line)):  # every plan of the runs below, to their rows
-        free = ours(engine, settings, None, plans)
+        free = ours(engine, settings, None, plans, schedules)
         result["unbudgeted"], result["rows"] = [_public(r, result) for r in free], []
+        edged = next((r["image"] for r in free if r["schedule"] == EDGED), None)
+        for row, public in zip(free, result["unbudgeted"], strict=True):
+            if edged is not None and "fp8r" in row["schedule"]:
+                public["ssim_vs_bf16_edges"] = round(ssim(row["image"], edged), 5)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         for budget in budgets:  # each budget's rows written as they come: a long run keeps what it measured
-            for row, unbudgeted in zip(ours(engine, settings, budget, plans), free, strict=True):
+            budgeted = ours(engine, settings, budget, plans, schedules)
+            edged = next((r["image"] for r in budgeted if r["schedule"] == EDGED), None)
+            for row, unbudgeted in zip(budgeted, free, strict=True):
                 row["ssim_vs_unbudgeted"] = round(ssim(row["image"], unbudgeted["image"]), 5)
                 row["bit_equal_to_unbudgeted"] = bool(np.array_equal(row["image"], unbudgeted["image"]))
-                result["rows"].append(_public(row, result))
+                if edged is not None and "fp8r" in row["schedule"]:  # the residual rung against 16-bit edges
+                    row["ssim_vs_bf16_edges"] = round(ssim(row["image"], edged), 5)
+                result["rows"].append(_public(row, result, unbudgeted))
             args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "unbudgeted")}))
 

@@ -211,3 +211,25 @@ def test_the_mixed_flux_schedule_runs_within_24_gib_and_gives_the_unbudgeted_ima
     unbudgeted = free.generate(settings, schedule)
     assert unbudgeted.memory.peak_bytes > 24 << 30  # the same image needs more where everything stays resident
     assert np.array_equal(np.asarray(unbudgeted.image), image)
+
+
+def test_a_streamed_blocks_host_buffer_is_page_locked_at_exactly_its_bytes():
+    """``cudaHostRegister`` in place: pinned (copies from it are asynchronous), no power-of-two rounding by the
+    caching host allocator, and given back when the block is made resident."""
+    from tmpdiff.memory.streaming import ALIGN, BlockStreamer
+
+    before = torch.cuda.host_memory_stats().get("allocated_bytes.current", 0)
+    block = torch.nn.Sequential(torch.nn.Linear(1000, 3000), torch.nn.Linear(3000, 1000)).cuda().to(torch.bfloat16)
+    x = torch.randn(8, 1000, device="cuda", dtype=torch.bfloat16)
+    want = block(x)
+    streamer = BlockStreamer([block], torch.device("cuda"))
+    streamer.stream([0])
+    held = streamer._streamed[0].buffer
+    assert held is not None and held.pinned and all(copy.is_pinned() for copy in held.copies)
+    assert held.nbytes == sum(-(-p.numel() * 2 // ALIGN) * ALIGN for p in block.parameters())
+    assert torch.cuda.host_memory_stats().get("allocated_bytes.current", 0) == before  # not the caching allocator
+    assert all(p.device.type == "cpu" for p in block.parameters())
+    assert torch.equal(block(x), want)  # onloaded on the side stream for the call, offloaded after
+    streamer.make_resident([0])
+    assert not held.pinned and all(p.device.type == "cuda" for p in block.parameters())
+    assert torch.equal(block(x), want)

@@ -1,6 +1,9 @@
 """Memory as a first-class axis: the placement plan's decisions from sizes and a budget (pure logic), streamed blocks
 that give the resident image bit for bit, and the memory each evaluation reports."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -105,6 +108,29 @@ def test_streamed_blocks_give_the_resident_image_bit_for_bit_and_live_on_the_hos
     assert streamer.onloads == 2  # block 1 came on for each of the two denoiser calls, and went back after
     streamer.remove()
     assert streamer.streamed == []
+
+
+def test_a_streamed_block_lives_in_one_host_buffer_of_exactly_its_bytes_with_strides_kept():
+    """Host copies share one buffer a block (page-locked in place on CUDA, never rounded up to a power of two), each
+    tensor aligned, non-contiguous ones (a transposed weight) keeping their strides; made resident, it is freed."""
+    from tmpdiff.memory.streaming import ALIGN, BlockStreamer, HostBuffer
+
+    sources = [torch.randn(3, 5), torch.randn(7, 4).t(), torch.arange(9, dtype=torch.int8)]
+    buffer = HostBuffer(sources, pinned=False)
+    assert buffer.nbytes == 3 * ALIGN and not buffer.pinned
+    for source, copy in zip(sources, buffer.copies, strict=True):
+        assert torch.equal(copy, source) and copy.stride() == source.stride() and copy.dtype == source.dtype
+        assert copy.untyped_storage().data_ptr() == buffer.memory.untyped_storage().data_ptr()
+    block = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 100))
+    values = [p.detach().clone() for p in block.parameters()]
+    streamer = BlockStreamer([block], torch.device("cpu"))
+    streamer.stream([0])
+    held = streamer._streamed[0].buffer
+    assert held is not None and held.nbytes == sum(-(-p.numel() * 4 // ALIGN) * ALIGN for p in block.parameters())
+    assert streamer.streamed_bytes() == sum(p.numel() * 4 for p in block.parameters())  # what a call copies
+    streamer.make_resident([0])
+    assert held.copies == [] and held.memory.numel() == 0
+    assert all(torch.equal(p, v) for p, v in zip(block.parameters(), values, strict=True))
 
 
 def test_a_streamed_quantized_variant_keeps_its_values():
@@ -302,3 +328,55 @@ def test_a_plan_says_what_an_image_streams_beside_the_reference_planned_alone_un
         said = plan.line()
         assert ("more than the reference alone" in said) == (not fewer), said
         assert f"{plan.per_image / GIB:.0f} GiB streamed an image" in said
+
+
+def _mapped_files() -> list[tuple[int, int, str]]:
+    """The process's memory mappings of files: (start, end, path)."""
+    maps = []
+    for line in open("/proc/self/maps"):
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].strip().startswith("/"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            maps.append((start, end, fields[5].strip()))
+    return maps
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_random_weights_are_written_once_as_safetensors_and_load_memory_mapped_like_a_checkpoint(tmp_path,
+                                                                                                  monkeypatch):
+    """A random-weight model goes through the loading path of a real checkpoint: written once into the cache folder,
+    then ``from_pretrained``; its large weights stay file-backed in host memory (the kernel can drop those pages),
+    not a second, anonymous copy."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from tmpdiff.pipelines import random_weights, tiny
+    from tmpdiff.pipelines.random_weights import RandomBuild, write_random
+
+    def small(device, dtype):
+        pipe = tiny.BUILDERS["tiny-flux"]()
+        return {"scheduler": FlowMatchEulerDiscreteScheduler(), "vae": pipe.vae, "text_encoder": pipe.text_encoder,
+                "tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2}
+
+    build = RandomBuild("FluxPipeline", small, {
+        "text_encoder_2": lambda: T5EncoderModel(T5Config(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                                          num_heads=4, decoder_start_token_id=0)),
+        "transformer": lambda: FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))},
+        frozenset({"transformer", "text_encoder_2"}))
+    monkeypatch.setitem(random_weights.RANDOM_BUILDS, "test-arch", build)
+    folder = write_random("test-arch", tmp_path / "weights", torch.float32)
+    written = sorted(folder.rglob("*.safetensors"))
+    assert {p.parent.name for p in written} >= {"transformer", "text_encoder_2", "vae", "text_encoder"}
+    stamps = {p: p.stat().st_mtime_ns for p in written}
+    assert write_random("test-arch", tmp_path / "weights", torch.float32) == folder  # not written again
+    assert {p: p.stat().st_mtime_ns for p in written} == stamps
+    assert not list(tmp_path.glob("*.partial-*"))
+    pipe = FluxPipeline.from_pretrained(folder, dtype=torch.float32)
+    files = [m for m in _mapped_files() if m[2].endswith(".safetensors") and m[2].startswith(str(folder))]
+    weights = [p for p in pipe.transformer.parameters() if p.numel() >= 1024]
+    assert weights and all(any(start <= p.data_ptr() < end for start, end, _ in files) for p in weights)
+    image = pipe("a red cat", num_inference_steps=2, height=32, width=32, max_sequence_length=16,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()

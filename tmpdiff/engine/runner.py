@@ -210,7 +210,7 @@ class Engine:
                 with told_to_followers(self.mirror, {"load": model}):
                     start = time.perf_counter()
                     placed = self.budget.bytes is not None and self.split == 1
-                    pipe = load_pipeline(model, self.device, host=placed)
+                    pipe = load_pipeline(model, self.device, host=placed, cache_dir=self.compile_cache.root.parent)
                     placer = Placer(pipe, torch.device(self.device), self.budget.bytes) if placed else None
                     if self.split > 1:
                         from tmpdiff.pipelines.context_parallel import enable_context_parallel
@@ -231,6 +231,10 @@ class Engine:
     def loaded(self, model: str) -> Any:
         """The pipeline of ``model`` already loaded in this engine."""
         return self._models[model].pipe
+
+    def placer(self, model: str) -> Placer | None:
+        """The placer of ``model`` loaded in this engine (None: not loaded, or placed without one)."""
+        return self._models[model].placer if model in self._models else None
 
     def load_seconds(self, model: str) -> float:
         """How long ``model``'s weights took to load or build in this engine (0: not loaded here)."""

@@ -1,9 +1,10 @@
 """Blocks that live in pinned host memory and come onto the GPU only while they run.
 
 A ``BlockStreamer`` holds some repeated blocks of one module (a denoiser variant, a text encoder) off the GPU:
-their own tensors are copied to pinned host memory once; just before a block runs its tensors are copied to the
-GPU on a side stream (the next streamed block is prefetched while this one computes), and after it runs its GPU
-copies are released (``record_stream`` keeps the allocator from reusing them before the compute stream is done).
+their own tensors are copied once into one host buffer per block, of exactly their bytes and page-locked in place
+(``HostBuffer``); just before a block runs its tensors are copied to the GPU on a side stream (the next streamed
+block is prefetched while this one computes), and after it runs its GPU copies are released (``record_stream``
+keeps the allocator from reusing them before the compute stream is done).
 
 Why not diffusers' group offloading (the stock way, and this project's baseline): a tmpdiff variant shares every
 tensor it does not quantize with the reference (``variants.bank``), so streaming the reference must leave those
@@ -25,6 +26,7 @@ one in eager mode (streamed blocks always run eager).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,9 +46,70 @@ def _streaming_hook(hook: Any) -> Any:
     return hook
 
 
+ALIGN = 512  # every tensor in a block's host buffer starts at a multiple of this (any dtype's alignment)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def _span(tensor: torch.Tensor) -> int:
+    """Elements a tensor's storage must hold from its offset: its largest index plus one (strides kept)."""
+    if tensor.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+
+
+class HostBuffer:
+    """One streamed block's host copies in one buffer of exactly their bytes (each aligned to ``ALIGN``),
+    page-locked in place on CUDA (``cudaHostRegister``) so copies from it run asynchronously.
+
+    Why not ``Tensor.pin_memory()`` per tensor: PyTorch's caching host allocator rounds every pinned allocation up
+    to a power of two (up to 2x the bytes, about 1.67x for a FLUX block's tensors) and keeps freed ones cached;
+    registering an ordinary allocation pins exactly its bytes and gives them back to the system when freed.
+    """
+
+    def __init__(self, sources: Sequence[torch.Tensor], pinned: bool) -> None:
+        spans = [_aligned(_span(t) * t.element_size()) for t in sources]
+        self.nbytes = sum(spans)
+        self.memory = torch.empty(self.nbytes, dtype=torch.uint8)
+        self._unpin: Any = None
+        if pinned and self.nbytes:
+            error = int(torch.cuda.cudart().cudaHostRegister(self.memory.data_ptr(), self.nbytes, 0))
+            if error != 0:
+                raise RuntimeError(f"could not page-lock {self.nbytes} bytes of host memory (cudaError {error}): the "
+                                   "system's locked-memory limit (ulimit -l) may be too low")
+            # unpinned before its memory can be freed, also when dropped without free() (the finalizer holds it)
+            self._unpin = weakref.finalize(self, _unregister, self.memory)
+            self._unpin.atexit = False  # the process's exit frees it
+        self.copies: list[torch.Tensor] = []
+        offset = 0
+        for source, span in zip(sources, spans, strict=True):
+            flat = self.memory[offset:offset + span].view(source.dtype)
+            copy = flat.as_strided(source.shape, source.stride())
+            copy.copy_(source.detach())
+            self.copies.append(copy)
+            offset += span
+
+    @property
+    def pinned(self) -> bool:
+        return self._unpin is not None and self._unpin.alive
+
+    def free(self) -> None:
+        """Unpins the buffer (the caller has made sure no copy from it is in flight) and drops it."""
+        if self._unpin is not None:
+            self._unpin()
+        self.copies = []
+        self.memory = torch.empty(0, dtype=torch.uint8)
+
+
+def _unregister(memory: torch.Tensor) -> None:
+    torch.cuda.cudart().cudaHostUnregister(memory.data_ptr())
+
+
 @dataclass
 class _Slot:
-    """One tensor a streamed block owns: where it hangs, and its host copy (a subclass: one per inner tensor)."""
+    """One tensor a streamed block owns: where it hangs, and its host copies (a subclass: one per inner tensor)."""
 
     owner: nn.Module
     name: str
@@ -57,16 +120,10 @@ class _Slot:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.host.values())
 
-    def to_host(self, pinned: bool) -> None:
+    def sources(self) -> dict[str, torch.Tensor]:
+        """What the host copies are made of: a plain tensor's data, or a subclass's inner tensors."""
         inner = inner_tensor_names(self.tensor)
-        sources = {"": self.tensor.data} if inner is None else {n: getattr(self.tensor, n) for n in inner}
-        for key, source in sources.items():
-            source = source.detach()
-            if not pinned:
-                self.host[key] = source.to("cpu", copy=True)
-            else:  # one copy into page-locked memory, from the GPU or from a host tensor
-                self.host[key] = (source if source.device.type == "cpu" else source.to("cpu")).pin_memory()
-        self.release()
+        return {"": self.tensor.data} if inner is None else {n: getattr(self.tensor, n) for n in inner}
 
     def release(self) -> None:
         """Points the tensor at its host copies (its device memory is freed when nothing else holds it)."""
@@ -89,6 +146,7 @@ class _Slot:
 class _Block:
     module: nn.Module
     slots: list[_Slot] = field(default_factory=list)
+    buffer: HostBuffer | None = None  # every slot's host copies, in one (pinned) buffer
     on_device: list[torch.Tensor] = field(default_factory=list)  # the copies in use (None: offloaded)
     ready: Any = None  # the copy stream's event once its onload was issued
     hooks: list[Any] = field(default_factory=list)
@@ -96,6 +154,22 @@ class _Block:
     @property
     def nbytes(self) -> int:
         return sum(slot.nbytes for slot in self.slots)
+
+    def to_host(self, pinned: bool) -> None:
+        """Copies every slot's tensors into one host buffer and points the slots at it."""
+        keyed = [(slot, key, source) for slot in self.slots for key, source in slot.sources().items()]
+        self.buffer = HostBuffer([source for _, _, source in keyed], pinned)
+        for (slot, key, _), copy in zip(keyed, self.buffer.copies, strict=True):
+            slot.host[key] = copy
+        for slot in self.slots:
+            slot.release()
+
+    def free_host(self) -> None:
+        for slot in self.slots:
+            slot.host.clear()
+        if self.buffer is not None:
+            self.buffer.free()
+            self.buffer = None
 
 
 class BlockStreamer:
@@ -138,8 +212,7 @@ class BlockStreamer:
                 continue
             block = _Block(self.blocks[index])
             block.slots = [_Slot(owner, name, tensor) for owner, name, tensor in self._own_tensors(block.module)]
-            for slot in block.slots:
-                slot.to_host(pinned=self.cuda)
+            block.to_host(pinned=self.cuda)
             block.hooks = [block.module.register_forward_pre_hook(self._before(index)),
                            block.module.register_forward_hook(self._after(index))]
             self._streamed[index] = block
@@ -154,8 +227,11 @@ class BlockStreamer:
                 continue
             for hook in block.hooks:
                 hook.remove()
+            if self._copies is not None:  # no copy from its host buffer may still be in flight when it is freed
+                self._copies.synchronize()
             for slot in block.slots:
                 slot.onload(self.device, non_blocking=False)
+            block.free_host()
 
     def set_keep(self, tensor_ids: Iterable[int]) -> None:
         """From now on exactly these tensors (shared with a resident variant) stay on the device: a streamed block

@@ -1,17 +1,22 @@
 """Real-size architectures with random weights, built from configs in code.
 
-For latency, memory and end-to-end runs on a GPU where the real weights cannot be downloaded:
-their images are noise and their quality numbers mean nothing. The large parts are built on the meta device
-and given their default initial values on the GPU one layer at a time (``leafwise``), then kept where the pipeline
-lives: on the GPU, or in host memory for a memory budget's placement (as ``from_pretrained`` loads real weights),
-so a 17 B-parameter pipeline needs neither one device's memory for all of it at once nor the CPU's slow
-initialisation, and a budgeted and an unbudgeted build hold the same values.
+For latency, memory and end-to-end runs on a GPU where the real weights cannot be downloaded: their images are noise
+and their quality numbers mean nothing. A pipeline is written once into the cache folder as a diffusers checkpoint in
+safetensors (``write_random``) and loaded from there with ``from_pretrained``, the path real weights take:
+memory-mapped, so "weights" seconds and host bytes are what a user with the real checkpoint sees. To write it, each
+large part is built on the meta device and given its default initial values on the GPU one layer at a time
+(``leafwise``), one part at a time, so a 17 B-parameter pipeline needs neither one device's memory for all of it nor
+the CPU's slow initialisation.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,9 +94,7 @@ def building_on(device: str | torch.device, dtype: torch.dtype):
 
 
 def flux_transformer(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> Any:
-    from diffusers import FluxTransformer2DModel
-
-    return leafwise(lambda: FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER), device, dtype)
+    return leafwise(_flux_transformer, device, dtype)
 
 
 def sd35_large_transformer(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> Any:
@@ -109,38 +112,58 @@ def sdxl_unet(device: str | torch.device = "cuda", dtype: torch.dtype = torch.fl
 
 
 def wan_14b_transformer(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> Any:
-    from diffusers import WanTransformer3DModel
+    with building_on(device, dtype):
+        return _wan_transformer().eval()
+
+
+@dataclass(frozen=True)
+class RandomBuild:
+    """How a real-size pipeline with random weights is made: its diffusers class, its small parts (tokenizers,
+    scheduler, small models: built at once) and its large models, each made on the meta device by a function and
+    given values one at a time (``leafwise`` where it has no buffers), so writing it never holds two at once."""
+
+    pipeline: str
+    small: Callable[[torch.device, torch.dtype], dict[str, Any]]
+    large: dict[str, Callable[[], nn.Module]]
+    leafwise: frozenset[str] = frozenset()  # large parts without buffers, given values layer by layer
+
+    def values(self, name: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
+        """Large part ``name`` with its random values on ``device``."""
+        if name in self.leafwise:
+            return leafwise(self.large[name], device, dtype)
+        with building_on(device, dtype):
+            return self.large[name]().eval()
+
+
+def _wan_small(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
 
     with building_on(device, dtype):
-        return WanTransformer3DModel(**WAN_14B_TRANSFORMER).eval()
+        vae = AutoencoderKLWan().eval()  # its defaults are Wan 2.1's VAE
+    return {"tokenizer": tiny.tokenizer(512), "vae": vae, "scheduler": UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)}
 
 
-def wan_14b_pipeline(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> Any:
-    """Wan 2.1 T2V 14B's whole pipeline (umT5-XXL, 14 B transformer, Wan VAE), random weights."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+def _umt5_xxl() -> nn.Module:
     from transformers import UMT5Config, UMT5EncoderModel
 
-    torch.manual_seed(0)
-    with building_on(device, dtype):
-        umt5 = UMT5EncoderModel(UMT5Config(
-            vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-            feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
-            decoder_start_token_id=0)).eval()
-        vae = AutoencoderKLWan().eval()  # its defaults are Wan 2.1's VAE
-    return WanPipeline(tokenizer=tiny.tokenizer(512), text_encoder=umt5, vae=vae, transformer=wan_14b_transformer(
-        device, dtype), scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                                          flow_shift=5.0))
+    return UMT5EncoderModel(UMT5Config(
+        vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+        feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0))
 
 
-def flux_dev_pipeline(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> Any:
-    """FLUX.1-dev's whole pipeline (CLIP-L, T5-XXL, 12 B transformer, VAE), random weights, on ``device`` (``cpu``:
-    in host memory, for a memory budget's placement)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+def _wan_transformer() -> nn.Module:
+    from diffusers import WanTransformer3DModel
 
-    torch.manual_seed(0)
-    compute = "cuda" if torch.cuda.is_available() else device
-    with building_on(compute, dtype):  # the small parts (CLIP's position ids are a buffer)
+    return WanTransformer3DModel(**WAN_14B_TRANSFORMER)
+
+
+def _flux_small(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with building_on(device, dtype):  # CLIP's position ids are a buffer
         clip = CLIPTextModel(CLIPTextConfig(
             vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
             max_position_embeddings=77, projection_dim=768, pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
@@ -149,16 +172,64 @@ def flux_dev_pipeline(device: str | torch.device = "cuda", dtype: torch.dtype = 
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
             layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
             use_quant_conv=False, use_post_quant_conv=False).eval()
-    clip, vae = clip.to(device), vae.to(device)
-    t5 = leafwise(lambda: T5EncoderModel(T5Config(
+    return {"scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0), "vae": vae, "text_encoder": clip,
+            "tokenizer": tiny.tokenizer(77), "tokenizer_2": tiny.tokenizer(512)}
+
+
+def _t5_xxl() -> nn.Module:
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
         vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
         feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0)), device, dtype)
-    transformer = flux_transformer(device, dtype)
-    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, text_encoder=clip,
-                        tokenizer=tiny.tokenizer(77), text_encoder_2=t5, tokenizer_2=tiny.tokenizer(512),
-                        transformer=transformer)
+        decoder_start_token_id=0))
 
 
-# The random-weight pipelines of the registry (``random:<architecture>``).
-RANDOM_PIPELINES = {"flux-dev": flux_dev_pipeline, "wan2.1-t2v-14b": wan_14b_pipeline}
+def _flux_transformer() -> nn.Module:
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)
+
+
+# The random-weight pipelines of the registry (``random:<architecture>``): FLUX.1-dev's (CLIP-L, T5-XXL, 12 B
+# transformer, VAE) and Wan 2.1 T2V 14B's (umT5-XXL, 14 B transformer, Wan VAE).
+RANDOM_BUILDS = {
+    "flux-dev": RandomBuild("FluxPipeline", _flux_small, {"text_encoder_2": _t5_xxl, "transformer": _flux_transformer},
+                            frozenset({"text_encoder_2", "transformer"})),
+    "wan2.1-t2v-14b": RandomBuild("WanPipeline", _wan_small, {"text_encoder": _umt5_xxl,
+                                                              "transformer": _wan_transformer}),
+}
+
+
+def write_random(architecture: str, folder: Path, dtype: torch.dtype) -> Path:
+    """``folder``, holding ``architecture``'s random weights as a diffusers pipeline in safetensors: written once
+    (values made on the GPU where there is one, a large part at a time; the folder appears whole or not at all), so
+    every later process loads them as a real checkpoint loads, memory-mapped (``from_pretrained``)."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    import diffusers
+
+    build = RANDOM_BUILDS[architecture]
+    compute = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    torch.manual_seed(0)
+    small = build.small(compute, dtype)
+    with building_on("meta", dtype):
+        shapes = {name: make() for name, make in build.large.items()}
+    getattr(diffusers, build.pipeline)(**small, **shapes).save_config(partial)  # model_index.json
+    for name, part in small.items():
+        part.save_pretrained(partial / name)
+    for name in build.large:
+        module: Any = build.values(name, compute, dtype)
+        module.save_pretrained(partial / name, safe_serialization=True)
+        del module
+        if compute.type == "cuda":
+            torch.cuda.empty_cache()
+    try:
+        partial.rename(folder)
+    except OSError:  # another process wrote it first
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (folder / "model_index.json").is_file():
+            raise
+    return folder

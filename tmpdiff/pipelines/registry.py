@@ -242,7 +242,7 @@ def config_hash(name: str) -> str:
     if spec.is_tiny:
         identity: object = inspect.getsource(tiny.BUILDERS[spec.name]) + f"width={tiny.WIDTH}"
     elif spec.is_random:
-        identity = {"random": spec.source, "init": "leafwise"}  # its values changed with the leafwise build
+        identity = {"random": spec.source, "init": "leafwise", "stored": "safetensors"}
     elif spec.is_local:
         root = PACKAGE_DIR / spec.source
         identity = {p.relative_to(root).as_posix(): p.read_text() if p.suffix == ".json" else p.stat().st_size
@@ -253,10 +253,12 @@ def config_hash(name: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_pipeline(name: str, device: str | torch.device = "cpu", host: bool = False) -> Any:
+def load_pipeline(name: str, device: str | torch.device = "cpu", host: bool = False,
+                  cache_dir: str | Path | None = None) -> Any:
     """A stock diffusers pipeline for the registry entry ``name`` on ``device``, in its reference dtype; with
-    ``host`` its weights stay in host memory, for a memory budget's placement to put on ``device``
-    (``memory.placer``)."""
+    ``host`` its weights stay in host memory (memory-mapped from their checkpoint), for a memory budget's placement to
+    put on ``device`` (``memory.placer``). A random-weight model is written once into ``cache_dir`` (default: the
+    tmpdiff cache folder) and loaded from it like a real checkpoint."""
     import torch
 
     spec = get_model(name)
@@ -268,13 +270,35 @@ def load_pipeline(name: str, device: str | torch.device = "cpu", host: bool = Fa
             if torch.device(device).type != "cuda":
                 raise FieldError("model", spec.name, "{model} {value} is real-size with random weights: it needs a "
                                  "CUDA GPU")
-            from tmpdiff.pipelines import random_weights as realsize
-
-            pipe = realsize.RANDOM_PIPELINES[spec.architecture](where, spec.torch_dtype)
+            pipe = _from_random_checkpoint(spec, cache_dir)
         else:
             pipe = _from_pretrained(spec)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(where, spec.torch_dtype) if spec.is_tiny else pipe.to(where)
+
+
+WEIGHTS_DIR_ENV = "TMPDIFF_WEIGHTS_DIR"  # where random weights are written, if not in the cache folder
+
+
+def random_weights_folder(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Where model ``name``'s random weights are written: ``$TMPDIFF_WEIGHTS_DIR``, else the cache folder's
+    ``random-weights``; the folder is named by the registry and its configuration only."""
+    import os
+
+    from tmpdiff.variants.compile_cache import cache_root
+
+    root = Path(os.environ[WEIGHTS_DIR_ENV]) if os.environ.get(WEIGHTS_DIR_ENV) else cache_root(cache_dir) / \
+        "random-weights"
+    return root.expanduser() / f"{name}-{config_hash(name)}"
+
+
+def _from_random_checkpoint(spec: ModelSpec, cache_dir: str | Path | None) -> Any:
+    import diffusers
+
+    from tmpdiff.pipelines.random_weights import write_random
+
+    folder = write_random(spec.architecture, random_weights_folder(spec.name, cache_dir), spec.torch_dtype)
+    return getattr(diffusers, _PIPELINE_CLASSES[spec.family]).from_pretrained(folder, dtype=spec.torch_dtype)
 
 
 def _from_pretrained(spec: ModelSpec) -> Any:
