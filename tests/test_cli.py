@@ -63,6 +63,13 @@ def test_search_refuses_a_batch_size_its_ray_actors_would_ignore(tmp_path):
     assert not report.exists() and not (tmp_path / "c.sqlite").exists()  # refused before any work
 
 
+def test_a_host_memory_budget_that_is_not_a_size_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "x.png"
+    result = cli("generate", "--host-memory", "-2", "--out", str(out), "--db", str(tmp_path / "c.sqlite"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--host-memory takes a positive number of GiB, got -2" in result.stderr and not out.exists()
+
+
 def test_precisions_lists_the_registry():
     result = cli("precisions")
     assert result.returncode == 0

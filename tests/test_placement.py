@@ -77,6 +77,34 @@ def test_a_budget_nothing_fits_in_is_refused_before_any_work_saying_what_would()
     assert plan.streams("bf16") and plan.streams("fp8")
 
 
+def test_a_plan_whose_streamed_blocks_need_more_host_memory_than_allowed_is_refused_before_any_work():
+    """Streamed blocks live page-locked in host memory: the plan counts them and refuses, in one line naming both
+    budgets, what the host budget cannot hold; a host budget that holds them changes nothing."""
+    free = plan_placement(flux_like(), IN_USE, 16 * GIB)
+    assert free.host_bytes == sum(free.streamed_bytes.values()) > 0
+    assert f"{free.host_bytes / GIB:.1f} GiB pinned in host memory" in free.line()
+    assert plan_placement(flux_like(), IN_USE, 16 * GIB, host=free.host_bytes) == free
+    with pytest.raises(FieldError) as refused:
+        plan_placement(flux_like(), IN_USE, 16 * GIB, host=free.host_bytes - GIB)
+    told = refused.value.worded(lambda field: "--" + field.replace("_", "-"))
+    assert refused.value.field == "host_memory" and "\n" not in told
+    assert f"streams {free.host_bytes / GIB:.1f} GiB" in told and "--host-memory" in told and "--gpu-memory" in told
+    assert plan_placement(flux_like(), IN_USE, None, host=0).host_bytes == 0  # nothing streams without a budget
+
+
+def test_the_host_budget_is_validated_up_front_and_defaults_to_what_the_system_has():
+    from tmpdiff.memory.budget import HOST_MARGIN, available_host_bytes, resolve_host_memory
+
+    assert resolve_host_memory(None) is None and resolve_host_memory(12) == 12 * GIB
+    for bad in (0, -3, "many", float("nan")):
+        with pytest.raises(FieldError, match="positive number of GiB"):
+            resolve_host_memory(bad)
+    available = available_host_bytes()
+    if Path("/proc/meminfo").exists():
+        total = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]) * 1024
+        assert available is not None and 0 <= available <= total - HOST_MARGIN
+
+
 def test_a_plan_records_itself_in_one_line_and_as_data():
     data = plan_placement(flux_like(), IN_USE, 24 * GIB).to_dict()
     assert data["budget_gib"] == 24.0 and data["streamed_gib"]["text_encoder_2"] > 0

@@ -17,7 +17,8 @@ LOG = logging.getLogger("tmpdiff.app")
 # The engine's field names, as the form labels them (others: the name with spaces, capitalised).
 LABELS = {"target_ssim": "Target (SSIM floor)", "target_speedup": "Target (speed-up)",
           "prompts": "Calibration prompts", "db": "the cache database", "prompt_file": "prompt file",
-          "negative_prompt": "Negative prompt", "gpu_memory": "GPU memory"}
+          "negative_prompt": "Negative prompt", "gpu_memory": "GPU memory",
+          "host_memory": "host memory"}
 
 
 def label_of(field: str) -> str:

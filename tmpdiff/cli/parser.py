@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tmpdiff.frontends.flags import CACHE_DIR_HELP, DB_HELP, GPU_MEMORY_HELP, add_cache_flags, add_compile_flags
+from tmpdiff.frontends.flags import (CACHE_DIR_HELP, DB_HELP, GPU_MEMORY_HELP, HOST_MEMORY_HELP, add_cache_flags,
+                                     add_compile_flags)
 from tmpdiff.pipelines.registry import DEFAULT_MODEL
 from tmpdiff.studies.request import DEFAULT_SSIM_FLOOR
 
@@ -104,6 +105,7 @@ def _warmup(commands: Any) -> None:
     warm.add_argument("--precisions", default=None, help="comma-separated, e.g. 'bf16,fp8' (default: the reference)")
     warm.add_argument("--size", type=int, default=None, help="image size to compile for (default: the model's)")
     warm.add_argument("--gpu-memory", type=float, default=None, metavar="GIB", help=GPU_MEMORY_HELP)
+    warm.add_argument("--host-memory", type=float, default=None, metavar="GIB", help=HOST_MEMORY_HELP)
     warm.add_argument("--aot", action="store_true", default=None,
                       help="ahead-of-time packages instead of torch.compile")
     warm.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)

@@ -20,7 +20,7 @@ from tmpdiff.engine.split_app import told_to_followers
 from tmpdiff.engine.timing import SetUpSeconds, timing_vae_decode
 from tmpdiff.engine.turns import TurnLock
 from tmpdiff.errors import FieldError
-from tmpdiff.memory.budget import OutOfMemory, resolve_budget
+from tmpdiff.memory.budget import OutOfMemory, resolve_budget, resolve_host_memory
 from tmpdiff.memory.meter import MemoryFigures, measuring_peak
 from tmpdiff.memory.placement import Plan
 from tmpdiff.memory.placer import Placer, estimate_working
@@ -138,12 +138,16 @@ class Engine:
             (default: ``$TMPDIFF_CACHE_DIR`` or the user cache folder).
         gpu_memory: the GPU memory budget in GiB (``budget.py``): honoured by the allocator, and by a placement plan
             per model that streams what does not fit (``memory.placer``); default: what the GPU has free.
+        host_memory: the host memory in GiB the streamed blocks may hold page-locked; a plan that needs more is
+            refused before any work; default: what the system has available when each plan is made.
     """
 
     def __init__(self, device: str | None = None, compile: bool | str | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None, gpu_memory: float | None = None) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None, gpu_memory: float | None = None,
+                 host_memory: float | None = None) -> None:
         self.device = _usable_device(device or default_device())
         self.budget = resolve_budget(gpu_memory, self.device)
+        self.host_budget = resolve_host_memory(host_memory)
         self.mode = Mode.coerce(compile, torch.device(self.device))
         self.compile_cache = CompileCache(cache_dir)
         # Denoiser calls over every run of this engine: made, answered by replay, saved by `skip`.
@@ -191,6 +195,13 @@ class Engine:
             if loaded.placer is not None:
                 loaded.placer.set_budget(self.budget.bytes)
 
+    def set_host_memory(self, host_memory: float | None) -> None:
+        """A new host memory budget (GiB; None: what the system has available), planned for at the next call."""
+        self.host_budget = resolve_host_memory(host_memory)
+        for loaded in self._models.values():
+            if loaded.placer is not None:
+                loaded.placer.set_host(self.host_budget)
+
     @property
     def leads(self) -> bool:
         """Whether this process speaks for its group: always, unless it is a later process of a split image."""
@@ -211,7 +222,8 @@ class Engine:
                     start = time.perf_counter()
                     placed = self.budget.bytes is not None and self.split == 1
                     pipe = load_pipeline(model, self.device, host=placed, cache_dir=self.compile_cache.root.parent)
-                    placer = Placer(pipe, torch.device(self.device), self.budget.bytes) if placed else None
+                    placer = Placer(pipe, torch.device(self.device), self.budget.bytes,
+                                    host=self.host_budget) if placed else None
                     if self.split > 1:
                         from tmpdiff.pipelines.context_parallel import enable_context_parallel
 

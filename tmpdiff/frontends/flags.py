@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from tmpdiff.cache import Cache
     from tmpdiff.engine.runner import Engine
 
-__all__ = ["CACHE_DIR_HELP", "DB_HELP", "add_cache_flags", "add_compile_flags", "choose_compile", "open_cache",
+__all__ = ["CACHE_DIR_HELP", "DB_HELP", "GPU_MEMORY_HELP", "HOST_MEMORY_HELP", "add_cache_flags", "add_compile_flags", "choose_compile", "open_cache",
            "open_engine", "open_store"]
 
 
@@ -49,8 +49,11 @@ def add_compile_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aot", action="store_true", default=None,
                         help="ahead-of-time compiled variants: built once, loaded by later processes")
     parser.add_argument("--gpu-memory", type=float, default=None, metavar="GIB", help=GPU_MEMORY_HELP)
+    parser.add_argument("--host-memory", type=float, default=None, metavar="GIB", help=HOST_MEMORY_HELP)
 
 
+HOST_MEMORY_HELP = ("host memory in GiB the blocks streamed under --gpu-memory may hold page-locked; a plan that "
+                    "needs more is refused before any work (default: what the system has available, less 4 GiB)")
 GPU_MEMORY_HELP = ("GPU memory budget in GiB, honoured by the allocator: what does not fit streams block by block "
                    "from host memory (default: what the GPU has free, less 1 GiB)")
 
@@ -64,7 +67,7 @@ def open_engine(args: argparse.Namespace, device: str | None, compile: bool | st
     cache_dir = check_cache_dir(cache_root(args.cache_dir))
     mode = compile if compile is not None else choose_compile(args.compile, args.aot)
     engine = Engine(device=device, compile=mode, cache_dir=cache_dir,
-                    gpu_memory=getattr(args, "gpu_memory", None))
+                    gpu_memory=getattr(args, "gpu_memory", None), host_memory=getattr(args, "host_memory", None))
     return engine
 
 

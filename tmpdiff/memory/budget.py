@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from tmpdiff.errors import FieldError, literal
 from tmpdiff.memory.meter import GIB, gib
 
-__all__ = ["MARGIN", "Budget", "OutOfMemory", "resolve_budget"]
+__all__ = ["HOST_MARGIN", "MARGIN", "Budget", "OutOfMemory", "available_host_bytes", "resolve_budget",
+           "resolve_host_memory"]
 
+HOST_MARGIN = 4 * GIB  # host memory left for the CUDA context, Python and the libraries (default host budget only)
 MARGIN = GIB  # left free for the CUDA context, other libraries and the allocator's own slack (default budget only)
 
 
@@ -80,3 +82,33 @@ def cuda_index(device: str) -> int:
 
     index = torch.device(device).index
     return torch.cuda.current_device() if index is None else index
+
+
+def available_host_bytes() -> int | None:
+    """Host memory the system can give now (Linux ``MemAvailable``: free memory and page cache it can drop, such as
+    memory-mapped weights), less ``HOST_MARGIN``; None where the system does not say."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return max(int(line.split()[1]) * 1024 - HOST_MARGIN, 0)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resolve_host_memory(host_memory: float | None) -> int | None:
+    """The host memory budget in bytes for page-locked streamed blocks (``--host-memory GIB``); None: what the
+    system has available when each plan is made.
+
+    Raises:
+        FieldError: of ``host_memory`` for a value that is not a positive number of GiB.
+    """
+    if host_memory is None:
+        return None
+    try:
+        value = float(host_memory)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise FieldError("host_memory", host_memory, "{host_memory} takes a positive number of GiB, got {value}")
+    return int(value * GIB)

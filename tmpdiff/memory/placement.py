@@ -80,6 +80,11 @@ class Plan:
     per_image: int | None = None  # bytes streamed for one image of the schedule it was made for
     reference_per_image: int | None = None  # the same for the reference schedule planned alone, under this budget
 
+    @property
+    def host_bytes(self) -> int:
+        """Bytes the streamed blocks hold in page-locked host memory (what the OS cannot reclaim)."""
+        return sum(self.streamed_bytes.values())
+
     def streams(self, part: str) -> bool:
         return self.streamed_bytes.get(part, 0) > 0
 
@@ -97,8 +102,9 @@ class Plan:
             else:
                 placed.append(f"{name} {len(kept)}/{total} blocks resident, "
                               f"{self.streamed_bytes[name] / GIB:.1f} GiB streamed a call")
+        pinned = f"; {self.host_bytes / GIB:.1f} GiB pinned in host memory" if self.host_bytes else ""
         return (f"budget {self.budget / GIB:.1f} GiB: " + "; ".join(placed) +
-                f" (~{self.peak / GIB:.1f} GiB peak{self._per_image_words()})")
+                f" (~{self.peak / GIB:.1f} GiB peak{pinned}{self._per_image_words()})")
 
     def _per_image_words(self) -> str:
         """How many bytes an image streams, beside the reference's under the same budget (when they differ)."""
@@ -121,12 +127,14 @@ class Plan:
 
 
 def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None,
-                   reads: Mapping[str, int] | None = None) -> Plan:
+                   reads: Mapping[str, int] | None = None, host: int | None = None) -> Plan:
     """The plan for the parts ``in_use`` (variants, encoders, VAE) under ``budget`` bytes, keeping resident the
-    bytes read most often: ``reads`` says how many times each part runs for an image (default: once each).
+    bytes read most often: ``reads`` says how many times each part runs for an image (default: once each). The
+    blocks it streams are page-locked in host memory: at most ``host`` bytes (None: no host limit).
 
     Raises:
         FieldError: of ``gpu_memory``, when even streaming every block cannot fit; it says the least that would.
+            Of ``host_memory``, when the streamed blocks need more page-locked host memory than ``host``.
     """
     parts = [sizes.parts[name] for name in dict.fromkeys(in_use) if name in sizes.parts]
     everything = _everything(parts, sizes.working)
@@ -148,14 +156,19 @@ def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None,
     plans = [_plan(parts, fill(parts, dict(resident), budget - floor, count), buffers, sizes.working, budget)
              for fill in fills]
     best = min(plans, key=lambda plan: plan.streamed_per_image(count))  # no one greedy order is always best
+    if host is not None and best.host_bytes > host:
+        raise FieldError("host_memory", round(host / GIB, 1), f"{{host_memory}} {{value}} GiB is too little for "
+                         f"this plan: under {gib(budget, 1)} GiB of GPU memory it streams {gib(best.host_bytes, 1)} "
+                         "GiB of blocks from page-locked host memory; give more {host_memory} or {gpu_memory}, or "
+                         "fewer precisions in the {schedule}")
     return replace(best, per_image=best.streamed_per_image(count))
 
 
 def plan_beside_reference(sizes: Sizes, in_use: Sequence[str], budget: int | None, reads: Mapping[str, int],
-                          reference: str, steps: int) -> Plan:
+                          reference: str, steps: int, host: int | None = None) -> Plan:
     """The plan for a schedule (``reads``), with the bytes the reference schedule (the ``reference`` part at each
     of the ``steps``) would stream planned alone under the same budget: what a comparison measures against."""
-    plan = plan_placement(sizes, in_use, budget, reads)
+    plan = plan_placement(sizes, in_use, budget, reads, host)
     if budget is None or reference not in sizes.parts:
         return plan
     alone = {name: steps if name == reference else reads.get(name, 1) for name in in_use

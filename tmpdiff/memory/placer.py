@@ -57,11 +57,13 @@ class VariantKey(NamedTuple):
 class Placer:
     """Places one pipeline's parts on ``device`` within ``budget`` bytes (None: everything on the device)."""
 
-    def __init__(self, pipe: Any, device: torch.device, budget: int | None, working: int = 0) -> None:
+    def __init__(self, pipe: Any, device: torch.device, budget: int | None, working: int = 0,
+                 host: int | None = None) -> None:
         from tmpdiff.switching.switch import denoisers_of
         from tmpdiff.variants.bank import bank_for
 
         self.pipe, self.device, self.budget = pipe, device, budget
+        self.host = host  # page-locked host bytes the streamed blocks may hold (None: what the system has)
         self.banks = {name: bank_for(module) for name, module in denoisers_of(pipe)}
         for bank in self.banks.values():
             bank.settle_in(device, self)
@@ -104,6 +106,20 @@ class Placer:
         """A new budget (bytes; None: everything on the device), planned for at the next call."""
         self.budget = budget
 
+    def set_host(self, host: int | None) -> None:
+        """A new host budget (bytes; None: what the system has available at each plan)."""
+        self.host = host
+
+    def host_room(self) -> int | None:
+        """Page-locked bytes a plan may use now: the host budget, or what the system has available plus the blocks
+        this placer already holds (a new plan replaces them)."""
+        if self.host is not None:
+            return self.host
+        from tmpdiff.memory.budget import available_host_bytes
+
+        available = available_host_bytes()
+        return None if available is None or self.device.type != "cuda" else available + self.pinned_bytes()
+
     def ran_out(self) -> None:
         """A call ran out of memory under the current plan: the next plan leaves more working room."""
         if self.plan is not None:
@@ -129,13 +145,14 @@ class Placer:
 
     def _replan(self) -> Plan:
         sizes = self.sizes()
-        key = (self._in_use, self.budget, self.working, self._steps, tuple(sorted(self._reads.items())),
+        key = (self._in_use, self.budget, self.host, self.working, self._steps, tuple(sorted(self._reads.items())),
                tuple(sorted((n, p.nbytes) for n, p in sizes.parts.items())))
         if self.plan is not None and key == self._planned:
             return self.plan
         owner, bank = next(iter(self.banks.items()))
         reference = self._variant_name(owner, _reference_name(bank))
-        plan = plan_beside_reference(sizes, self._in_use, self.budget, self._reads, reference, self._steps)
+        plan = plan_beside_reference(sizes, self._in_use, self.budget, self._reads, reference, self._steps,
+                                     self.host_room())
         self._apply(plan, sizes)
         self.plan, self._planned, self._sizes = plan, key, sizes
         return plan
