@@ -7,8 +7,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tmpdiff.frontends.flags import (CACHE_DIR_HELP, DB_HELP, GPU_MEMORY_HELP, HOST_MEMORY_HELP, add_cache_flags,
-                                     add_compile_flags)
+from tmpdiff.frontends.flags import (
+    CACHE_DIR_HELP,
+    DB_HELP,
+    GPU_MEMORY_HELP,
+    HOST_MEMORY_HELP,
+    add_cache_flags,
+    add_compile_flags,
+)
 from tmpdiff.pipelines.registry import DEFAULT_MODEL
 from tmpdiff.studies.request import DEFAULT_SSIM_FLOOR
 

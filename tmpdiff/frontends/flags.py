@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from tmpdiff.cache import Cache
     from tmpdiff.engine.runner import Engine
 
-__all__ = ["CACHE_DIR_HELP", "DB_HELP", "GPU_MEMORY_HELP", "HOST_MEMORY_HELP", "add_cache_flags", "add_compile_flags", "choose_compile", "open_cache",
-           "open_engine", "open_store"]
+__all__ = ["CACHE_DIR_HELP", "DB_HELP", "GPU_MEMORY_HELP", "HOST_MEMORY_HELP", "add_cache_flags",
+           "add_compile_flags", "choose_compile", "open_cache", "open_engine", "open_store"]
 
 
 def choose_compile(compile_flag: bool | None, aot: bool | None) -> bool | str | None:
