@@ -60,6 +60,11 @@ def _span(tensor: torch.Tensor) -> int:
     return 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
 
 
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether no two elements share memory and none is skipped (a permutation of a contiguous tensor)."""
+    return _span(tensor) == tensor.numel()
+
+
 class HostBuffer:
     """One streamed block's host copies in one buffer of exactly their bytes (each aligned to ``ALIGN``),
     page-locked in place on CUDA (``cudaHostRegister``) so copies from it run asynchronously.
@@ -70,6 +75,7 @@ class HostBuffer:
     """
 
     def __init__(self, sources: Sequence[torch.Tensor], pinned: bool) -> None:
+        sources = [t if _dense(t) else t.contiguous() for t in sources]  # an expanded tensor: its values, once each
         spans = [_aligned(_span(t) * t.element_size()) for t in sources]
         self.nbytes = sum(spans)
         self.memory = torch.empty(self.nbytes, dtype=torch.uint8)
