@@ -78,10 +78,12 @@ def test_a_budget_nothing_fits_in_is_refused_before_any_work_saying_what_would()
 
 
 def test_a_plan_whose_streamed_blocks_need_more_host_memory_than_allowed_is_refused_before_any_work():
-    """Streamed blocks live page-locked in host memory: the plan counts them and refuses, in one line naming both
-    budgets, what the host budget cannot hold; a host budget that holds them changes nothing."""
+    """A variant's streamed blocks live page-locked in host memory (an encoder's stream from pageable memory): the
+    plan counts them and refuses, in one line naming both budgets, what the host budget cannot hold; a host budget
+    that holds them changes nothing."""
     free = plan_placement(flux_like(), IN_USE, 16 * GIB)
-    assert free.host_bytes == sum(free.streamed_bytes.values()) > 0
+    assert free.streams("text_encoder_2") and free.streams("bf16")
+    assert free.host_bytes == sum(v for k, v in free.streamed_bytes.items() if k != "text_encoder_2") > 0
     assert f"{free.host_bytes / GIB:.1f} GiB pinned in host memory" in free.line()
     assert plan_placement(flux_like(), IN_USE, 16 * GIB, host=free.host_bytes) == free
     with pytest.raises(FieldError) as refused:
@@ -136,6 +138,21 @@ def test_streamed_blocks_give_the_resident_image_bit_for_bit_and_live_on_the_hos
     assert streamer.onloads == 2  # block 1 came on for each of the two denoiser calls, and went back after
     streamer.remove()
     assert streamer.streamed == []
+
+
+def test_a_pageable_streamer_streams_host_blocks_from_where_they_are_without_a_copy():
+    """An encoder (once a prompt) streams from its checkpoint's pages: no host copy, nothing page-locked."""
+    from tmpdiff.memory.streaming import BlockStreamer
+
+    blocks = [torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)]
+    where = [p.data_ptr() for p in blocks[1].parameters()]
+    x = torch.randn(2, 64)
+    want = blocks[1](blocks[0](x))
+    streamer = BlockStreamer(blocks, torch.device("cpu"), pageable=True)
+    streamer.stream([1])
+    assert streamer.streamed_bytes() == 64 * 64 * 4 + 64 * 4 and streamer.pinned_bytes() == 0
+    assert [p.data_ptr() for p in blocks[1].parameters()] == where  # its own memory, not a copy
+    assert torch.equal(blocks[1](blocks[0](x)), want) and streamer.onloads == 1
 
 
 def test_a_streamed_block_lives_in_one_host_buffer_of_exactly_its_bytes_with_strides_kept():

@@ -80,10 +80,13 @@ class Plan:
     per_image: int | None = None  # bytes streamed for one image of the schedule it was made for
     reference_per_image: int | None = None  # the same for the reference schedule planned alone, under this budget
 
+    pinned: frozenset[str] = frozenset()  # the parts whose streamed blocks are page-locked (the variants)
+
     @property
     def host_bytes(self) -> int:
-        """Bytes the streamed blocks hold in page-locked host memory (what the OS cannot reclaim)."""
-        return sum(self.streamed_bytes.values())
+        """Bytes the streamed blocks of the variants hold in page-locked host memory (what the OS cannot reclaim);
+        encoders, run once a prompt, stream from pageable memory."""
+        return sum(size for name, size in self.streamed_bytes.items() if name in self.pinned)
 
     def streams(self, part: str) -> bool:
         return self.streamed_bytes.get(part, 0) > 0
@@ -98,7 +101,8 @@ class Plan:
             if not self.streams(name):
                 placed.append(f"{name} resident")
             elif not kept:
-                placed.append(f"{name} streamed ({self.streamed_bytes[name] / GIB:.1f} GiB a call)")
+                where = "" if name in self.pinned else ", from pageable memory"
+                placed.append(f"{name} streamed ({self.streamed_bytes[name] / GIB:.1f} GiB a call{where})")
             else:
                 placed.append(f"{name} {len(kept)}/{total} blocks resident, "
                               f"{self.streamed_bytes[name] / GIB:.1f} GiB streamed a call")
@@ -263,4 +267,5 @@ def _plan(parts: list[Part], filled: Kept, buffers: int, working: int, budget: i
     needs_buffers = buffers if any(streamed.values()) else 0
     total = sum(resident.values())
     return Plan(budget, {name: tuple(indices) for name, indices in kept.items()}, streamed,
-                total + needs_buffers + working, total, {p.name: len(p.blocks) for p in parts}, frozenset(resident))
+                total + needs_buffers + working, total, {p.name: len(p.blocks) for p in parts}, frozenset(resident),
+                pinned=frozenset(p.name for p in parts if p.kind != "encoder"))

@@ -159,7 +159,7 @@ class Placer:
 
     def pinned_bytes(self) -> int:
         """Page-locked host memory holding the blocks that stream now."""
-        return sum(streamer.streamed_bytes() for streamer in self.streamers.values() if streamer.cuda)
+        return sum(streamer.pinned_bytes() for streamer in self.streamers.values())
 
     def resident_by_part(self) -> dict[str, int]:
         """Bytes each part in use has on the device under the current plan (a shared tensor counts in each)."""
@@ -218,7 +218,8 @@ class Placer:
             blocks = find_blocks(module) if module is not None else []
             if not blocks:
                 return None
-            self.streamers[name] = BlockStreamer(blocks, self.device)
+            # an encoder runs once a prompt: it streams from pageable memory (its checkpoint's pages), not pinned
+            self.streamers[name] = BlockStreamer(blocks, self.device, pageable=name in self.encoders)
         return self.streamers[name]
 
     @contextmanager

@@ -161,9 +161,14 @@ class _Block:
     def nbytes(self) -> int:
         return sum(slot.nbytes for slot in self.slots)
 
-    def to_host(self, pinned: bool) -> None:
-        """Copies every slot's tensors into one host buffer and points the slots at it."""
+    def to_host(self, pinned: bool, in_place: bool = False) -> None:
+        """Copies every slot's tensors into one host buffer and points the slots at it; with ``in_place`` a block
+        whose tensors are all in host memory already (memory-mapped from a checkpoint) keeps them as they are."""
         keyed = [(slot, key, source) for slot in self.slots for key, source in slot.sources().items()]
+        if in_place and all(source.device.type == "cpu" for _, _, source in keyed):
+            for slot, key, source in keyed:
+                slot.host[key] = source
+            return
         self.buffer = HostBuffer([source for _, _, source in keyed], pinned)
         for (slot, key, _), copy in zip(keyed, self.buffer.copies, strict=True):
             slot.host[key] = copy
@@ -182,18 +187,24 @@ class BlockStreamer:
     """Streams some of ``blocks`` (blocks of one module, in the order they run) between pinned host memory and
     ``device``. Tensors whose ids are in ``keep`` are never moved (shared with a variant that stays resident).
 
+    With ``pageable`` (a text encoder: it runs once a prompt) nothing is page-locked: a block already in host memory
+    streams from where it is (the checkpoint's memory-mapped pages, which the kernel may drop and read again), one
+    that was on the GPU from an ordinary host buffer; its copies to the GPU are slower and are not overlapped.
+
     Example:
         >>> streamer = BlockStreamer(find_blocks(pipe.transformer), torch.device("cuda"))  # doctest: +SKIP
         >>> streamer.stream(range(10, 57))  # blocks 10.. now live on the host
     """
 
     def __init__(self, blocks: Sequence[nn.Module], device: torch.device, keep: Iterable[int] = (),
-                 prefetch: int = 1) -> None:
+                 prefetch: int = 1, pageable: bool = False) -> None:
         self.blocks = list(blocks)
         self.device = device
         self.keep = set(keep)
         self.prefetch = prefetch
         self.cuda = device.type == "cuda"
+        self.pageable = pageable
+        self.pinned = self.cuda and not pageable  # whether its host copies are page-locked
         self._streamed: dict[int, _Block] = {}
         self._copies = torch.cuda.Stream(device) if self.cuda else None
         self.onloads = 0  # blocks brought onto the device so far
@@ -207,6 +218,11 @@ class BlockStreamer:
         """Bytes copied to the GPU each time every streamed block runs once."""
         return sum(block.nbytes for block in self._streamed.values())
 
+    def pinned_bytes(self) -> int:
+        """Page-locked host bytes its streamed blocks hold."""
+        return sum(block.buffer.nbytes for block in self._streamed.values()
+                   if block.buffer is not None and block.buffer.pinned)
+
     def own_bytes(self, index: int) -> int:
         """What block ``index`` holds beyond the tensors kept on the device."""
         return sum(tensor_bytes(t) for _, _, t in self._own_tensors(self.blocks[index]))
@@ -218,7 +234,7 @@ class BlockStreamer:
                 continue
             block = _Block(self.blocks[index])
             block.slots = [_Slot(owner, name, tensor) for owner, name, tensor in self._own_tensors(block.module)]
-            block.to_host(pinned=self.cuda)
+            block.to_host(pinned=self.pinned, in_place=self.pageable)
             block.hooks = [block.module.register_forward_pre_hook(self._before(index)),
                            block.module.register_forward_hook(self._after(index))]
             self._streamed[index] = block
