@@ -112,14 +112,16 @@ def main() -> None:
     load = f"from tmpdiff.pipelines.registry import load_pipeline; load_pipeline({args.model!r}, 'cuda', host=True)"
     rows: list[tuple[str, list[str], Path | None]] = [
         ("write the random weights once, then load them into host memory", [sys.executable, "-c", load], None)]
+    limited: list[tuple[str, list[str], Path | None]] = []
     for budget in args.budgets.split(","):
         given = [] if budget == "none" else ["--gpu-memory", budget]
         for i, schedule in enumerate(args.schedules.split(";")):
             command = [*tmpdiff, "--schedule", schedule, *given, "--out", str(work / "image.png")]
             rows.append((f"generate {schedule} at {budget} GiB", command, None))
-            if args.cgroup_max and given and i == 0:
-                rows.append((f"generate {schedule} at {budget} GiB under memory.max {args.cgroup_max}", command,
-                             cgroup(args.cgroup_max) or Path("/nonexistent")))
+            if args.cgroup_max and given and i == 0:  # after every plain row
+                limited.append((f"generate {schedule} at {budget} GiB under memory.max {args.cgroup_max}", command,
+                                cgroup(args.cgroup_max) or Path("/nonexistent")))
+    rows += limited
     for label, command, group in rows:
         if group == Path("/nonexistent"):
             report["rows"].append({"label": label, "skipped": "no cgroup v2 memory controller this process may use"})
