@@ -35,6 +35,13 @@ def flux_like(working: int = 2 * GIB) -> Sizes:
 IN_USE = ["bf16", "fp8", "text_encoder_2", "vae"]
 
 
+def with_residual(sizes: Sizes) -> Sizes:
+    """``flux_like`` with an ``fp8r`` variant: fp8's tensors (shared, not copied) plus a residual of fp8's size."""
+    fp8r = Part("fp8r", "variant", {1: 200 * MIB}, tuple({**block, 4000 + i: GIB // 4}
+                                                       for i, block in enumerate(sizes.parts["fp8"].blocks)))
+    return Sizes({**sizes.parts, "fp8r": fp8r}, sizes.working)
+
+
 def test_without_a_budget_or_with_room_everything_stays_on_the_gpu():
     sizes = flux_like()
     for budget in (None, 64 * GIB):
@@ -75,6 +82,26 @@ def test_a_budget_nothing_fits_in_is_refused_before_any_work_saying_what_would()
     least = float(str(refused.value).split("needs at least ")[1].split()[0])
     plan = plan_placement(flux_like(working=4 * GIB), IN_USE, int((least + 0.1) * GIB))  # what it said fits
     assert plan.streams("bf16") and plan.streams("fp8")
+
+
+@pytest.mark.parametrize("budget", range(8, 46, 2))
+def test_with_the_residual_rung_a_schedule_of_fewer_16_bit_steps_never_streams_more_than_the_reference(budget):
+    """Fair plans by the plan's own accounting: under one budget, ``fp8r*4,fp8*20,fp8r*4`` (16-bit quality at its
+    edges from the fp8 copy plus a residual) never streams more bytes an image than ``bf16*28`` planned alone, from
+    8 GiB to everything resident; the bf16 reference, which that schedule does not read, neither streams during a
+    call nor takes room from what it reads. (With bf16 edges it does stream more where the budget holds the
+    reference but not two variants beside each other: the plan line says so.)"""
+    sizes = with_residual(flux_like())
+    alone = plan_placement(sizes, ["bf16", "text_encoder_2", "vae"], budget * GIB,
+                           {"bf16": 28, "text_encoder_2": 1, "vae": 1})
+    reads = {"fp8r": 8, "fp8": 20, "text_encoder_2": 1, "vae": 1, "bf16": 0}
+    mixed = plan_placement(sizes, list(reads), budget * GIB, reads)
+    assert mixed.per_image <= alone.per_image and mixed.peak <= budget * GIB
+    assert mixed.per_image == mixed.streamed_per_image(reads)
+    if mixed.streams("fp8") or mixed.streams("fp8r") or mixed.streams("text_encoder_2"):
+        bf16_only = {t for block in sizes.parts["bf16"].blocks for t in block} - \
+            {t for block in sizes.parts["fp8"].blocks for t in block}
+        assert not bf16_only & mixed.kept  # room goes to what is read first
 
 
 def test_a_plan_whose_streamed_blocks_need_more_host_memory_than_allowed_is_refused_before_any_work():

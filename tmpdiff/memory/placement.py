@@ -144,6 +144,10 @@ def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None,
     everything = _everything(parts, sizes.working)
     if budget is None or everything.peak <= budget:
         return everything if budget is None else replace(everything, budget=budget, per_image=0)
+    count = {part.name: (reads or {}).get(part.name, 1) for part in parts}
+    unread = _beside_what_is_read(parts, count, sizes.working, budget)
+    if unread is not None:
+        return _checked_host(unread, host, budget)
     resident: Tensors = {}
     for part in parts:
         resident.update(part.fixed)
@@ -155,17 +159,45 @@ def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None,
                          f"stream {sum(resident.values()) / GIB:.1f}, streaming buffers {buffers / GIB:.1f}, working "
                          f"memory {sizes.working / GIB:.1f}); give more {{gpu_memory}}, fewer precisions or a "
                          "smaller size")
-    count = {part.name: (reads or {}).get(part.name, 1) for part in parts}
     fills = (_fill_by_worth, partial(_fill_part_by_part, by_reads=True), partial(_fill_part_by_part, by_reads=False))
     plans = [_plan(parts, fill(parts, dict(resident), budget - floor, count), buffers, sizes.working, budget)
              for fill in fills]
     best = min(plans, key=lambda plan: plan.streamed_per_image(count))  # no one greedy order is always best
-    if host is not None and best.host_bytes > host:
+    return _checked_host(replace(best, per_image=best.streamed_per_image(count)), host, budget)
+
+
+def _checked_host(plan: Plan, host: int | None, budget: int) -> Plan:
+    """``plan``, if its page-locked blocks fit the ``host`` budget; a one-line refusal otherwise."""
+    if host is not None and plan.host_bytes > host:
         raise FieldError("host_memory", round(host / GIB, 1), f"{{host_memory}} {{value}} GiB is too little for "
-                         f"this plan: under {gib(budget, 1)} GiB of GPU memory it streams {gib(best.host_bytes, 1)} "
+                         f"this plan: under {gib(budget, 1)} GiB of GPU memory it streams {gib(plan.host_bytes, 1)} "
                          "GiB of blocks from page-locked host memory; give more {host_memory} or {gpu_memory}, or "
                          "fewer precisions in the {schedule}")
-    return replace(best, per_image=best.streamed_per_image(count))
+    return plan
+
+
+def _beside_what_is_read(parts: list[Part], reads: dict[str, int], working: int, budget: int) -> Plan | None:
+    """When everything an image reads fits (with its working memory), the plan that keeps it all resident and gives
+    the parts it does not read (a variant of another schedule) what room is left: they never stream during a call,
+    so they need no streaming buffers and never make a part that is read stream. None when what is read does not
+    fit, or everything is read."""
+    read = [part for part in parts if reads[part.name] > 0]
+    if len(read) == len(parts):
+        return None
+    resident: Tensors = {}
+    for part in read:
+        resident.update(part.fixed)
+        for block in part.blocks:
+            resident.update(block)
+    unread = [part for part in parts if reads[part.name] == 0]
+    for part in unread:
+        resident.update(part.fixed)
+    room = budget - sum(resident.values()) - working
+    if room < 0:
+        return None
+    kept, resident = _fill_part_by_part(unread, resident, room, reads, by_reads=False)
+    kept.update({part.name: list(range(len(part.blocks))) for part in read})
+    return replace(_plan(parts, (kept, resident), 0, working, budget), per_image=0)
 
 
 def plan_beside_reference(sizes: Sizes, in_use: Sequence[str], budget: int | None, reads: Mapping[str, int],
