@@ -98,6 +98,8 @@ def test_with_the_residual_rung_a_schedule_of_fewer_16_bit_steps_never_streams_m
     mixed = plan_placement(sizes, list(reads), budget * GIB, reads)
     assert mixed.per_image <= alone.per_image and mixed.peak <= budget * GIB
     assert mixed.per_image == mixed.streamed_per_image(reads)
+    assert mixed.host_bytes == mixed.streamed_bytes["fp8"] + mixed.streamed_bytes["fp8r"] + mixed.streamed_bytes["vae"]
+    # the unread reference stays in pageable memory (its checkpoint's pages): never page-locked
     if mixed.streams("fp8") or mixed.streams("fp8r") or mixed.streams("text_encoder_2"):
         bf16_only = {t for block in sizes.parts["bf16"].blocks for t in block} - \
             {t for block in sizes.parts["fp8"].blocks for t in block}
@@ -416,13 +418,9 @@ def _mapped_files() -> list[tuple[int, int, str]]:
     return maps
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
-def test_random_weights_are_written_once_as_safetensors_and_load_memory_mapped_like_a_checkpoint(tmp_path,
-                                                                                                  monkeypatch):
-    """A random-weight model goes through the loading path of a real checkpoint: written once into the cache folder,
-    then ``from_pretrained``; its large weights stay file-backed in host memory (the kernel can drop those pages),
-    not a second, anonymous copy."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+def write_tiny_checkpoint(folder, monkeypatch):
+    """A FLUX-like random-weight checkpoint, small, written the way ``write_random`` writes the real-size ones."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     from tmpdiff.pipelines import random_weights, tiny
@@ -441,7 +439,25 @@ def test_random_weights_are_written_once_as_safetensors_and_load_memory_mapped_l
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))},
         frozenset({"transformer", "text_encoder_2"}))
     monkeypatch.setitem(random_weights.RANDOM_BUILDS, "test-arch", build)
-    folder = write_random("test-arch", tmp_path / "weights", torch.float32)
+    return write_random("test-arch", folder, torch.float32)
+
+
+def tiny_image(pipe):
+    return pipe("a red cat", num_inference_steps=2, height=32, width=32, max_sequence_length=16,
+                generator=torch.Generator().manual_seed(0), output_type="np").images
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_random_weights_are_written_once_as_safetensors_and_load_memory_mapped_like_a_checkpoint(tmp_path,
+                                                                                                  monkeypatch):
+    """A random-weight model goes through the loading path of a real checkpoint: written once into the cache folder,
+    then ``from_pretrained``; its large weights stay file-backed in host memory (the kernel can drop those pages),
+    not a second, anonymous copy."""
+    from diffusers import FluxPipeline
+
+    from tmpdiff.pipelines.random_weights import write_random
+
+    folder = write_tiny_checkpoint(tmp_path / "weights", monkeypatch)
     written = sorted(folder.rglob("*.safetensors"))
     assert {p.parent.name for p in written} >= {"transformer", "text_encoder_2", "vae", "text_encoder"}
     stamps = {p: p.stat().st_mtime_ns for p in written}
@@ -452,6 +468,43 @@ def test_random_weights_are_written_once_as_safetensors_and_load_memory_mapped_l
     files = [m for m in _mapped_files() if m[2].endswith(".safetensors") and m[2].startswith(str(folder))]
     weights = [p for p in pipe.transformer.parameters() if p.numel() >= 1024]
     assert weights and all(any(start <= p.data_ptr() < end for start, end, _ in files) for p in weights)
-    image = pipe("a red cat", num_inference_steps=2, height=32, width=32, max_sequence_length=16,
-                 generator=torch.Generator().manual_seed(0), output_type="np").images
+    image = tiny_image(pipe)
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_a_pageable_block_streams_from_its_checkpoint_pages_and_moves_between_modes_without_a_copy_left(
+        tmp_path, monkeypatch):
+    """A block streamed pageable (an encoder; a variant the schedule does not read) points back at its checkpoint's
+    memory-mapped values, even after it was resident; streamed page-locked it gets its own host buffer; switching
+    modes frees that buffer; the weights keep their values bit for bit (the image to float rounding: the CPU's
+    kernels may sum in another order for memory aligned differently)."""
+    from diffusers import FluxPipeline
+
+    from tmpdiff.memory.streaming import BlockStreamer, checkpoint_origins
+    from tmpdiff.variants.copies import find_blocks
+
+    pipe = FluxPipeline.from_pretrained(write_tiny_checkpoint(tmp_path / "w", monkeypatch), dtype=torch.float32)
+    want = tiny_image(pipe)
+    blocks = find_blocks(pipe.transformer)
+    origins = checkpoint_origins([pipe.transformer])
+    weight = blocks[1].norm.linear.weight
+    assert id(weight) in origins and origins[id(weight)].data_ptr() == weight.data_ptr()
+    values = [p.detach().clone() for p in blocks[1].parameters()]
+
+    def same() -> bool:
+        held = all(torch.equal(p, v) for p, v in zip(blocks[1].parameters(), values, strict=True))
+        return held and np.allclose(tiny_image(pipe), want, atol=1e-5)
+
+    streamer = BlockStreamer(blocks, torch.device("cpu"), origins=origins)
+    streamer.make_resident([1])
+    streamer.stream([1])  # page-locked mode (on a CPU device: an ordinary buffer): a copy
+    copied = streamer._streamed[1].buffer
+    assert copied is not None and weight.data_ptr() != origins[id(weight)].data_ptr()
+    assert same()
+    streamer.stream([1], pageable=True)  # the other mode: back on the checkpoint's pages, the buffer freed
+    assert weight.data_ptr() == origins[id(weight)].data_ptr() and streamer._streamed[1].buffer is None
+    assert copied.memory.numel() == 0 and streamer.pinned_bytes() == 0
+    assert same()
+    streamer.stream([1], pageable=False)
+    assert streamer._streamed[1].buffer is not None and same()

@@ -80,12 +80,12 @@ class Plan:
     per_image: int | None = None  # bytes streamed for one image of the schedule it was made for
     reference_per_image: int | None = None  # the same for the reference schedule planned alone, under this budget
 
-    pinned: frozenset[str] = frozenset()  # the parts whose streamed blocks are page-locked (the variants)
+    pinned: frozenset[str] = frozenset()  # the parts whose streamed blocks are page-locked (variants an image reads)
 
     @property
     def host_bytes(self) -> int:
-        """Bytes the streamed blocks of the variants hold in page-locked host memory (what the OS cannot reclaim);
-        encoders, run once a prompt, stream from pageable memory."""
+        """Bytes the streamed blocks of the variants an image reads hold in page-locked host memory (what the OS
+        cannot reclaim); encoders (run once a prompt) and variants it does not read stay in pageable memory."""
         return sum(size for name, size in self.streamed_bytes.items() if name in self.pinned)
 
     def streams(self, part: str) -> bool:
@@ -160,7 +160,7 @@ def plan_placement(sizes: Sizes, in_use: Sequence[str], budget: int | None,
                          f"memory {sizes.working / GIB:.1f}); give more {{gpu_memory}}, fewer precisions or a "
                          "smaller size")
     fills = (_fill_by_worth, partial(_fill_part_by_part, by_reads=True), partial(_fill_part_by_part, by_reads=False))
-    plans = [_plan(parts, fill(parts, dict(resident), budget - floor, count), buffers, sizes.working, budget)
+    plans = [_plan(parts, fill(parts, dict(resident), budget - floor, count), buffers, sizes.working, budget, count)
              for fill in fills]
     best = min(plans, key=lambda plan: plan.streamed_per_image(count))  # no one greedy order is always best
     return _checked_host(replace(best, per_image=best.streamed_per_image(count)), host, budget)
@@ -197,7 +197,7 @@ def _beside_what_is_read(parts: list[Part], reads: dict[str, int], working: int,
         return None
     kept, resident = _fill_part_by_part(unread, resident, room, reads, by_reads=False)
     kept.update({part.name: list(range(len(part.blocks))) for part in read})
-    return replace(_plan(parts, (kept, resident), 0, working, budget), per_image=0)
+    return replace(_plan(parts, (kept, resident), 0, working, budget, reads), per_image=0)
 
 
 def plan_beside_reference(sizes: Sizes, in_use: Sequence[str], budget: int | None, reads: Mapping[str, int],
@@ -289,7 +289,7 @@ def _everything(parts: list[Part], working: int) -> Plan:
                 total + working, total, {p.name: len(p.blocks) for p in parts}, frozenset(resident))
 
 
-def _plan(parts: list[Part], filled: Kept, buffers: int, working: int, budget: int) -> Plan:
+def _plan(parts: list[Part], filled: Kept, buffers: int, working: int, budget: int, reads: dict[str, int]) -> Plan:
     kept, resident = filled
     streamed = {}
     for part in parts:
@@ -300,4 +300,4 @@ def _plan(parts: list[Part], filled: Kept, buffers: int, working: int, budget: i
     total = sum(resident.values())
     return Plan(budget, {name: tuple(indices) for name, indices in kept.items()}, streamed,
                 total + needs_buffers + working, total, {p.name: len(p.blocks) for p in parts}, frozenset(resident),
-                pinned=frozenset(p.name for p in parts if p.kind != "encoder"))
+                pinned=frozenset(p.name for p in parts if p.kind != "encoder" and reads[p.name] > 0))

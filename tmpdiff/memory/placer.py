@@ -19,7 +19,7 @@ from torch import nn
 
 from tmpdiff.memory.meter import GIB
 from tmpdiff.memory.placement import Part, PartKind, Plan, Sizes, plan_beside_reference
-from tmpdiff.memory.streaming import BlockStreamer
+from tmpdiff.memory.streaming import BlockStreamer, checkpoint_origins
 from tmpdiff.steps.precisions import Kind, get_precision
 from tmpdiff.variants.bank import VariantBank
 from tmpdiff.variants.copies import find_blocks, inner_tensor_names, owned_tensors, tensor_bytes
@@ -69,6 +69,9 @@ class Placer:
             bank.settle_in(device, self)
         self.encoders = {n: m for n in ENCODERS if isinstance(m := getattr(pipe, n, None), nn.Module)}
         self.vae = getattr(pipe, "vae", None)
+        # the checkpoint's memory-mapped values, taken before anything moves: pageable blocks stream from them
+        self.origins = checkpoint_origins([*(bank.reference for bank in self.banks.values()),
+                                           *self.encoders.values()])
         self.working = working
         self.plan: Plan | None = None
         self.streamers: dict[str, BlockStreamer] = {}
@@ -198,7 +201,7 @@ class Placer:
             if streamer is not None:
                 indices = [i for i in range(len(sizes.parts[name].blocks)) if i not in plan.resident[name]]
                 moved |= bool(set(indices) - set(streamer.streamed))
-                streamer.stream(indices)
+                streamer.stream(indices, pageable=name not in plan.pinned)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         for name in plan.resident:
@@ -218,8 +221,7 @@ class Placer:
             blocks = find_blocks(module) if module is not None else []
             if not blocks:
                 return None
-            # an encoder runs once a prompt: it streams from pageable memory (its checkpoint's pages), not pinned
-            self.streamers[name] = BlockStreamer(blocks, self.device, pageable=name in self.encoders)
+            self.streamers[name] = BlockStreamer(blocks, self.device, origins=self.origins)
         return self.streamers[name]
 
     @contextmanager

@@ -26,8 +26,9 @@ one in eager mode (streamed blocks always run eager).
 
 from __future__ import annotations
 
+import bisect
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,38 @@ class HostBuffer:
         self.memory = torch.empty(0, dtype=torch.uint8)
 
 
+def checkpoint_origins(modules: Iterable[nn.Module]) -> dict[int, torch.Tensor]:
+    """Per tensor id, the host tensor holding its values where they are memory-mapped from a file (a checkpoint
+    loaded by ``from_pretrained``): a streamed block can point back at them instead of copying, and the kernel may
+    drop and read those pages again. Empty where the system does not say (no ``/proc/self/maps``)."""
+    mapped = _file_mappings()
+    starts = [start for start, _ in mapped]
+    origins: dict[int, torch.Tensor] = {}
+    for module in modules:
+        for _, _, tensor in owned_tensors(module):
+            if inner_tensor_names(tensor) is not None or tensor.device.type != "cpu" or not tensor.numel():
+                continue
+            at = bisect.bisect_right(starts, tensor.data_ptr()) - 1
+            if at >= 0 and tensor.data_ptr() + tensor_bytes(tensor) <= mapped[at][1]:
+                origins[id(tensor)] = tensor.data
+    return origins
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """The process's memory mappings of regular files, as sorted (start, end) addresses."""
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith("/") and not fields[5].startswith("/dev/"):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        return []
+    return sorted(ranges)
+
+
 def _unregister(memory: torch.Tensor) -> None:
     torch.cuda.cudart().cudaHostUnregister(memory.data_ptr())
 
@@ -152,7 +185,8 @@ class _Slot:
 class _Block:
     module: nn.Module
     slots: list[_Slot] = field(default_factory=list)
-    buffer: HostBuffer | None = None  # every slot's host copies, in one (pinned) buffer
+    buffer: HostBuffer | None = None  # the slots' copied host tensors, in one (pinned) buffer
+    pageable: bool = False  # whether it streams from pageable memory (never page-locked)
     on_device: list[torch.Tensor] = field(default_factory=list)  # the copies in use (None: offloaded)
     ready: Any = None  # the copy stream's event once its onload was issued
     hooks: list[Any] = field(default_factory=list)
@@ -161,19 +195,28 @@ class _Block:
     def nbytes(self) -> int:
         return sum(slot.nbytes for slot in self.slots)
 
-    def to_host(self, pinned: bool, in_place: bool = False) -> None:
-        """Copies every slot's tensors into one host buffer and points the slots at it; with ``in_place`` a block
-        whose tensors are all in host memory already (memory-mapped from a checkpoint) keeps them as they are."""
+    def to_host(self, pinned: bool, pageable: bool = False, origins: Mapping[int, torch.Tensor] | None = None) -> None:
+        """Points every slot at a host copy of its tensors. Page-locked (``pinned``) or not, they are copied into one
+        host buffer; with ``pageable`` a tensor with an ``origin`` (its checkpoint's memory-mapped values: weights
+        never change) or already in host memory outside this block's buffer streams from where it is, uncopied."""
         keyed = [(slot, key, source) for slot in self.slots for key, source in slot.sources().items()]
-        if in_place and all(source.device.type == "cpu" for _, _, source in keyed):
-            for slot, key, source in keyed:
+        old, copied = self.buffer, []
+        for slot, key, source in keyed:
+            origin = (origins or {}).get(id(slot.tensor)) if key == "" else None
+            if pageable and origin is not None and origin.shape == source.shape and origin.dtype == source.dtype:
+                slot.host[key] = origin
+            elif pageable and source.device.type == "cpu" and old is None:
                 slot.host[key] = source
-            return
-        self.buffer = HostBuffer([source for _, _, source in keyed], pinned)
-        for (slot, key, _), copy in zip(keyed, self.buffer.copies, strict=True):
+            else:
+                copied.append((slot, key, source))
+        self.buffer = HostBuffer([source for _, _, source in copied], pinned and not pageable) if copied else None
+        for (slot, key, _), copy in zip(copied, self.buffer.copies if self.buffer else [], strict=True):
             slot.host[key] = copy
+        self.pageable = pageable
         for slot in self.slots:
             slot.release()
+        if old is not None:
+            old.free()
 
     def free_host(self) -> None:
         for slot in self.slots:
@@ -187,9 +230,10 @@ class BlockStreamer:
     """Streams some of ``blocks`` (blocks of one module, in the order they run) between pinned host memory and
     ``device``. Tensors whose ids are in ``keep`` are never moved (shared with a variant that stays resident).
 
-    With ``pageable`` (a text encoder: it runs once a prompt) nothing is page-locked: a block already in host memory
-    streams from where it is (the checkpoint's memory-mapped pages, which the kernel may drop and read again), one
-    that was on the GPU from an ordinary host buffer; its copies to the GPU are slower and are not overlapped.
+    A block streamed ``pageable`` (a text encoder, run once a prompt; a variant the schedule does not read) is never
+    page-locked: its tensors stream from their ``origins`` (the checkpoint's memory-mapped values, which the kernel
+    may drop and read again) or from where they are in host memory, else from an ordinary host buffer; its copies to
+    the GPU are slower. A block streamed again in the other mode moves between the two without the GPU.
 
     Example:
         >>> streamer = BlockStreamer(find_blocks(pipe.transformer), torch.device("cuda"))  # doctest: +SKIP
@@ -197,14 +241,14 @@ class BlockStreamer:
     """
 
     def __init__(self, blocks: Sequence[nn.Module], device: torch.device, keep: Iterable[int] = (),
-                 prefetch: int = 1, pageable: bool = False) -> None:
+                 prefetch: int = 1, pageable: bool = False, origins: Mapping[int, torch.Tensor] | None = None) -> None:
         self.blocks = list(blocks)
         self.device = device
         self.keep = set(keep)
         self.prefetch = prefetch
         self.cuda = device.type == "cuda"
-        self.pageable = pageable
-        self.pinned = self.cuda and not pageable  # whether its host copies are page-locked
+        self.pageable = pageable  # the default mode of ``stream``
+        self.origins = origins or {}
         self._streamed: dict[int, _Block] = {}
         self._copies = torch.cuda.Stream(device) if self.cuda else None
         self.onloads = 0  # blocks brought onto the device so far
@@ -227,14 +271,20 @@ class BlockStreamer:
         """What block ``index`` holds beyond the tensors kept on the device."""
         return sum(tensor_bytes(t) for _, _, t in self._own_tensors(self.blocks[index]))
 
-    def stream(self, indices: Iterable[int]) -> None:
-        """Moves these blocks' own tensors to pinned host memory; they come back just for the time they run."""
+    def stream(self, indices: Iterable[int], pageable: bool | None = None) -> None:
+        """Moves these blocks' own tensors to host memory (page-locked unless ``pageable``; default: the streamer's
+        mode); they come back just for the time they run. A block already streamed in the other mode changes mode."""
+        mode = self.pageable if pageable is None else pageable
         for index in indices:
             if index in self._streamed:
+                if self._streamed[index].pageable != mode:
+                    if self._copies is not None:  # no copy from its current host buffer may still be in flight
+                        self._copies.synchronize()
+                    self._streamed[index].to_host(self.cuda, mode, self.origins)
                 continue
             block = _Block(self.blocks[index])
             block.slots = [_Slot(owner, name, tensor) for owner, name, tensor in self._own_tensors(block.module)]
-            block.to_host(pinned=self.pinned, in_place=self.pageable)
+            block.to_host(self.cuda, mode, self.origins)
             block.hooks = [block.module.register_forward_pre_hook(self._before(index)),
                            block.module.register_forward_hook(self._after(index))]
             self._streamed[index] = block
@@ -265,7 +315,7 @@ class BlockStreamer:
         for index, block in list(self._streamed.items()):
             if any(id(t) in changed for t in tensors_of(block.module)):
                 self.make_resident([index])
-                self.stream([index])
+                self.stream([index], pageable=block.pageable)
 
     def remove(self) -> None:
         """Every block back on the device, the hooks gone."""
