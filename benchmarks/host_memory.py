@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="none,24,16", help="GiB, comma-separated; none: no --gpu-memory")
     parser.add_argument("--schedules", default="bf16*4,fp8*20,bf16*4;fp8r*4,fp8*20,fp8r*4",
                         help="';'-separated schedules, each run at every budget")
+    parser.add_argument("--generate-flags", default="", help="more flags for every generate, e.g. '--no-compile'")
     parser.add_argument("--cgroup-max", default=None, help="repeat budgeted rows under this memory.max (e.g. 32G)")
     parser.add_argument("--work", type=Path, default=None, help="cache folder to reuse (default: a new one)")
     parser.add_argument("--out", type=Path, required=True)
@@ -107,8 +108,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="tmpdiff-host-"))
     env = {**os.environ, "TMPDIFF_CACHE_DIR": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
     tmpdiff = [sys.executable, "-m", "tmpdiff", "--device", "cuda", "generate", "--model", args.model, "--verbose",
-               "--db", str(work / "runs.db")]
-    report: dict[str, Any] = {"model": args.model, "rows": []}
+               "--db", str(work / "runs.db"), *args.generate_flags.split()]
+    report: dict[str, Any] = {"model": args.model, "generate_flags": args.generate_flags, "rows": []}
     load = f"from tmpdiff.pipelines.registry import load_pipeline; load_pipeline({args.model!r}, 'cuda', host=True)"
     rows: list[tuple[str, list[str], Path | None]] = [
         ("write the random weights once, then load them into host memory", [sys.executable, "-c", load], None)]
