@@ -366,6 +366,10 @@ def test_the_engine_under_a_placement_gives_the_unplaced_image_with_variants_bui
     assert placer.plan is not None and placer.plan.streams("fp32") and "streamed" in plans[-1]
     assert placer.streamers["fp32"].onloads > 0  # blocks came in to run, and to be quantized
     assert placed.memory.plan == placer.plan.line()
+    # the plan weighs each part by the steps that read it (fp32 at 2 of 4 steps, int8wo at 2), not once a precision
+    reads = {"fp32": 2, "int8wo": 2}
+    assert {name: placer._reads[name] for name in reads} == reads
+    assert placer.plan.per_image == placer.plan.streamed_per_image(placer._reads)
 
 
 def mixed_reads(bf16_steps: int, steps: int = 28) -> dict[str, int]:

@@ -323,7 +323,8 @@ class Engine:
         if not cold:
             return
         warm_up = Schedule(tuple(cold) if len(cold) > 1 else (cold[0], cold[0]))
-        call = self._timed_call(pipe, {**kwargs, "num_inference_steps": len(warm_up)}, warm_up, counted_as="warm_up")
+        call = self._timed_call(pipe, {**kwargs, "num_inference_steps": len(warm_up)}, warm_up, counted_as="warm_up",
+                                plan_for=schedule)  # placed as the schedule it warms up for: nothing moves after
         self.set_up.warm_up_calls += _beyond_builds(call)
         self._warmed.update((id(pipe), shapes, name) for name in cold)
 
@@ -331,13 +332,16 @@ class Engine:
         return [n for n in schedule.precisions if precision_status(n, self.device).status is Status.SIMULATED]
 
     def _timed_call(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
-                    replay_key: str | None = None, counted_as: str = "denoiser") -> TimedCall:
+                    replay_key: str | None = None, counted_as: str = "denoiser",
+                    plan_for: Schedule | None = None) -> TimedCall:
         with self._running:
-            return self.call_now(pipe, kwargs, schedule, replay, replay_key, counted_as)
+            return self.call_now(pipe, kwargs, schedule, replay, replay_key, counted_as, plan_for)
 
     def call_now(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None = None,
-                 replay_key: str | None = None, counted_as: str = "denoiser") -> TimedCall:
-        """One pipeline call; its denoiser calls are counted in ``calls[counted_as]`` (warm-ups apart)."""
+                 replay_key: str | None = None, counted_as: str = "denoiser",
+                 plan_for: Schedule | None = None) -> TimedCall:
+        """One pipeline call; its denoiser calls are counted in ``calls[counted_as]`` (warm-ups apart). Its parts
+        are placed for ``plan_for`` (default: ``schedule``; a warm-up call: the schedule it warms up for)."""
         if self.mirror is not None:  # a split app: every process makes this call, and stops at the same step
             from tmpdiff.pipelines.context_parallel import encode_call_kwargs
             from tmpdiff.steps.cancel import agreeing
@@ -348,11 +352,11 @@ class Engine:
             # No replay: a hit in one process would skip the exchanges the others make.
             with told_to_followers(self.mirror, message), agreeing(self.mirror.any_stops):
                 return self._call_pipeline(pipe, kwargs, schedule, None, None, counted_as)
-        return self._call_pipeline(pipe, kwargs, schedule, replay, replay_key, counted_as)
+        return self._call_pipeline(pipe, kwargs, schedule, replay, replay_key, counted_as, plan_for)
 
     def _call_pipeline(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None,
-                       replay_key: str | None, counted_as: str) -> TimedCall:
-        placer, plan = self._placed(pipe, kwargs, schedule)
+                       replay_key: str | None, counted_as: str, plan_for: Schedule | None = None) -> TimedCall:
+        placer, plan = self._placed(pipe, kwargs, plan_for or schedule)
         prompts = keeping_prompts(pipe) if placer is not None else None
         start = time.perf_counter()
         try:
@@ -385,7 +389,7 @@ class Engine:
             return None, None
         before = placer.plan
         working = estimate_working(pipe, int(kwargs.get("height") or 64), int(kwargs.get("num_frames") or 0))
-        plan = placer.prepare(schedule.precisions, working)
+        plan = placer.prepare(schedule.steps, working)  # every step: a part is read once per step it runs
         told = _PLANS.get()
         if told is not None and (before is None or plan.line() != before.line()):
             told(loaded.name, plan.line())
