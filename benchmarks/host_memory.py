@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="tmpdiff-host-"))
+    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIFF_CACHE_DIR": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
     tmpdiff = [sys.executable, "-m", "tmpdiff", "--device", "cuda", "generate", "--model", args.model, "--verbose",
                "--db", str(work / "runs.db"), *args.generate_flags.split()]
