@@ -97,6 +97,7 @@ def run(label: str, command: list[str], env: dict[str, str], group: Path | None 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="flux-dev-random")
+    parser.add_argument("--device", default="cuda")
     parser.add_argument("--budgets", default="none,24,16", help="GiB, comma-separated; none: no --gpu-memory")
     parser.add_argument("--schedules", default="bf16*4,fp8*20,bf16*4;fp8r*4,fp8*20,fp8r*4",
                         help="';'-separated schedules, each run at every budget")
@@ -108,12 +109,13 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="tmpdiff-host-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIFF_CACHE_DIR": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
-    tmpdiff = [sys.executable, "-m", "tmpdiff", "--device", "cuda", "generate", "--model", args.model, "--verbose",
-               "--db", str(work / "runs.db"), *args.generate_flags.split()]
+    tmpdiff = [sys.executable, "-m", "tmpdiff", "--device", args.device, "generate", "--model", args.model,
+               "--verbose", "--db", str(work / "runs.db"), *args.generate_flags.split()]
     report: dict[str, Any] = {"model": args.model, "generate_flags": args.generate_flags, "rows": []}
-    load = f"from tmpdiff.pipelines.registry import load_pipeline; load_pipeline({args.model!r}, 'cuda', host=True)"
+    load = (f"from tmpdiff.pipelines.registry import load_pipeline; load_pipeline({args.model!r}, {args.device!r}, "
+            "host=True)")
     rows: list[tuple[str, list[str], Path | None]] = [
-        ("write the random weights once, then load them into host memory", [sys.executable, "-c", load], None)]
+        ("load the model into host memory (random weights: written once first)", [sys.executable, "-c", load], None)]
     limited: list[tuple[str, list[str], Path | None]] = []
     for budget in args.budgets.split(","):
         given = [] if budget == "none" else ["--gpu-memory", budget]
