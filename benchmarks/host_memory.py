@@ -114,9 +114,9 @@ def main() -> None:
     report: dict[str, Any] = {"model": args.model, "generate_flags": args.generate_flags, "rows": []}
     load = (f"from tmpdiff.pipelines.registry import load_pipeline; load_pipeline({args.model!r}, {args.device!r}, "
             "host=True)")
-    rows: list[tuple[str, list[str], Path | None]] = [
+    rows: list[tuple[str, list[str], str | None]] = [  # (label, command, memory.max to run it under)
         ("load the model into host memory (random weights: written once first)", [sys.executable, "-c", load], None)]
-    limited: list[tuple[str, list[str], Path | None]] = []
+    limited: list[tuple[str, list[str], str | None]] = []
     for budget in args.budgets.split(","):
         given = [] if budget == "none" else ["--gpu-memory", budget]
         for i, schedule in enumerate(args.schedules.split(";")):
@@ -124,10 +124,11 @@ def main() -> None:
             rows.append((f"generate {schedule} at {budget} GiB", command, None))
             if args.cgroup_max and given and i == 0:  # after every plain row
                 limited.append((f"generate {schedule} at {budget} GiB under memory.max {args.cgroup_max}", command,
-                                cgroup(args.cgroup_max) or Path("/nonexistent")))
+                                args.cgroup_max))
     rows += limited
-    for label, command, group in rows:
-        if group == Path("/nonexistent"):
+    for label, command, limit in rows:
+        group = cgroup(limit) if limit else None
+        if limit and group is None:
             report["rows"].append({"label": label, "skipped": "no cgroup v2 memory controller this process may use"})
             continue
         row = run(label, command, env, group)

@@ -177,8 +177,8 @@ def test_a_pageable_streamer_streams_host_blocks_from_where_they_are_without_a_c
     where = [p.data_ptr() for p in blocks[1].parameters()]
     x = torch.randn(2, 64)
     want = blocks[1](blocks[0](x))
-    streamer = BlockStreamer(blocks, torch.device("cpu"), pageable=True)
-    streamer.stream([1])
+    streamer = BlockStreamer(blocks, torch.device("cpu"))
+    streamer.stream([1], pageable=True)
     assert streamer.streamed_bytes() == 64 * 64 * 4 + 64 * 4 and streamer.pinned_bytes() == 0
     assert [p.data_ptr() for p in blocks[1].parameters()] == where  # its own memory, not a copy
     assert torch.equal(blocks[1](blocks[0](x)), want) and streamer.onloads == 1

@@ -64,10 +64,7 @@ def resolve_budget(gpu_memory: float | None, device: str) -> Budget:
     if gpu_memory is None:
         torch.cuda.set_per_process_memory_fraction(1.0, cuda_index(device))
         return Budget(max(free + torch.cuda.memory_reserved(device) - MARGIN, 0))
-    try:
-        value = float(gpu_memory)
-    except (TypeError, ValueError):
-        value = math.nan
+    value = _number(gpu_memory)
     if not math.isfinite(value) or value <= 0 or value * GIB > total:
         raise FieldError("gpu_memory", gpu_memory, f"{{gpu_memory}} takes a number of GiB from more than 0 to this "
                          f"GPU's {total / GIB:.1f}, got {{value}}")
@@ -105,10 +102,15 @@ def resolve_host_memory(host_memory: float | None) -> int | None:
     """
     if host_memory is None:
         return None
-    try:
-        value = float(host_memory)
-    except (TypeError, ValueError):
-        value = math.nan
+    value = _number(host_memory)
     if not math.isfinite(value) or value <= 0:
         raise FieldError("host_memory", host_memory, "{host_memory} takes a positive number of GiB, got {value}")
     return int(value * GIB)
+
+
+def _number(value: object) -> float:
+    """``value`` as a float (NaN when it is none: the caller's range check then refuses it in words)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan

@@ -184,11 +184,7 @@ def _beside_what_is_read(parts: list[Part], reads: dict[str, int], working: int,
     read = [part for part in parts if reads[part.name] > 0]
     if len(read) == len(parts):
         return None
-    resident: Tensors = {}
-    for part in read:
-        resident.update(part.fixed)
-        for block in part.blocks:
-            resident.update(block)
+    resident = _all_tensors(read)
     unread = [part for part in parts if reads[part.name] == 0]
     for part in unread:
         resident.update(part.fixed)
@@ -278,12 +274,18 @@ def _fill_by_worth(parts: list[Part], resident: Tensors, room: int, reads: dict[
     return {name: sorted(indices) for name, indices in kept.items()}, resident
 
 
-def _everything(parts: list[Part], working: int) -> Plan:
-    resident: Tensors = {}
+def _all_tensors(parts: list[Part]) -> Tensors:
+    """Every tensor of ``parts``, fixed and in blocks (a shared one once)."""
+    tensors: Tensors = {}
     for part in parts:
-        resident.update(part.fixed)
+        tensors.update(part.fixed)
         for block in part.blocks:
-            resident.update(block)
+            tensors.update(block)
+    return tensors
+
+
+def _everything(parts: list[Part], working: int) -> Plan:
+    resident = _all_tensors(parts)
     total = sum(resident.values())
     return Plan(None, {p.name: tuple(range(len(p.blocks))) for p in parts}, {p.name: 0 for p in parts},
                 total + working, total, {p.name: len(p.blocks) for p in parts}, frozenset(resident))

@@ -241,13 +241,12 @@ class BlockStreamer:
     """
 
     def __init__(self, blocks: Sequence[nn.Module], device: torch.device, keep: Iterable[int] = (),
-                 prefetch: int = 1, pageable: bool = False, origins: Mapping[int, torch.Tensor] | None = None) -> None:
+                 prefetch: int = 1, origins: Mapping[int, torch.Tensor] | None = None) -> None:
         self.blocks = list(blocks)
         self.device = device
         self.keep = set(keep)
         self.prefetch = prefetch
         self.cuda = device.type == "cuda"
-        self.pageable = pageable  # the default mode of ``stream``
         self.origins = origins or {}
         self._streamed: dict[int, _Block] = {}
         self._copies = torch.cuda.Stream(device) if self.cuda else None
@@ -271,20 +270,19 @@ class BlockStreamer:
         """What block ``index`` holds beyond the tensors kept on the device."""
         return sum(tensor_bytes(t) for _, _, t in self._own_tensors(self.blocks[index]))
 
-    def stream(self, indices: Iterable[int], pageable: bool | None = None) -> None:
-        """Moves these blocks' own tensors to host memory (page-locked unless ``pageable``; default: the streamer's
-        mode); they come back just for the time they run. A block already streamed in the other mode changes mode."""
-        mode = self.pageable if pageable is None else pageable
+    def stream(self, indices: Iterable[int], pageable: bool = False) -> None:
+        """Moves these blocks' own tensors to host memory (page-locked unless ``pageable``); they come back just for
+        the time they run. A block already streamed in the other mode changes mode."""
         for index in indices:
             if index in self._streamed:
-                if self._streamed[index].pageable != mode:
+                if self._streamed[index].pageable != pageable:
                     if self._copies is not None:  # no copy from its current host buffer may still be in flight
                         self._copies.synchronize()
-                    self._streamed[index].to_host(self.cuda, mode, self.origins)
+                    self._streamed[index].to_host(self.cuda, pageable, self.origins)
                 continue
             block = _Block(self.blocks[index])
             block.slots = [_Slot(owner, name, tensor) for owner, name, tensor in self._own_tensors(block.module)]
-            block.to_host(self.cuda, mode, self.origins)
+            block.to_host(self.cuda, pageable, self.origins)
             block.hooks = [block.module.register_forward_pre_hook(self._before(index)),
                            block.module.register_forward_hook(self._after(index))]
             self._streamed[index] = block

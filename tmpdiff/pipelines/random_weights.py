@@ -51,6 +51,12 @@ WAN_14B_TRANSFORMER = {
 }
 
 
+# T5-XXL's encoder (FLUX.1's T5 v1.1 and Wan's umT5 share it; their vocabularies differ).
+T5_XXL = {
+    "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "feed_forward_proj": "gated-gelu",
+    "relative_attention_num_buckets": 32, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
+}
+
 def leafwise(make: Callable[[], nn.Module], place: str | torch.device, dtype: torch.dtype) -> nn.Module:
     """``make()`` built on the meta device, then each layer's tensors given their default initial values on the GPU
     (the CPU without one), one layer at a time, and moved to ``place``. For modules without buffers (their values
@@ -147,10 +153,7 @@ def _wan_small(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
 def _umt5_xxl() -> nn.Module:
     from transformers import UMT5Config, UMT5EncoderModel
 
-    return UMT5EncoderModel(UMT5Config(
-        vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-        feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0))
+    return UMT5EncoderModel(UMT5Config(vocab_size=256384, **T5_XXL))
 
 
 def _wan_transformer() -> nn.Module:
@@ -179,10 +182,7 @@ def _flux_small(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
 def _t5_xxl() -> nn.Module:
     from transformers import T5Config, T5EncoderModel
 
-    return T5EncoderModel(T5Config(
-        vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-        feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0))
+    return T5EncoderModel(T5Config(vocab_size=32128, **T5_XXL))
 
 
 def _flux_transformer() -> nn.Module:

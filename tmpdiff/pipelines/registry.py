@@ -293,18 +293,21 @@ def random_weights_folder(name: str, cache_dir: str | Path | None = None) -> Pat
 
 
 def _from_random_checkpoint(spec: ModelSpec, cache_dir: str | Path | None) -> Any:
-    import diffusers
-
     from tmpdiff.pipelines.random_weights import write_random
 
     folder = write_random(spec.architecture, random_weights_folder(spec.name, cache_dir), spec.torch_dtype)
-    return getattr(diffusers, _PIPELINE_CLASSES[spec.family]).from_pretrained(folder, dtype=spec.torch_dtype)
+    return _pipeline_class(spec).from_pretrained(folder, dtype=spec.torch_dtype)
+
+
+def _pipeline_class(spec: ModelSpec) -> Any:
+    """The diffusers pipeline class of ``spec``'s family."""
+    import diffusers
+
+    return getattr(diffusers, _PIPELINE_CLASSES[spec.family])
 
 
 def _from_pretrained(spec: ModelSpec) -> Any:
-    import diffusers
-
-    cls = getattr(diffusers, _PIPELINE_CLASSES[spec.family])
+    cls = _pipeline_class(spec)
     source = str(PACKAGE_DIR / spec.source) if spec.is_local else spec.source
     try:
         return cls.from_pretrained(source, dtype=spec.torch_dtype)
