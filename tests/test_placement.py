@@ -476,6 +476,16 @@ def test_random_weights_are_written_once_as_safetensors_and_load_memory_mapped_l
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
 
 
+def test_random_weights_that_cannot_be_written_are_refused_in_one_line_leaving_nothing_half_written(tmp_path,
+                                                                                                   monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(ValueError, match="could not write random weights into") as refused:
+        write_tiny_checkpoint(blocked / "weights", monkeypatch)
+    assert str(blocked / "weights") in str(refused.value) and "TMPDIFF_WEIGHTS_DIR" in str(refused.value)
+    assert "\n" not in str(refused.value) and sorted(tmp_path.iterdir()) == [blocked]
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
 def test_a_pageable_block_streams_from_its_checkpoint_pages_and_moves_between_modes_without_a_copy_left(
         tmp_path, monkeypatch):

@@ -217,15 +217,21 @@ def write_random(architecture: str, folder: Path, dtype: torch.dtype) -> Path:
     small = build.small(compute, dtype)
     with building_on("meta", dtype):
         shapes = {name: make() for name, make in build.large.items()}
-    getattr(diffusers, build.pipeline)(**small, **shapes).save_config(partial)  # model_index.json
-    for name, part in small.items():
-        part.save_pretrained(partial / name)
-    for name in build.large:
-        module: Any = build.values(name, compute, dtype)
-        module.save_pretrained(partial / name, safe_serialization=True)
-        del module
-        if compute.type == "cuda":
-            torch.cuda.empty_cache()
+    try:
+        getattr(diffusers, build.pipeline)(**small, **shapes).save_config(partial)  # model_index.json
+        for name, part in small.items():
+            part.save_pretrained(partial / name)
+        for name in build.large:
+            module: Any = build.values(name, compute, dtype)
+            module.save_pretrained(partial / name, safe_serialization=True)
+            del module
+            if compute.type == "cuda":
+                torch.cuda.empty_cache()
+    except OSError as exc:  # a full disk, a folder that cannot be written: nothing half-written stays
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ValueError(f"could not write random weights into {str(folder)!r} ({exc.strerror or exc}): free disk "
+                         "space there (a FLUX.1-dev-sized model takes about 34 GB) or set $TMPDIFF_WEIGHTS_DIR to "
+                         "another folder") from None
     try:
         partial.rename(folder)
     except OSError:  # another process wrote it first
