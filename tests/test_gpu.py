@@ -233,3 +233,42 @@ def test_a_streamed_blocks_host_buffer_is_page_locked_at_exactly_its_bytes():
     streamer.make_resident([0])
     assert not held.pinned and all(p.device.type == "cuda" for p in block.parameters())
     assert torch.equal(block(x), want)
+
+
+def _rss_anon() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_a_streamed_checkpoint_block_is_page_locked_where_the_file_maps_it_without_a_copy(tmp_path):
+    """Registered read-only in place: copies from the checkpoint's pages are asynchronous and the process gains no
+    anonymous copy of the weights (a copy-on-write copy would be one); made resident, the pages are let go."""
+    from safetensors.torch import load_file, save_file
+
+    from tmpdiff.memory.streaming import BlockStreamer, checkpoint_origins
+
+    shapes = {f"{i}.weight": (4096, 4096) for i in range(4)}  # 4 x 32 MiB of bf16 in one file
+    save_file({k: torch.randn(s, dtype=torch.bfloat16) for k, s in shapes.items()}, tmp_path / "w.safetensors")
+    state = load_file(tmp_path / "w.safetensors")  # memory-mapped, as from_pretrained loads a checkpoint
+    blocks = [torch.nn.Linear(4096, 4096, bias=False, dtype=torch.bfloat16) for _ in range(4)]
+    for i, block in enumerate(blocks):
+        block.weight = torch.nn.Parameter(state[f"{i}.weight"], requires_grad=False)
+    origins = checkpoint_origins(blocks)
+    assert len(origins) == 4
+    x = torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16)
+    want = [torch.nn.functional.linear(x, b.weight.cuda()) for b in blocks]
+    model = torch.nn.Sequential(*blocks)
+    before = _rss_anon()
+    streamer = BlockStreamer(blocks, torch.device("cuda"), origins=origins)
+    streamer.stream(range(4))
+    assert all(streamer._streamed[i].buffer is None and streamer._streamed[i].pin.ok for i in range(4))
+    assert all(b.weight.is_pinned() and b.weight.data_ptr() == origins[id(b.weight)].data_ptr() for b in blocks)
+    assert streamer.pinned_bytes() >= 4 * 32 << 20 and streamer.pinned_copy_bytes() == 0
+    for block, expected in zip(model, want, strict=True):
+        assert torch.equal(block(x), expected)
+    assert _rss_anon() - before < 64 << 20, "the pages were copied (copy-on-write?) instead of pinned in place"
+    streamer.make_resident(range(4))
+    assert streamer.pinned_bytes() == 0 and not state["0.weight"].is_pinned()
+    assert torch.equal(model[0](x), want[0])

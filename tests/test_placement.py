@@ -522,3 +522,102 @@ def test_a_pageable_block_streams_from_its_checkpoint_pages_and_moves_between_mo
     assert same()
     streamer.stream([1], pageable=False)
     assert streamer._streamed[1].buffer is not None and same()
+
+
+class FakeRegistration:
+    """CUDA's host registration, faked on a CPU: the ranges registered (with their flags), refused like CUDA refuses
+    an overlap; ``read_only=False``: a driver that cannot register memory read-only."""
+
+    def __init__(self, read_only: bool = True) -> None:
+        self.ranges: dict[int, int] = {}
+        self.flags: dict[int, int] = {}
+        self.read_only = read_only
+
+    def cudaHostRegister(self, start, size, flags):  # noqa: N802 (CUDA's name)
+        if flags & 8 and not self.read_only:
+            return 1  # cudaErrorInvalidValue
+        if any(start < s + n and s < start + size for s, n in self.ranges.items()):
+            return 712  # cudaErrorHostMemoryAlreadyRegistered
+        self.ranges[start], self.flags[start] = size, flags
+        return 0
+
+    def cudaHostUnregister(self, start):  # noqa: N802
+        assert self.ranges.pop(start, None) is not None
+        return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_a_page_locked_block_pins_its_checkpoint_pages_in_place_instead_of_copying_them(tmp_path, monkeypatch):
+    """Streamed blocks of a memory-mapped checkpoint are page-locked where the file's pages lie (read-only, so the
+    kernel makes no copy-on-write copy): no host buffer, every byte of their tensors inside a registered range,
+    ranges page-aligned and disjoint though blocks share boundary pages, each unregistered when its block is made
+    resident, streams pageable or the streamer is removed. Where registration is refused, blocks are copied."""
+    from diffusers import FluxPipeline
+
+    from tmpdiff.memory.streaming import PAGE, BlockStreamer, checkpoint_origins
+    from tmpdiff.variants.copies import find_blocks, tensor_bytes
+
+    pipe = FluxPipeline.from_pretrained(write_tiny_checkpoint(tmp_path / "w", monkeypatch), dtype=torch.float32)
+    want = tiny_image(pipe)
+    blocks = find_blocks(pipe.transformer)
+    origins = checkpoint_origins([pipe.transformer])
+    fake = FakeRegistration()
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    streamer = BlockStreamer(blocks, torch.device("cpu"), origins=origins)
+    streamer.page_lock = True  # what a CUDA streamer does with its host copies
+
+    def covered(indices) -> bool:  # every byte of these blocks' tensors inside one registered range
+        spans = [(s, s + n) for s, n in fake.ranges.items()]
+        return all(any(s <= p.data_ptr() and p.data_ptr() + tensor_bytes(p) <= e for s, e in spans)
+                   for i in indices for p in blocks[i].parameters())
+
+    streamer.stream(range(len(blocks)))
+    assert len(blocks) >= 3 and all(streamer._streamed[i].buffer is None for i in range(len(blocks)))
+    spans = sorted((s, s + n) for s, n in fake.ranges.items())
+    assert all(s % PAGE == 0 and e % PAGE == 0 for s, e in spans)
+    assert all(flags == 8 for flags in fake.flags.values())  # read-only: no copy-on-write copy of the pages
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(p.data_ptr() == origins[id(p)].data_ptr() for block in blocks for p in block.parameters())
+    assert covered(range(len(blocks)))
+    assert streamer.pinned_bytes() == sum(fake.ranges.values()) and streamer.pinned_copy_bytes() == 0
+    assert np.allclose(tiny_image(pipe), want, atol=1e-5)
+    streamer.make_resident([1])
+    resident = blocks[1].norm.linear.weight
+    assert covered([0, 2]) and resident.data_ptr() != origins[id(resident)].data_ptr()
+    streamer.stream([0], pageable=True)
+    assert streamer._streamed[0].pin is None and covered([2])
+    assert streamer.pinned_bytes() == sum(fake.ranges.values())
+    streamer.remove()
+    assert not fake.ranges and np.allclose(tiny_image(pipe), want, atol=1e-5)
+
+    refused = FakeRegistration(read_only=False)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: refused)
+    streamer = BlockStreamer(blocks, torch.device("cpu"), origins=origins)
+    streamer.page_lock = True
+    streamer.stream(range(len(blocks)))
+    assert all(streamer._streamed[i].buffer is not None and streamer._streamed[i].pin is None
+               for i in range(len(blocks)))
+    assert all(flags == 0 for flags in refused.flags.values()) and streamer.pinned_copy_bytes() > 0
+    assert streamer.pinned_bytes() == sum(refused.ranges.values()) and np.allclose(tiny_image(pipe), want, atol=1e-5)
+
+
+def test_overlapping_page_ranges_are_registered_once_and_held_until_their_last_owner_lets_go(monkeypatch):
+    from tmpdiff.memory.streaming import PAGE, _PagePins
+
+    fake = FakeRegistration()
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    pins = _PagePins()
+    assert pins.pin(1, PAGE + 10, 3 * PAGE - 5) and fake.ranges == {PAGE: 2 * PAGE}
+    assert pins.pin(2, 3 * PAGE - 100, 5 * PAGE) and fake.ranges == {PAGE: 4 * PAGE}  # shares a page: merged
+    assert pins.pin(3, 9 * PAGE, 10 * PAGE) and pins.pin(4, 2 * PAGE, 3 * PAGE)  # inside one: no new registration
+    assert fake.ranges == {PAGE: 4 * PAGE, 9 * PAGE: PAGE} and pins.held_by([1, 3]) == 5 * PAGE
+    pins.unpin(1)
+    pins.unpin(2)
+    assert fake.ranges == {PAGE: 4 * PAGE, 9 * PAGE: PAGE}  # owner 4 still reads it
+    pins.unpin(4)
+    pins.unpin(3)
+    assert fake.ranges == {} and pins.held_by([1, 2, 3, 4]) == 0
+    fake.read_only = False
+    assert not pins.pin(5, 0, PAGE) and fake.ranges == {}

@@ -121,7 +121,9 @@ class Placer:
         from tmpdiff.memory.budget import available_host_bytes
 
         available = available_host_bytes()
-        return None if available is None or self.device.type != "cuda" else available + self.pinned_bytes()
+        if available is None or self.device.type != "cuda":
+            return None  # checkpoint pages pinned in place still count as available (they stay on the page lists)
+        return available + sum(streamer.pinned_copy_bytes() for streamer in self.streamers.values())
 
     def ran_out(self) -> None:
         """A call ran out of memory under the current plan: the next plan leaves more working room."""

@@ -27,6 +27,7 @@ one in eager mode (streamed blocks always run eager).
 from __future__ import annotations
 
 import bisect
+import itertools
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -146,6 +147,92 @@ def _unregister(memory: torch.Tensor) -> None:
     torch.cuda.cudart().cudaHostUnregister(memory.data_ptr())
 
 
+PAGE = 4096
+HOST_REGISTER_READ_ONLY = 8  # cudaHostRegisterReadOnly: pin without write access, so no copy-on-write copy is made
+
+
+class _PagePins:
+    """Page ranges of memory-mapped checkpoints registered with CUDA in place (the process's one table).
+
+    A checkpoint loaded by ``from_pretrained`` is mapped copy-on-write; registering its pages read-only pins the
+    file's own pages, so a streamed block needs no second host copy and copies from it still run asynchronously.
+    Neighbouring blocks may share a page and CUDA refuses overlapping registrations (and stages a copy that spans
+    two), so overlapping ranges are merged into one registration held by all their owners, and unregistered when
+    the last owner lets go."""
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int, set[int]]] = []  # start, end, owners; disjoint and registered
+
+    def pin(self, owner: int, start: int, end: int) -> bool:
+        start, end = start // PAGE * PAGE, -(-end // PAGE) * PAGE
+        overlapping = [r for r in self.ranges if r[0] < end and start < r[1]]
+        merged = (min([start, *(r[0] for r in overlapping)]), max([end, *(r[1] for r in overlapping)]))
+        owners = {owner}.union(*(r[2] for r in overlapping))
+        if len(overlapping) == 1 and overlapping[0][:2] == merged:
+            overlapping[0][2].add(owner)
+            return True
+        if overlapping:  # re-registered as one: no copy from the old ranges may be in flight
+            torch.cuda.synchronize()
+            for r in overlapping:
+                torch.cuda.cudart().cudaHostUnregister(r[0])
+                self.ranges.remove(r)
+        error = int(torch.cuda.cudart().cudaHostRegister(merged[0], merged[1] - merged[0], HOST_REGISTER_READ_ONLY))
+        if error == 0:
+            self.ranges.append((*merged, owners))
+            return True
+        for r in overlapping:  # refused: the others keep what they had
+            torch.cuda.cudart().cudaHostRegister(r[0], r[1] - r[0], HOST_REGISTER_READ_ONLY)
+            self.ranges.append(r)
+        return False
+
+    def unpin(self, owner: int) -> None:
+        for r in [r for r in self.ranges if owner in r[2]]:
+            r[2].discard(owner)
+            if not r[2]:
+                torch.cuda.cudart().cudaHostUnregister(r[0])
+                self.ranges.remove(r)
+
+    def held_by(self, owners: Iterable[int]) -> int:
+        """Bytes registered for any of ``owners`` (a range two of them share counted once)."""
+        wanted = set(owners)
+        return sum(r[1] - r[0] for r in self.ranges if r[2] & wanted)
+
+
+_PAGE_PINS = _PagePins()
+_PIN_OWNERS = itertools.count(1)
+
+
+class MappedPin:
+    """One streamed block's tensors, page-locked where their checkpoint maps them (no copy); let go when the block
+    leaves host memory or is dropped (a finalizer, which also keeps the mapping alive until then)."""
+
+    def __init__(self, origins: Sequence[torch.Tensor]) -> None:
+        self.owner = next(_PIN_OWNERS)
+        runs = _runs(origins)
+        self.ok = bool(runs) and all(_PAGE_PINS.pin(self.owner, start, end) for start, end in runs)
+        self._unpin = weakref.finalize(self, _unpin_owner, self.owner, list(origins))
+        self._unpin.atexit = False
+
+    def free(self) -> None:
+        self._unpin()
+
+
+def _runs(tensors: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """The address ranges the tensors fill, neighbours less than a page apart merged (a block's tensors lie together
+    in a safetensors file: it orders them by name)."""
+    runs: list[list[int]] = []
+    for start, end in sorted((t.data_ptr(), t.data_ptr() + tensor_bytes(t)) for t in tensors):
+        if runs and start - runs[-1][1] < PAGE:
+            runs[-1][1] = max(runs[-1][1], end)
+        else:
+            runs.append([start, end])
+    return [(start, end) for start, end in runs]
+
+
+def _unpin_owner(owner: int, _mappings_kept_alive: list[torch.Tensor]) -> None:
+    _PAGE_PINS.unpin(owner)
+
+
 @dataclass
 class _Slot:
     """One tensor a streamed block owns: where it hangs, and its host copies (a subclass: one per inner tensor)."""
@@ -186,6 +273,7 @@ class _Block:
     module: nn.Module
     slots: list[_Slot] = field(default_factory=list)
     buffer: HostBuffer | None = None  # the slots' copied host tensors, in one (pinned) buffer
+    pin: MappedPin | None = None  # the slots' checkpoint pages, page-locked where they are mapped
     pageable: bool = False  # whether it streams from pageable memory (never page-locked)
     on_device: list[torch.Tensor] = field(default_factory=list)  # the copies in use (None: offloaded)
     ready: Any = None  # the copy stream's event once its onload was issued
@@ -200,15 +288,24 @@ class _Block:
         host buffer; with ``pageable`` a tensor with an ``origin`` (its checkpoint's memory-mapped values: weights
         never change) or already in host memory outside this block's buffer streams from where it is, uncopied."""
         keyed = [(slot, key, source) for slot in self.slots for key, source in slot.sources().items()]
-        old, copied = self.buffer, []
+        old, old_pin, copied, mapped = self.buffer, self.pin, [], []
         for slot, key, source in keyed:
             origin = (origins or {}).get(id(slot.tensor)) if key == "" else None
-            if pageable and origin is not None and origin.shape == source.shape and origin.dtype == source.dtype:
-                slot.host[key] = origin
+            if origin is not None and origin.shape == source.shape and origin.dtype == source.dtype:
+                mapped.append((slot, key, origin))
             elif pageable and source.device.type == "cpu" and old is None:
                 slot.host[key] = source
             else:
                 copied.append((slot, key, source))
+        self.pin = MappedPin([origin for _, _, origin in mapped]) if pinned and not pageable and mapped else None
+        if mapped and not pageable and (self.pin is None or not self.pin.ok):  # not pinnable in place: copied
+            copied += mapped
+            mapped = []
+            if self.pin is not None:
+                self.pin.free()
+                self.pin = None
+        for slot, key, origin in mapped:
+            slot.host[key] = origin
         self.buffer = HostBuffer([source for _, _, source in copied], pinned and not pageable) if copied else None
         for (slot, key, _), copy in zip(copied, self.buffer.copies if self.buffer else [], strict=True):
             slot.host[key] = copy
@@ -217,6 +314,8 @@ class _Block:
             slot.release()
         if old is not None:
             old.free()
+        if old_pin is not None:
+            old_pin.free()
 
     def free_host(self) -> None:
         for slot in self.slots:
@@ -224,6 +323,9 @@ class _Block:
         if self.buffer is not None:
             self.buffer.free()
             self.buffer = None
+        if self.pin is not None:
+            self.pin.free()
+            self.pin = None
 
 
 class BlockStreamer:
@@ -247,6 +349,7 @@ class BlockStreamer:
         self.keep = set(keep)
         self.prefetch = prefetch
         self.cuda = device.type == "cuda"
+        self.page_lock = self.cuda  # host copies page-locked (CUDA's asynchronous copies need it)
         self.origins = origins or {}
         self._streamed: dict[int, _Block] = {}
         self._copies = torch.cuda.Stream(device) if self.cuda else None
@@ -262,7 +365,12 @@ class BlockStreamer:
         return sum(block.nbytes for block in self._streamed.values())
 
     def pinned_bytes(self) -> int:
-        """Page-locked host bytes its streamed blocks hold."""
+        """Page-locked host bytes its streamed blocks hold: copies, and checkpoint pages pinned where they lie."""
+        owners = [block.pin.owner for block in self._streamed.values() if block.pin is not None]
+        return self.pinned_copy_bytes() + _PAGE_PINS.held_by(owners)
+
+    def pinned_copy_bytes(self) -> int:
+        """Page-locked host bytes its streamed blocks hold in buffers of their own (beyond the checkpoint's pages)."""
         return sum(block.buffer.nbytes for block in self._streamed.values()
                    if block.buffer is not None and block.buffer.pinned)
 
@@ -278,11 +386,11 @@ class BlockStreamer:
                 if self._streamed[index].pageable != pageable:
                     if self._copies is not None:  # no copy from its current host buffer may still be in flight
                         self._copies.synchronize()
-                    self._streamed[index].to_host(self.cuda, pageable, self.origins)
+                    self._streamed[index].to_host(self.page_lock, pageable, self.origins)
                 continue
             block = _Block(self.blocks[index])
             block.slots = [_Slot(owner, name, tensor) for owner, name, tensor in self._own_tensors(block.module)]
-            block.to_host(self.cuda, pageable, self.origins)
+            block.to_host(self.page_lock, pageable, self.origins)
             block.hooks = [block.module.register_forward_pre_hook(self._before(index)),
                            block.module.register_forward_hook(self._after(index))]
             self._streamed[index] = block
