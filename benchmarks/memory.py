@@ -43,6 +43,19 @@ def host_link() -> float:
     return 4 * (1 << 30) / (time.perf_counter() - start) / 1e9
 
 
+def host_now() -> dict[str, float]:
+    """The process's host memory now (GB): anonymous (the OS cannot drop it), file-backed (mmap'd checkpoint pages
+    it can) and page-locked."""
+    fields = {"RssAnon": "host_anon_gb", "RssFile": "host_file_gb", "VmPin": "host_vmpin_gb"}
+    now = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key = line.split(":")[0]
+            if key in fields:
+                now[fields[key]] = round(int(line.split()[1]) * 1024 / 1e9, 2)
+    return now
+
+
 def stock(settings: RunSettings, budget: int) -> dict[str, Any]:
     """Stock diffusers at ``budget`` GiB: bf16 transformer group-offloaded block by block with streams."""
     from tmpdiff.pipelines.registry import load_pipeline
@@ -85,7 +98,7 @@ def ours(engine: Engine, settings: RunSettings, budget: float | None, plans: lis
                      "host_peak_gb": round((result.memory.host_peak_bytes or 0) / 1e9, 2),
                      "pinned_gb": round(result.memory.pinned_bytes / 1e9, 2),
                      "streamed_gb_per_image": round(streamed / 1e9, 2) if streamed is not None else None,
-                     "image": np.asarray(result.image)})
+                     **host_now(), "image": np.asarray(result.image)})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "image"}), flush=True)
     return rows
 
