@@ -370,6 +370,8 @@ def test_the_engine_under_a_placement_gives_the_unplaced_image_with_variants_bui
     reads = {"fp32": 2, "int8wo": 2}
     assert {name: placer._reads[name] for name in reads} == reads
     assert placer.plan.per_image == placer.plan.streamed_per_image(placer._reads)
+    assert engine.set_up.plans >= 1 and engine.set_up.placement > 0  # what --verbose shows as placement
+    assert plain.set_up.plans == 0 and plain.set_up.placement == 0
 
 
 def mixed_reads(bf16_steps: int, steps: int = 28) -> dict[str, int]:

@@ -387,9 +387,11 @@ class Engine:
         placer = loaded.placer if loaded is not None else None
         if loaded is None or placer is None:
             return None, None
-        before = placer.plan
+        before, start = placer.plan, time.perf_counter()
         working = estimate_working(pipe, int(kwargs.get("height") or 64), int(kwargs.get("num_frames") or 0))
         plan = placer.prepare(schedule.steps, working)  # every step: a part is read once per step it runs
+        self.set_up.placement += time.perf_counter() - start
+        self.set_up.plans += plan is not before
         told = _PLANS.get()
         if told is not None and (before is None or plan.line() != before.line()):
             told(loaded.name, plan.line())

@@ -19,12 +19,15 @@ __all__ = ["SetUpSeconds", "timing_vae_decode"]
 class SetUpSeconds:
     """Where an engine's seconds went that no timed image counts: each variant's build (its phases inside), the CUDA
     graphs captured, the untimed warm-up calls and the timed calls made again because their first run compiled
-    afresh (those two beyond the builds and captures made in them)."""
+    afresh (those two beyond the builds and captures made in them), and placing parts under a memory budget before
+    calls (planning, and moving blocks between the GPU and host memory: page-locking them included)."""
 
     builds: list[BuildInfo] = field(default_factory=list)
     graph_capture: dict[str, float] = field(default_factory=dict)
     warm_up_calls: float = 0.0
     repeated_calls: float = 0.0
+    placement: float = 0.0
+    plans: int = 0
 
     def note(self, handle: Any) -> None:
         """The builds and captures of one pipeline call (its schedule's handle)."""
@@ -35,7 +38,8 @@ class SetUpSeconds:
     def to_dict(self) -> dict[str, Any]:
         return {"variants": [build.to_dict() for build in self.builds],
                 "graph_capture": {name: round(seconds, 3) for name, seconds in self.graph_capture.items()},
-                "warm_up_calls": round(self.warm_up_calls, 3), "repeated_calls": round(self.repeated_calls, 3)}
+                "warm_up_calls": round(self.warm_up_calls, 3), "repeated_calls": round(self.repeated_calls, 3),
+                "placement": round(self.placement, 3), "plans": self.plans}
 
 
 @contextmanager
