@@ -162,6 +162,7 @@ class Engine:
         self._running = TurnLock()
         # (pipeline, call shapes, precision) already run in this process: their kernels are loaded and warm.
         self._warmed: set[tuple[int, tuple[Any, ...], str]] = set()
+        self._one_plan: Schedule | None = None  # every call placed for this schedule (a search: see one_plan)
         self.split = 1  # processes each denoiser is split over (see split_over)
         self.mirror: CallMirror | None = None  # an app split over processes: the first tells the others
 
@@ -186,6 +187,17 @@ class Engine:
             self._models.clear()
             self._warmed.clear()
         _collect_dropped_pipelines(self.device)
+
+    @contextmanager
+    def one_plan(self, schedule: Schedule | None) -> Iterator[None]:
+        """Every call inside is placed for ``schedule`` (None: each for its own), so a search's evaluations run
+        under one placement: nothing moves between them, and the step costs it plans with hold for every schedule
+        it compares. Without a budget it changes nothing."""
+        before, self._one_plan = self._one_plan, schedule
+        try:
+            yield
+        finally:
+            self._one_plan = before
 
     def set_gpu_memory(self, gpu_memory: float | None) -> None:
         """A new budget for this engine's next calls (GiB; None: all of the GPU), planned for at the next call: a
@@ -356,7 +368,7 @@ class Engine:
 
     def _call_pipeline(self, pipe: Any, kwargs: dict[str, Any], schedule: Schedule, replay: ReplayStore | None,
                        replay_key: str | None, counted_as: str, plan_for: Schedule | None = None) -> TimedCall:
-        placer, plan = self._placed(pipe, kwargs, plan_for or schedule)
+        placer, plan = self._placed(pipe, kwargs, self._one_plan or plan_for or schedule)
         prompts = keeping_prompts(pipe) if placer is not None else None
         start = time.perf_counter()
         try:

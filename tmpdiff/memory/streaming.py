@@ -27,7 +27,6 @@ one in eager mode (streamed blocks always run eager).
 from __future__ import annotations
 
 import bisect
-import itertools
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -151,70 +150,53 @@ PAGE = 4096
 HOST_REGISTER_READ_ONLY = 8  # cudaHostRegisterReadOnly: pin without write access, so no copy-on-write copy is made
 
 
-class _PagePins:
-    """Page ranges of memory-mapped checkpoints registered with CUDA in place (the process's one table).
-
-    A checkpoint loaded by ``from_pretrained`` is mapped copy-on-write; registering its pages read-only pins the
-    file's own pages, so a streamed block needs no second host copy and copies from it still run asynchronously.
-    Neighbouring blocks may share a page and CUDA refuses overlapping registrations (and stages a copy that spans
-    two), so overlapping ranges are merged into one registration held by all their owners, and unregistered when
-    the last owner lets go."""
-
-    def __init__(self) -> None:
-        self.ranges: list[tuple[int, int, set[int]]] = []  # start, end, owners; disjoint and registered
-
-    def pin(self, owner: int, start: int, end: int) -> bool:
-        start, end = start // PAGE * PAGE, -(-end // PAGE) * PAGE
-        overlapping = [r for r in self.ranges if r[0] < end and start < r[1]]
-        merged = (min([start, *(r[0] for r in overlapping)]), max([end, *(r[1] for r in overlapping)]))
-        owners = {owner}.union(*(r[2] for r in overlapping))
-        if len(overlapping) == 1 and overlapping[0][:2] == merged:
-            overlapping[0][2].add(owner)
-            return True
-        if overlapping:  # re-registered as one: no copy from the old ranges may be in flight
-            torch.cuda.synchronize()
-            for r in overlapping:
-                torch.cuda.cudart().cudaHostUnregister(r[0])
-                self.ranges.remove(r)
-        error = int(torch.cuda.cudart().cudaHostRegister(merged[0], merged[1] - merged[0], HOST_REGISTER_READ_ONLY))
-        if error == 0:
-            self.ranges.append((*merged, owners))
-            return True
-        for r in overlapping:  # refused: the others keep what they had
-            torch.cuda.cudart().cudaHostRegister(r[0], r[1] - r[0], HOST_REGISTER_READ_ONLY)
-            self.ranges.append(r)
-        return False
-
-    def unpin(self, owner: int) -> None:
-        for r in [r for r in self.ranges if owner in r[2]]:
-            r[2].discard(owner)
-            if not r[2]:
-                torch.cuda.cudart().cudaHostUnregister(r[0])
-                self.ranges.remove(r)
-
-    def held_by(self, owners: Iterable[int]) -> int:
-        """Bytes registered for any of ``owners`` (a range two of them share counted once)."""
-        wanted = set(owners)
-        return sum(r[1] - r[0] for r in self.ranges if r[2] & wanted)
-
-
-_PAGE_PINS = _PagePins()
-_PIN_OWNERS = itertools.count(1)
+_REGISTERED: dict[int, int] = {}  # checkpoint pages registered in place in this process: start -> end
 
 
 class MappedPin:
-    """One streamed block's tensors, page-locked where their checkpoint maps them (no copy); let go when the block
-    leaves host memory or is dropped (a finalizer, which also keeps the mapping alive until then)."""
+    """One streamed block's tensors page-locked where their checkpoint maps them, without a copy.
+
+    A checkpoint loaded by ``from_pretrained`` is mapped copy-on-write; registering its pages read-only with CUDA
+    pins the file's own pages (no copy-on-write copy), and copies from them run asynchronously. A block registers
+    the pages its run of tensors covers; neighbouring blocks share a boundary page and CUDA refuses overlapping
+    registrations (and stages a copy spanning two), so a range stops at pages registered already, and a tensor not
+    wholly inside one registered range (at most one at each end of a run: safetensors orders tensors by name, so
+    mostly a bias) is the caller's to copy (``holds``). Unregistered by ``free`` or when dropped (a finalizer,
+    which also keeps the mapping alive until then)."""
 
     def __init__(self, origins: Sequence[torch.Tensor]) -> None:
-        self.owner = next(_PIN_OWNERS)
-        runs = _runs(origins)
-        self.ok = bool(runs) and all(_PAGE_PINS.pin(self.owner, start, end) for start, end in runs)
-        self._unpin = weakref.finalize(self, _unpin_owner, self.owner, list(origins))
+        self.ranges: list[tuple[int, int]] = []
+        for start, end in _runs(origins):
+            start, end = _clipped(start // PAGE * PAGE, -(-end // PAGE) * PAGE)
+            if start < end and any(_within(t, start, end) for t in origins) and int(torch.cuda.cudart(
+                    ).cudaHostRegister(start, end - start, HOST_REGISTER_READ_ONLY)) == 0:
+                _REGISTERED[start] = end
+                self.ranges.append((start, end))
+        self.nbytes = sum(end - start for start, end in self.ranges)
+        self._unpin = weakref.finalize(self, _unregister_ranges, [s for s, _ in self.ranges], list(origins))
         self._unpin.atexit = False
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        return any(_within(tensor, start, end) for start, end in self.ranges)
 
     def free(self) -> None:
         self._unpin()
+
+
+def _within(tensor: torch.Tensor, start: int, end: int) -> bool:
+    return start <= tensor.data_ptr() and tensor.data_ptr() + tensor_bytes(tensor) <= end
+
+
+def _clipped(start: int, end: int) -> tuple[int, int]:
+    """``[start, end)`` less the registered pages at its ends; empty if a registration lies inside it."""
+    for begun, ended in _REGISTERED.items():
+        if begun <= start < ended:
+            start = ended
+        if begun < end <= ended:
+            end = begun
+    if any(start < begun < end for begun in _REGISTERED):
+        return start, start
+    return start, end
 
 
 def _runs(tensors: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
@@ -229,8 +211,10 @@ def _runs(tensors: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
     return [(start, end) for start, end in runs]
 
 
-def _unpin_owner(owner: int, _mappings_kept_alive: list[torch.Tensor]) -> None:
-    _PAGE_PINS.unpin(owner)
+def _unregister_ranges(starts: list[int], _mappings_kept_alive: list[torch.Tensor]) -> None:
+    for start in starts:
+        if _REGISTERED.pop(start, None) is not None:
+            torch.cuda.cudart().cudaHostUnregister(start)
 
 
 @dataclass
@@ -298,10 +282,11 @@ class _Block:
             else:
                 copied.append((slot, key, source))
         self.pin = MappedPin([origin for _, _, origin in mapped]) if pinned and not pageable and mapped else None
-        if mapped and not pageable and (self.pin is None or not self.pin.ok):  # not pinnable in place: copied
-            copied += mapped
-            mapped = []
-            if self.pin is not None:
+        if mapped and not pageable:  # page-locked mode: what is not pinned where it lies is copied
+            copied += [(slot, key, slot.sources()[key]) for slot, key, origin in mapped
+                       if self.pin is None or not self.pin.holds(origin)]
+            mapped = [m for m in mapped if self.pin is not None and self.pin.holds(m[2])]
+            if self.pin is not None and not self.pin.ranges:
                 self.pin.free()
                 self.pin = None
         for slot, key, origin in mapped:
@@ -366,8 +351,8 @@ class BlockStreamer:
 
     def pinned_bytes(self) -> int:
         """Page-locked host bytes its streamed blocks hold: copies, and checkpoint pages pinned where they lie."""
-        owners = [block.pin.owner for block in self._streamed.values() if block.pin is not None]
-        return self.pinned_copy_bytes() + _PAGE_PINS.held_by(owners)
+        return self.pinned_copy_bytes() + sum(block.pin.nbytes for block in self._streamed.values()
+                                              if block.pin is not None)
 
     def pinned_copy_bytes(self) -> int:
         """Page-locked host bytes its streamed blocks hold in buffers of their own (beyond the checkpoint's pages)."""

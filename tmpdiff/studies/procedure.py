@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from tmpdiff.engine.runner import Engine
@@ -118,8 +118,22 @@ def run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress 
     if request.exhaustive and not request.ladder:  # refused before any work, not after the costs are measured
         request.exhaustive_count(_candidates(request, evaluator.engine.device))
     own = evaluator.with_options(ReplayStore() if request.replay else None, request.batch_size)
-    with cancellable(should_stop):  # every phase stops at its next denoising step once should_stop() holds
+    base = request.settings(request.prompts[0], request.seeds[0])
+    # Every phase stops at its next denoising step once should_stop() holds. A given ladder: one placement from
+    # the step costs on (else from the ladder the costs chose).
+    with cancellable(should_stop), evaluator.engine.one_plan(search_placement(base, request.ladder)):
         return _run_search(own, request, progress, should_stop, on_evaluation, on_point)
+
+
+def search_placement(base: RunSettings, ladder: Sequence[str] | None) -> Schedule | None:
+    """The schedule a search's parts are placed for under a memory budget, once for all its evaluations: the
+    reference and every rung of ``ladder`` that runs the denoiser, read at equal shares of the steps (a search's
+    schedules mix them; no one schedule's plan would be fair to the others). None without a ladder."""
+    if not ladder:
+        return None
+    reference = base.spec.dtype
+    rungs = [reference, *(n for n in dict.fromkeys(ladder) if computes(n) and n != reference)]
+    return Schedule(tuple(rungs[i % len(rungs)] for i in range(max(base.resolved_steps, len(rungs)))))
 
 
 def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress | None,
@@ -134,41 +148,44 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
     table, costs_source = _step_costs(evaluator, request, meter)
     ladder, ladder_notes = (checked_ladder(list(request.ladder), table, reference) if request.ladder
                             else (_default_ladder(table, reference), []))
-    oracle = _oracle(evaluator, request, table, reference, _planned(steps, len(ladder), request), progress,
-                     on_evaluation, on_point)
-    with meter.phase("baselines"):
-        baselines = _baselines(oracle, request, steps, ladder)
-    before_search = len(oracle.quality)
-    reference_cost = table.predict(Schedule.uniform(reference, steps))
-    with meter.phase("search"):
-        outcome = _search(oracle, request, steps, ladder, reference_cost, should_stop)
-    search_evaluations = len(oracle.quality) - before_search
-    additivity, strategies = _additivity_and_planner(oracle, request, meter, outcome, steps, ladder, table)
-    exhaustive = None
-    if request.exhaustive:
-        with meter.phase("exhaustive"):
-            exhaustive = _exhaustive(oracle, request, outcome, steps, ladder, reference_cost)
-    with meter.phase("validation"):
-        validation = _validate(evaluator, request, outcome.schedule)
-    found = oracle.point(outcome.schedule)
-    calls = meter.report()
-    return SearchReport(
-        model=request.model, device=table.device, steps=steps, ladder=tuple(ladder),
-        objective=Objective(request.target_ssim, request.target_speedup), found=found,
-        ssim_std=oracle.quality[outcome.schedule][1], evaluations=outcome.evaluations,
-        new_evaluations_in_search=search_evaluations,
-        evaluation_bound=evaluation_bound(steps, len(ladder)) * (BUDGET_ITERATIONS if request.target_speedup else 1),
-        baselines=tuple(baselines), costs=table, costs_source=costs_source, validation=validation,
-        pareto=tuple(pareto_front([oracle.point(s) for s in list(oracle.quality) if s not in oracle.not_run])),
-        ladder_notes=tuple(ladder_notes), not_run=tuple(str(s) for s in oracle.not_run),
-        simulated_in_ladder=tuple(n for n in ladder if n in table.simulated),
-        best_baseline_at_speedup=_best_uniform_margin(baselines, found), additivity=additivity,
-        strategies=strategies, exhaustive=exhaustive, denoiser_calls=calls["denoiser_calls"],
-        phase_seconds=calls["phase_seconds"],
-        replay=evaluator.replay.stats() if evaluator.replay is not None else None,
-        batch_size=evaluator.batch_size,  # smaller than asked when memory ran out
-        skipped=tuple(_skipped(request)), request=request,
-    )
+    placed = nullcontext() if request.ladder else evaluator.engine.one_plan(search_placement(base, ladder))
+    with placed:
+        oracle = _oracle(evaluator, request, table, reference, _planned(steps, len(ladder), request), progress,
+                         on_evaluation, on_point)
+        with meter.phase("baselines"):
+            baselines = _baselines(oracle, request, steps, ladder)
+        before_search = len(oracle.quality)
+        reference_cost = table.predict(Schedule.uniform(reference, steps))
+        with meter.phase("search"):
+            outcome = _search(oracle, request, steps, ladder, reference_cost, should_stop)
+        search_evaluations = len(oracle.quality) - before_search
+        additivity, strategies = _additivity_and_planner(oracle, request, meter, outcome, steps, ladder, table)
+        exhaustive = None
+        if request.exhaustive:
+            with meter.phase("exhaustive"):
+                exhaustive = _exhaustive(oracle, request, outcome, steps, ladder, reference_cost)
+        with meter.phase("validation"):
+            validation = _validate(evaluator, request, outcome.schedule)
+        found = oracle.point(outcome.schedule)
+        calls = meter.report()
+        return SearchReport(
+            model=request.model, device=table.device, steps=steps, ladder=tuple(ladder),
+            objective=Objective(request.target_ssim, request.target_speedup), found=found,
+            ssim_std=oracle.quality[outcome.schedule][1], evaluations=outcome.evaluations,
+            new_evaluations_in_search=search_evaluations,
+            evaluation_bound=evaluation_bound(steps, len(ladder)) * (BUDGET_ITERATIONS if request.target_speedup
+                                                                     else 1),
+            baselines=tuple(baselines), costs=table, costs_source=costs_source, validation=validation,
+            pareto=tuple(pareto_front([oracle.point(s) for s in list(oracle.quality) if s not in oracle.not_run])),
+            ladder_notes=tuple(ladder_notes), not_run=tuple(str(s) for s in oracle.not_run),
+            simulated_in_ladder=tuple(n for n in ladder if n in table.simulated),
+            best_baseline_at_speedup=_best_uniform_margin(baselines, found), additivity=additivity,
+            strategies=strategies, exhaustive=exhaustive, denoiser_calls=calls["denoiser_calls"],
+            phase_seconds=calls["phase_seconds"],
+            replay=evaluator.replay.stats() if evaluator.replay is not None else None,
+            batch_size=evaluator.batch_size,  # smaller than asked when memory ran out
+            skipped=tuple(_skipped(request)), request=request,
+        )
 
 
 def _step_costs(evaluator: Evaluator, request: SearchRequest, meter: PhaseMeter) -> tuple[CostTable, str]:
