@@ -262,6 +262,7 @@ def test_a_streamed_checkpoint_block_is_page_locked_where_the_file_maps_it_witho
     model = torch.nn.Sequential(*blocks)
     before = _rss_anon()
     streamer = BlockStreamer(blocks, torch.device("cuda"), origins=origins)
+    streamer.pin_in_place = True  # TMPDIFF_PIN_IN_PLACE=1
     streamer.stream(range(4))
     in_place = [b for b in blocks if b.weight.data_ptr() == origins[id(b.weight)].data_ptr()]
     assert len(in_place) >= 2 and all(b.weight.is_pinned() for b in blocks)  # neighbours sharing a page: copied

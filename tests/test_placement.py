@@ -568,7 +568,7 @@ def test_a_page_locked_block_pins_its_checkpoint_pages_in_place_instead_of_copyi
     monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     streamer = BlockStreamer(blocks, torch.device("cpu"), origins=origins)
-    streamer.page_lock = True  # what a CUDA streamer does with its host copies
+    streamer.page_lock = streamer.pin_in_place = True  # what a CUDA streamer does with its host copies
 
     def in_place(index: int) -> bool:  # its tensors on the checkpoint's registered pages, or copied
         block, spans = streamer._streamed[index], [(s, s + n) for s, n in fake.ranges.items() if fake.flags[s] == 8]
@@ -600,12 +600,14 @@ def test_a_page_locked_block_pins_its_checkpoint_pages_in_place_instead_of_copyi
     refused = FakeRegistration(read_only=False)
     monkeypatch.setattr(torch.cuda, "cudart", lambda: refused)
     streamer = BlockStreamer(blocks, torch.device("cpu"), origins=origins)
-    streamer.page_lock = True
+    streamer.page_lock = streamer.pin_in_place = True
     streamer.stream(range(len(blocks)))
     assert all(streamer._streamed[i].buffer is not None and streamer._streamed[i].pin is None
                for i in range(len(blocks)))
     assert all(flags == 0 for flags in refused.flags.values()) and streamer.pinned_copy_bytes() > 0
     assert streamer.pinned_bytes() == sum(refused.ranges.values()) and np.allclose(tiny_image(pipe), want, atol=1e-5)
+    streamer.remove()  # unregistered while CUDA is still the fake one (a finalizer left would call the real one)
+    assert not refused.ranges
 
 
 def test_a_search_under_a_budget_places_its_parts_once_for_every_schedule_it_evaluates(monkeypatch):

@@ -27,6 +27,7 @@ one in eager mode (streamed blocks always run eager).
 from __future__ import annotations
 
 import bisect
+import os
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -267,7 +268,8 @@ class _Block:
     def nbytes(self) -> int:
         return sum(slot.nbytes for slot in self.slots)
 
-    def to_host(self, pinned: bool, pageable: bool = False, origins: Mapping[int, torch.Tensor] | None = None) -> None:
+    def to_host(self, pinned: bool, pageable: bool = False, origins: Mapping[int, torch.Tensor] | None = None,
+                in_place: bool = False) -> None:
         """Points every slot at a host copy of its tensors. Page-locked (``pinned``) or not, they are copied into one
         host buffer; with ``pageable`` a tensor with an ``origin`` (its checkpoint's memory-mapped values: weights
         never change) or already in host memory outside this block's buffer streams from where it is, uncopied."""
@@ -281,7 +283,7 @@ class _Block:
                 slot.host[key] = source
             else:
                 copied.append((slot, key, source))
-        self.pin = MappedPin([origin for _, _, origin in mapped]) if pinned and not pageable and mapped else None
+        self.pin = MappedPin([o for _, _, o in mapped]) if in_place and pinned and not pageable and mapped else None
         if mapped and not pageable:  # page-locked mode: what is not pinned where it lies is copied
             copied += [(slot, key, slot.sources()[key]) for slot, key, origin in mapped
                        if self.pin is None or not self.pin.holds(origin)]
@@ -335,6 +337,8 @@ class BlockStreamer:
         self.prefetch = prefetch
         self.cuda = device.type == "cuda"
         self.page_lock = self.cuda  # host copies page-locked (CUDA's asynchronous copies need it)
+        # Checkpoint pages page-locked where they lie instead of copied (MappedPin): opt-in until it has run on a GPU
+        self.pin_in_place = os.environ.get("TMPDIFF_PIN_IN_PLACE") == "1"
         self.origins = origins or {}
         self._streamed: dict[int, _Block] = {}
         self._copies = torch.cuda.Stream(device) if self.cuda else None
@@ -371,11 +375,11 @@ class BlockStreamer:
                 if self._streamed[index].pageable != pageable:
                     if self._copies is not None:  # no copy from its current host buffer may still be in flight
                         self._copies.synchronize()
-                    self._streamed[index].to_host(self.page_lock, pageable, self.origins)
+                    self._streamed[index].to_host(self.page_lock, pageable, self.origins, self.pin_in_place)
                 continue
             block = _Block(self.blocks[index])
             block.slots = [_Slot(owner, name, tensor) for owner, name, tensor in self._own_tensors(block.module)]
-            block.to_host(self.page_lock, pageable, self.origins)
+            block.to_host(self.page_lock, pageable, self.origins, self.pin_in_place)
             block.hooks = [block.module.register_forward_pre_hook(self._before(index)),
                            block.module.register_forward_hook(self._after(index))]
             self._streamed[index] = block
