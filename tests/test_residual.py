@@ -77,3 +77,27 @@ def test_beside_a_built_fp8_variant_the_rung_shares_its_fp8_bytes_and_adds_only_
             assert layer.values.data_ptr() == fp8[name].weight.qdata.data_ptr()
             shared += 1
     assert shared > 10
+
+
+def test_a_search_under_a_budgets_step_costs_chooses_the_residual_rung_where_8_bits_alone_fall_short():
+    """Under a memory budget a 16-bit step streams its weights and an ``fp8r`` step does not, so its step costs
+    (here a table as a budgeted GPU measures them) make the rung cheaper than the reference; at a floor that
+    ``int8wo`` alone misses (SSIM 0.9976 at every step) the search buys the 16-bit-quality steps as ``fp8r``."""
+    from tmpdiff.engine.runner import Engine
+    from tmpdiff.measure.evaluator import Evaluator
+    from tmpdiff.measure.latency import CostTable
+    from tmpdiff.studies.procedure import run_search
+    from tmpdiff.studies.request import SearchRequest
+
+    costs = CostTable(device="cpu", compiled=False, steps=8, fixed_seconds=0.05, budget_gib=16,
+                      step_seconds={"fp32": 0.03, "fp8r": 0.012, "int8wo": 0.008, "skip": 0.0})
+    evaluator = Evaluator(Engine("cpu"))
+    evaluator.costs["shapes-dit"] = costs
+    request = SearchRequest(model="shapes-dit", prompts=("red circle",), seeds=(0,), steps=8,
+                            ladder=("fp32", "fp8r", "int8wo", "skip"), target_ssim=0.998, validation_seeds=(1000,),
+                            additivity_samples=0)
+    report = run_search(evaluator, request)
+    uniform = {p.schedule: p.quality for p in report.baselines}
+    assert uniform["int8wo*8"] < 0.998 <= uniform["fp8r*8"]  # the floor needs more than 8 bits somewhere
+    assert "fp8r" in str(report.found.schedule) and report.found.quality >= 0.998
+    assert report.found.speedup > 1.5  # against fp32*8 by the table: its 16-bit-quality steps did not cost fp32's
