@@ -641,3 +641,28 @@ def test_a_search_under_a_budget_places_its_parts_once_for_every_schedule_it_eva
     assert engine._one_plan is None  # and each call afterwards is placed for itself again
     engine.generate(RunSettings(model="tiny-flux", steps=6, size=32), "fp32*6")
     assert placer.plan is not placed
+
+
+def test_the_working_memory_planned_is_calibrated_by_measured_peaks_down_as_well_as_up():
+    """The estimate plans a call's first image; its measured peak (less the resident bytes, plus a margin) plans the
+    next calls of the same estimate, lower where the estimate was generous (bytes for resident blocks), higher where
+    it was short; running out of memory raises it; another size starts from its own estimate."""
+    from tmpdiff.memory.placer import CALIBRATION_MARGIN, Placer
+
+    pipe = deep_tiny_flux()
+    placer = Placer(pipe, torch.device("cpu"), None)
+    estimate = GIB
+    placer.prepare(["fp32"], estimate)
+    assert placer.sizes().working == estimate
+    placer.observed(placer.plan.resident_bytes + (1 << 20))  # the call needed 1 MiB beyond its weights
+    assert placer.sizes().working == estimate  # the plan in place keeps its room
+    placer.prepare(["fp32"], estimate)
+    assert placer.sizes().working == (1 << 20) + CALIBRATION_MARGIN
+    placer.observed(placer.plan.resident_bytes + 2 * GIB)  # a larger call of the same estimate: more from now on
+    placer.prepare(["fp32"], estimate)
+    assert placer.sizes().working == 2 * GIB + CALIBRATION_MARGIN
+    placer.ran_out()
+    placer.prepare(["fp32"], estimate)
+    assert placer.sizes().working > 2 * GIB + CALIBRATION_MARGIN
+    placer.prepare(["fp32"], 3 * GIB)  # another size: its own estimate until measured
+    assert placer.sizes().working == 3 * GIB
