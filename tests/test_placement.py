@@ -658,6 +658,9 @@ def test_the_working_memory_planned_is_calibrated_by_measured_peaks_down_as_well
     assert placer.sizes().working == estimate  # the plan in place keeps its room
     placer.prepare(["fp32"], estimate)
     assert placer.sizes().working == (1 << 20) + CALIBRATION_MARGIN
+    placer.observed(placer.plan.resident_bytes + 5 * GIB, building=True)  # a build's temporaries: not calibrated
+    placer.prepare(["fp32"], estimate)
+    assert placer.sizes().working == (1 << 20) + CALIBRATION_MARGIN
     placer.observed(placer.plan.resident_bytes + 2 * GIB)  # a larger call of the same estimate: more from now on
     placer.prepare(["fp32"], estimate)
     assert placer.sizes().working == 2 * GIB + CALIBRATION_MARGIN

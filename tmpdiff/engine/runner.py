@@ -387,7 +387,7 @@ class Engine:
             self.calls[name] += count
         peak = meter.peak()
         if placer is not None and peak is not None:
-            placer.observed(peak)
+            placer.observed(peak, building=bool(handle.builds))
         memory = MemoryFigures(peak, meter.where, placer.resident_by_part() if placer else {},
                                placer.plan.line() if placer and placer.plan else "", self.budget.bytes,
                                meter.host_peak(), placer.pinned_bytes() if placer else 0)

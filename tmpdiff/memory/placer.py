@@ -142,14 +142,16 @@ class Placer:
         if self._in_use:
             self._replan()
 
-    def observed(self, peak: int) -> None:
+    def observed(self, peak: int, building: bool = False) -> None:
         """After a call: its peak calibrates the working memory planned for calls of the same estimate from the next
         plan on (the largest measured, plus a margin): more where the estimate was short, less where it was
-        generous (FLUX at 1024^2 on an H100: about 2.8 GiB less), so a budget's bytes go to resident blocks."""
+        generous (FLUX at 1024^2 on an H100: about 2.8 GiB less), so a budget's bytes go to resident blocks. A call
+        that built a variant only raises the working memory of the plan in place."""
         if self.plan is not None:
             measured = max(peak - self.plan.resident_bytes, 0) + CALIBRATION_MARGIN
-            self._measured[self._estimated] = max(self._measured.get(self._estimated, 0), measured)
             self.working = max(self.working, measured)  # the plan in place keeps its room until the next one
+            if not building:  # a call that built a variant peaks with the build's temporaries: no calibration
+                self._measured[self._estimated] = max(self._measured.get(self._estimated, 0), measured)
 
     def streamed_precisions(self) -> frozenset[str]:
         """Precisions whose variant streams in the current plan (they run eager)."""
