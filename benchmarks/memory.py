@@ -85,7 +85,8 @@ def stock(settings: RunSettings, budget: int) -> dict[str, Any]:
 
 
 def ours(engine: Engine, settings: RunSettings, budget: float | None, plans: list[str],
-         schedules: list[str]) -> list[dict[str, Any]]:
+         schedules: list[str], landed: Any = None) -> list[dict[str, Any]]:
+    """Each schedule's second image under ``budget``; ``landed(row)`` hears of each row as it is measured."""
     engine.set_gpu_memory(budget)
     rows = []
     for schedule in schedules:
@@ -98,8 +99,11 @@ def ours(engine: Engine, settings: RunSettings, budget: float | None, plans: lis
                      "host_peak_gb": round((result.memory.host_peak_bytes or 0) / 1e9, 2),
                      "pinned_gb": round(result.memory.pinned_bytes / 1e9, 2),
                      "streamed_gb_per_image": round(streamed / 1e9, 2) if streamed is not None else None,
-                     **host_now(), "image": np.asarray(result.image)})
+                     **host_now(), "placement_seconds_so_far": round(engine.set_up.placement, 2),
+                     "image": np.asarray(result.image)})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "image"}), flush=True)
+        if landed is not None:
+            landed(rows[-1])
     return rows
 
 
@@ -140,16 +144,22 @@ def main() -> None:
         print(json.dumps(result["stock"]), flush=True)
     plans: list[str] = []
     engine = Engine("cuda", compile=args.compile)
+
+    def landed(row: dict[str, Any]) -> None:
+        result.setdefault("rows_so_far", []).append({k: v for k, v in row.items() if k != "image"})
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
     with telling_plans_to(lambda model, line: plans.append(line)):  # every plan of the runs below, to their rows
-        free = ours(engine, settings, None, plans, schedules)
+        free = ours(engine, settings, None, plans, schedules, landed)
         result["unbudgeted"], result["rows"] = [_public(r, result) for r in free], []
+        result.pop("rows_so_far", None)
         edged = next((r["image"] for r in free if r["schedule"] == EDGED), None)
         for row, public in zip(free, result["unbudgeted"], strict=True):
             if edged is not None and "fp8r" in row["schedule"]:
                 public["ssim_vs_bf16_edges"] = round(ssim(row["image"], edged), 5)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-        for budget in budgets:  # each budget's rows written as they come: a long run keeps what it measured
-            budgeted = ours(engine, settings, budget, plans, schedules)
+        for budget in budgets:  # each row written as it comes: a long run keeps what it measured
+            budgeted = ours(engine, settings, budget, plans, schedules, landed)
             edged = next((r["image"] for r in budgeted if r["schedule"] == EDGED), None)
             for row, unbudgeted in zip(budgeted, free, strict=True):
                 row["ssim_vs_unbudgeted"] = round(ssim(row["image"], unbudgeted["image"]), 5)
@@ -157,6 +167,7 @@ def main() -> None:
                 if edged is not None and "fp8r" in row["schedule"]:  # the residual rung against 16-bit edges
                     row["ssim_vs_bf16_edges"] = round(ssim(row["image"], edged), 5)
                 result["rows"].append(_public(row, result, unbudgeted))
+            result.pop("rows_so_far", None)  # the budget's rows are complete, with their comparisons
             args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "unbudgeted")}))
 
