@@ -2,7 +2,8 @@
 
 A ``BlockStreamer`` holds some repeated blocks of one module (a denoiser variant, a text encoder) off the GPU:
 their own tensors are copied once into one host buffer per block, of exactly their bytes and page-locked in place
-(``HostBuffer``); just before a block runs its tensors are copied to the GPU on a side stream (the next streamed
+(``HostBuffer``; opt-in, ``TMPDIFF_PIN_IN_PLACE=1``: a checkpoint's memory-mapped pages page-locked where they
+lie, ``MappedPin``); just before a block runs its tensors are copied to the GPU on a side stream (the next streamed
 block is prefetched while this one computes), and after it runs its GPU copies are released (``record_stream``
 keeps the allocator from reusing them before the compute stream is done).
 
@@ -272,7 +273,8 @@ class _Block:
                 in_place: bool = False) -> None:
         """Points every slot at a host copy of its tensors. Page-locked (``pinned``) or not, they are copied into one
         host buffer; with ``pageable`` a tensor with an ``origin`` (its checkpoint's memory-mapped values: weights
-        never change) or already in host memory outside this block's buffer streams from where it is, uncopied."""
+        never change) or already in host memory outside this block's buffer streams from where it is, uncopied;
+        with ``in_place`` (and ``pinned``) origins are page-locked where they lie (``MappedPin``), the rest copied."""
         keyed = [(slot, key, source) for slot in self.slots for key, source in slot.sources().items()]
         old, old_pin, copied, mapped = self.buffer, self.pin, [], []
         for slot, key, source in keyed:
