@@ -3,8 +3,10 @@
 One process, one run of each (ratios from the same run): the stock baseline a 24 GiB user has today (diffusers' bf16
 pipeline, the transformer under block-level group offloading with CUDA streams, encoders and VAE resident, eager),
 then tmpdiff without a budget and at each budget (``--gpu-memory``, the allocator capped to it), each schedule's
-second image timed. Every row names its schedule, budget, peak and speed-up against the stock baseline; images under
-a budget are compared with the unbudgeted ones.
+second image timed, each row from a closed engine as a ``generate`` process would run it (``--no-fresh``: every
+variant built so far stays, as in the rows measured before 2026-12-08). Every row names its schedule, budget, peak
+and speed-up against the stock baseline; images under a budget are compared with the unbudgeted ones; rows are
+written as they are measured.
 
     python benchmarks/memory.py --budgets 24,16,12 --out benchmarks/results/memory_h200.json
 """
@@ -85,11 +87,15 @@ def stock(settings: RunSettings, budget: int) -> dict[str, Any]:
 
 
 def ours(engine: Engine, settings: RunSettings, budget: float | None, plans: list[str],
-         schedules: list[str], landed: Any = None) -> list[dict[str, Any]]:
-    """Each schedule's second image under ``budget``; ``landed(row)`` hears of each row as it is measured."""
+         schedules: list[str], landed: Any = None, fresh: bool = True) -> list[dict[str, Any]]:
+    """Each schedule's second image under ``budget``; ``landed(row)`` hears of each row as it is measured. With
+    ``fresh`` each schedule starts from a closed engine, as a ``generate`` process does: only its own variants
+    exist (weights are memory-mapped, so loading again takes seconds; variants come from the compile cache)."""
     engine.set_gpu_memory(budget)
     rows = []
     for schedule in schedules:
+        if fresh:
+            engine.close()
         result = engine.generate(settings, schedule)  # the engine warms cold precisions up before it times
         assert result.memory is not None
         placer = engine.placer(settings.model)
@@ -131,6 +137,9 @@ def main() -> None:
     parser.add_argument("--schedules", default=";".join(SCHEDULES), help="';'-separated schedules")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--stock", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
+                        help="each row from a closed engine, as a generate process (default); --no-fresh keeps every "
+                             "variant built so far")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",") if b]
@@ -150,7 +159,7 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     with telling_plans_to(lambda model, line: plans.append(line)):  # every plan of the runs below, to their rows
-        free = ours(engine, settings, None, plans, schedules, landed)
+        free = ours(engine, settings, None, plans, schedules, landed, args.fresh)
         result["unbudgeted"], result["rows"] = [_public(r, result) for r in free], []
         result.pop("rows_so_far", None)
         edged = next((r["image"] for r in free if r["schedule"] == EDGED), None)
@@ -159,7 +168,7 @@ def main() -> None:
                 public["ssim_vs_bf16_edges"] = round(ssim(row["image"], edged), 5)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         for budget in budgets:  # each row written as it comes: a long run keeps what it measured
-            budgeted = ours(engine, settings, budget, plans, schedules, landed)
+            budgeted = ours(engine, settings, budget, plans, schedules, landed, args.fresh)
             edged = next((r["image"] for r in budgeted if r["schedule"] == EDGED), None)
             for row, unbudgeted in zip(budgeted, free, strict=True):
                 row["ssim_vs_unbudgeted"] = round(ssim(row["image"], unbudgeted["image"]), 5)
