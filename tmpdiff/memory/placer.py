@@ -27,8 +27,8 @@ from tmpdiff.variants.copies import find_blocks, inner_tensor_names, owned_tenso
 __all__ = ["ENCODERS", "Placer", "estimate_working"]
 
 ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "image_encoder")
-CALIBRATION_MARGIN = 256 << 20  # beside a measured working memory: the next call's allocations may fragment
 SLACK = 512 << 20  # the allocator's own slack and the CUDA context's share of a cap
+CALIBRATION_MARGIN = SLACK  # beside a measured working memory (allocated bytes; the cap counts reserved ones)
 
 
 def estimate_working(pipe: Any, size: int, frames: int = 0) -> int:
