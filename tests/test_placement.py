@@ -628,7 +628,7 @@ def test_a_search_under_a_budget_places_its_parts_once_for_every_schedule_it_eva
     everything = placer.prepare(["fp32", "int8wo"], 0)
     engine.budget = Budget(everything.peak - 4 * placer.sizes().parts["fp32"].largest_block, given=True)
     placer.set_budget(engine.budget.bytes)
-    monkeypatch.setattr(placer, "observed", lambda peak: None)  # a CPU's "peak" is the process's RSS, not a GPU's
+    monkeypatch.setattr(placer, "observed", lambda peak, building=False: None)  # a CPU peak is its RSS
     request = SearchRequest(model="tiny-flux", prompts=("a red cat",), seeds=(0,), steps=6, size=32,
                             ladder=("fp32", "int8wo", "skip"), target_ssim=0.5, additivity_samples=0)
     shared = search_placement(RunSettings(model="tiny-flux", steps=6, size=32), request.ladder)
