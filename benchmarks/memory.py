@@ -26,7 +26,7 @@ import torch
 from tmpdiff.engine.runner import Engine, device_name, telling_plans_to
 from tmpdiff.engine.settings import RunSettings
 from tmpdiff.measure.metrics import ssim
-from tmpdiff.memory.meter import GIB
+from tmpdiff.memory.meter import GIB, status_bytes
 
 EDGED = "bf16*4,fp8*20,bf16*4"
 SCHEDULES = ("bf16*28", "bf16*4,fp8*20,bf16*4", "fp8r*4,fp8*20,fp8r*4", "fp8*28")
@@ -48,14 +48,8 @@ def host_link() -> float:
 def host_now() -> dict[str, float]:
     """The process's host memory now (GB): anonymous (the OS cannot drop it), file-backed (mmap'd checkpoint pages
     it can) and page-locked."""
-    fields = {"RssAnon": "host_anon_gb", "RssFile": "host_file_gb", "VmPin": "host_vmpin_gb"}
-    now = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            key = line.split(":")[0]
-            if key in fields:
-                now[fields[key]] = round(int(line.split()[1]) * 1024 / 1e9, 2)
-    return now
+    names = {"RssAnon": "host_anon_gb", "RssFile": "host_file_gb", "VmPin": "host_vmpin_gb"}
+    return {names[key]: round(value / 1e9, 2) for key, value in status_bytes(names).items()}
 
 
 def stock(settings: RunSettings, budget: int) -> dict[str, Any]:

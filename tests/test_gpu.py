@@ -235,19 +235,16 @@ def test_a_streamed_blocks_host_buffer_is_page_locked_at_exactly_its_bytes():
     assert torch.equal(block(x), want)
 
 
-def _rss_anon() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def test_a_streamed_checkpoint_block_is_page_locked_where_the_file_maps_it_without_a_copy(tmp_path):
     """Registered read-only in place: copies from the checkpoint's pages are asynchronous and the process gains no
     anonymous copy of the weights (a copy-on-write copy would be one); made resident, the pages are let go."""
     from safetensors.torch import load_file, save_file
 
+    from tmpdiff.memory.meter import status_bytes
     from tmpdiff.memory.streaming import BlockStreamer, checkpoint_origins
+
+    def rss_anon() -> int:
+        return status_bytes(["RssAnon"])["RssAnon"]
 
     shapes = {f"{i}.weight": (4096, 4096) for i in range(4)}  # 4 x 32 MiB of bf16 in one file
     save_file({k: torch.randn(s, dtype=torch.bfloat16) for k, s in shapes.items()}, tmp_path / "w.safetensors")
@@ -260,7 +257,7 @@ def test_a_streamed_checkpoint_block_is_page_locked_where_the_file_maps_it_witho
     x = torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16)
     want = [torch.nn.functional.linear(x, b.weight.cuda()) for b in blocks]
     model = torch.nn.Sequential(*blocks)
-    before = _rss_anon()
+    before = rss_anon()
     streamer = BlockStreamer(blocks, torch.device("cuda"), origins=origins)
     streamer.pin_in_place = True  # TMPDIFF_PIN_IN_PLACE=1
     streamer.stream(range(4))
@@ -269,7 +266,7 @@ def test_a_streamed_checkpoint_block_is_page_locked_where_the_file_maps_it_witho
     assert streamer.pinned_bytes() >= 4 * 32 << 20 and streamer.pinned_copy_bytes() <= 2 * 32 << 20
     for block, expected in zip(model, want, strict=True):
         assert torch.equal(block(x), expected)
-    grown = _rss_anon() - before - streamer.pinned_copy_bytes()
+    grown = rss_anon() - before - streamer.pinned_copy_bytes()
     assert grown < 32 << 20, f"{grown} bytes more: the pages were copied (copy-on-write?) instead of pinned in place"
     streamer.make_resident(range(4))
     assert streamer.pinned_bytes() == 0 and not state["0.weight"].is_pinned()

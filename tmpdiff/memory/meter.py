@@ -7,13 +7,13 @@ call through ``/proc/self/clear_refs`` where the system allows; otherwise the pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
-__all__ = ["GIB", "MEMORY_WHERE", "MemoryFigures", "PeakMeter", "bytes_of", "gib", "measuring_peak"]
+__all__ = ["GIB", "MEMORY_WHERE", "MemoryFigures", "PeakMeter", "bytes_of", "gib", "measuring_peak", "status_bytes"]
 
 GIB = 1 << 30
 
@@ -127,14 +127,25 @@ def _reset_host_peak() -> bool:
     return True
 
 
+def status_bytes(fields: Iterable[str], pid: int | str = "self") -> dict[str, int]:
+    """Those of a process's ``/proc/PID/status`` memory fields it has (``RssAnon``, ``VmHWM``...), in bytes; empty
+    where the system does not say (no ``/proc``, or the process is gone)."""
+    wanted, found = set(fields), {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in wanted:
+                found[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return {}
+    return found
+
+
 def _host_peak() -> int | None:
     """The process's resident-set peak in bytes (``VmHWM``; ``ru_maxrss`` where there is no ``/proc``)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = status_bytes(["VmHWM"]).get("VmHWM")
+    if peak is not None:
+        return peak
     try:
         import resource
 

@@ -287,9 +287,13 @@ class _Block:
                 copied.append((slot, key, source))
         self.pin = MappedPin([o for _, _, o in mapped]) if in_place and pinned and not pageable and mapped else None
         if mapped and not pageable:  # page-locked mode: what is not pinned where it lies is copied
-            copied += [(slot, key, slot.sources()[key]) for slot, key, origin in mapped
-                       if self.pin is None or not self.pin.holds(origin)]
-            mapped = [m for m in mapped if self.pin is not None and self.pin.holds(m[2])]
+            held = []
+            for slot, key, origin in mapped:
+                if self.pin is not None and self.pin.holds(origin):
+                    held.append((slot, key, origin))
+                else:
+                    copied.append((slot, key, slot.sources()[key]))
+            mapped = held
             if self.pin is not None and not self.pin.ranges:
                 self.pin.free()
                 self.pin = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 from tmpdiff.engine.runner import Engine
@@ -148,8 +148,8 @@ def _run_search(evaluator: Evaluator, request: SearchRequest, progress: Progress
     table, costs_source = _step_costs(evaluator, request, meter)
     ladder, ladder_notes = (checked_ladder(list(request.ladder), table, reference) if request.ladder
                             else (_default_ladder(table, reference), []))
-    placed = nullcontext() if request.ladder else evaluator.engine.one_plan(search_placement(base, ladder))
-    with placed:
+    # a given ladder's placement holds already (run_search); the same schedule, so nothing moves
+    with evaluator.engine.one_plan(search_placement(base, request.ladder or ladder)):
         oracle = _oracle(evaluator, request, table, reference, _planned(steps, len(ladder), request), progress,
                          on_evaluation, on_point)
         with meter.phase("baselines"):
